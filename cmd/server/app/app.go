@@ -1,0 +1,34 @@
+// Package app assembles the service's Fx application from the platform and business modules. It holds no
+// logic of its own; main and the end-to-end tests both start the application through Options.
+package app
+
+import (
+	"go.uber.org/fx"
+
+	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/database"
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/httpserver"
+	"github.com/acme/msgsvc/platform/logging"
+	"github.com/acme/msgsvc/platform/metrics"
+)
+
+// Options returns the whole application for cfg. Lifecycle hooks start in this order and stop in reverse:
+// database (migrations), broker, the business modules (consumers), and the HTTP server last, so that on
+// stop HTTP goes first, then consumers drain, then the broker and the database close.
+func Options(cfg config.Config, extra ...fx.Option) fx.Option {
+	return fx.Options(
+		config.Module(cfg),
+		fx.WithLogger(logging.FxLogger),
+		fx.StartTimeout(cfg.ShutdownTimeout),
+		fx.StopTimeout(cfg.ShutdownTimeout),
+		logging.Module,
+		metrics.Module,
+		events.Module,
+		database.Module,
+		broker.Module,
+		fx.Options(extra...),
+		httpserver.Module,
+	)
+}

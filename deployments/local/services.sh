@@ -1,0 +1,663 @@
+#!/usr/bin/env bash
+# Local throwaway PostgreSQL + RabbitMQ for development and integration tests,
+# without Docker. See README.md next to this file.
+#
+#   services.sh up | down [--purge] | status | env
+#   services.sh pg-stop | pg-start
+#   services.sh rabbitmq-stop-app | rabbitmq-start-app | rabbitmqctl <args...>
+set -euo pipefail
+
+# ---------------------------------------------------------------- locations --
+SCRIPT="$(readlink -f "${BASH_SOURCE[0]}")"
+ROOT="$(cd "$(dirname "$SCRIPT")/../.." && pwd -P)"
+DEV="$ROOT/.dev"
+ENV_FILE="$DEV/services.env"
+PORTS_FILE="$DEV/ports.env" # effective ports of the last `up` (see load_settings)
+HASH="$(printf '%s' "$ROOT" | sha256sum | cut -c1-8)"
+
+RMQ="$DEV/rabbitmq"
+RMQ_BIN="${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}"
+RMQ_NODE="msgsvc-$HASH@localhost"
+RMQ_PID_FILE="$RMQ/rabbit.pid"      # beam pid, written by RabbitMQ itself
+RMQ_WRAPPER_PID="$RMQ/wrapper.pid"  # pid of the rabbitmq-server shell wrapper
+
+# PostgreSQL refuses to run as root. As root we run it as `postgres`, which
+# may not be able to traverse the checkout (e.g. a `mktemp -d` clone, mode
+# 700), so its directory lives under /var/tmp and .dev/postgres is a symlink.
+if ((EUID == 0)); then
+	PG_DIR="/var/tmp/msgsvc-$HASH/postgres"
+else
+	PG_DIR="$DEV/postgres"
+fi
+PG_LINK="$DEV/postgres"
+PG_DATA="$PG_DIR/data"
+PG_LOG="$PG_DIR/postgres.log"
+PG_SOCK="$PG_DIR/run"
+
+TIMEOUT="${SERVICES_TIMEOUT:-90}"
+
+# ------------------------------------------------------------------ helpers --
+log() { printf 'services: %s\n' "$*" >&2; }
+die() {
+	printf 'services: ERROR: %s\n' "$*" >&2
+	exit 1
+}
+now() { date +%s; }
+
+# tail_log FILE...: show the end of server logs after a failure.
+tail_log() {
+	local f
+	for f in "$@"; do
+		[[ -s $f ]] || continue
+		printf -- '----- last lines of %s -----\n' "$f" >&2
+		tail -n 40 "$f" >&2 || true
+	done
+}
+
+# Ports: explicit env var > value recorded by the last `up` > default.
+# Recording them means `status`, `rabbitmqctl`, `rabbitmq-stop-app` etc. find a
+# node that was started with non-default ports even without the env vars.
+load_settings() {
+	local k v
+	declare -A rec=()
+	if [[ -f $PORTS_FILE ]]; then
+		while IFS='=' read -r k v; do
+			[[ $k =~ ^[A-Z_]+$ ]] && rec[$k]=$v
+		done <"$PORTS_FILE"
+	fi
+	PG_PORT="${PG_PORT:-${rec[PG_PORT]:-55432}}"
+	AMQP_PORT="${AMQP_PORT:-${rec[AMQP_PORT]:-55672}}"
+	RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-${rec[RABBITMQ_MGMT_PORT]:-55673}}"
+	RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-${rec[RABBITMQ_DIST_PORT]:-55674}}"
+	ERL_EPMD_PORT="${ERL_EPMD_PORT:-${rec[ERL_EPMD_PORT]:-55675}}"
+	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT; do
+		[[ ${!k} =~ ^[0-9]+$ ]] && ((${!k} > 0 && ${!k} < 65536)) || die "$k=${!k} is not a valid port"
+	done
+}
+
+save_settings() {
+	cat >"$PORTS_FILE.tmp" <<EOF
+PG_PORT=$PG_PORT
+AMQP_PORT=$AMQP_PORT
+RABBITMQ_MGMT_PORT=$RABBITMQ_MGMT_PORT
+RABBITMQ_DIST_PORT=$RABBITMQ_DIST_PORT
+ERL_EPMD_PORT=$ERL_EPMD_PORT
+EOF
+	mv -f "$PORTS_FILE.tmp" "$PORTS_FILE"
+}
+
+ensure_dev_dir() {
+	mkdir -p "$DEV"
+	[[ -f $DEV/.gitignore ]] || printf '*\n' >"$DEV/.gitignore"
+}
+
+# Serialise state-changing subcommands (parallel test packages may call `up`).
+# fd 9 holds the lock; every daemon is started with 9>&- so it does not keep it.
+take_lock() {
+	ensure_dev_dir
+	exec 9>"$DEV/services.lock"
+	if ! flock -w "$TIMEOUT" 9; then
+		die "another services.sh holds $DEV/services.lock for more than ${TIMEOUT}s"
+	fi
+}
+
+# port_free VAR: fail early, and clearly, if something already listens there.
+port_free() {
+	local var="$1"
+	if timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "${!var}" 2>/dev/null; then
+		die "port 127.0.0.1:${!var} ($var) is already in use by another process (another checkout? choose another port: $var=... $SCRIPT up)"
+	fi
+}
+
+# ----------------------------------------------------------------- packages --
+pg_bin_dir() {
+	local d
+	d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+	[[ -n $d && -x $d/initdb ]] || return 1
+	printf '%s\n' "$d"
+}
+
+ensure_packages() {
+	local pkgs=() sudo=()
+	pg_bin_dir >/dev/null || pkgs+=(postgresql)
+	[[ -x $RMQ_BIN/rabbitmq-server ]] || pkgs+=(rabbitmq-server)
+	((${#pkgs[@]})) || return 0
+	if ((EUID != 0)); then
+		command -v sudo >/dev/null || die "need root or sudo to install: ${pkgs[*]}"
+		sudo=(sudo)
+	fi
+	local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get
+		-o DPkg::Lock::Timeout=300 -y -q --no-install-recommends)
+	local alog="$DEV/apt.log" t0
+	t0=$(now)
+	log "installing ${pkgs[*]} with apt-get (log: $alog)"
+	if ! "${apt[@]}" install "${pkgs[@]}" >"$alog" 2>&1; then
+		log "apt-get install failed, running apt-get update and retrying"
+		if ! { "${apt[@]}" update && "${apt[@]}" install "${pkgs[@]}"; } >>"$alog" 2>&1; then
+			tail_log "$alog"
+			die "apt-get install ${pkgs[*]} failed"
+		fi
+	fi
+	log "installed ${pkgs[*]} in $(($(now) - t0))s"
+	pg_bin_dir >/dev/null || die "PostgreSQL binaries still missing after install"
+	[[ -x $RMQ_BIN/rabbitmq-server ]] || die "$RMQ_BIN/rabbitmq-server still missing after install"
+}
+
+# --------------------------------------------------------------- PostgreSQL --
+PG_BIN=""
+need_pg_bin() {
+	[[ -n $PG_BIN ]] && return 0
+	PG_BIN="$(pg_bin_dir)" || die "PostgreSQL not installed (no /usr/lib/postgresql/*/bin/initdb); run: $SCRIPT up"
+}
+
+# as_pg CMD...: run a PostgreSQL server tool as the postgres user when root.
+as_pg() {
+	if ((EUID == 0)); then
+		runuser -u postgres -- "$@"
+	else
+		"$@"
+	fi
+}
+
+pg_prepare_dirs() {
+	ensure_dev_dir
+	if ((EUID == 0)); then
+		id postgres >/dev/null 2>&1 || die "user 'postgres' does not exist (is the postgresql package installed?)"
+		local base="${PG_DIR%/postgres}"
+		if [[ -L $base || -L $PG_DIR ]]; then die "$base or $PG_DIR is a symlink; refusing to use it"; fi
+		install -d -m 700 -o root -g root "$base"
+		install -d -m 700 -o postgres -g postgres "$PG_DIR" "$PG_SOCK"
+		# The base dir is root's; postgres only needs to traverse it.
+		chmod 711 "$base"
+		printf '%s\n' "$ROOT" >"$base/checkout" # which checkout this belongs to
+		if [[ ! -L $PG_LINK || $(readlink "$PG_LINK") != "$PG_DIR" ]]; then
+			rm -rf "$PG_LINK"
+			ln -s "$PG_DIR" "$PG_LINK"
+		fi
+	else
+		mkdir -p "$PG_DIR" "$PG_SOCK"
+		chmod 700 "$PG_DIR" "$PG_SOCK"
+	fi
+}
+
+# Socket paths are limited to ~107 bytes; fall back to a short dir if needed.
+pg_sock_dir() {
+	if ((${#PG_SOCK} + 20 < 100)); then
+		printf '%s\n' "$PG_SOCK"
+	else
+		local s="${TMPDIR:-/tmp}/msgsvc-$HASH-pgsock"
+		mkdir -p "$s"
+		chmod 700 "$s"
+		printf '%s\n' "$s"
+	fi
+}
+
+pg_write_conf() {
+	local sock
+	sock="$(pg_sock_dir)"
+	cat >"$PG_DATA/msgsvc.conf.tmp" <<EOF
+# Written by deployments/local/services.sh on every start; edits are lost.
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$sock'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+EOF
+	if ((EUID == 0)); then chown postgres:postgres "$PG_DATA/msgsvc.conf.tmp"; fi
+	mv -f "$PG_DATA/msgsvc.conf.tmp" "$PG_DATA/msgsvc.conf"
+	grep -q "^include_if_exists = 'msgsvc.conf'" "$PG_DATA/postgresql.conf" ||
+		as_pg sh -c "printf '\n%s\n' \"include_if_exists = 'msgsvc.conf'\" >>'$PG_DATA/postgresql.conf'"
+}
+
+pg_initdb() {
+	[[ -f $PG_DATA/PG_VERSION ]] && return 0
+	log "initialising PostgreSQL data dir $PG_DATA"
+	rm -rf "$PG_DATA"
+	if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust \
+		--encoding=UTF8 --no-locale --no-sync >"$PG_DIR/initdb.log" 2>&1; then
+		tail_log "$PG_DIR/initdb.log"
+		rm -rf "$PG_DATA"
+		die "initdb failed"
+	fi
+}
+
+pg_running() {
+	[[ -n $PG_BIN && -f $PG_DATA/PG_VERSION ]] || return 1
+	as_pg "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+pg_running_port() { sed -n 4p "$PG_DATA/postmaster.pid" 2>/dev/null || true; }
+
+pg_ready() {
+	"$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 2 >/dev/null 2>&1 || return 1
+	PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -At -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+		-c 'select 1' >/dev/null 2>&1
+}
+
+pg_wait_ready() {
+	local deadline=$(($(now) + TIMEOUT))
+	until pg_ready; do
+		if ! pg_running; then
+			tail_log "$PG_LOG"
+			die "PostgreSQL is not running (see $PG_LOG)"
+		fi
+		if (($(now) >= deadline)); then
+			tail_log "$PG_LOG"
+			die "PostgreSQL did not accept connections on 127.0.0.1:$PG_PORT within ${TIMEOUT}s"
+		fi
+		sleep 0.2
+	done
+}
+
+pg_psql() {
+	PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" "$@"
+}
+
+pg_ensure_role_db() {
+	if [[ $(pg_psql -U postgres -d postgres -c "select 1 from pg_roles where rolname='msgsvc'") != 1 ]]; then
+		log "creating PostgreSQL role msgsvc"
+		pg_psql -U postgres -d postgres -c "create role msgsvc login superuser password 'msgsvc'" >/dev/null
+	fi
+	if [[ $(pg_psql -U postgres -d postgres -c "select 1 from pg_database where datname='msgsvc'") != 1 ]]; then
+		log "creating PostgreSQL database msgsvc"
+		pg_psql -U postgres -d postgres -c "create database msgsvc owner msgsvc" >/dev/null
+	fi
+	# The real check: the exact credentials the application uses.
+	pg_psql -d "postgres://msgsvc:msgsvc@127.0.0.1:$PG_PORT/msgsvc?sslmode=disable" -c 'select 1' >/dev/null ||
+		die "cannot connect to PostgreSQL as msgsvc on 127.0.0.1:$PG_PORT"
+}
+
+pg_stop() {
+	PG_BIN="$(pg_bin_dir)" || return 0
+	pg_running || return 0
+	log "stopping PostgreSQL"
+	as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m fast -w -t "$TIMEOUT" >/dev/null ||
+		die "pg_ctl stop failed"
+}
+
+pg_start() {
+	need_pg_bin
+	pg_prepare_dirs
+	pg_initdb
+	pg_write_conf
+	if pg_running; then
+		local p
+		p="$(pg_running_port)"
+		if [[ -n $p && $p != "$PG_PORT" ]]; then
+			log "PostgreSQL runs on port $p, want $PG_PORT: restarting"
+			pg_stop
+		fi
+	fi
+	if ! pg_running; then
+		port_free PG_PORT
+		log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+		# pg_ctl detaches postgres (own session, stdio to the log file).
+		if ! (cd / && as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$TIMEOUT" 9>&- >/dev/null 2>&1 </dev/null); then
+			tail_log "$PG_LOG"
+			die "PostgreSQL failed to start (log: $PG_LOG)"
+		fi
+	fi
+	pg_wait_ready
+	pg_ensure_role_db
+}
+
+# ----------------------------------------------------------------- RabbitMQ --
+# Environment for every RabbitMQ script we run (server and CLI alike).
+rmq_env() {
+	RMQ_ENV=(env -u RABBITMQ_MNESIA_DIR -u RABBITMQ_CONFIG_FILES -u RABBITMQ_ENABLED_PLUGINS
+		HOME="$RMQ/home"
+		RABBITMQ_NODENAME="$RMQ_NODE"
+		RABBITMQ_USE_LONGNAME=false
+		RABBITMQ_CONF_ENV_FILE="$RMQ/rabbitmq-env.conf"
+		RABBITMQ_CONFIG_FILE="$RMQ/rabbitmq.conf"
+		RABBITMQ_ADVANCED_CONFIG_FILE="$RMQ/advanced.config"
+		RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ/enabled_plugins"
+		RABBITMQ_MNESIA_BASE="$RMQ/mnesia"
+		RABBITMQ_PLUGINS_EXPAND_DIR="$RMQ/mnesia/plugins-expand"
+		RABBITMQ_LOG_BASE="$RMQ/log"
+		RABBITMQ_LOGS="$RMQ/log/rabbit.log"
+		RABBITMQ_PID_FILE="$RMQ_PID_FILE"
+		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+		RABBITMQ_NODE_PORT="$AMQP_PORT"
+		RABBITMQ_DIST_PORT="$RABBITMQ_DIST_PORT"
+		ERL_EPMD_PORT="$ERL_EPMD_PORT"
+		ERL_EPMD_ADDRESS=127.0.0.1
+		ERL_CRASH_DUMP="$RMQ/log/erl_crash.dump")
+}
+
+# rmq TOOL ARGS...: run a RabbitMQ script with our node's environment.
+# rmqp N PREFIX(N words) TOOL ARGS...: same, behind a prefix command such as
+# `setsid` or `timeout 10`.
+rmq() { rmqp 0 "$@"; }
+rmqp() {
+	local n="$1"
+	shift
+	local prefix=("${@:1:n}")
+	shift "$n"
+	local tool="$1"
+	shift
+	[[ -x $RMQ_BIN/$tool ]] || die "$RMQ_BIN/$tool not found (RabbitMQ not installed?); run: $SCRIPT up"
+	rmq_env
+	"${prefix[@]}" "${RMQ_ENV[@]}" "$RMQ_BIN/$tool" "$@"
+}
+
+rmq_prepare() {
+	ensure_dev_dir
+	mkdir -p "$RMQ/home" "$RMQ/mnesia" "$RMQ/log"
+	chmod 700 "$RMQ/home"
+	if [[ ! -s $RMQ/home/.erlang.cookie ]]; then
+		(umask 077 && head -c 30 /dev/urandom | sha256sum | cut -c1-40 | tr 'a-f' 'A-F' >"$RMQ/home/.erlang.cookie")
+	fi
+	chmod 400 "$RMQ/home/.erlang.cookie"
+	: >"$RMQ/rabbitmq-env.conf" # keeps /etc/rabbitmq/rabbitmq-env.conf out
+	printf '[rabbitmq_management].\n' >"$RMQ/enabled_plugins"
+	cat >"$RMQ/rabbitmq.conf" <<EOF
+# Written by deployments/local/services.sh on every start; edits are lost.
+# AMQP listener: RABBITMQ_NODE_IP_ADDRESS=127.0.0.1, RABBITMQ_NODE_PORT=$AMQP_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $RABBITMQ_MGMT_PORT
+distribution.listener.interface = 127.0.0.1
+# guest may log in from loopback only (RabbitMQ's default).
+loopback_users.guest = true
+# Throwaway node: do not block publishers on a machine with little free disk/RAM.
+disk_free_limit.absolute = 50MB
+vm_memory_high_watermark.relative = 0.8
+log.console = false
+log.file.level = info
+EOF
+}
+
+# Fingerprint of what a running node was started with; a change means restart.
+rmq_fingerprint() {
+	{
+		cat "$RMQ/rabbitmq.conf" "$RMQ/enabled_plugins"
+		echo "$AMQP_PORT $RABBITMQ_DIST_PORT $ERL_EPMD_PORT $RMQ_NODE"
+	} | sha256sum | cut -c1-16
+}
+
+# Pid of our node if it is alive: the beam process (RABBITMQ_PID_FILE) or, until
+# that file exists, the rabbitmq-server wrapper. Both inherit our environment,
+# which identifies them (pids may be reused by unrelated processes).
+rmq_node_pid() {
+	local pid f
+	for f in "$RMQ_PID_FILE" "$RMQ_WRAPPER_PID"; do
+		pid="$(cat "$f" 2>/dev/null || true)"
+		[[ $pid =~ ^[0-9]+$ && -r /proc/$pid/environ ]] || continue
+		if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF -- "RABBITMQ_NODENAME=$RMQ_NODE"; then
+			printf '%s\n' "$pid"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# AMQP handshake: send the 0-9-1 protocol header, expect a method frame
+# (Connection.Start) on channel 0. Proves the broker really serves AMQP.
+amqp_ping() {
+	local out
+	out="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+		printf "AMQP\x00\x00\x09\x01" >&3
+		head -c 3 <&3' _ "$AMQP_PORT" 2>/dev/null | od -An -tx1 | tr -d ' \n')" || return 1
+	[[ $out == 010000 ]]
+}
+
+mgmt_ping() {
+	curl -fsS -m 5 -o /dev/null -u guest:guest "http://127.0.0.1:$RABBITMQ_MGMT_PORT/api/overview" 2>/dev/null
+}
+
+rmq_ready() { amqp_ping && mgmt_ping; }
+
+rmq_logs() { tail_log "$RMQ/log/startup.log" "$RMQ/log/rabbit.log"; }
+
+# rmq_wait_ready WHAT: wait for AMQP + management API while the node lives.
+rmq_wait_ready() {
+	local what="$1" deadline=$(($(now) + TIMEOUT))
+	until rmq_ready; do
+		if ! rmq_node_pid >/dev/null; then
+			rmq_logs
+			die "RabbitMQ node $RMQ_NODE exited during $what (logs: $RMQ/log)"
+		fi
+		if (($(now) >= deadline)); then
+			rmq_logs
+			die "RabbitMQ did not answer on AMQP 127.0.0.1:$AMQP_PORT and management 127.0.0.1:$RABBITMQ_MGMT_PORT within ${TIMEOUT}s of $what"
+		fi
+		sleep 0.3
+	done
+}
+
+rmq_ctl_quiet() {
+	local out
+	if ! out="$(rmq rabbitmqctl "$@" 2>&1)"; then
+		printf '%s\n' "$out" >&2
+		return 1
+	fi
+}
+
+rmq_start() {
+	[[ -x $RMQ_BIN/rabbitmq-server ]] || die "RabbitMQ not installed; run: $SCRIPT up"
+	rmq_prepare
+	local fp pid
+	fp="$(rmq_fingerprint)"
+	if pid="$(rmq_node_pid)"; then
+		if [[ $(cat "$RMQ/running.fingerprint" 2>/dev/null || true) != "$fp" ]]; then
+			log "RabbitMQ configuration changed: restarting node $RMQ_NODE"
+			rmq_stop
+		elif rmq_ready; then
+			return 0
+		else
+			# Still booting, or its app was stopped (rabbitmq-stop-app).
+			local state
+			state="$(rmq rabbitmqctl -q eval '{rabbit:is_booting(), rabbit:is_running()}.' 2>/dev/null || true)"
+			if [[ $state == "{false,false}" ]]; then
+				log "RabbitMQ node $RMQ_NODE is up but its app is stopped: starting it"
+				rmq_ctl_quiet start_app || die "rabbitmqctl start_app failed"
+			fi
+			rmq_wait_ready "startup"
+			return 0
+		fi
+	fi
+
+	port_free AMQP_PORT
+	port_free RABBITMQ_MGMT_PORT
+	port_free RABBITMQ_DIST_PORT
+	log "starting RabbitMQ node $RMQ_NODE (AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT)"
+	rm -f "$RMQ_PID_FILE"
+	printf '%s\n' "$fp" >"$RMQ/running.fingerprint"
+	# Own session (setsid -f), stdio detached: the node survives the calling
+	# shell and its process group. The wrapper writes its own pid, then execs
+	# rabbitmq-server (which traps TERM and stops the node cleanly).
+	rm -f "$RMQ_WRAPPER_PID"
+	(
+		cd "$RMQ"
+		# shellcheck disable=SC2016
+		rmqp 6 setsid -f bash -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' "$RMQ_WRAPPER_PID" \
+			rabbitmq-server </dev/null >>"$RMQ/log/startup.log" 2>&1 9>&-
+	)
+	local deadline=$(($(now) + 10))
+	until [[ -s $RMQ_WRAPPER_PID ]]; do
+		(($(now) < deadline)) || die "RabbitMQ wrapper did not start (see $RMQ/log/startup.log)"
+		sleep 0.05
+	done
+	rmq_wait_ready "startup"
+	if ! rmq rabbitmqctl -q await_startup --timeout "$TIMEOUT" >/dev/null 2>&1; then
+		rmq_logs
+		die "rabbitmqctl await_startup failed for $RMQ_NODE"
+	fi
+}
+
+rmq_stop() {
+	local pid
+	pid="$(rmq_node_pid)" || {
+		rmq_kill_epmd
+		return 0
+	}
+	log "stopping RabbitMQ node $RMQ_NODE"
+	local beam
+	beam="$(cat "$RMQ_PID_FILE" 2>/dev/null || true)"
+	if ! rmqp 2 timeout "$TIMEOUT" rabbitmqctl -q stop >/dev/null 2>&1; then
+		log "rabbitmqctl stop failed; sending SIGTERM to $pid"
+		kill -TERM "$pid" 2>/dev/null || true
+	fi
+	local deadline=$(($(now) + TIMEOUT))
+	while rmq_node_pid >/dev/null || { [[ $beam =~ ^[0-9]+$ ]] && kill -0 "$beam" 2>/dev/null; }; do
+		if (($(now) >= deadline)); then
+			log "RabbitMQ still running after ${TIMEOUT}s; killing it"
+			pid="$(rmq_node_pid)" && kill -KILL "$pid" 2>/dev/null || true
+			[[ $beam =~ ^[0-9]+$ ]] && kill -KILL "$beam" 2>/dev/null || true
+			break
+		fi
+		sleep 0.2
+	done
+	rm -f "$RMQ_WRAPPER_PID" "$RMQ/running.fingerprint"
+	rmq_kill_epmd
+}
+
+# Our own epmd (on ERL_EPMD_PORT) outlives the node; stop it once it is idle.
+rmq_kill_epmd() {
+	local epmd
+	epmd="$(command -v epmd || ls /usr/lib/erlang/erts-*/bin/epmd 2>/dev/null | tail -n 1 || true)"
+	[[ -n $epmd ]] || return 0
+	ERL_EPMD_PORT="$ERL_EPMD_PORT" "$epmd" -names >/dev/null 2>&1 || return 0
+	ERL_EPMD_PORT="$ERL_EPMD_PORT" "$epmd" -kill >/dev/null 2>&1 || true
+}
+
+# ------------------------------------------------------------- subcommands --
+write_env_file() {
+	cat >"$ENV_FILE.tmp" <<EOF
+DATABASE_URL=postgres://msgsvc:msgsvc@127.0.0.1:$PG_PORT/msgsvc?sslmode=disable
+AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
+RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:$RABBITMQ_MGMT_PORT
+SERVICES_SCRIPT=$SCRIPT
+EOF
+	mv -f "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+cmd_up() {
+	local t0
+	t0=$(now)
+	take_lock
+	ensure_packages
+	save_settings
+	pg_start
+	rmq_start
+	write_env_file
+	log "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ AMQP 127.0.0.1:$AMQP_PORT / management 127.0.0.1:$RABBITMQ_MGMT_PORT ($(($(now) - t0))s)"
+	log "env file: $ENV_FILE"
+}
+
+cmd_down() {
+	local purge=0
+	case "${1:-}" in
+	"") ;;
+	--purge) purge=1 ;;
+	*) die "usage: $0 down [--purge]" ;;
+	esac
+	take_lock
+	rmq_stop
+	pg_stop
+	if ((purge)); then
+		log "purging data"
+		rm -rf "$RMQ" "$ENV_FILE" "$PORTS_FILE" "$DEV/apt.log"
+		rm -f "$PG_LINK"
+		if ((EUID == 0)); then
+			rm -rf "${PG_DIR%/postgres}"
+		else
+			rm -rf "$PG_DIR"
+		fi
+		rm -rf "${TMPDIR:-/tmp}/msgsvc-$HASH-pgsock"
+	fi
+	log "down"
+}
+
+cmd_status() {
+	local ok=0 pid
+	PG_BIN="$(pg_bin_dir || true)"
+	if pg_running && pg_ready; then
+		echo "postgres: running (127.0.0.1:$PG_PORT, data $PG_DATA)"
+	elif pg_running; then
+		echo "postgres: process running but not accepting connections on 127.0.0.1:$PG_PORT"
+		ok=1
+	else
+		echo "postgres: stopped"
+		ok=1
+	fi
+	if pid="$(rmq_node_pid)"; then
+		if rmq_ready; then
+			echo "rabbitmq: running (node $RMQ_NODE, pid $pid, AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT)"
+		else
+			echo "rabbitmq: node $RMQ_NODE (pid $pid) is up but AMQP/management not answering (app stopped or booting)"
+			ok=1
+		fi
+	else
+		echo "rabbitmq: stopped"
+		ok=1
+	fi
+	return "$ok"
+}
+
+cmd_rmq_stop_app() {
+	take_lock
+	rmq_node_pid >/dev/null || die "RabbitMQ node $RMQ_NODE is not running; run: $SCRIPT up"
+	rmq_ctl_quiet stop_app || die "rabbitmqctl stop_app failed"
+	log "RabbitMQ app stopped (node $RMQ_NODE still up)"
+}
+
+cmd_rmq_start_app() {
+	take_lock
+	rmq_node_pid >/dev/null || die "RabbitMQ node $RMQ_NODE is not running; run: $SCRIPT up"
+	rmq_ctl_quiet start_app || die "rabbitmqctl start_app failed"
+	rmq_wait_ready "start_app"
+	log "RabbitMQ app started"
+}
+
+usage() {
+	cat >&2 <<EOF
+usage: $0 COMMAND
+  up                    install (apt) if needed, start PostgreSQL + RabbitMQ, write $ENV_FILE
+  down [--purge]        stop both; --purge also deletes their data
+  status                show state; exit 0 only if both run
+  env                   print the env file path
+  pg-stop | pg-start    stop / start PostgreSQL only
+  rabbitmq-stop-app     rabbitmqctl stop_app (simulate a broker outage)
+  rabbitmq-start-app    rabbitmqctl start_app, wait for AMQP
+  rabbitmqctl ARGS...   rabbitmqctl against our node
+EOF
+}
+
+main() {
+	local cmd="${1:-}"
+	[[ $# -gt 0 ]] && shift
+	load_settings
+	case "$cmd" in
+	up) cmd_up ;;
+	down) cmd_down "$@" ;;
+	status) cmd_status ;;
+	env)
+		[[ -f $ENV_FILE ]] || log "warning: $ENV_FILE does not exist yet; run: $SCRIPT up"
+		printf '%s\n' "$ENV_FILE"
+		;;
+	pg-stop)
+		take_lock
+		pg_stop
+		;;
+	pg-start)
+		take_lock
+		pg_start
+		;;
+	rabbitmq-stop-app) cmd_rmq_stop_app ;;
+	rabbitmq-start-app) cmd_rmq_start_app ;;
+	rabbitmqctl) rmq rabbitmqctl "$@" ;;
+	-h | --help | help) usage ;;
+	*)
+		usage
+		exit 2
+		;;
+	esac
+}
+
+main "$@"

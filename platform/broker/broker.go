@@ -1,0 +1,119 @@
+// Package broker connects the service to RabbitMQ: a reconnecting go-rabbitmq connection shared by consumers,
+// a pool of confirming publishers, topology helpers over a separate administrative connection, and the
+// readiness probe.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	rabbitmq "github.com/wagslane/go-rabbitmq"
+	"go.uber.org/zap"
+)
+
+// Options configures the broker connection.
+type Options struct {
+	URL               string
+	ReconnectInterval time.Duration
+	// ConnectionName is shown in RabbitMQ's management UI.
+	ConnectionName string
+}
+
+// Conn is the service's connection to RabbitMQ. It reconnects by itself after a broker restart.
+type Conn struct {
+	*rabbitmq.Conn
+	opts Options
+	log  *zap.Logger
+
+	adminMu sync.Mutex
+	admin   *amqp.Connection
+}
+
+// Dial connects to RabbitMQ; it fails when the broker does not answer now.
+func Dial(opts Options, log *zap.Logger) (*Conn, error) {
+	log = log.Named("broker")
+	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": opts.ConnectionName}}
+	c, err := rabbitmq.NewConn(opts.URL,
+		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
+		rabbitmq.WithConnectionOptionsBaseReconnectInterval(opts.ReconnectInterval),
+		rabbitmq.WithConnectionOptionsConfig(cfg),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("broker: connect: %w", err)
+	}
+	return &Conn{Conn: c, opts: opts, log: log}, nil
+}
+
+// Close closes the administrative connection and the shared connection.
+func (c *Conn) Close() error {
+	c.adminMu.Lock()
+	if c.admin != nil {
+		_ = c.admin.Close()
+		c.admin = nil
+	}
+	c.adminMu.Unlock()
+	return c.Conn.Close()
+}
+
+// WithChannel runs fn on a fresh channel of the administrative connection, dialling it again when the
+// broker restarted since. Errors that close the channel (a missing queue on a passive declare) are confined
+// to that channel.
+func (c *Conn) WithChannel(ctx context.Context, fn func(ch *amqp.Channel) error) error {
+	conn, err := c.adminConn(ctx)
+	if err != nil {
+		return err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
+	}
+	defer ch.Close()
+	return fn(ch)
+}
+
+func (c *Conn) adminConn(ctx context.Context) (*amqp.Connection, error) {
+	c.adminMu.Lock()
+	defer c.adminMu.Unlock()
+	if c.admin != nil && !c.admin.IsClosed() {
+		return c.admin, nil
+	}
+	cfg := amqp.Config{Properties: amqp.Table{"connection_name": c.opts.ConnectionName + "-admin"}, Heartbeat: 10 * time.Second}
+	if dl, ok := ctx.Deadline(); ok {
+		timeout := time.Until(dl)
+		cfg.Dial = amqp.DefaultDial(timeout)
+	} else {
+		cfg.Dial = amqp.DefaultDial(5 * time.Second)
+	}
+	conn, err := amqp.DialConfig(c.opts.URL, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	c.admin = conn
+	return conn, nil
+}
+
+// Ping reports whether the broker answers: it opens and closes a channel.
+func (c *Conn) Ping(ctx context.Context) error {
+	if c.IsClosed() {
+		return errors.New("connection closed")
+	}
+	return c.WithChannel(ctx, func(*amqp.Channel) error { return nil })
+}
+
+// ErrUnavailable wraps every failure caused by the broker being unreachable or too slow.
+var ErrUnavailable = errors.New("broker unavailable")
+
+// Logger adapts zap to go-rabbitmq's logger; the library's chatty info lines are logged at debug level.
+func Logger(log *zap.Logger) rabbitmq.Logger { return zapAdapter{log.Sugar()} }
+
+type zapAdapter struct{ s *zap.SugaredLogger }
+
+func (z zapAdapter) Fatalf(f string, v ...any) { z.s.Errorf(f, v...) }
+func (z zapAdapter) Errorf(f string, v ...any) { z.s.Errorf(f, v...) }
+func (z zapAdapter) Warnf(f string, v ...any)  { z.s.Warnf(f, v...) }
+func (z zapAdapter) Infof(f string, v ...any)  { z.s.Debugf(f, v...) }
+func (z zapAdapter) Debugf(f string, v ...any) { z.s.Debugf(f, v...) }

@@ -1,0 +1,126 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rabbitmq "github.com/wagslane/go-rabbitmq"
+	"go.uber.org/zap"
+)
+
+// ErrNacked means the broker refused a publish (negative confirm).
+var ErrNacked = errors.New("broker refused the message")
+
+// ErrUnroutable means a mandatory publish reached no queue.
+var ErrUnroutable = errors.New("no queue is bound for the routing key")
+
+// Message is one publish: a persistent message with a message id and headers.
+type Message struct {
+	Exchange   string
+	RoutingKey string
+	MessageID  string
+	Headers    map[string]any
+	Body       []byte
+	// Mandatory asks the broker to return the message when no queue takes it.
+	Mandatory bool
+}
+
+// Publisher publishes persistent messages in confirm mode over a pool of channels and waits for each confirm
+// with a deadline. It is safe for concurrent use; many confirms are in flight at once.
+type Publisher struct {
+	pubs    []*rabbitmq.Publisher
+	next    atomic.Uint64
+	timeout time.Duration
+
+	returnsMu sync.Mutex
+	returned  map[string]struct{}
+}
+
+// NewPublisher opens channels confirming publishers on conn; each confirm is awaited at most timeout.
+func NewPublisher(conn *Conn, channels int, timeout time.Duration, log *zap.Logger) (*Publisher, error) {
+	p := &Publisher{timeout: timeout, returned: map[string]struct{}{}}
+	for range channels {
+		pub, err := rabbitmq.NewPublisher(conn.Conn,
+			rabbitmq.WithPublisherOptionsConfirm,
+			rabbitmq.WithPublisherOptionsLogger(Logger(log.Named("publisher"))),
+		)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("broker: publisher: %w", err)
+		}
+		pub.NotifyReturn(func(r rabbitmq.Return) {
+			p.returnsMu.Lock()
+			if len(p.returned) > 10000 { // returns that arrived after their confirm was checked
+				clear(p.returned)
+			}
+			p.returned[r.MessageId] = struct{}{}
+			p.returnsMu.Unlock()
+		})
+		p.pubs = append(p.pubs, pub)
+	}
+	return p, nil
+}
+
+// Publish sends m and returns once the broker confirmed it, or an error wrapping ErrUnavailable when the
+// broker is down or does not confirm within the deadline, ErrNacked, or ErrUnroutable.
+func (p *Publisher) Publish(ctx context.Context, m Message) error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	pub := p.pubs[p.next.Add(1)%uint64(len(p.pubs))]
+	opts := []func(*rabbitmq.PublishOptions){
+		rabbitmq.WithPublishOptionsExchange(m.Exchange),
+		rabbitmq.WithPublishOptionsPersistentDelivery,
+		rabbitmq.WithPublishOptionsContentType("application/json"),
+		rabbitmq.WithPublishOptionsMessageID(m.MessageID),
+	}
+	if m.Headers != nil {
+		opts = append(opts, rabbitmq.WithPublishOptionsHeaders(m.Headers))
+	}
+	if m.Mandatory {
+		opts = append(opts, rabbitmq.WithPublishOptionsMandatory)
+	}
+	confs, err := pub.PublishWithDeferredConfirmWithContext(ctx, m.Body, []string{m.RoutingKey}, opts...)
+	if err != nil {
+		return fmt.Errorf("%w: publish: %v", ErrUnavailable, err)
+	}
+	for _, c := range confs {
+		if c == nil {
+			return fmt.Errorf("%w: publisher not in confirm mode", ErrUnavailable)
+		}
+		ok, err := c.WaitContext(ctx)
+		if err != nil {
+			return fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.timeout, err)
+		}
+		if !ok {
+			return fmt.Errorf("%w: negative confirm (the channel closed or the broker nacked)", ErrUnavailable)
+		}
+	}
+	if m.Mandatory && p.wasReturned(m.MessageID) {
+		return ErrUnroutable
+	}
+	return nil
+}
+
+// wasReturned reports (and forgets) whether the broker returned the message with id. A return precedes the
+// confirm on the wire, but go-rabbitmq runs the return handler on its own goroutine, so this is a best-effort
+// check: callers keep their own view of which routing keys have queues.
+func (p *Publisher) wasReturned(id string) bool {
+	p.returnsMu.Lock()
+	defer p.returnsMu.Unlock()
+	if _, ok := p.returned[id]; ok {
+		delete(p.returned, id)
+		return true
+	}
+	return false
+}
+
+// Close closes every publisher channel.
+func (p *Publisher) Close() {
+	for _, pub := range p.pubs {
+		pub.Close()
+	}
+}

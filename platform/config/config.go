@@ -1,0 +1,229 @@
+// Package config loads the service's typed configuration from environment variables.
+//
+// Every setting has a default that suits local development; Load validates each value and
+// names the offending variable when one is wrong, so a misconfigured process stops at start-up.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration of one service process.
+type Config struct {
+	// HTTPAddr is the listen address of the HTTP API (HTTP_ADDR).
+	HTTPAddr string
+	// HTTPMaxBodyBytes caps a request body (HTTP_MAX_BODY_BYTES).
+	HTTPMaxBodyBytes int64
+	// HTTPReadHeaderTimeout bounds reading request headers (HTTP_READ_HEADER_TIMEOUT).
+	HTTPReadHeaderTimeout time.Duration
+
+	// LogLevel is one of debug, info, warn, error (LOG_LEVEL).
+	LogLevel string
+	// LogFormat is json or console (LOG_FORMAT).
+	LogFormat string
+
+	// DatabaseURL is the PostgreSQL connection string (DATABASE_URL).
+	DatabaseURL string
+	// DBMaxOpenConns is the database pool size (DB_MAX_OPEN_CONNS).
+	DBMaxOpenConns int
+	// DBMaxIdleConns is the number of idle connections kept (DB_MAX_IDLE_CONNS).
+	DBMaxIdleConns int
+	// DBConnMaxLifetime recycles connections after this long (DB_CONN_MAX_LIFETIME).
+	DBConnMaxLifetime time.Duration
+
+	// AMQPURL is the RabbitMQ connection string (AMQP_URL).
+	AMQPURL string
+	// RabbitMQManagementURL is the management API base URL, used to find orphan queues (RABBITMQ_MANAGEMENT_URL).
+	RabbitMQManagementURL string
+	// AMQPExchange is the direct exchange tenants' messages are published to (AMQP_EXCHANGE).
+	AMQPExchange string
+	// AMQPQueueType is quorum or classic (AMQP_QUEUE_TYPE).
+	AMQPQueueType string
+	// AMQPDeliveryLimit is how often a delivery is tried before it is dead-lettered (AMQP_DELIVERY_LIMIT).
+	AMQPDeliveryLimit int
+	// AMQPReconnectInterval is the base interval between reconnect attempts (AMQP_RECONNECT_INTERVAL).
+	AMQPReconnectInterval time.Duration
+	// PublishConfirmTimeout is how long a publish waits for the broker's confirm (PUBLISH_CONFIRM_TIMEOUT).
+	PublishConfirmTimeout time.Duration
+
+	// TenantDefaultConcurrency is the worker count of a tenant created without one (TENANT_DEFAULT_CONCURRENCY).
+	TenantDefaultConcurrency int
+	// TenantMaxConcurrency is the largest worker count a tenant may have (TENANT_MAX_CONCURRENCY).
+	TenantMaxConcurrency int
+	// PrefetchPerWorker is the number of unacknowledged deliveries per worker (CONSUMER_PREFETCH_PER_WORKER).
+	PrefetchPerWorker int
+	// StoreRetryInitial is the first backoff after a transient store failure (STORE_RETRY_INITIAL).
+	StoreRetryInitial time.Duration
+	// StoreRetryBudget is how long a worker retries one delivery before returning it to the queue (STORE_RETRY_BUDGET).
+	StoreRetryBudget time.Duration
+	// ConsumerDrainTimeout bounds how long a stopping consumer waits for in-flight work (CONSUMER_DRAIN_TIMEOUT).
+	ConsumerDrainTimeout time.Duration
+	// ReconcileInterval is the period of the reconciliation loop (RECONCILE_INTERVAL).
+	ReconcileInterval time.Duration
+
+	// ShutdownTimeout is the Fx start and stop timeout; it must exceed the drain timeout (SHUTDOWN_TIMEOUT).
+	ShutdownTimeout time.Duration
+	// ReplicaID names this process among replicas (REPLICA_ID); default: host name and process id.
+	ReplicaID string
+	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
+	MetricsPerTenant bool
+}
+
+// Load reads the configuration from the process environment.
+func Load() (Config, error) { return LoadFrom(os.Getenv) }
+
+// LoadFrom reads the configuration through getenv, which returns "" for an unset variable.
+func LoadFrom(getenv func(string) string) (Config, error) {
+	r := reader{getenv: getenv}
+	host, _ := os.Hostname()
+	c := Config{
+		HTTPAddr:                 r.str("HTTP_ADDR", ":8080"),
+		HTTPMaxBodyBytes:         int64(r.int("HTTP_MAX_BODY_BYTES", 256<<10, 1024, 64<<20)),
+		HTTPReadHeaderTimeout:    r.dur("HTTP_READ_HEADER_TIMEOUT", 5*time.Second),
+		LogLevel:                 r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+		LogFormat:                r.oneOf("LOG_FORMAT", "json", "json", "console"),
+		DatabaseURL:              r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),
+		DBMaxOpenConns:           r.int("DB_MAX_OPEN_CONNS", 40, 1, 10000),
+		DBMaxIdleConns:           r.int("DB_MAX_IDLE_CONNS", 40, 0, 10000),
+		DBConnMaxLifetime:        r.dur("DB_CONN_MAX_LIFETIME", 30*time.Minute),
+		AMQPURL:                  r.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/", "amqp", "amqps"),
+		RabbitMQManagementURL:    r.optionalURL("RABBITMQ_MANAGEMENT_URL", "http", "https"),
+		AMQPExchange:             r.str("AMQP_EXCHANGE", "msgsvc.messages"),
+		AMQPQueueType:            r.oneOf("AMQP_QUEUE_TYPE", "quorum", "quorum", "classic"),
+		AMQPDeliveryLimit:        r.int("AMQP_DELIVERY_LIMIT", 20, 1, 1000),
+		AMQPReconnectInterval:    r.dur("AMQP_RECONNECT_INTERVAL", time.Second),
+		PublishConfirmTimeout:    r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
+		TenantDefaultConcurrency: r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
+		TenantMaxConcurrency:     r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
+		PrefetchPerWorker:        r.int("CONSUMER_PREFETCH_PER_WORKER", 4, 1, 1000),
+		StoreRetryInitial:        r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
+		StoreRetryBudget:         r.dur("STORE_RETRY_BUDGET", 30*time.Second),
+		ConsumerDrainTimeout:     r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
+		ReconcileInterval:        r.dur("RECONCILE_INTERVAL", 30*time.Second),
+		ShutdownTimeout:          r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
+		ReplicaID:                r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
+		MetricsPerTenant:         r.bool("METRICS_PER_TENANT", true),
+	}
+	if c.TenantDefaultConcurrency > c.TenantMaxConcurrency {
+		r.fail("TENANT_DEFAULT_CONCURRENCY", fmt.Sprintf("%d exceeds TENANT_MAX_CONCURRENCY %d", c.TenantDefaultConcurrency, c.TenantMaxConcurrency))
+	}
+	if c.ShutdownTimeout <= c.ConsumerDrainTimeout {
+		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))
+	}
+	return c, errors.Join(r.errs...)
+}
+
+type reader struct {
+	getenv func(string) string
+	errs   []error
+}
+
+func (r *reader) fail(name, why string) {
+	r.errs = append(r.errs, fmt.Errorf("config: %s: %s", name, why))
+}
+
+func (r *reader) raw(name string) (string, bool) {
+	v := strings.TrimSpace(r.getenv(name))
+	return v, v != ""
+}
+
+func (r *reader) str(name, def string) string {
+	if v, ok := r.raw(name); ok {
+		return v
+	}
+	return def
+}
+
+func (r *reader) int(name string, def, lo, hi int) int {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		r.fail(name, fmt.Sprintf("%q is not an integer", v))
+		return def
+	}
+	if n < lo || n > hi {
+		r.fail(name, fmt.Sprintf("%d is outside %d..%d", n, lo, hi))
+		return def
+	}
+	return n
+}
+
+func (r *reader) dur(name string, def time.Duration) time.Duration {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		r.fail(name, fmt.Sprintf("%q is not a positive duration such as 5s or 250ms", v))
+		return def
+	}
+	return d
+}
+
+func (r *reader) bool(name string, def bool) bool {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(name, fmt.Sprintf("%q is not a boolean (true or false)", v))
+		return def
+	}
+	return b
+}
+
+func (r *reader) oneOf(name, def string, allowed ...string) string {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	for _, a := range allowed {
+		if strings.EqualFold(v, a) {
+			return a
+		}
+	}
+	r.fail(name, fmt.Sprintf("%q is not one of %s", v, strings.Join(allowed, ", ")))
+	return def
+}
+
+func (r *reader) url(name, def string, schemes ...string) string {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	r.checkURL(name, v, schemes)
+	return v
+}
+
+func (r *reader) optionalURL(name string, schemes ...string) string {
+	v, ok := r.raw(name)
+	if ok {
+		r.checkURL(name, v, schemes)
+	}
+	return v
+}
+
+func (r *reader) checkURL(name, v string, schemes []string) {
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" {
+		r.fail(name, "is not a URL with a host")
+		return
+	}
+	for _, s := range schemes {
+		if u.Scheme == s {
+			return
+		}
+	}
+	r.fail(name, fmt.Sprintf("scheme %q is not one of %s", u.Scheme, strings.Join(schemes, ", ")))
+}

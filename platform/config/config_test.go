@@ -1,0 +1,79 @@
+package config
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+
+func TestDefaults(t *testing.T) {
+	c, err := LoadFrom(env(nil))
+	require.NoError(t, err)
+	require.Equal(t, ":8080", c.HTTPAddr)
+	require.EqualValues(t, 256<<10, c.HTTPMaxBodyBytes)
+	require.Equal(t, "quorum", c.AMQPQueueType)
+	require.Equal(t, 3, c.TenantDefaultConcurrency)
+	require.Equal(t, 100, c.TenantMaxConcurrency)
+	require.Equal(t, 5*time.Second, c.PublishConfirmTimeout)
+	require.Equal(t, 30*time.Second, c.ReconcileInterval)
+	require.Equal(t, "json", c.LogFormat)
+	require.True(t, c.MetricsPerTenant)
+	require.NotEmpty(t, c.ReplicaID)
+}
+
+func TestOverrides(t *testing.T) {
+	c, err := LoadFrom(env(map[string]string{
+		"HTTP_ADDR": "127.0.0.1:9000", "HTTP_MAX_BODY_BYTES": "4096", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "console",
+		"DATABASE_URL": "postgres://u:p@db:5432/x", "DB_MAX_OPEN_CONNS": "7", "DB_MAX_IDLE_CONNS": "3",
+		"DB_CONN_MAX_LIFETIME": "1m", "AMQP_URL": "amqps://u:p@mq/", "RABBITMQ_MANAGEMENT_URL": "http://u:p@mq:15672",
+		"AMQP_EXCHANGE": "ex", "AMQP_QUEUE_TYPE": "classic", "AMQP_DELIVERY_LIMIT": "5",
+		"AMQP_RECONNECT_INTERVAL": "2s", "PUBLISH_CONFIRM_TIMEOUT": "1500ms", "TENANT_DEFAULT_CONCURRENCY": "2",
+		"TENANT_MAX_CONCURRENCY": "50", "CONSUMER_PREFETCH_PER_WORKER": "8", "STORE_RETRY_INITIAL": "10ms",
+		"STORE_RETRY_BUDGET": "1m", "CONSUMER_DRAIN_TIMEOUT": "3s", "RECONCILE_INTERVAL": "5s",
+		"SHUTDOWN_TIMEOUT": "9s", "REPLICA_ID": "r1", "METRICS_PER_TENANT": "false",
+		"HTTP_READ_HEADER_TIMEOUT": "2s",
+	}))
+	require.NoError(t, err)
+	require.Equal(t, Config{
+		HTTPAddr: "127.0.0.1:9000", HTTPMaxBodyBytes: 4096, HTTPReadHeaderTimeout: 2 * time.Second,
+		LogLevel: "debug", LogFormat: "console",
+		DatabaseURL: "postgres://u:p@db:5432/x", DBMaxOpenConns: 7, DBMaxIdleConns: 3, DBConnMaxLifetime: time.Minute,
+		AMQPURL: "amqps://u:p@mq/", RabbitMQManagementURL: "http://u:p@mq:15672", AMQPExchange: "ex",
+		AMQPQueueType: "classic", AMQPDeliveryLimit: 5, AMQPReconnectInterval: 2 * time.Second,
+		PublishConfirmTimeout: 1500 * time.Millisecond, TenantDefaultConcurrency: 2, TenantMaxConcurrency: 50,
+		PrefetchPerWorker: 8, StoreRetryInitial: 10 * time.Millisecond, StoreRetryBudget: time.Minute,
+		ConsumerDrainTimeout: 3 * time.Second, ReconcileInterval: 5 * time.Second, ShutdownTimeout: 9 * time.Second,
+		ReplicaID: "r1", MetricsPerTenant: false,
+	}, c)
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	cases := map[string]map[string]string{
+		"HTTP_MAX_BODY_BYTES":        {"HTTP_MAX_BODY_BYTES": "lots"},
+		"DB_MAX_OPEN_CONNS":          {"DB_MAX_OPEN_CONNS": "0"},
+		"PUBLISH_CONFIRM_TIMEOUT":    {"PUBLISH_CONFIRM_TIMEOUT": "5"},
+		"AMQP_QUEUE_TYPE":            {"AMQP_QUEUE_TYPE": "stream"},
+		"DATABASE_URL":               {"DATABASE_URL": "mysql://x@y/z"},
+		"AMQP_URL":                   {"AMQP_URL": "not a url"},
+		"METRICS_PER_TENANT":         {"METRICS_PER_TENANT": "maybe"},
+		"TENANT_DEFAULT_CONCURRENCY": {"TENANT_DEFAULT_CONCURRENCY": "200"},
+		"SHUTDOWN_TIMEOUT":           {"SHUTDOWN_TIMEOUT": "1s"},
+		"LOG_LEVEL":                  {"LOG_LEVEL": "loud"},
+	}
+	for name, kv := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := LoadFrom(env(kv))
+			require.Error(t, err)
+			require.Contains(t, err.Error(), name)
+		})
+	}
+}
+
+func TestSecretsAreNotEchoed(t *testing.T) {
+	_, err := LoadFrom(env(map[string]string{"DATABASE_URL": "mysql://user:s3cret@y/z"}))
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "s3cret")
+}

@@ -1,0 +1,52 @@
+package events
+
+import (
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+)
+
+// Tenant is the part of a tenant that subscribers of tenant events need.
+type Tenant struct {
+	ID          uuid.UUID `json:"id"`
+	Name        string    `json:"name"`
+	Concurrency int       `json:"concurrency"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// TenantCreating is published inside the transaction that inserts a tenant's row, before commit. Subscribers
+// make what the tenant needs (its partition through Tx, its queues); an error rolls the creation back.
+type TenantCreating struct {
+	Tenant Tenant
+	Tx     bun.Tx
+}
+
+// TenantCreateFailed is published when a creation was rolled back after TenantCreating, so that subscribers
+// remove what they made outside the transaction (queues).
+type TenantCreateFailed struct {
+	TenantID uuid.UUID
+}
+
+// TenantCreated is published after the tenant's row and partition committed; its consumer starts now.
+// It also travels to the other replicas.
+type TenantCreated struct {
+	Tenant Tenant
+}
+
+// TenantConcurrencyChanged is published after a tenant's worker count was updated. It travels to every replica.
+type TenantConcurrencyChanged struct {
+	TenantID    uuid.UUID `json:"tenant_id"`
+	Concurrency int       `json:"concurrency"`
+}
+
+// TenantDeleting is published once the tenant's row is gone: publishing to it stops, its consumers drain and
+// stop, its queues are deleted. It travels to every replica.
+type TenantDeleting struct {
+	TenantID uuid.UUID `json:"tenant_id"`
+}
+
+// TenantDeleted is published after TenantDeleting: the tenant's stored messages (its partition) are removed.
+type TenantDeleted struct {
+	TenantID uuid.UUID `json:"tenant_id"`
+}

@@ -1,0 +1,38 @@
+package httpserver
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/config"
+)
+
+// AsRoutes annotates a constructor so that its result joins the "routes" value group.
+func AsRoutes(f any) any {
+	return fx.Annotate(f, fx.As(new(Routes)), fx.ResultTags(`group:"routes"`))
+}
+
+// AsCheck annotates a constructor of a Check so that it joins the "readiness" value group.
+func AsCheck(f any) any {
+	return fx.Annotate(f, fx.ResultTags(`group:"readiness"`))
+}
+
+// Params are the Server's dependencies.
+type Params struct {
+	fx.In
+	Config   config.Config
+	Log      *zap.Logger
+	Registry *prometheus.Registry
+	Routes   []Routes `group:"routes"`
+	Checks   []Check  `group:"readiness"`
+}
+
+// Module runs the HTTP server: it starts last and stops first.
+var Module = fx.Module("httpserver",
+	fx.Provide(func(p Params) *Server {
+		return New(Options{Addr: p.Config.HTTPAddr, MaxBodyBytes: p.Config.HTTPMaxBodyBytes,
+			ReadHeaderTimeout: p.Config.HTTPReadHeaderTimeout}, p.Log, p.Registry, p.Routes, p.Checks)
+	}),
+	fx.Invoke(func(lc fx.Lifecycle, s *Server) { lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop}) }),
+)

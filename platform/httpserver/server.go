@@ -1,0 +1,210 @@
+// Package httpserver runs the HTTP API: a chi router with request ids, access logs, panic recovery into
+// problem responses, a body limit and Prometheus metrics, plus the health and readiness probes. Modules add
+// their routes through the "routes" value group and readiness checks through the "readiness" group.
+package httpserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/metrics"
+	"github.com/acme/msgsvc/platform/problem"
+)
+
+// Routes is implemented by every module that serves HTTP; Register mounts its handlers under the API router.
+type Routes interface {
+	Register(r chi.Router)
+}
+
+// Check is a named readiness check; it answers nil when its dependency is usable.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Options configures a Server.
+type Options struct {
+	Addr              string
+	MaxBodyBytes      int64
+	ReadHeaderTimeout time.Duration
+}
+
+// Server is the HTTP server of the service.
+type Server struct {
+	opts    Options
+	log     *zap.Logger
+	router  chi.Router
+	srv     *http.Server
+	checks  []Check
+	reqs    *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+	addr    net.Addr
+}
+
+// New builds the router with its middleware, the probes, /metrics and every module's routes.
+func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Routes, checks []Check) *Server {
+	s := &Server{opts: opts, log: log.Named("http"), checks: checks}
+	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "http_requests_total",
+		Help: "HTTP requests answered, by method, route pattern and status code.",
+	}, []string{"method", "route", "status"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: metrics.Namespace, Name: "http_request_duration_seconds",
+		Help:    "HTTP request latency by method and route pattern.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"method", "route"})
+	reg.MustRegister(s.reqs, s.latency)
+
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, s.instrument, s.recoverer, s.limitBody)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		problem.Write(w, r, problem.New(problem.KindNotFound, "not-found", "no such resource"))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		problem.WriteDetails(w, problem.Details{Type: problem.TypeBase + "method-not-allowed",
+			Title: http.StatusText(405), Status: 405, Detail: r.Method + " is not allowed here", Instance: r.URL.Path,
+			RequestID: middleware.GetReqID(r.Context())})
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", s.ready)
+	r.Method(http.MethodGet, "/metrics", metrics.Handler(reg))
+	for _, rt := range routes {
+		rt.Register(r)
+	}
+	s.router = r
+	s.srv = &http.Server{
+		Addr:              opts.Addr,
+		Handler:           r,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(s.log),
+	}
+	return s
+}
+
+// Handler returns the root handler (useful in tests).
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Addr returns the address the server listens on once started.
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Start listens and serves in the background.
+func (s *Server) Start(context.Context) error {
+	ln, err := net.Listen("tcp", s.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("httpserver: listen %s: %w", s.opts.Addr, err)
+	}
+	s.addr = ln.Addr()
+	s.log.Info("listening", zap.String("addr", ln.Addr().String()))
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("serve failed", zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// Stop stops accepting requests and waits for those in flight, until ctx ends.
+func (s *Server) Stop(ctx context.Context) error {
+	s.log.Info("shutting down")
+	return s.srv.Shutdown(ctx)
+}
+
+// ready answers 200 when every readiness check passes, else 503 naming what is down.
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	status := map[string]string{}
+	var down []string
+	for _, c := range s.checks {
+		if err := c.Check(ctx); err != nil {
+			status[c.Name] = "down: " + err.Error()
+			down = append(down, c.Name)
+		} else {
+			status[c.Name] = "ok"
+		}
+	}
+	if len(down) > 0 {
+		d := problem.From(r, problem.New(problem.KindUnavailable, "not-ready", fmt.Sprintf("not ready: %v down", down)))
+		for _, name := range down {
+			d.Errors = append(d.Errors, problem.FieldError{Field: name, Detail: status[name]})
+		}
+		problem.WriteDetails(w, d)
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": status})
+}
+
+// instrument logs each request and records its metrics under the matched route pattern.
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
+		status := ww.Status()
+		if status == 0 {
+			status = http.StatusOK
+		}
+		elapsed := time.Since(start)
+		s.reqs.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
+		s.latency.WithLabelValues(r.Method, route).Observe(elapsed.Seconds())
+		if route == "/healthz" || route == "/readyz" || route == "/metrics" {
+			return
+		}
+		lvl := zap.DebugLevel
+		if status >= 500 {
+			lvl = zap.WarnLevel
+		}
+		if ce := s.log.Check(lvl, "request"); ce != nil {
+			ce.Write(zap.String("request_id", middleware.GetReqID(r.Context())), zap.String("method", r.Method),
+				zap.String("route", route), zap.String("path", r.URL.Path), zap.Int("status", status),
+				zap.Int("bytes", ww.BytesWritten()), zap.Duration("duration", elapsed))
+		}
+	})
+}
+
+// recoverer turns a panic into a 500 problem response carrying the request id, and logs the stack.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic in handler", zap.Any("panic", v), zap.Stack("stack"),
+					zap.String("request_id", middleware.GetReqID(r.Context())))
+				problem.Write(w, r, fmt.Errorf("panic: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// limitBody caps every request body at MaxBytesBytes.
+func (s *Server) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > s.opts.MaxBodyBytes {
+			problem.Write(w, r, problem.New(problem.KindTooLarge, "body-too-large",
+				fmt.Sprintf("the request body exceeds %d bytes", s.opts.MaxBodyBytes)))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}

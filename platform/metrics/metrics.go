@@ -1,0 +1,34 @@
+// Package metrics owns the service's Prometheus registry and serves it at /metrics.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/fx"
+)
+
+// Namespace prefixes every metric the service exports.
+const Namespace = "msgsvc"
+
+// NewRegistry returns a registry with the Go runtime and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func Handler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}
+
+// Module provides the registry as both *prometheus.Registry and prometheus.Registerer.
+var Module = fx.Module("metrics",
+	fx.Provide(
+		NewRegistry,
+		func(r *prometheus.Registry) prometheus.Registerer { return r },
+	),
+)

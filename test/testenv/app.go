@@ -1,0 +1,117 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/acme/msgsvc/cmd/server/app"
+	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/httpserver"
+)
+
+// Config returns a configuration for t with its own database and virtual host, an ephemeral HTTP port and
+// short intervals.
+func (s *Servers) Config(t testing.TB) config.Config {
+	t.Helper()
+	c, err := config.LoadFrom(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.HTTPAddr = "127.0.0.1:0"
+	c.DatabaseURL = s.NewDatabase(t)
+	c.AMQPURL = s.NewVHost(t)
+	c.RabbitMQManagementURL = s.ManagementURL
+	c.LogLevel = "info"
+	c.ReplicaID = RandomName("replica-")
+	c.ReconcileInterval = 2 * time.Second
+	c.AMQPReconnectInterval = 200 * time.Millisecond
+	c.ShutdownTimeout = 20 * time.Second
+	c.ConsumerDrainTimeout = 5 * time.Second
+	return c
+}
+
+// App is a running application.
+type App struct {
+	URL    string // http://127.0.0.1:port
+	Config config.Config
+	Logs   *observer.ObservedLogs
+	fx     *fx.App
+	t      testing.TB
+	done   bool
+}
+
+// Start starts the whole application with cfg and stops it when t ends.
+func Start(t testing.TB, cfg config.Config, extra ...fx.Option) *App {
+	t.Helper()
+	a, err := TryStart(t, cfg, extra...)
+	if err != nil {
+		t.Fatalf("start application: %v", err)
+	}
+	return a
+}
+
+// TryStart is Start that returns the start error instead of failing t.
+func TryStart(t testing.TB, cfg config.Config, extra ...fx.Option) (*App, error) {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	var srv *httpserver.Server
+	a := &App{Config: cfg, Logs: logs, t: t}
+	opts := append([]fx.Option{
+		fx.Populate(&srv),
+		fx.Decorate(func(l *zap.Logger) *zap.Logger {
+			return zap.New(zapcoreTee(l, core)).With(zap.String("replica", cfg.ReplicaID))
+		}),
+	}, extra...)
+	a.fx = fx.New(app.Options(cfg, opts...))
+	if err := a.fx.Err(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := a.fx.Start(ctx); err != nil {
+		return nil, err
+	}
+	a.URL = fmt.Sprintf("http://%s", srv.Addr())
+	t.Cleanup(func() { _ = a.Stop() })
+	return a, nil
+}
+
+// Stop stops the application (once) and returns the stop error.
+func (a *App) Stop() error {
+	if a.done {
+		return nil
+	}
+	a.done = true
+	ctx, cancel := context.WithTimeout(context.Background(), a.Config.ShutdownTimeout)
+	defer cancel()
+	return a.fx.Stop(ctx)
+}
+
+// Eventually polls cond every 50 ms until it is true or timeout passes, then fails t with msg.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: "+msg, append([]any{timeout}, args...)...)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Status returns the status code of GET url.
+func Status(url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}

@@ -1,0 +1,216 @@
+// Package testenv gives integration tests real PostgreSQL and RabbitMQ servers and starts the whole
+// application against them.
+//
+// Servers come from TEST_DATABASE_URL, TEST_AMQP_URL and TEST_RABBITMQ_MANAGEMENT_URL when set (this is what
+// `go tool task test` does, after starting throwaway local servers), else from testcontainers where a Docker
+// engine answers. With TEST_REQUIRE_SERVICES=1 a test fails instead of skipping when neither is available.
+// Every test gets its own database and its own RabbitMQ virtual host, so tests never see each other's data.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/testcontainers/testcontainers-go"
+	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+	tcrabbit "github.com/testcontainers/testcontainers-go/modules/rabbitmq"
+)
+
+// Servers are the database and broker servers shared by a test binary.
+type Servers struct {
+	DatabaseURL   string // a superuser connection to an administrative database
+	AMQPURL       string // the default virtual host
+	ManagementURL string // RabbitMQ management API base URL with credentials
+	// Script is deployments/local/services.sh when the servers are local processes; it can stop and start them.
+	Script string
+}
+
+var (
+	once    sync.Once
+	servers *Servers
+	initErr error
+)
+
+// Get returns the shared servers, or skips (fails, with TEST_REQUIRE_SERVICES=1) the test when none exist.
+func Get(t testing.TB) *Servers {
+	t.Helper()
+	once.Do(func() { servers, initErr = find() })
+	if initErr != nil {
+		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("integration servers required but unavailable: %v", initErr)
+		}
+		t.Skipf("integration servers unavailable (set TEST_DATABASE_URL and TEST_AMQP_URL, or run `go tool task test`): %v", initErr)
+	}
+	return servers
+}
+
+func find() (*Servers, error) {
+	s := &Servers{
+		DatabaseURL:   os.Getenv("TEST_DATABASE_URL"),
+		AMQPURL:       os.Getenv("TEST_AMQP_URL"),
+		ManagementURL: os.Getenv("TEST_RABBITMQ_MANAGEMENT_URL"),
+		Script:        os.Getenv("TEST_SERVICES_SCRIPT"),
+	}
+	if s.DatabaseURL != "" && s.AMQPURL != "" {
+		if s.ManagementURL == "" {
+			return nil, fmt.Errorf("TEST_RABBITMQ_MANAGEMENT_URL is required with TEST_AMQP_URL")
+		}
+		return s, nil
+	}
+	return fromContainers()
+}
+
+func fromContainers() (*Servers, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := testcontainers.NewDockerProvider(); err != nil {
+		return nil, fmt.Errorf("no TEST_DATABASE_URL/TEST_AMQP_URL and no Docker: %w", err)
+	}
+	pg, err := tcpostgres.Run(ctx, "postgres:15-alpine", tcpostgres.WithDatabase("msgsvc"),
+		tcpostgres.WithUsername("msgsvc"), tcpostgres.WithPassword("msgsvc"), tcpostgres.BasicWaitStrategies())
+	if err != nil {
+		return nil, fmt.Errorf("postgres container: %w", err)
+	}
+	dsn, err := pg.ConnectionString(ctx, "sslmode=disable")
+	if err != nil {
+		return nil, err
+	}
+	rb, err := tcrabbit.Run(ctx, "rabbitmq:3.13-management-alpine")
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmq container: %w", err)
+	}
+	amqpURL, err := rb.AmqpURL(ctx)
+	if err != nil {
+		return nil, err
+	}
+	httpURL, err := rb.HttpURL(ctx)
+	if err != nil {
+		return nil, err
+	}
+	u, _ := url.Parse(httpURL)
+	u.User = url.UserPassword(rb.AdminUsername, rb.AdminPassword)
+	return &Servers{DatabaseURL: dsn, AMQPURL: amqpURL, ManagementURL: u.String()}, nil
+}
+
+// RandomName returns prefix followed by 12 random hex digits.
+func RandomName(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// NewDatabase creates an empty database for t and drops it when t ends; it returns its URL.
+func (s *Servers) NewDatabase(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	name := RandomName("t_")
+	conn, err := pgx.Connect(ctx, s.DatabaseURL)
+	if err != nil {
+		t.Fatalf("connect to test PostgreSQL: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(ctx, s.DatabaseURL)
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	u, _ := url.Parse(s.DatabaseURL)
+	u.Path = "/" + name
+	return u.String()
+}
+
+// NewVHost creates a RabbitMQ virtual host for t, open to the management user, and deletes it when t ends.
+// It returns the AMQP URL of the virtual host.
+func (s *Servers) NewVHost(t testing.TB) string {
+	t.Helper()
+	name := RandomName("t_")
+	s.Management(t, http.MethodPut, "/api/vhosts/"+name, "")
+	user := s.managementUser()
+	s.Management(t, http.MethodPut, "/api/permissions/"+name+"/"+user, `{"configure":".*","write":".*","read":".*"}`)
+	t.Cleanup(func() { s.managementDo(http.MethodDelete, "/api/vhosts/"+name, "") })
+	u, _ := url.Parse(s.AMQPURL)
+	u.Path = "/" + name
+	return u.String()
+}
+
+func (s *Servers) managementUser() string {
+	u, _ := url.Parse(s.ManagementURL)
+	return u.User.Username()
+}
+
+// Management calls the RabbitMQ management API and fails t unless it answers 2xx.
+func (s *Servers) Management(t testing.TB, method, path, body string) []byte {
+	t.Helper()
+	out, err := s.managementDo(method, path, body)
+	if err != nil {
+		t.Fatalf("management %s %s: %v", method, path, err)
+	}
+	return out
+}
+
+func (s *Servers) managementDo(method, path, body string) ([]byte, error) {
+	u, err := url.Parse(s.ManagementURL)
+	if err != nil {
+		return nil, err
+	}
+	pass, _ := u.User.Password()
+	user := u.User.Username()
+	u.User = nil
+	req, err := http.NewRequest(method, strings.TrimRight(u.String(), "/")+path, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.SetBasicAuth(user, pass)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, fmt.Errorf("status %d: %s", resp.StatusCode, b.String())
+	}
+	return []byte(b.String()), nil
+}
+
+// RunScript runs the local services script with args (for example rabbitmq-stop-app); it fails t when the
+// servers are not local processes.
+func (s *Servers) RunScript(t testing.TB, args ...string) {
+	t.Helper()
+	if s.Script == "" {
+		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("TEST_SERVICES_SCRIPT is not set; cannot run %v", args)
+		}
+		t.Skipf("servers are not local processes; cannot run %v", args)
+	}
+	out, err := exec.Command(s.Script, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", s.Script, args, err, out)
+	}
+}
