@@ -151,9 +151,10 @@ need_pg_bin() {
 }
 
 # as_pg CMD...: run a PostgreSQL server tool as the postgres user when root.
+# Runs from / because postgres may not be allowed into the current directory.
 as_pg() {
 	if ((EUID == 0)); then
-		runuser -u postgres -- "$@"
+		(cd / && runuser -u postgres -- "$@")
 	else
 		"$@"
 	fi
@@ -248,7 +249,7 @@ pg_wait_ready() {
 		fi
 		if (($(now) >= deadline)); then
 			tail_log "$PG_LOG"
-			die "PostgreSQL did not accept connections on 127.0.0.1:$PG_PORT within ${TIMEOUT}s"
+			die "PostgreSQL did not accept connections on 127.0.0.1:$PG_PORT within ${TIMEOUT}s (server left running; '$SCRIPT down' stops it)"
 		fi
 		sleep 0.2
 	done
@@ -297,8 +298,8 @@ pg_start() {
 		port_free PG_PORT
 		log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
 		# pg_ctl detaches postgres (own session, stdio to the log file).
-		if ! (cd / && as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$TIMEOUT" 9>&- >/dev/null 2>&1 </dev/null); then
-			tail_log "$PG_LOG"
+		if ! (as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$TIMEOUT" 9>&- >"$PG_DIR/pg_ctl.log" 2>&1 </dev/null); then
+			tail_log "$PG_DIR/pg_ctl.log" "$PG_LOG"
 			die "PostgreSQL failed to start (log: $PG_LOG)"
 		fi
 	fi
@@ -412,6 +413,16 @@ mgmt_ping() {
 
 rmq_ready() { amqp_ping && mgmt_ping; }
 
+# A memory or disk alarm blocks every publisher; say so instead of letting
+# tests hang.
+rmq_warn_alarms() {
+	local body
+	body="$(curl -sS -m 5 -u guest:guest "http://127.0.0.1:$RABBITMQ_MGMT_PORT/api/health/checks/alarms" 2>&1 || true)"
+	if [[ $body != *'"status":"ok"'* ]]; then
+		log "WARNING: RabbitMQ reports a resource alarm, publishers will block: $body"
+	fi
+}
+
 rmq_logs() { tail_log "$RMQ/log/startup.log" "$RMQ/log/rabbit.log"; }
 
 # rmq_wait_ready WHAT: wait for AMQP + management API while the node lives.
@@ -424,7 +435,7 @@ rmq_wait_ready() {
 		fi
 		if (($(now) >= deadline)); then
 			rmq_logs
-			die "RabbitMQ did not answer on AMQP 127.0.0.1:$AMQP_PORT and management 127.0.0.1:$RABBITMQ_MGMT_PORT within ${TIMEOUT}s of $what"
+			die "RabbitMQ did not answer on AMQP 127.0.0.1:$AMQP_PORT and management 127.0.0.1:$RABBITMQ_MGMT_PORT within ${TIMEOUT}s of $what (node left running for inspection; '$SCRIPT down' stops it)"
 		fi
 		sleep 0.3
 	done
@@ -545,6 +556,7 @@ cmd_up() {
 	save_settings
 	pg_start
 	rmq_start
+	rmq_warn_alarms
 	write_env_file
 	log "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ AMQP 127.0.0.1:$AMQP_PORT / management 127.0.0.1:$RABBITMQ_MGMT_PORT ($(($(now) - t0))s)"
 	log "env file: $ENV_FILE"
@@ -563,7 +575,7 @@ cmd_down() {
 	if ((purge)); then
 		log "purging data"
 		rm -rf "$RMQ" "$ENV_FILE" "$PORTS_FILE" "$DEV/apt.log"
-		rm -f "$PG_LINK"
+		if [[ -L $PG_LINK ]]; then rm -f "$PG_LINK"; fi
 		if ((EUID == 0)); then
 			rm -rf "${PG_DIR%/postgres}"
 		else

@@ -117,3 +117,15 @@ func (z zapAdapter) Errorf(f string, v ...any) { z.s.Errorf(f, v...) }
 func (z zapAdapter) Warnf(f string, v ...any)  { z.s.Warnf(f, v...) }
 func (z zapAdapter) Infof(f string, v ...any)  { z.s.Debugf(f, v...) }
 func (z zapAdapter) Debugf(f string, v ...any) { z.s.Debugf(f, v...) }
+
+// permanentError marks a failure that no retry can mend, such as an undecodable delivery.
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// Permanent marks err as permanent: the delivery that caused it goes to the dead-letter queue at once.
+func Permanent(err error) error { return permanentError{err} }
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }

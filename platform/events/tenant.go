@@ -1,6 +1,7 @@
 package events
 
 import (
+	"context"
 	"time"
 
 	"github.com/google/uuid"
@@ -49,4 +50,13 @@ type TenantDeleting struct {
 // TenantDeleted is published after TenantDeleting: the tenant's stored messages (its partition) are removed.
 type TenantDeleted struct {
 	TenantID uuid.UUID `json:"tenant_id"`
+}
+
+// TenantDirectory answers which tenants exist. The tenant module provides it; the messaging module and the
+// consumer runtime use it to build their state at start-up and to reconcile.
+type TenantDirectory interface {
+	// Tenants returns every tenant.
+	Tenants(ctx context.Context) ([]Tenant, error)
+	// Tenant returns one tenant; ok is false when it does not exist.
+	Tenant(ctx context.Context, id uuid.UUID) (t Tenant, ok bool, err error)
 }

@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/google/uuid"
+
+	"github.com/acme/msgsvc/platform/pagination"
 	"github.com/acme/msgsvc/platform/problem"
 )
 
@@ -87,4 +90,30 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// ParseUUID parses a UUID in its canonical 36-character form from a path or query parameter named field.
+func ParseUUID(field, s string) (uuid.UUID, error) {
+	id, err := uuid.Parse(s)
+	if err != nil || len(s) != 36 {
+		return uuid.Nil, problem.Invalid(field, "must be a UUID such as 0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b")
+	}
+	return id, nil
+}
+
+// PageParams reads the limit and cursor query parameters of a paginated list.
+func PageParams(r *http.Request) (int, *pagination.Cursor, error) {
+	q := r.URL.Query()
+	limit, ok := pagination.ParseLimit(q.Get("limit"))
+	if !ok {
+		return 0, nil, problem.Invalid("limit", fmt.Sprintf("must be an integer between 1 and %d", pagination.MaxLimit))
+	}
+	if !q.Has("cursor") {
+		return limit, nil, nil
+	}
+	c, err := pagination.Decode(q.Get("cursor"))
+	if err != nil {
+		return 0, nil, problem.Invalid("cursor", "must be a next_cursor from a previous page or an RFC 3339 time")
+	}
+	return limit, &c, nil
 }

@@ -5,7 +5,11 @@ package app
 import (
 	"go.uber.org/fx"
 
+	"github.com/acme/msgsvc/modules/consumer"
+	"github.com/acme/msgsvc/modules/messaging"
+	"github.com/acme/msgsvc/modules/tenant"
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/database"
 	"github.com/acme/msgsvc/platform/events"
@@ -28,6 +32,12 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		events.Module,
 		database.Module,
 		broker.Module,
+		tenant.Module,
+		messaging.Module,
+		consumer.Module,
+		// The consumer runtime declares the Handler it needs; the messaging module's Service is it.
+		fx.Provide(func(s *messaging.Service) consumer.Handler { return s }),
+		cluster.Module,
 		fx.Options(extra...),
 		httpserver.Module,
 	)

@@ -1,0 +1,62 @@
+package consumer
+
+import (
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/acme/msgsvc/platform/metrics"
+)
+
+// Metrics are the consumer runtime's Prometheus series.
+type Metrics struct {
+	perTenant    bool
+	running      prometheus.Gauge
+	workers      *prometheus.GaugeVec
+	inflight     *prometheus.GaugeVec
+	retried      *prometheus.CounterVec
+	deadLettered *prometheus.CounterVec
+	requeued     *prometheus.CounterVec
+	restarts     *prometheus.CounterVec
+	reconciles   prometheus.Counter
+	repairs      *prometheus.CounterVec
+}
+
+// NewMetrics registers the runtime's series on reg. With perTenant false the tenant label is "all".
+func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
+	ns := metrics.Namespace
+	m := &Metrics{
+		perTenant: perTenant,
+		running:   prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumers_running", Help: "Tenant consumers running on this replica."}),
+		workers:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_workers", Help: "Workers of each tenant's consumer on this replica."}, []string{"tenant"}),
+		inflight:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_inflight", Help: "Deliveries being processed, by tenant."}, []string{"tenant"}),
+		retried:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_retried_total", Help: "Store attempts retried after a transient failure, by tenant."}, []string{"tenant"}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_dead_lettered_total",
+			Help: "Deliveries sent to the dead-letter queue by this service, by tenant and reason."}, []string{"tenant", "reason"}),
+		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_requeued_total",
+			Help: "Deliveries returned to their queue, by tenant and reason (retry budget spent, consumer stopping)."}, []string{"tenant", "reason"}),
+		restarts:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "consumer_restarts_total", Help: "Consumers (re)started, by reason."}, []string{"reason"}),
+		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_runs_total", Help: "Reconciliation runs."}),
+		repairs:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_repairs_total", Help: "Repairs made by reconciliation, by kind."}, []string{"kind"}),
+	}
+	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.restarts, m.reconciles, m.repairs)
+	return m
+}
+
+func (m *Metrics) tenant(id uuid.UUID) string {
+	if m.perTenant {
+		return id.String()
+	}
+	return "all"
+}
+
+func (m *Metrics) forget(id uuid.UUID) {
+	if !m.perTenant {
+		return
+	}
+	l := prometheus.Labels{"tenant": id.String()}
+	m.workers.DeletePartialMatch(l)
+	m.inflight.DeletePartialMatch(l)
+	m.retried.DeletePartialMatch(l)
+	m.deadLettered.DeletePartialMatch(l)
+	m.requeued.DeletePartialMatch(l)
+}

@@ -1,0 +1,57 @@
+package consumer
+
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/events"
+)
+
+// Module provides the consumer runtime, subscribes it to the tenant events and runs it in the lifecycle: it
+// starts after the broker and the database, and stops (draining every consumer) before them.
+var Module = fx.Module("consumer",
+	fx.Provide(
+		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
+		func(conn *broker.Conn, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
+			return NewRuntime(conn, h, dir, OptionsFrom(c), m, log)
+		},
+	),
+	fx.Invoke(Subscribe),
+)
+
+// OptionsFrom takes the runtime's options from the configuration.
+func OptionsFrom(c config.Config) Options {
+	return Options{ReplicaID: c.ReplicaID, Exchange: c.AMQPExchange, QueueType: c.AMQPQueueType,
+		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, RetryInitial: c.StoreRetryInitial,
+		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, ReconcileInterval: c.ReconcileInterval,
+		ManagementURL: c.RabbitMQManagementURL, AMQPURL: c.AMQPURL}
+}
+
+// Subscribe registers the runtime on the tenant events and in the lifecycle.
+func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
+	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantCreating) error {
+		return r.DeclareTopology(ctx, e.Tenant.ID)
+	})
+	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantCreateFailed) error {
+		return r.DeleteTopology(ctx, e.TenantID)
+	})
+	events.Subscribe(bus, "consumer.start", func(ctx context.Context, e events.TenantCreated) error {
+		return r.Ensure(ctx, e.Tenant.ID, e.Tenant.Concurrency, "tenant created")
+	})
+	events.Subscribe(bus, "consumer.resize", func(ctx context.Context, e events.TenantConcurrencyChanged) error {
+		return r.Ensure(ctx, e.TenantID, e.Concurrency, "concurrency changed")
+	})
+	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {
+		r.Stop(ctx, e.TenantID, "tenant deleted")
+		if events.IsRemote(ctx) {
+			return nil
+		}
+		return r.DeleteTopology(ctx, e.TenantID)
+	})
+	lc.Append(fx.Hook{OnStart: r.Start, OnStop: r.Shutdown})
+}

@@ -1,0 +1,181 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/events"
+)
+
+// reconcileParallelism bounds how many tenants one reconciliation run repairs at once.
+const reconcileParallelism = 16
+
+// Reconcile makes what runs on this replica match the database: every tenant has its queues and a consumer
+// of its configured size; consumers of tenants that no longer exist stop; queues of tenants that do not
+// exist (seen so in two runs in a row, so that a creation in progress is left alone) are deleted.
+func (r *Runtime) Reconcile(ctx context.Context) error {
+	r.metrics.reconciles.Inc()
+	tenants, err := r.dir.Tenants(ctx)
+	if err != nil {
+		return err
+	}
+	known := make(map[uuid.UUID]bool, len(tenants))
+	var (
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, reconcileParallelism)
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, t := range tenants {
+		known[t.ID] = true
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := r.reconcileTenant(ctx, t); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+
+	r.mu.Lock()
+	var stale []uuid.UUID
+	for id := range r.consumers {
+		if !known[id] {
+			stale = append(stale, id)
+		}
+	}
+	r.mu.Unlock()
+	for _, id := range stale {
+		r.log.Info("stopping the consumer of a tenant that no longer exists", zap.String("tenant_id", id.String()))
+		r.metrics.repairs.WithLabelValues("stale_consumer").Inc()
+		r.Stop(ctx, id, "tenant gone")
+	}
+	if err := r.removeOrphanQueues(ctx, known); err != nil {
+		errs = append(errs, fmt.Errorf("orphan queues: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant) error {
+	if r.isClosed() {
+		return nil
+	}
+	st, err := r.conn.InspectQueue(ctx, QueueName(t.ID))
+	if err != nil {
+		return err
+	}
+	if !st.Exists {
+		r.log.Warn("tenant queue missing; declaring it", zap.String("tenant_id", t.ID.String()))
+		r.metrics.repairs.WithLabelValues("queue").Inc()
+		if err := r.DeclareTopology(ctx, t.ID); err != nil {
+			return err
+		}
+		// A consumer on the deleted queue was cancelled by the broker; replace it.
+		if tc := r.consumer(t.ID, false); tc != nil {
+			tc.stop(ctx, "queue recreated")
+		}
+	}
+	tc := r.consumer(t.ID, false)
+	switch {
+	case tc == nil || !tc.running():
+		if tc != nil {
+			r.metrics.repairs.WithLabelValues("consumer").Inc()
+		}
+		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
+	case r.Workers(t.ID) != t.Concurrency:
+		r.metrics.repairs.WithLabelValues("concurrency").Inc()
+		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
+	}
+	return nil
+}
+
+func (r *Runtime) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
+// removeOrphanQueues deletes tenant queues whose tenant does not exist, using the management API to list them.
+func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bool) error {
+	if r.opts.ManagementURL == "" {
+		return nil
+	}
+	names, err := r.listQueues(ctx)
+	if err != nil {
+		return err
+	}
+	seen := map[string]int{}
+	for _, name := range names {
+		id, ok := parseQueueName(name)
+		if !ok || known[id] {
+			continue
+		}
+		seen[name] = r.orphans[name] + 1
+		if seen[name] < 2 {
+			continue
+		}
+		r.log.Warn("deleting orphan queue of a tenant that does not exist", zap.String("queue", name), zap.String("tenant_id", id.String()))
+		if err := r.conn.DeleteQueues(ctx, name); err != nil {
+			return err
+		}
+		r.metrics.repairs.WithLabelValues("orphan_queue").Inc()
+		delete(seen, name)
+	}
+	r.orphans = seen
+	return nil
+}
+
+// listQueues returns the names of the queues in the connection's virtual host.
+func (r *Runtime) listQueues(ctx context.Context) ([]string, error) {
+	mgmt, err := url.Parse(r.opts.ManagementURL)
+	if err != nil {
+		return nil, err
+	}
+	vhost := "/"
+	if u, err := url.Parse(r.opts.AMQPURL); err == nil && strings.TrimPrefix(u.Path, "/") != "" {
+		vhost = strings.TrimPrefix(u.Path, "/")
+	}
+	user := mgmt.User
+	mgmt.User = nil
+	endpoint := strings.TrimRight(mgmt.String(), "/") + "/api/queues/" + url.PathEscape(vhost) + "?columns=name"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+	if err != nil {
+		return nil, err
+	}
+	if user != nil {
+		pass, _ := user.Password()
+		req.SetBasicAuth(user.Username(), pass)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("management API answered %s", resp.Status)
+	}
+	var qs []struct {
+		Name string `json:"name"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&qs); err != nil {
+		return nil, err
+	}
+	names := make([]string, len(qs))
+	for i, q := range qs {
+		names[i] = q.Name
+	}
+	return names, nil
+}

@@ -1,0 +1,95 @@
+package messaging
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/acme/msgsvc/platform/httpserver"
+	"github.com/acme/msgsvc/platform/pagination"
+	"github.com/acme/msgsvc/platform/problem"
+)
+
+// Handlers serve the message API under /api/v1/messages.
+type Handlers struct{ svc *Service }
+
+// NewHandlers returns the message API handlers.
+func NewHandlers(svc *Service) *Handlers { return &Handlers{svc: svc} }
+
+// Register implements httpserver.Routes.
+func (h *Handlers) Register(r chi.Router) {
+	r.Post("/api/v1/messages", h.publish)
+	r.Get("/api/v1/messages", h.list)
+}
+
+// MessagePage is a page of messages.
+type MessagePage = pagination.Page[Message]
+
+// publish godoc
+//
+//	@Summary		Publish a message
+//	@Description	Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.
+//	@Tags			messages
+//	@Accept			json
+//	@Produce		json
+//	@Param			Idempotency-Key	header		string			false	"Makes retries of this request store one message"
+//	@Param			message			body		PublishRequest	true	"Tenant and JSON payload (object or array)"
+//	@Success		202				{object}	Accepted
+//	@Failure		400				{object}	problem.Details	"invalid input"
+//	@Failure		404				{object}	problem.Details	"no such tenant"
+//	@Failure		413				{object}	problem.Details	"body too large"
+//	@Failure		415				{object}	problem.Details	"not JSON"
+//	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
+//	@Router			/api/v1/messages [post]
+func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
+	var req PublishRequest
+	if err := httpserver.DecodeJSON(r, &req); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	a, err := h.svc.Publish(r.Context(), req, r.Header.Get("Idempotency-Key"))
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusAccepted, a)
+}
+
+// list godoc
+//
+//	@Summary		List a tenant's messages
+//	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).
+//	@Tags			messages
+//	@Produce		json
+//	@Param			tenant_id	query		string	true	"Tenant id (UUID)"
+//	@Param			limit		query		int		false	"Page size, 1..100"	default(20)
+//	@Param			cursor		query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
+//	@Success		200			{object}	MessagePage
+//	@Failure		400			{object}	problem.Details	"invalid tenant_id, limit or cursor"
+//	@Failure		404			{object}	problem.Details	"no such tenant"
+//	@Failure		503			{object}	problem.Details	"database unavailable"
+//	@Router			/api/v1/messages [get]
+func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var tenant *string
+	if q.Has("tenant_id") {
+		v := q.Get("tenant_id")
+		tenant = &v
+	}
+	tenantID, err := parseTenantID(tenant)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	limit, after, err := httpserver.PageParams(r)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	page, err := h.svc.List(r.Context(), tenantID, after, limit)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, page)
+}

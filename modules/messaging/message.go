@@ -1,0 +1,88 @@
+// Package messaging owns messages: publishing them to a tenant's queue with confirms, storing deliveries in
+// the tenant's partition idempotently, reading them back with cursor pagination, and the partitions themselves.
+package messaging
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/uptrace/bun"
+
+	"github.com/acme/msgsvc/platform/pagination"
+)
+
+// Message is a stored message.
+type Message struct {
+	bun.BaseModel `bun:"table:messages"`
+
+	ID        uuid.UUID       `bun:"id,pk,type:uuid" json:"id" example:"0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"`
+	TenantID  uuid.UUID       `bun:"tenant_id,pk,type:uuid" json:"tenant_id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	Payload   json.RawMessage `bun:"payload,type:jsonb" json:"payload" swaggertype:"object"`
+	CreatedAt time.Time       `bun:"created_at" json:"created_at" example:"2026-11-27T10:00:00.123456Z"`
+}
+
+func (m Message) cursor() pagination.Cursor { return pagination.Cursor{CreatedAt: m.CreatedAt, ID: m.ID} }
+
+// HeaderCreatedAt carries a message's creation time in Unix microseconds (int64). Publishers that write to
+// RabbitMQ directly may set it; without it the AMQP timestamp property, and then the time of storage, is used.
+const HeaderCreatedAt = "x-created-at"
+
+// errPayload explains what a payload must be.
+var errPayload = errors.New("payload must be a JSON object or array of valid UTF-8 without \\u0000")
+
+// validPayload reports whether raw is a JSON object or array that PostgreSQL's jsonb accepts.
+func validPayload(raw []byte) bool {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || (raw[0] != '{' && raw[0] != '[') {
+		return false
+	}
+	return utf8.Valid(raw) && !bytes.Contains(raw, []byte(`\u0000`)) && json.Valid(raw)
+}
+
+// decodeDelivery turns a delivery from tenantID's queue into a Message; an error means the delivery can
+// never be stored and belongs in the dead-letter queue.
+func decodeDelivery(tenantID uuid.UUID, d amqp.Delivery, now time.Time) (Message, error) {
+	m := Message{TenantID: tenantID}
+	if d.MessageId == "" {
+		// Without a message id, redeliveries cannot be recognised; direct publishers should set one.
+		m.ID = uuid.Must(uuid.NewV7())
+	} else {
+		id, err := uuid.Parse(d.MessageId)
+		if err != nil {
+			return m, fmt.Errorf("message_id %q is not a UUID", d.MessageId)
+		}
+		m.ID = id
+	}
+	if !validPayload(d.Body) {
+		return m, errPayload
+	}
+	m.Payload = bytes.TrimSpace(d.Body)
+	switch v := d.Headers[HeaderCreatedAt].(type) {
+	case int64:
+		m.CreatedAt = time.UnixMicro(v).UTC()
+	case int32:
+		m.CreatedAt = time.UnixMicro(int64(v)).UTC()
+	default:
+		if !d.Timestamp.IsZero() {
+			m.CreatedAt = d.Timestamp.UTC()
+		} else {
+			m.CreatedAt = now.UTC().Truncate(time.Microsecond)
+		}
+	}
+	return m, nil
+}
+
+// messageID returns the id of a new message: a UUIDv7, or with an idempotency key a UUIDv5 of the tenant and
+// the key, so that a retried request names the same message and is stored once.
+func messageID(tenantID uuid.UUID, idempotencyKey string) uuid.UUID {
+	if idempotencyKey != "" {
+		return uuid.NewSHA1(tenantID, []byte(idempotencyKey))
+	}
+	return uuid.Must(uuid.NewV7())
+}

@@ -1,0 +1,53 @@
+package messaging
+
+import (
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/acme/msgsvc/platform/metrics"
+)
+
+// Metrics are the messaging module's Prometheus series.
+type Metrics struct {
+	perTenant  bool
+	published  *prometheus.CounterVec
+	pubFailed  *prometheus.CounterVec
+	stored     *prometheus.CounterVec
+	duplicates *prometheus.CounterVec
+	latency    prometheus.Histogram
+}
+
+// NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
+func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
+	m := &Metrics{
+		perTenant: perTenant,
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace,
+			Name: "messages_published_total", Help: "Messages accepted (confirmed by RabbitMQ), by tenant."}, []string{"tenant"}),
+		pubFailed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace,
+			Name: "messages_publish_failed_total", Help: "Publishes that failed, by reason."}, []string{"reason"}),
+		stored: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace,
+			Name: "messages_stored_total", Help: "Messages stored in PostgreSQL, by tenant."}, []string{"tenant"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace,
+			Name: "messages_duplicates_total", Help: "Deliveries skipped because the message was already stored, by tenant."}, []string{"tenant"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace,
+			Name: "message_publish_to_store_seconds", Help: "Time from a message's creation at publish to its commit in PostgreSQL.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}),
+	}
+	reg.MustRegister(m.published, m.pubFailed, m.stored, m.duplicates, m.latency)
+	return m
+}
+
+func (m *Metrics) tenant(id uuid.UUID) string {
+	if m.perTenant {
+		return id.String()
+	}
+	return "all"
+}
+
+func (m *Metrics) forget(id uuid.UUID) {
+	if m.perTenant {
+		for _, v := range []*prometheus.CounterVec{m.published, m.stored, m.duplicates} {
+			v.DeleteLabelValues(id.String())
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package messaging
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/httpserver"
+)
+
+// Module provides the messaging Service (which the consumer runtime uses as its Handler), its routes, and
+// subscribes it to the tenant events: partitions are made and dropped here, and the tenant view follows.
+var Module = fx.Module("messaging",
+	fx.Provide(
+		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
+		func(db *bun.DB, p *broker.Publisher, c config.Config, dir events.TenantDirectory, m *Metrics, log *zap.Logger) *Service {
+			return NewService(db, p, c.AMQPExchange, dir, m, log)
+		},
+		httpserver.AsRoutes(NewHandlers),
+	),
+	fx.Invoke(Subscribe),
+)
+
+// Subscribe registers the messaging module on the tenant events and loads the tenant view at start.
+func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB) {
+	events.Subscribe(bus, "messaging.partition", func(ctx context.Context, e events.TenantCreating) error {
+		return CreatePartition(ctx, e.Tx, e.Tenant.ID)
+	})
+	events.Subscribe(bus, "messaging.view", func(_ context.Context, e events.TenantCreated) error {
+		s.view.add(e.Tenant.ID)
+		return nil
+	})
+	events.Subscribe(bus, "messaging.view", func(_ context.Context, e events.TenantDeleting) error {
+		s.view.remove(e.TenantID)
+		s.metrics.forget(e.TenantID)
+		return nil
+	})
+	events.Subscribe(bus, "messaging.partition", func(ctx context.Context, e events.TenantDeleted) error {
+		if events.IsRemote(ctx) {
+			return nil
+		}
+		return DropPartition(ctx, db, e.TenantID)
+	})
+	lc.Append(fx.StartHook(func(ctx context.Context) error {
+		if err := s.LoadView(ctx); err != nil {
+			return fmt.Errorf("messaging: load tenants: %w", err)
+		}
+		return nil
+	}))
+}

@@ -1,0 +1,73 @@
+package messaging
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+)
+
+// PartitionName is the name of a tenant's partition of messages: messages_tenant_<id without dashes>.
+func PartitionName(id uuid.UUID) string {
+	return "messages_tenant_" + strings.ReplaceAll(id.String(), "-", "")
+}
+
+// Identifiers and literals below are built only from a parsed uuid.UUID (hex digits and dashes), and quoted.
+func partitionIdent(id uuid.UUID) string { return `"` + PartitionName(id) + `"` }
+func tenantLiteral(id uuid.UUID) string  { return "'" + id.String() + "'::uuid" }
+
+// CreatePartition makes the tenant's partition inside tx. The table is created on its own with a CHECK
+// constraint matching the partition bound and then attached: ATTACH PARTITION takes a SHARE UPDATE EXCLUSIVE
+// lock on messages, which does not block inserts into other tenants' partitions (CREATE TABLE … PARTITION OF
+// would block them until tx ends), and the matching constraint spares the validation scan.
+func CreatePartition(ctx context.Context, tx bun.IDB, id uuid.UUID) error {
+	stmts := []string{
+		fmt.Sprintf(`CREATE TABLE %s (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`, partitionIdent(id)),
+		fmt.Sprintf(`ALTER TABLE %s ADD CONSTRAINT "%s_bound" CHECK (tenant_id IS NOT NULL AND tenant_id = %s)`,
+			partitionIdent(id), PartitionName(id), tenantLiteral(id)),
+		fmt.Sprintf(`ALTER TABLE messages ATTACH PARTITION %s FOR VALUES IN (%s)`, partitionIdent(id), tenantLiteral(id)),
+	}
+	for _, s := range stmts {
+		if _, err := tx.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("create partition %s: %w", PartitionName(id), err)
+		}
+	}
+	return nil
+}
+
+// DropPartition detaches the tenant's partition concurrently (without blocking inserts into other partitions)
+// and drops it. It must run outside a transaction; a partition already gone is not an error.
+func DropPartition(ctx context.Context, db bun.IDB, id uuid.UUID) error {
+	var attached, exists bool
+	err := db.QueryRowContext(ctx, `SELECT to_regclass(?) IS NOT NULL,
+		EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhparent = 'messages'::regclass)`,
+		PartitionName(id), PartitionName(id)).Scan(&exists, &attached)
+	if err != nil {
+		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+	}
+	if !exists {
+		return nil
+	}
+	if attached {
+		if _, err := db.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s CONCURRENTLY`, partitionIdent(id))); err != nil {
+			// An interrupted concurrent detach leaves the partition pending; finish it.
+			if _, ferr := db.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s FINALIZE`, partitionIdent(id))); ferr != nil {
+				return fmt.Errorf("detach partition %s: %w", PartitionName(id), err)
+			}
+		}
+	}
+	if _, err := db.ExecContext(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %s`, partitionIdent(id))); err != nil {
+		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+	}
+	return nil
+}
+
+// PartitionExists reports whether the tenant's partition is attached to messages.
+func PartitionExists(ctx context.Context, db bun.IDB, id uuid.UUID) (bool, error) {
+	var ok bool
+	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits
+		WHERE inhrelid = to_regclass(?) AND inhparent = 'messages'::regclass)`, PartitionName(id)).Scan(&ok)
+	return ok, err
+}

@@ -1,0 +1,24 @@
+package tenant
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/fx"
+
+	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/httpserver"
+)
+
+// Module provides the tenant service, its HTTP routes and the events.TenantDirectory.
+var Module = fx.Module("tenant",
+	fx.Provide(
+		NewRepository,
+		func(r *Repository) events.TenantDirectory { return r },
+		func(c config.Config) Limits {
+			return Limits{DefaultConcurrency: c.TenantDefaultConcurrency, MaxConcurrency: c.TenantMaxConcurrency}
+		},
+		NewService,
+		httpserver.AsRoutes(NewHandlers),
+	),
+	fx.Invoke(func(s *Service, reg prometheus.Registerer) { s.RegisterMetrics(reg) }),
+)

@@ -1,0 +1,91 @@
+package tenant
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/pagination"
+)
+
+// Repository stores tenants in PostgreSQL.
+type Repository struct{ db *bun.DB }
+
+// NewRepository returns a Repository over db.
+func NewRepository(db *bun.DB) *Repository { return &Repository{db: db} }
+
+// Insert adds t inside tx.
+func (r *Repository) Insert(ctx context.Context, tx bun.IDB, t *Tenant) error {
+	_, err := tx.NewInsert().Model(t).Exec(ctx)
+	return err
+}
+
+// Get returns the tenant with id, or ErrNotFound.
+func (r *Repository) Get(ctx context.Context, id uuid.UUID) (Tenant, error) {
+	var t Tenant
+	err := r.db.NewSelect().Model(&t).Where("id = ?", id).Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, ErrNotFound
+	}
+	return t, err
+}
+
+// List returns up to limit+1 tenants older than after (all when after is nil), newest first.
+func (r *Repository) List(ctx context.Context, after *pagination.Cursor, limit int) ([]Tenant, error) {
+	var ts []Tenant
+	return ts, pagination.Apply(r.db.NewSelect().Model(&ts), after, limit).Scan(ctx)
+}
+
+// SetConcurrency updates a tenant's worker count and returns the updated tenant, or ErrNotFound.
+func (r *Repository) SetConcurrency(ctx context.Context, id uuid.UUID, workers int) (Tenant, error) {
+	var t Tenant
+	err := r.db.NewUpdate().Model(&t).Set("concurrency_config = ?", workers).Set("updated_at = now()").
+		Where("id = ?", id).Returning("*").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, ErrNotFound
+	}
+	return t, err
+}
+
+// Delete removes the tenant's row; it returns ErrNotFound when there was none, so of concurrent deletes
+// exactly one succeeds.
+func (r *Repository) Delete(ctx context.Context, id uuid.UUID) error {
+	res, err := r.db.NewDelete().Model((*Tenant)(nil)).Where("id = ?", id).Exec(ctx)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Tenants implements events.TenantDirectory.
+func (r *Repository) Tenants(ctx context.Context) ([]events.Tenant, error) {
+	var ts []Tenant
+	if err := r.db.NewSelect().Model(&ts).Order("created_at").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("tenant: list all: %w", err)
+	}
+	out := make([]events.Tenant, len(ts))
+	for i, t := range ts {
+		out[i] = t.event()
+	}
+	return out, nil
+}
+
+// Tenant implements events.TenantDirectory.
+func (r *Repository) Tenant(ctx context.Context, id uuid.UUID) (events.Tenant, bool, error) {
+	t, err := r.Get(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return events.Tenant{}, false, nil
+	}
+	if err != nil {
+		return events.Tenant{}, false, err
+	}
+	return t.event(), true, nil
+}

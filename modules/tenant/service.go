@@ -1,0 +1,143 @@
+package tenant
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/metrics"
+	"github.com/acme/msgsvc/platform/pagination"
+	"github.com/acme/msgsvc/platform/problem"
+)
+
+// Service implements the tenant use cases.
+type Service struct {
+	db     *bun.DB
+	repo   *Repository
+	bus    *events.Bus
+	limits Limits
+	log    *zap.Logger
+}
+
+// NewService returns a Service.
+func NewService(db *bun.DB, repo *Repository, bus *events.Bus, limits Limits, log *zap.Logger) *Service {
+	return &Service{db: db, repo: repo, bus: bus, limits: limits, log: log.Named("tenant")}
+}
+
+// RegisterMetrics exports the number of tenants, read from the database at scrape time.
+func (s *Service) RegisterMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: metrics.Namespace, Name: "tenants", Help: "Tenants that exist.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		n, err := s.db.NewSelect().Model((*Tenant)(nil)).Count(ctx)
+		if err != nil {
+			return -1
+		}
+		return float64(n)
+	}))
+}
+
+func unavailable(err error) error {
+	var pe *problem.Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	return problem.Unavailable("dependency-unavailable", "a dependency of the service is unavailable; retry later", err)
+}
+
+// Create makes a tenant with everything it needs: the row and its partition commit together, its queues are
+// declared before commit, its consumer starts after. On any failure nothing is left half made.
+func (s *Service) Create(ctx context.Context, req CreateRequest) (Tenant, error) {
+	name, err := validateName(req.Name)
+	if err != nil {
+		return Tenant{}, err
+	}
+	workers, err := s.limits.validateConcurrency("concurrency_config", req.ConcurrencyConfig, false)
+	if err != nil {
+		return Tenant{}, err
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	t := Tenant{ID: uuid.Must(uuid.NewV7()), Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now}
+	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := s.repo.Insert(ctx, tx, &t); err != nil {
+			return fmt.Errorf("insert tenant: %w", err)
+		}
+		return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx})
+	})
+	if err != nil {
+		s.log.Warn("tenant creation failed; rolling back", zap.String("tenant_id", t.ID.String()), zap.Error(err))
+		cleanup := context.WithoutCancel(ctx)
+		if cerr := events.Publish(cleanup, s.bus, events.TenantCreateFailed{TenantID: t.ID}); cerr != nil {
+			s.log.Warn("cleanup after failed creation incomplete; reconciliation will finish it",
+				zap.String("tenant_id", t.ID.String()), zap.Error(cerr))
+		}
+		return Tenant{}, unavailable(err)
+	}
+	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantCreated{Tenant: t.event()}); err != nil {
+		// The tenant exists; reconciliation starts whatever did not start now.
+		s.log.Error("tenant created but not fully started", zap.String("tenant_id", t.ID.String()), zap.Error(err))
+	}
+	s.log.Info("tenant created", zap.String("tenant_id", t.ID.String()), zap.Int("concurrency", workers))
+	return t, nil
+}
+
+// Get returns one tenant.
+func (s *Service) Get(ctx context.Context, id uuid.UUID) (Tenant, error) {
+	t, err := s.repo.Get(ctx, id)
+	if err != nil {
+		return t, unavailable(err)
+	}
+	return t, nil
+}
+
+// List returns a page of tenants, newest first.
+func (s *Service) List(ctx context.Context, after *pagination.Cursor, limit int) (pagination.Page[Tenant], error) {
+	rows, err := s.repo.List(ctx, after, limit)
+	if err != nil {
+		return pagination.Page[Tenant]{}, unavailable(err)
+	}
+	return pagination.NewPage(rows, limit, Tenant.cursor), nil
+}
+
+// SetConcurrency changes a tenant's worker count; its live consumers follow.
+func (s *Service) SetConcurrency(ctx context.Context, id uuid.UUID, req ConcurrencyRequest) (Tenant, error) {
+	workers, err := s.limits.validateConcurrency("workers", req.Workers, true)
+	if err != nil {
+		return Tenant{}, err
+	}
+	t, err := s.repo.SetConcurrency(ctx, id, workers)
+	if err != nil {
+		return Tenant{}, unavailable(err)
+	}
+	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantConcurrencyChanged{TenantID: id, Concurrency: workers}); err != nil {
+		s.log.Error("resize not applied everywhere; reconciliation will", zap.String("tenant_id", id.String()), zap.Error(err))
+	}
+	s.log.Info("tenant concurrency changed", zap.String("tenant_id", id.String()), zap.Int("concurrency", workers))
+	return t, nil
+}
+
+// Delete removes a tenant: its row first (so of concurrent deletes one wins and the others get 404), then its
+// consumers drain and stop, its queues are deleted, and its partition is dropped.
+func (s *Service) Delete(ctx context.Context, id uuid.UUID) error {
+	if err := s.repo.Delete(ctx, id); err != nil {
+		return unavailable(err)
+	}
+	ctx = context.WithoutCancel(ctx)
+	if err := events.Publish(ctx, s.bus, events.TenantDeleting{TenantID: id}); err != nil {
+		s.log.Error("tenant deleted but its queues remain; reconciliation will remove them", zap.String("tenant_id", id.String()), zap.Error(err))
+	}
+	if err := events.Publish(ctx, s.bus, events.TenantDeleted{TenantID: id}); err != nil {
+		s.log.Error("tenant deleted but its partition remains; reconciliation will report it", zap.String("tenant_id", id.String()), zap.Error(err))
+	}
+	s.log.Info("tenant deleted", zap.String("tenant_id", id.String()))
+	return nil
+}

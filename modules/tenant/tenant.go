@@ -1,0 +1,87 @@
+// Package tenant manages tenants: their rows, their validation and their HTTP API. Creating, resizing and
+// deleting a tenant publishes the tenant events through which the other modules make and remove what a tenant
+// needs (its partition, queues and consumer).
+package tenant
+
+import (
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/pagination"
+	"github.com/acme/msgsvc/platform/problem"
+)
+
+// Tenant is one customer of the service, with its own partition, queue and worker pool.
+type Tenant struct {
+	bun.BaseModel `bun:"table:tenants"`
+
+	ID                uuid.UUID `bun:"id,pk,type:uuid" json:"id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	Name              string    `bun:"name" json:"name" example:"Acme Corp"`
+	ConcurrencyConfig int       `bun:"concurrency_config" json:"concurrency_config" example:"5"`
+	CreatedAt         time.Time `bun:"created_at" json:"created_at" example:"2026-11-27T10:00:00Z"`
+	UpdatedAt         time.Time `bun:"updated_at" json:"updated_at" example:"2026-11-27T10:00:00Z"`
+}
+
+func (t Tenant) event() events.Tenant {
+	return events.Tenant{ID: t.ID, Name: t.Name, Concurrency: t.ConcurrencyConfig, CreatedAt: t.CreatedAt}
+}
+
+func (t Tenant) cursor() pagination.Cursor { return pagination.Cursor{CreatedAt: t.CreatedAt, ID: t.ID} }
+
+// CreateRequest is the body of POST /api/v1/tenants.
+type CreateRequest struct {
+	Name              *string `json:"name" example:"Acme Corp"`
+	ConcurrencyConfig *int    `json:"concurrency_config,omitempty" example:"5"`
+}
+
+// ConcurrencyRequest is the body of PUT /api/v1/tenants/{id}/config/concurrency.
+type ConcurrencyRequest struct {
+	Workers *int `json:"workers" example:"10"`
+}
+
+// Limits are the bounds a tenant's settings must respect.
+type Limits struct {
+	DefaultConcurrency int
+	MaxConcurrency     int
+}
+
+// validateName trims name and checks it is 1 to 255 characters of valid UTF-8.
+func validateName(name *string) (string, error) {
+	if name == nil {
+		return "", problem.Invalid("name", "is required")
+	}
+	n := strings.TrimSpace(*name)
+	switch {
+	case !utf8.ValidString(n):
+		return "", problem.Invalid("name", "must be valid UTF-8")
+	case n == "":
+		return "", problem.Invalid("name", "must not be empty")
+	case utf8.RuneCountInString(n) > 255:
+		return "", problem.Invalid("name", "must be at most 255 characters")
+	}
+	return n, nil
+}
+
+// validateConcurrency checks a worker count against the limits; nil means the default.
+func (l Limits) validateConcurrency(field string, n *int, required bool) (int, error) {
+	if n == nil {
+		if required {
+			return 0, problem.Invalid(field, "is required")
+		}
+		return l.DefaultConcurrency, nil
+	}
+	if *n < 1 || *n > l.MaxConcurrency {
+		return 0, problem.Invalid(field, "must be between 1 and "+strconv.Itoa(l.MaxConcurrency))
+	}
+	return *n, nil
+}
+
+// ErrNotFound is the answer for a tenant that does not exist.
+var ErrNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
+

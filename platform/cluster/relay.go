@@ -1,0 +1,139 @@
+// Package cluster carries tenant lifecycle events between replicas through RabbitMQ: a fanout exchange with
+// one queue per replica. Events published locally are forwarded; events from other replicas are published on
+// the local bus marked remote (events.IsRemote), so subscribers apply only their local effects.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
+	rabbitmq "github.com/wagslane/go-rabbitmq"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/events"
+)
+
+// envelope is the wire form of a relayed event.
+type envelope struct {
+	Type   string          `json:"type"`
+	Origin string          `json:"origin"`
+	Data   json.RawMessage `json:"data"`
+}
+
+// Relay forwards tenant events to and from the other replicas.
+type Relay struct {
+	conn      *broker.Conn
+	publisher *broker.Publisher
+	bus       *events.Bus
+	exchange  string
+	replica   string
+	log       *zap.Logger
+	consumer  *rabbitmq.Consumer
+	handlers  map[string]func(context.Context, json.RawMessage) error
+}
+
+// NewRelay returns a relay over the fanout exchange for replica.
+func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange, replica string, log *zap.Logger) *Relay {
+	r := &Relay{conn: conn, publisher: p, bus: bus, exchange: exchange, replica: replica, log: log.Named("cluster"),
+		handlers: map[string]func(context.Context, json.RawMessage) error{}}
+	relay[events.TenantCreated](r, "tenant.created")
+	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
+	relay[events.TenantDeleting](r, "tenant.deleting")
+	return r
+}
+
+// relay forwards local events of type E under name and accepts remote ones.
+func relay[E any](r *Relay, name string) {
+	events.Subscribe(r.bus, "cluster.relay", func(ctx context.Context, e E) error {
+		if events.IsRemote(ctx) {
+			return nil
+		}
+		return r.send(ctx, name, e)
+	})
+	r.handlers[name] = func(ctx context.Context, data json.RawMessage) error {
+		var e E
+		if err := json.Unmarshal(data, &e); err != nil {
+			return err
+		}
+		return events.Publish(ctx, r.bus, e)
+	}
+}
+
+func (r *Relay) send(ctx context.Context, name string, e any) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(envelope{Type: name, Origin: r.replica, Data: data})
+	if err := r.publisher.Publish(ctx, broker.Message{Exchange: r.exchange, MessageID: uuid.NewString(), Body: body}); err != nil {
+		// Other replicas catch up at their next reconciliation.
+		r.log.Warn("could not relay event to other replicas", zap.String("event", name), zap.Error(err))
+	}
+	return nil
+}
+
+// Start declares the fanout exchange and consumes this replica's queue.
+func (r *Relay) Start(ctx context.Context) error {
+	if err := r.conn.DeclareExchange(ctx, r.exchange, amqp.ExchangeFanout); err != nil {
+		return fmt.Errorf("cluster: declare exchange: %w", err)
+	}
+	queue := r.exchange + "." + r.replica
+	c, err := rabbitmq.NewConsumer(r.conn.Conn, queue,
+		rabbitmq.WithConsumerOptionsQueueAutoDelete,
+		rabbitmq.WithConsumerOptionsQueueArgs(rabbitmq.Table{"x-queue-type": "classic", "x-expires": int64(60_000)}),
+		rabbitmq.WithConsumerOptionsExchangeName(r.exchange),
+		rabbitmq.WithConsumerOptionsExchangeKind(amqp.ExchangeFanout),
+		rabbitmq.WithConsumerOptionsExchangeDurable,
+		rabbitmq.WithConsumerOptionsRoutingKey(""),
+		rabbitmq.WithConsumerOptionsLogger(broker.Logger(r.log)),
+	)
+	if err != nil {
+		return fmt.Errorf("cluster: consumer: %w", err)
+	}
+	r.consumer = c
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(r.receive) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("cluster: consume: %w", err)
+		}
+	case <-ctx.Done():
+	default:
+	}
+	return nil
+}
+
+func (r *Relay) receive(d rabbitmq.Delivery) rabbitmq.Action {
+	var env envelope
+	if err := json.Unmarshal(d.Body, &env); err != nil {
+		r.log.Warn("undecodable cluster event dropped", zap.Error(err))
+		return rabbitmq.Ack
+	}
+	if env.Origin == r.replica {
+		return rabbitmq.Ack
+	}
+	h, ok := r.handlers[env.Type]
+	if !ok {
+		r.log.Warn("unknown cluster event dropped", zap.String("event", env.Type))
+		return rabbitmq.Ack
+	}
+	if err := h(events.WithRemote(context.Background(), env.Origin), env.Data); err != nil {
+		r.log.Warn("applying a remote event failed; reconciliation will catch up", zap.String("event", env.Type),
+			zap.String("origin", env.Origin), zap.Error(err))
+	}
+	return rabbitmq.Ack
+}
+
+// Stop stops consuming; the replica's queue expires with the connection.
+func (r *Relay) Stop(ctx context.Context) error {
+	if r.consumer != nil {
+		r.consumer.CloseWithContext(ctx)
+	}
+	return nil
+}
