@@ -23,4 +23,4 @@ CREATE TABLE messages (
 ) PARTITION BY LIST (tenant_id);
 
 -- Keyset pagination on (created_at, id), newest first, inside a tenant's partition.
-CREATE INDEX messages_tenant_created_at_id_idx ON messages (tenant_id, created_at DESC, id DESC);
+CREATE INDEX messages_keyset_idx ON messages (tenant_id, created_at DESC, id DESC);

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
@@ -37,28 +38,51 @@ func CreatePartition(ctx context.Context, tx bun.IDB, id uuid.UUID) error {
 	return nil
 }
 
+// detachLockKey is the advisory lock that serialises concurrent detaches across replicas: PostgreSQL allows
+// one pending concurrent detach per partitioned table, and two at once can deadlock.
+const detachLockKey = 0x6d73676474 // "msgdt"
+
+// detachMu serialises detaches within this process, so that only one connection waits on the advisory lock.
+var detachMu sync.Mutex
+
 // DropPartition detaches the tenant's partition concurrently (without blocking inserts into other partitions)
-// and drops it. It must run outside a transaction; a partition already gone is not an error.
-func DropPartition(ctx context.Context, db bun.IDB, id uuid.UUID) error {
-	var attached, exists bool
-	err := db.QueryRowContext(ctx, `SELECT to_regclass(?) IS NOT NULL,
-		EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhparent = 'messages'::regclass)`,
-		PartitionName(id), PartitionName(id)).Scan(&exists, &attached)
+// and drops it. A partition already gone is not an error.
+func DropPartition(ctx context.Context, db *bun.DB, id uuid.UUID) error {
+	detachMu.Lock()
+	defer detachMu.Unlock()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock(?)", detachLockKey); err != nil {
+		return fmt.Errorf("drop partition %s: lock: %w", PartitionName(id), err)
+	}
+	defer func() {
+		_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(?)", detachLockKey)
+	}()
+	var attached, exists, pending bool
+	err = conn.QueryRowContext(ctx, `SELECT to_regclass(?) IS NOT NULL,
+		EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhparent = 'messages'::regclass),
+		EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhdetachpending)`,
+		PartitionName(id), PartitionName(id), PartitionName(id)).Scan(&exists, &attached, &pending)
 	if err != nil {
 		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
 	}
 	if !exists {
 		return nil
 	}
-	if attached {
-		if _, err := db.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s CONCURRENTLY`, partitionIdent(id))); err != nil {
-			// An interrupted concurrent detach leaves the partition pending; finish it.
-			if _, ferr := db.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s FINALIZE`, partitionIdent(id))); ferr != nil {
-				return fmt.Errorf("detach partition %s: %w", PartitionName(id), err)
-			}
-		}
+	switch {
+	case pending:
+		// An interrupted concurrent detach left the partition pending; finish it.
+		_, err = conn.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s FINALIZE`, partitionIdent(id)))
+	case attached:
+		_, err = conn.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s CONCURRENTLY`, partitionIdent(id)))
 	}
-	if _, err := db.ExecContext(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %s`, partitionIdent(id))); err != nil {
+	if err != nil {
+		return fmt.Errorf("detach partition %s: %w", PartitionName(id), err)
+	}
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %s`, partitionIdent(id))); err != nil {
 		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
 	}
 	return nil
