@@ -27,7 +27,9 @@ type Message struct {
 	CreatedAt time.Time       `bun:"created_at" json:"created_at" example:"2026-11-27T10:00:00.123456Z"`
 }
 
-func (m Message) cursor() pagination.Cursor { return pagination.Cursor{CreatedAt: m.CreatedAt, ID: m.ID} }
+func (m Message) cursor() pagination.Cursor {
+	return pagination.Cursor{CreatedAt: m.CreatedAt, ID: m.ID}
+}
 
 // HeaderCreatedAt carries a message's creation time in Unix microseconds (int64). Publishers that write to
 // RabbitMQ directly may set it; without it the AMQP timestamp property, and then the time of storage, is used.

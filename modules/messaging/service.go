@@ -193,4 +193,3 @@ func (s *Service) List(ctx context.Context, tenantID uuid.UUID, after *paginatio
 	}
 	return pagination.NewPage(rows, limit, Message.cursor), nil
 }
-

@@ -32,7 +32,9 @@ func (t Tenant) event() events.Tenant {
 	return events.Tenant{ID: t.ID, Name: t.Name, Concurrency: t.ConcurrencyConfig, CreatedAt: t.CreatedAt}
 }
 
-func (t Tenant) cursor() pagination.Cursor { return pagination.Cursor{CreatedAt: t.CreatedAt, ID: t.ID} }
+func (t Tenant) cursor() pagination.Cursor {
+	return pagination.Cursor{CreatedAt: t.CreatedAt, ID: t.ID}
+}
 
 // CreateRequest is the body of POST /api/v1/tenants.
 type CreateRequest struct {
@@ -84,4 +86,3 @@ func (l Limits) validateConcurrency(field string, n *int, required bool) (int, e
 
 // ErrNotFound is the answer for a tenant that does not exist.
 var ErrNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
-
