@@ -24,8 +24,12 @@ var Module = fx.Module("messaging",
 			return NewService(db, p, c.AMQPExchange, dir, m, log)
 		},
 		httpserver.AsRoutes(NewHandlers),
+		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {
+			return NewPartitions(db, dir, c.ReconcileInterval, reg, log)
+		},
 	),
 	fx.Invoke(Subscribe),
+	fx.Invoke(func(lc fx.Lifecycle, p *Partitions) { lc.Append(fx.Hook{OnStart: p.Start, OnStop: p.Stop}) }),
 )
 
 // Subscribe registers the messaging module on the tenant events and loads the tenant view at start.

@@ -1,0 +1,138 @@
+package messaging
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/metrics"
+)
+
+// Partitions checks, at start and periodically, that every tenant has its partition: a missing one is
+// reported (log and metric) and made again, so that the tenant's deliveries can be stored; a partition left
+// behind by a deletion that did not finish is dropped.
+type Partitions struct {
+	db       *bun.DB
+	dir      events.TenantDirectory
+	log      *zap.Logger
+	missing  prometheus.Gauge
+	repairs  *prometheus.CounterVec
+	interval time.Duration
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// NewPartitions returns the partition reconciler.
+func NewPartitions(db *bun.DB, dir events.TenantDirectory, interval time.Duration, reg prometheus.Registerer, log *zap.Logger) *Partitions {
+	p := &Partitions{db: db, dir: dir, interval: interval, log: log.Named("partitions"),
+		missing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "partitions_missing",
+			Help: "Tenants found without their partition at the last reconciliation."}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "partition_repairs_total",
+			Help: "Partitions made again (missing) or dropped (orphan) by reconciliation."}, []string{"kind"}),
+	}
+	reg.MustRegister(p.missing, p.repairs)
+	return p
+}
+
+// Reconcile runs one check.
+func (p *Partitions) Reconcile(ctx context.Context) error {
+	tenants, err := p.dir.Tenants(ctx)
+	if err != nil {
+		return err
+	}
+	var names []string
+	if err := p.db.NewSelect().TableExpr("pg_inherits").ColumnExpr("inhrelid::regclass::text").
+		Where("inhparent = 'messages'::regclass").Scan(ctx, &names); err != nil {
+		return err
+	}
+	attached := make(map[string]bool, len(names))
+	for _, n := range names {
+		attached[strings.Trim(n, `"`)] = true
+	}
+	known := make(map[string]bool, len(tenants))
+	missing := 0
+	var errs []error
+	for _, t := range tenants {
+		name := PartitionName(t.ID)
+		known[name] = true
+		if attached[name] {
+			continue
+		}
+		missing++
+		p.log.Error("tenant has no partition; making it again", zap.String("tenant_id", t.ID.String()), zap.String("partition", name))
+		err := p.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			if _, err := tx.ExecContext(ctx, "DROP TABLE IF EXISTS "+partitionIdent(t.ID)); err != nil {
+				return err
+			}
+			return CreatePartition(ctx, tx, t.ID)
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.repairs.WithLabelValues("missing").Inc()
+	}
+	p.missing.Set(float64(missing))
+	for name := range attached {
+		if known[name] || !strings.HasPrefix(name, "messages_tenant_") {
+			continue
+		}
+		id, err := uuid.Parse(strings.TrimPrefix(name, "messages_tenant_"))
+		if err != nil {
+			continue
+		}
+		// Rows and partitions commit together, so an attached partition without a row is a leftover.
+		if _, ok, err := p.dir.Tenant(ctx, id); err != nil || ok {
+			continue
+		}
+		p.log.Warn("dropping the partition of a tenant that does not exist", zap.String("partition", name))
+		if err := DropPartition(ctx, p.db, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.repairs.WithLabelValues("orphan").Inc()
+	}
+	return errors.Join(errs...)
+}
+
+// Start runs a first check and the periodic loop.
+func (p *Partitions) Start(ctx context.Context) error {
+	if err := p.Reconcile(ctx); err != nil {
+		p.log.Warn("partition reconciliation failed", zap.Error(err))
+	}
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(p.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), p.interval)
+				if err := p.Reconcile(ctx); err != nil {
+					p.log.Warn("partition reconciliation failed", zap.Error(err))
+				}
+				cancel()
+			}
+		}
+	}()
+	return nil
+}
+
+// Stop ends the loop.
+func (p *Partitions) Stop(context.Context) error {
+	if p.stop != nil {
+		close(p.stop)
+		<-p.done
+	}
+	return nil
+}
