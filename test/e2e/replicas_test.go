@@ -32,7 +32,6 @@ func (h *countingHandler) Handle(ctx context.Context, tenant uuid.UUID, ds []amq
 	return errs
 }
 
-
 func TestTwoReplicasShareTheWork(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
