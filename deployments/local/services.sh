@@ -68,9 +68,10 @@ load_settings() {
 	PG_PORT="${PG_PORT:-${rec[PG_PORT]:-55432}}"
 	AMQP_PORT="${AMQP_PORT:-${rec[AMQP_PORT]:-55672}}"
 	RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-${rec[RABBITMQ_MGMT_PORT]:-55673}}"
+	RABBITMQ_PROM_PORT="${RABBITMQ_PROM_PORT:-${rec[RABBITMQ_PROM_PORT]:-55676}}"
 	RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-${rec[RABBITMQ_DIST_PORT]:-55674}}"
 	ERL_EPMD_PORT="${ERL_EPMD_PORT:-${rec[ERL_EPMD_PORT]:-55675}}"
-	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT; do
+	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_PROM_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT; do
 		[[ ${!k} =~ ^[0-9]+$ ]] && ((${!k} > 0 && ${!k} < 65536)) || die "$k=${!k} is not a valid port"
 	done
 }
@@ -80,6 +81,7 @@ save_settings() {
 PG_PORT=$PG_PORT
 AMQP_PORT=$AMQP_PORT
 RABBITMQ_MGMT_PORT=$RABBITMQ_MGMT_PORT
+RABBITMQ_PROM_PORT=$RABBITMQ_PROM_PORT
 RABBITMQ_DIST_PORT=$RABBITMQ_DIST_PORT
 ERL_EPMD_PORT=$ERL_EPMD_PORT
 EOF
@@ -356,12 +358,15 @@ rmq_prepare() {
 	fi
 	chmod 400 "$RMQ/home/.erlang.cookie"
 	: >"$RMQ/rabbitmq-env.conf" # keeps /etc/rabbitmq/rabbitmq-env.conf out
-	printf '[rabbitmq_management].\n' >"$RMQ/enabled_plugins"
+	printf '[rabbitmq_management,rabbitmq_prometheus].\n' >"$RMQ/enabled_plugins"
 	cat >"$RMQ/rabbitmq.conf" <<EOF
 # Written by deployments/local/services.sh on every start; edits are lost.
 # AMQP listener: RABBITMQ_NODE_IP_ADDRESS=127.0.0.1, RABBITMQ_NODE_PORT=$AMQP_PORT
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $RABBITMQ_MGMT_PORT
+# Prometheus endpoint: /metrics (aggregated), /metrics/per-object, /metrics/detailed?family=...
+prometheus.tcp.ip = 127.0.0.1
+prometheus.tcp.port = $RABBITMQ_PROM_PORT
 distribution.listener.interface = 127.0.0.1
 # guest may log in from loopback only (RabbitMQ's default).
 loopback_users.guest = true
@@ -411,7 +416,11 @@ mgmt_ping() {
 	curl -fsS -m 5 -o /dev/null -u guest:guest "http://127.0.0.1:$RABBITMQ_MGMT_PORT/api/overview" 2>/dev/null
 }
 
-rmq_ready() { amqp_ping && mgmt_ping; }
+prom_ping() {
+	curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$RABBITMQ_PROM_PORT/metrics" 2>/dev/null
+}
+
+rmq_ready() { amqp_ping && mgmt_ping && prom_ping; }
 
 # A memory or disk alarm blocks every publisher; say so instead of letting
 # tests hang.
@@ -425,7 +434,7 @@ rmq_warn_alarms() {
 
 rmq_logs() { tail_log "$RMQ/log/startup.log" "$RMQ/log/rabbit.log"; }
 
-# rmq_wait_ready WHAT: wait for AMQP + management API while the node lives.
+# rmq_wait_ready WHAT: wait for AMQP, management API and Prometheus endpoint while the node lives.
 rmq_wait_ready() {
 	local what="$1" deadline=$(($(now) + TIMEOUT))
 	until rmq_ready; do
@@ -435,7 +444,7 @@ rmq_wait_ready() {
 		fi
 		if (($(now) >= deadline)); then
 			rmq_logs
-			die "RabbitMQ did not answer on AMQP 127.0.0.1:$AMQP_PORT and management 127.0.0.1:$RABBITMQ_MGMT_PORT within ${TIMEOUT}s of $what (node left running for inspection; '$SCRIPT down' stops it)"
+			die "RabbitMQ did not answer on AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT and Prometheus 127.0.0.1:$RABBITMQ_PROM_PORT within ${TIMEOUT}s of $what (node left running for inspection; '$SCRIPT down' stops it)"
 		fi
 		sleep 0.3
 	done
@@ -475,8 +484,9 @@ rmq_start() {
 
 	port_free AMQP_PORT
 	port_free RABBITMQ_MGMT_PORT
+	port_free RABBITMQ_PROM_PORT
 	port_free RABBITMQ_DIST_PORT
-	log "starting RabbitMQ node $RMQ_NODE (AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT)"
+	log "starting RabbitMQ node $RMQ_NODE (AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT, Prometheus 127.0.0.1:$RABBITMQ_PROM_PORT)"
 	rm -f "$RMQ_PID_FILE"
 	printf '%s\n' "$fp" >"$RMQ/running.fingerprint"
 	# Own session (setsid -f), stdio detached: the node survives the calling
@@ -543,6 +553,7 @@ write_env_file() {
 DATABASE_URL=postgres://msgsvc:msgsvc@127.0.0.1:$PG_PORT/msgsvc?sslmode=disable
 AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
 RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:$RABBITMQ_MGMT_PORT
+RABBITMQ_PROMETHEUS_URL=http://127.0.0.1:$RABBITMQ_PROM_PORT
 SERVICES_SCRIPT=$SCRIPT
 EOF
 	mv -f "$ENV_FILE.tmp" "$ENV_FILE"
@@ -558,7 +569,7 @@ cmd_up() {
 	rmq_start
 	rmq_warn_alarms
 	write_env_file
-	log "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ AMQP 127.0.0.1:$AMQP_PORT / management 127.0.0.1:$RABBITMQ_MGMT_PORT ($(($(now) - t0))s)"
+	log "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ AMQP 127.0.0.1:$AMQP_PORT / management 127.0.0.1:$RABBITMQ_MGMT_PORT / Prometheus 127.0.0.1:$RABBITMQ_PROM_PORT ($(($(now) - t0))s)"
 	log "env file: $ENV_FILE"
 }
 
@@ -600,9 +611,9 @@ cmd_status() {
 	fi
 	if pid="$(rmq_node_pid)"; then
 		if rmq_ready; then
-			echo "rabbitmq: running (node $RMQ_NODE, pid $pid, AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT)"
+			echo "rabbitmq: running (node $RMQ_NODE, pid $pid, AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT, Prometheus 127.0.0.1:$RABBITMQ_PROM_PORT)"
 		else
-			echo "rabbitmq: node $RMQ_NODE (pid $pid) is up but AMQP/management not answering (app stopped or booting)"
+			echo "rabbitmq: node $RMQ_NODE (pid $pid) is up but AMQP/management/Prometheus not answering (app stopped or booting)"
 			ok=1
 		fi
 	else
@@ -636,7 +647,7 @@ usage: $0 COMMAND
   env                   print the env file path
   pg-stop | pg-start    stop / start PostgreSQL only
   rabbitmq-stop-app     rabbitmqctl stop_app (simulate a broker outage)
-  rabbitmq-start-app    rabbitmqctl start_app, wait for AMQP
+  rabbitmq-start-app    rabbitmqctl start_app, wait for AMQP, management and Prometheus
   rabbitmqctl ARGS...   rabbitmqctl against our node
 EOF
 }
