@@ -1,9 +1,18 @@
 // Command server runs the multi-tenant messaging service.
 //
-//	@title			Multi-tenant messaging service
-//	@version		1.0
-//	@description	Per-tenant message streams from an HTTP API, through RabbitMQ, into PostgreSQL.
-//	@BasePath		/
+//	@title						Multi-tenant messaging service
+//	@version					1.0
+//	@description				Per-tenant message streams from an HTTP API, through RabbitMQ, into PostgreSQL.
+//	@description				Errors are RFC 9457 problem details (application/problem+json).
+//	@BasePath					/
+//	@tag.name					tenants
+//	@tag.description			Tenants: each has its own partition, queues and worker pool.
+//	@tag.name					messages
+//	@tag.description			Publishing messages and reading them back, newest first.
+//	@tag.name					operations
+//	@tag.description			Probes and metrics.
+//	@externalDocs.description	Problem details (RFC 9457)
+//	@externalDocs.url			https://www.rfc-editor.org/rfc/rfc9457
 package main
 
 import (

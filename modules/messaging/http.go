@@ -22,7 +22,7 @@ func (h *Handlers) Register(r chi.Router) {
 	r.Get("/api/v1/messages", h.list)
 }
 
-// MessagePage is a page of messages.
+// MessagePage is a page of messages, the answer of the list endpoint.
 type MessagePage = pagination.Page[Message]
 
 // publish godoc
@@ -61,10 +61,10 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 //	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).
 //	@Tags			messages
 //	@Produce		json
-//	@Param			tenant_id	query		string	true	"Tenant id (UUID)"
-//	@Param			limit		query		int		false	"Page size, 1..100"	default(20)
-//	@Param			cursor		query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
-//	@Success		200			{object}	MessagePage
+//	@Param			tenant_id	query		string						true	"Tenant id (UUID)"	format(uuid)
+//	@Param			limit		query		int							false	"Page size"			minimum(1)	maximum(100)	default(20)
+//	@Param			cursor		query		string						false	"next_cursor of the previous page, or an RFC 3339 time"
+//	@Success		200			{object}	pagination.Page[messaging.Message]
 //	@Failure		400			{object}	problem.Details	"invalid tenant_id, limit or cursor"
 //	@Failure		404			{object}	problem.Details	"no such tenant"
 //	@Failure		503			{object}	problem.Details	"database unavailable"

@@ -19,12 +19,12 @@ import (
 
 // Message is a stored message.
 type Message struct {
-	bun.BaseModel `bun:"table:messages"`
+	bun.BaseModel `bun:"table:messages" swaggerignore:"true"`
 
-	ID        uuid.UUID       `bun:"id,pk,type:uuid" json:"id" example:"0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"`
-	TenantID  uuid.UUID       `bun:"tenant_id,pk,type:uuid" json:"tenant_id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	ID        uuid.UUID       `bun:"id,pk,type:uuid" json:"id" format:"uuid" example:"0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"`
+	TenantID  uuid.UUID       `bun:"tenant_id,pk,type:uuid" json:"tenant_id" format:"uuid" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
 	Payload   json.RawMessage `bun:"payload,type:jsonb" json:"payload" swaggertype:"object"`
-	CreatedAt time.Time       `bun:"created_at" json:"created_at" example:"2026-11-27T10:00:00.123456Z"`
+	CreatedAt time.Time       `bun:"created_at" json:"created_at" format:"date-time" example:"2026-11-27T10:00:00.123456Z"`
 }
 
 func (m Message) cursor() pagination.Cursor {

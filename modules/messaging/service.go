@@ -74,16 +74,17 @@ func (s *Service) checkTenant(ctx context.Context, id uuid.UUID) error {
 
 // PublishRequest is the body of POST /api/v1/messages.
 type PublishRequest struct {
-	TenantID *string         `json:"tenant_id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
-	Payload  json.RawMessage `json:"payload" swaggertype:"object"`
+	TenantID *string `json:"tenant_id" validate:"required" format:"uuid" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	// Payload is any JSON object or array; it is stored as jsonb.
+	Payload json.RawMessage `json:"payload" validate:"required" swaggertype:"object"`
 }
 
 // Accepted is the answer to a publish: the message is in RabbitMQ and will be stored.
 type Accepted struct {
-	ID        uuid.UUID `json:"id" example:"0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"`
-	TenantID  uuid.UUID `json:"tenant_id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	ID        uuid.UUID `json:"id" format:"uuid" example:"0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"`
+	TenantID  uuid.UUID `json:"tenant_id" format:"uuid" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
 	Status    string    `json:"status" example:"accepted"`
-	CreatedAt time.Time `json:"created_at" example:"2026-11-27T10:00:00.123456Z"`
+	CreatedAt time.Time `json:"created_at" format:"date-time" example:"2026-11-27T10:00:00.123456Z"`
 }
 
 func parseTenantID(s *string) (uuid.UUID, error) {

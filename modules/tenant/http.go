@@ -27,7 +27,7 @@ func (h *Handlers) Register(r chi.Router) {
 	})
 }
 
-// TenantPage is a page of tenants.
+// TenantPage is a page of tenants, the answer of the list endpoint.
 type TenantPage = pagination.Page[Tenant]
 
 // create godoc
@@ -39,6 +39,7 @@ type TenantPage = pagination.Page[Tenant]
 //	@Produce		json
 //	@Param			tenant	body		CreateRequest	true	"The new tenant"
 //	@Success		201		{object}	Tenant
+//	@Header			201		{string}	Location		"/api/v1/tenants/{id} of the new tenant"
 //	@Failure		400		{object}	problem.Details	"invalid input"
 //	@Failure		413		{object}	problem.Details	"body too large"
 //	@Failure		415		{object}	problem.Details	"not JSON"
@@ -64,7 +65,7 @@ func (h *Handlers) create(w http.ResponseWriter, r *http.Request) {
 //	@Summary	Get a tenant
 //	@Tags		tenants
 //	@Produce	json
-//	@Param		id	path		string	true	"Tenant id (UUID)"
+//	@Param		id	path		string	true	"Tenant id (UUID)"	format(uuid)
 //	@Success	200	{object}	Tenant
 //	@Failure	400	{object}	problem.Details	"malformed id"
 //	@Failure	404	{object}	problem.Details	"no such tenant"
@@ -90,9 +91,9 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 //	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next.
 //	@Tags			tenants
 //	@Produce		json
-//	@Param			limit	query		int		false	"Page size, 1..100"	default(20)
-//	@Param			cursor	query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
-//	@Success		200		{object}	TenantPage
+//	@Param			limit	query		int							false	"Page size"	minimum(1)	maximum(100)	default(20)
+//	@Param			cursor	query		string						false	"next_cursor of the previous page, or an RFC 3339 time"
+//	@Success		200		{object}	pagination.Page[tenant.Tenant]
 //	@Failure		400		{object}	problem.Details	"invalid limit or cursor"
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants [get]
@@ -117,11 +118,12 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 //	@Tags			tenants
 //	@Accept			json
 //	@Produce		json
-//	@Param			id		path		string				true	"Tenant id (UUID)"
+//	@Param			id		path		string				true	"Tenant id (UUID)"	format(uuid)
 //	@Param			config	body		ConcurrencyRequest	true	"New worker count"
 //	@Success		200		{object}	Tenant
 //	@Failure		400		{object}	problem.Details	"invalid input"
 //	@Failure		404		{object}	problem.Details	"no such tenant"
+//	@Failure		413		{object}	problem.Details	"body too large"
 //	@Failure		415		{object}	problem.Details	"not JSON"
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/config/concurrency [put]
@@ -149,8 +151,9 @@ func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
 //	@Summary		Delete a tenant
 //	@Description	Stops its consumers gracefully, then deletes its queues, its partition and its row.
 //	@Tags			tenants
-//	@Param			id	path	string	true	"Tenant id (UUID)"
-//	@Success		204
+//	@Produce		json
+//	@Param			id	path	string	true	"Tenant id (UUID)"	format(uuid)
+//	@Success		204	"deleted"
 //	@Failure		400	{object}	problem.Details	"malformed id"
 //	@Failure		404	{object}	problem.Details	"no such tenant"
 //	@Failure		503	{object}	problem.Details	"database unavailable"

@@ -19,13 +19,13 @@ import (
 
 // Tenant is one customer of the service, with its own partition, queue and worker pool.
 type Tenant struct {
-	bun.BaseModel `bun:"table:tenants"`
+	bun.BaseModel `bun:"table:tenants" swaggerignore:"true"`
 
-	ID                uuid.UUID `bun:"id,pk,type:uuid" json:"id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	ID                uuid.UUID `bun:"id,pk,type:uuid" json:"id" format:"uuid" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
 	Name              string    `bun:"name" json:"name" example:"Acme Corp"`
 	ConcurrencyConfig int       `bun:"concurrency_config" json:"concurrency_config" example:"5"`
-	CreatedAt         time.Time `bun:"created_at" json:"created_at" example:"2026-11-27T10:00:00Z"`
-	UpdatedAt         time.Time `bun:"updated_at" json:"updated_at" example:"2026-11-27T10:00:00Z"`
+	CreatedAt         time.Time `bun:"created_at" json:"created_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
+	UpdatedAt         time.Time `bun:"updated_at" json:"updated_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
 }
 
 func (t Tenant) event() events.Tenant {
@@ -38,13 +38,17 @@ func (t Tenant) cursor() pagination.Cursor {
 
 // CreateRequest is the body of POST /api/v1/tenants.
 type CreateRequest struct {
-	Name              *string `json:"name" example:"Acme Corp"`
-	ConcurrencyConfig *int    `json:"concurrency_config,omitempty" example:"5"`
+	// Name is trimmed; 1 to 255 characters.
+	Name *string `json:"name" validate:"required" minLength:"1" maxLength:"255" example:"Acme Corp"`
+	// ConcurrencyConfig is the tenant's worker count, 1 to TENANT_MAX_CONCURRENCY (100 by default); omitted means
+	// TENANT_DEFAULT_CONCURRENCY (3 by default).
+	ConcurrencyConfig *int `json:"concurrency_config,omitempty" minimum:"1" example:"5"`
 }
 
 // ConcurrencyRequest is the body of PUT /api/v1/tenants/{id}/config/concurrency.
 type ConcurrencyRequest struct {
-	Workers *int `json:"workers" example:"10"`
+	// Workers is the new worker count, 1 to TENANT_MAX_CONCURRENCY (100 by default).
+	Workers *int `json:"workers" validate:"required" minimum:"1" example:"10"`
 }
 
 // Limits are the bounds a tenant's settings must respect.

@@ -75,9 +75,7 @@ func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Route
 			Title: http.StatusText(405), Status: 405, Detail: r.Method + " is not allowed here", Instance: r.URL.Path,
 			RequestID: middleware.GetReqID(r.Context())})
 	})
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	r.Get("/healthz", healthz)
 	r.Get("/readyz", s.ready)
 	r.Method(http.MethodGet, "/metrics", metrics.Handler(reg))
 	for _, rt := range routes {
@@ -123,6 +121,14 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 // ready answers 200 when every readiness check passes, else 503 naming what is down.
+//
+//	@Summary		Readiness probe
+//	@Description	Answers 200 only when PostgreSQL and RabbitMQ answer and every migration is applied, else 503 with a problem naming each check that is down in errors.
+//	@Tags			operations
+//	@Produce		json
+//	@Success		200	{object}	Readiness
+//	@Failure		503	{object}	problem.Details	"a dependency is down"
+//	@Router			/readyz [get]
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -144,7 +150,7 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		problem.WriteDetails(w, d)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": status})
+	WriteJSON(w, http.StatusOK, Readiness{Status: "ready", Checks: status})
 }
 
 // instrument logs each request and records its metrics under the matched route pattern.

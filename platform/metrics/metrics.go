@@ -21,6 +21,13 @@ func NewRegistry() *prometheus.Registry {
 }
 
 // Handler serves the registry in the Prometheus exposition format.
+//
+//	@Summary		Prometheus metrics
+//	@Description	The service's metrics (msgsvc_*), Go runtime and process metrics, in the Prometheus text exposition format.
+//	@Tags			operations
+//	@Produce		plain
+//	@Success		200	{string}	string	"Prometheus text exposition format"
+//	@Router			/metrics [get]
 func Handler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }

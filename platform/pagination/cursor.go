@@ -77,8 +77,8 @@ func ParseLimit(s string) (int, bool) {
 // Page is one page of results.
 type Page[T any] struct {
 	Data       []T     `json:"data"`
-	NextCursor *string `json:"next_cursor"`
-	HasMore    bool    `json:"has_more"`
+	NextCursor *string `json:"next_cursor" extensions:"x-nullable" example:"AQAGYT8fhmgAAZOlsHwefS-aSxwtPk9aaw"`
+	HasMore    bool    `json:"has_more" example:"true"`
 }
 
 // NewPage builds a page from rows fetched with limit+1: the extra row only says there is more.

@@ -81,15 +81,21 @@ func Unavailable(slug, detail string, err error) *Error {
 	return &Error{Kind: KindUnavailable, Slug: slug, Detail: detail, Err: err}
 }
 
-// Details is the RFC 9457 body.
+// Details is the RFC 9457 body, sent as application/problem+json with every error status.
 type Details struct {
-	Type      string       `json:"type" example:"https://msgsvc.dev/problems/invalid-request"`
-	Title     string       `json:"title" example:"Bad Request"`
-	Status    int          `json:"status" example:"400"`
-	Detail    string       `json:"detail,omitempty" example:"name: is required"`
-	Instance  string       `json:"instance,omitempty" example:"/api/v1/tenants"`
-	RequestID string       `json:"request_id,omitempty" example:"host/abc-000001"`
-	Errors    []FieldError `json:"errors,omitempty"`
+	// Type is a URI naming the kind of problem; its last segment is a stable slug.
+	Type string `json:"type" validate:"required" example:"https://msgsvc.dev/problems/invalid-request"`
+	// Title is the HTTP status text.
+	Title  string `json:"title" validate:"required" example:"Bad Request"`
+	Status int    `json:"status" validate:"required" example:"400"`
+	// Detail explains this occurrence in words safe to show.
+	Detail string `json:"detail,omitempty" example:"name: is required"`
+	// Instance is the request path.
+	Instance string `json:"instance,omitempty" example:"/api/v1/tenants"`
+	// RequestID is also in the service's logs.
+	RequestID string `json:"request_id,omitempty" example:"host/abc-000001"`
+	// Errors lists the invalid fields of a 400 (or the checks that are down, for /readyz).
+	Errors []FieldError `json:"errors,omitempty"`
 }
 
 // TypeBase prefixes a problem's slug to form its type URI.
