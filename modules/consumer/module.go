@@ -17,8 +17,8 @@ import (
 var Module = fx.Module("consumer",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
-		func(conn *broker.Conn, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
-			return NewRuntime(conn, h, dir, OptionsFrom(c), m, log)
+		func(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
+			return NewRuntime(conn, p, h, dir, OptionsFrom(c), m, log)
 		},
 	),
 	fx.Invoke(Subscribe),
@@ -27,14 +27,14 @@ var Module = fx.Module("consumer",
 // OptionsFrom takes the runtime's options from the configuration.
 func OptionsFrom(c config.Config) Options {
 	return Options{ReplicaID: c.ReplicaID, Exchange: c.AMQPExchange, QueueType: c.AMQPQueueType,
-		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, RetryInitial: c.StoreRetryInitial,
+		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, BatchSize: c.ConsumerBatchSize, RetryInitial: c.StoreRetryInitial,
 		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, ReconcileInterval: c.ReconcileInterval,
 		ManagementURL: c.RabbitMQManagementURL, AMQPURL: c.AMQPURL}
 }
 
 // Subscribe registers the runtime on the tenant events and in the lifecycle.
 func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
-	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantCreating) error {
+	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantProvisioning) error {
 		return r.DeclareTopology(ctx, e.Tenant.ID)
 	})
 	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantCreateFailed) error {

@@ -21,6 +21,7 @@ type Options struct {
 	QueueType         string // quorum or classic
 	DeliveryLimit     int
 	PrefetchPerWorker int
+	BatchSize         int // deliveries a worker stores in one insert at most
 	RetryInitial      time.Duration
 	RetryBudget       time.Duration
 	DrainTimeout      time.Duration
@@ -31,12 +32,13 @@ type Options struct {
 
 // Runtime runs one consumer per tenant on this replica.
 type Runtime struct {
-	conn    *broker.Conn
-	handler Handler
-	dir     events.TenantDirectory
-	opts    Options
-	log     *zap.Logger
-	metrics *Metrics
+	conn      *broker.Conn
+	publisher *broker.Publisher
+	handler   Handler
+	dir       events.TenantDirectory
+	opts      Options
+	log       *zap.Logger
+	metrics   *Metrics
 
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
@@ -48,8 +50,8 @@ type Runtime struct {
 }
 
 // NewRuntime returns a runtime; Start brings every tenant's consumer up.
-func NewRuntime(conn *broker.Conn, h Handler, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *Runtime {
-	return &Runtime{conn: conn, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
+func NewRuntime(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *Runtime {
+	return &Runtime{conn: conn, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]int{}}
 }
 

@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,29 +14,35 @@ import (
 	"github.com/acme/msgsvc/platform/broker"
 )
 
-// tenantConsumer supervises the consumer of one tenant's queue on this replica. Its worker pool is a
-// go-rabbitmq consumer whose concurrency and prefetch are fixed when it starts; a resize therefore stops the
-// running generation (its in-flight deliveries finish and are acked, its prefetched ones return to the queue)
-// and starts a new one with the new size. The queue itself is never touched.
+// tenantConsumer supervises the consumer of one tenant's queue on this replica.
+//
+// One generation of it is a go-rabbitmq consumer with prefetch workers × PrefetchPerWorker, whose single
+// handler goroutine only hands deliveries over to a pool of `workers` store workers. Each worker takes what
+// is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery after the
+// commit, so a tenant's worker count is the number of store transactions it runs at once. go-rabbitmq fixes
+// concurrency and prefetch when a consumer starts, so a resize stops the running generation (in-flight
+// batches finish and are acked, the deliveries not started yet are returned to the queue) and starts a new one
+// with the new size and prefetch. The queue itself is never touched.
 type tenantConsumer struct {
 	rt *Runtime
 	id uuid.UUID
 
-	mu      sync.Mutex // serialises start, resize and stop
-	workers int
-	gen     *generation
+	mu  sync.Mutex // serialises start, resize and stop
+	gen *generation
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.
 type generation struct {
 	c       *rabbitmq.Consumer
 	workers int
-	// stopping is the stop gate: set before Close, so that a handler go-rabbitmq starts after its own wait
-	// returns the delivery unprocessed instead of storing it on a closing channel.
-	stopping atomic.Bool
-	stopped  chan struct{} // closed when stopping is set, to cut retry backoffs short
-	done     chan struct{} // closed when Run returned
-	err      error         // Run's error, valid after done
+	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
+	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
+	// delivery handed over after that is returned to the queue instead of being stored on a closing channel.
+	stopping    atomic.Bool
+	stopped     chan struct{} // closed when stopping is set; cuts waits and retry backoffs short
+	workersDone sync.WaitGroup
+	done        chan struct{} // closed when go-rabbitmq's Run returned
+	err         error         // Run's error, valid after done
 }
 
 func (g *generation) alive() bool {
@@ -59,11 +64,13 @@ func (tc *tenantConsumer) running() bool {
 // start runs a new generation with workers workers; tc.mu must be held and no generation running.
 func (tc *tenantConsumer) start(workers int, reason string) error {
 	rt := tc.rt
-	g := &generation{workers: workers, done: make(chan struct{}), stopped: make(chan struct{})}
+	prefetch := workers * rt.opts.PrefetchPerWorker
+	g := &generation{workers: workers, pending: make(chan rabbitmq.Delivery, prefetch),
+		done: make(chan struct{}), stopped: make(chan struct{})}
 	c, err := rabbitmq.NewConsumer(rt.conn.Conn, QueueName(tc.id),
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,
-		rabbitmq.WithConsumerOptionsConcurrency(workers),
-		rabbitmq.WithConsumerOptionsQOSPrefetch(workers*rt.opts.PrefetchPerWorker),
+		rabbitmq.WithConsumerOptionsConcurrency(1),
+		rabbitmq.WithConsumerOptionsQOSPrefetch(prefetch),
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
 		rabbitmq.WithConsumerOptionsLogger(broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String())))),
 	)
@@ -71,16 +78,20 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		return err
 	}
 	g.c = c
+	for range workers {
+		g.workersDone.Add(1)
+		go tc.work(g)
+	}
 	started := make(chan error, 1)
 	go func() {
 		defer close(g.done)
-		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handle(g, d) })
-		select {
-		case started <- g.err:
-		default:
-		}
+		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
+		started <- g.err
 		if g.err != nil && !g.stopping.Load() {
 			rt.log.Warn("consumer failed to start; reconciliation will retry", zap.String("tenant_id", tc.id.String()), zap.Error(g.err))
+			g.stopping.Store(true)
+			close(g.stopped)
+			g.workersDone.Wait()
 			g.c.Close()
 		}
 	}()
@@ -93,11 +104,12 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		}
 	case <-time.After(100 * time.Millisecond):
 	}
-	tc.gen, tc.workers = g, workers
+	tc.gen = g
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
 	rt.metrics.restarts.WithLabelValues(reason).Inc()
-	rt.log.Info("consumer started", zap.String("tenant_id", tc.id.String()), zap.Int("workers", workers), zap.String("reason", reason))
+	rt.log.Info("consumer started", zap.String("tenant_id", tc.id.String()), zap.Int("workers", workers),
+		zap.Int("prefetch", prefetch), zap.String("reason", reason))
 	return nil
 }
 
@@ -109,12 +121,27 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	}
 	tc.gen = nil
 	rt := tc.rt
-	g.stopping.Store(true)
-	close(g.stopped)
+	ctx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
+	defer cancel()
+	if !g.stopping.Swap(true) {
+		close(g.stopped)
+	}
+	// In-flight batches finish and are acked while the channel is still open.
+	workersDone := make(chan struct{})
+	go func() { g.workersDone.Wait(); close(workersDone) }()
+	select {
+	case <-workersDone:
+	case <-ctx.Done():
+		rt.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it",
+			zap.String("tenant_id", tc.id.String()))
+	}
 	if g.alive() {
-		ctx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
 		g.c.CloseWithContext(ctx)
-		cancel()
+	}
+	// Deliveries handed over after the workers left were not acked; the closed channel returned them.
+	for n := len(g.pending); n > 0; n-- {
+		<-g.pending
+		rt.metrics.inflight.WithLabelValues(rt.metrics.tenant(tc.id)).Dec()
 	}
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Sub(float64(g.workers))
 	rt.metrics.running.Dec()
@@ -141,50 +168,131 @@ func (tc *tenantConsumer) stop(ctx context.Context, reason string) {
 	tc.stopGen(ctx, reason)
 }
 
-// handle processes one delivery on a worker: store it, ack after commit; dead-letter what can never be
-// stored; retry transient failures with exponential backoff for the retry budget, then return the delivery
-// to the queue with a reject, which counts towards the queue's delivery limit.
-func (tc *tenantConsumer) handle(g *generation, d rabbitmq.Delivery) rabbitmq.Action {
-	rt := tc.rt
-	label := rt.metrics.tenant(tc.id)
+// handOver runs on go-rabbitmq's handler goroutine: it passes the delivery to the store workers, which settle
+// it themselves, or returns it to the queue when the generation is stopping.
+func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.Action {
+	label := tc.rt.metrics.tenant(tc.id)
 	if g.stopping.Load() {
-		rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
 		return rabbitmq.NackRequeue
 	}
-	inflight := rt.metrics.inflight.WithLabelValues(label)
-	inflight.Inc()
-	defer inflight.Dec()
+	tc.rt.metrics.inflight.WithLabelValues(label).Inc()
+	select {
+	case g.pending <- d:
+		return rabbitmq.Manual
+	case <-g.stopped:
+		tc.rt.metrics.inflight.WithLabelValues(label).Dec()
+		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+		return rabbitmq.NackRequeue
+	}
+}
 
+// work is one store worker: it takes a batch of waiting deliveries and processes it, until the generation stops;
+// then it returns the deliveries still waiting to the queue.
+func (tc *tenantConsumer) work(g *generation) {
+	defer g.workersDone.Done()
+	batch := make([]rabbitmq.Delivery, 0, tc.rt.opts.BatchSize)
+	for {
+		if g.stopping.Load() {
+			tc.requeueWaiting(g)
+			return
+		}
+		select {
+		case d := <-g.pending:
+			batch = append(batch[:0], d)
+		case <-g.stopped:
+			tc.requeueWaiting(g)
+			return
+		}
+	fill:
+		for len(batch) < tc.rt.opts.BatchSize {
+			select {
+			case d := <-g.pending:
+				batch = append(batch, d)
+			default:
+				break fill
+			}
+		}
+		tc.process(g, batch)
+	}
+}
+
+func (tc *tenantConsumer) requeueWaiting(g *generation) {
+	label := tc.rt.metrics.tenant(tc.id)
+	for {
+		select {
+		case d := <-g.pending:
+			tc.settle(d, d.Nack(false, true))
+			tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+			tc.rt.metrics.inflight.WithLabelValues(label).Dec()
+		default:
+			return
+		}
+	}
+}
+
+// process stores a batch: each stored delivery is acked after the commit; one that can never be stored is
+// dead-lettered at once; transient failures are retried with exponential backoff for the retry budget, then
+// the delivery is rejected back to the queue (which counts towards the queue's delivery limit), or
+// dead-lettered when that limit is reached.
+func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
+	rt := tc.rt
+	label := rt.metrics.tenant(tc.id)
+	defer rt.metrics.inflight.WithLabelValues(label).Sub(float64(len(batch)))
+
+	remaining := batch
+	ds := make([]amqp.Delivery, 0, len(batch))
 	backoff := rt.opts.RetryInitial
 	deadline := time.Now().Add(rt.opts.RetryBudget)
 	for attempt := 1; ; attempt++ {
-		err := rt.handler.Handle(context.Background(), tc.id, []amqp.Delivery{d.Delivery})[0]
-		switch {
-		case err == nil:
-			return rabbitmq.Ack
-		case broker.IsPermanent(err):
-			rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
-				zap.String("message_id", d.MessageId), zap.Error(err))
-			rt.metrics.deadLettered.WithLabelValues(label, "undecodable").Inc()
-			tc.ackOrLog(d.Reject(false), d)
-			return rabbitmq.Manual
+		ds = ds[:0]
+		for _, d := range remaining {
+			ds = append(ds, d.Delivery)
 		}
+		errs := rt.handler.Handle(context.Background(), tc.id, ds)
+		var retry []rabbitmq.Delivery
+		var lastErr error
+		for i, d := range remaining {
+			switch err := errs[i]; {
+			case err == nil:
+				tc.settle(d, d.Ack(false))
+			case broker.IsPermanent(err):
+				rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
+					zap.String("message_id", d.MessageId), zap.Error(err))
+				tc.deadLetter(d, "undecodable", err)
+			default:
+				retry, lastErr = append(retry, d), err
+			}
+		}
+		if len(retry) == 0 {
+			return
+		}
+		remaining = retry
 		if g.stopping.Load() {
-			rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
-			return rabbitmq.NackRequeue
+			for _, d := range remaining {
+				tc.settle(d, d.Nack(false, true))
+				rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+			}
+			return
 		}
 		if time.Now().Add(backoff).After(deadline) {
-			rt.log.Warn("store keeps failing; returning the delivery to the queue", zap.String("tenant_id", tc.id.String()),
-				zap.String("message_id", d.MessageId), zap.Int("attempts", attempt), zap.Error(err))
-			rt.metrics.requeued.WithLabelValues(label, "retry_budget").Inc()
-			tc.ackOrLog(d.Reject(true), d)
-			return rabbitmq.Manual
+			rt.log.Warn("store keeps failing; giving the deliveries back", zap.String("tenant_id", tc.id.String()),
+				zap.Int("deliveries", len(remaining)), zap.Int("attempts", attempt), zap.Error(lastErr))
+			for _, d := range remaining {
+				if deliveryCount(d)+1 >= int64(rt.opts.DeliveryLimit) {
+					tc.deadLetter(d, "retries_exhausted", lastErr)
+					continue
+				}
+				rt.metrics.requeued.WithLabelValues(label, "retry_budget").Inc()
+				tc.settle(d, d.Reject(true))
+			}
+			return
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			rt.log.Warn("store failed; retrying with backoff", zap.String("tenant_id", tc.id.String()),
-				zap.String("message_id", d.MessageId), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(err))
+				zap.Int("deliveries", len(remaining)), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(lastErr))
 		}
-		rt.metrics.retried.WithLabelValues(label).Inc()
+		rt.metrics.retried.WithLabelValues(label).Add(float64(len(remaining)))
 		select {
 		case <-time.After(backoff):
 		case <-g.stopped:
@@ -195,8 +303,59 @@ func (tc *tenantConsumer) handle(g *generation, d rabbitmq.Delivery) rabbitmq.Ac
 
 const maxBackoff = 5 * time.Second
 
-func (tc *tenantConsumer) ackOrLog(err error, d rabbitmq.Delivery) {
-	if err != nil && !errors.Is(err, context.Canceled) {
+// deliveryCount is how often the broker delivered d before (quorum queues count it in x-delivery-count).
+func deliveryCount(d rabbitmq.Delivery) int64 {
+	switch v := d.Headers["x-delivery-count"].(type) {
+	case int64:
+		return v
+	case int32:
+		return int64(v)
+	case int:
+		return int64(v)
+	}
+	return 0
+}
+
+// Headers set on messages the service dead-letters.
+const (
+	HeaderDeadLetterReason = "x-dead-letter-reason"
+	HeaderLastError        = "x-last-error"
+	HeaderDeadLetteredAt   = "x-dead-lettered-at"
+)
+
+// deadLetter publishes d to the tenant's dead-letter queue with the reason and the last error in its headers,
+// then acks it; when that publish fails it rejects d, and the broker dead-letters it without them.
+func (tc *tenantConsumer) deadLetter(d rabbitmq.Delivery, reason string, cause error) {
+	rt := tc.rt
+	headers := map[string]any{}
+	for k, v := range d.Headers {
+		headers[k] = v
+	}
+	msg := cause.Error()
+	if len(msg) > 512 {
+		msg = msg[:512]
+	}
+	headers[HeaderDeadLetterReason] = reason
+	headers[HeaderLastError] = msg
+	headers[HeaderDeadLetteredAt] = time.Now().UnixMicro()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := rt.publisher.Publish(ctx, broker.Message{Exchange: rt.DeadLetterExchange(), RoutingKey: tc.id.String(),
+		MessageID: d.MessageId, Headers: headers, Body: d.Body})
+	if err != nil {
+		rt.log.Warn("could not publish to the dead-letter queue; rejecting instead", zap.String("tenant_id", tc.id.String()),
+			zap.String("message_id", d.MessageId), zap.Error(err))
+		tc.settle(d, d.Reject(false))
+	} else {
+		tc.settle(d, d.Ack(false))
+	}
+	rt.metrics.deadLettered.WithLabelValues(rt.metrics.tenant(tc.id), reason).Inc()
+}
+
+// settle logs a failed ack, nack or reject: the channel closed (a broker restart), and the broker redelivers
+// the message, which idempotent storage absorbs.
+func (tc *tenantConsumer) settle(d rabbitmq.Delivery, err error) {
+	if err != nil {
 		tc.rt.log.Warn("could not settle delivery; the broker will redeliver it", zap.String("tenant_id", tc.id.String()),
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}

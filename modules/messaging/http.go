@@ -28,6 +28,7 @@ type MessagePage = pagination.Page[Message]
 // publish godoc
 //
 //	@Summary		Publish a message
+//	@ID				publishMessage
 //	@Description	Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.
 //	@Tags			messages
 //	@Accept			json
@@ -58,12 +59,13 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 // list godoc
 //
 //	@Summary		List a tenant's messages
+//	@ID				listMessages
 //	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).
 //	@Tags			messages
 //	@Produce		json
-//	@Param			tenant_id	query		string						true	"Tenant id (UUID)"	format(uuid)
-//	@Param			limit		query		int							false	"Page size"			minimum(1)	maximum(100)	default(20)
-//	@Param			cursor		query		string						false	"next_cursor of the previous page, or an RFC 3339 time"
+//	@Param			tenant_id	query		string	true	"Tenant id (UUID)"	format(uuid)
+//	@Param			limit		query		int		false	"Page size"			minimum(1)	maximum(100)	default(20)
+//	@Param			cursor		query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
 //	@Success		200			{object}	pagination.Page[messaging.Message]
 //	@Failure		400			{object}	problem.Details	"invalid tenant_id, limit or cursor"
 //	@Failure		404			{object}	problem.Details	"no such tenant"

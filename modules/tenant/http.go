@@ -33,6 +33,7 @@ type TenantPage = pagination.Page[Tenant]
 // create godoc
 //
 //	@Summary		Create a tenant
+//	@ID				createTenant
 //	@Description	Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3).
 //	@Tags			tenants
 //	@Accept			json
@@ -63,6 +64,7 @@ func (h *Handlers) create(w http.ResponseWriter, r *http.Request) {
 // get godoc
 //
 //	@Summary	Get a tenant
+//	@ID			getTenant
 //	@Tags		tenants
 //	@Produce	json
 //	@Param		id	path		string	true	"Tenant id (UUID)"	format(uuid)
@@ -88,11 +90,12 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 // list godoc
 //
 //	@Summary		List tenants
+//	@ID				listTenants
 //	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next.
 //	@Tags			tenants
 //	@Produce		json
-//	@Param			limit	query		int							false	"Page size"	minimum(1)	maximum(100)	default(20)
-//	@Param			cursor	query		string						false	"next_cursor of the previous page, or an RFC 3339 time"
+//	@Param			limit	query		int		false	"Page size"	minimum(1)	maximum(100)	default(20)
+//	@Param			cursor	query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
 //	@Success		200		{object}	pagination.Page[tenant.Tenant]
 //	@Failure		400		{object}	problem.Details	"invalid limit or cursor"
 //	@Failure		503		{object}	problem.Details	"database unavailable"
@@ -114,6 +117,7 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 // setConcurrency godoc
 //
 //	@Summary		Change a tenant's worker count
+//	@ID				setTenantConcurrency
 //	@Description	The live consumer's worker pool and prefetch follow within a second, without losing or duplicating a message.
 //	@Tags			tenants
 //	@Accept			json
@@ -149,6 +153,7 @@ func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
 // delete godoc
 //
 //	@Summary		Delete a tenant
+//	@ID				deleteTenant
 //	@Description	Stops its consumers gracefully, then deletes its queues, its partition and its row.
 //	@Tags			tenants
 //	@Produce		json

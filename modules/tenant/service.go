@@ -54,8 +54,8 @@ func unavailable(err error) error {
 	return problem.Unavailable("dependency-unavailable", "a dependency of the service is unavailable; retry later", err)
 }
 
-// Create makes a tenant with everything it needs: the row and its partition commit together, its queues are
-// declared before commit, its consumer starts after. On any failure nothing is left half made.
+// Create makes a tenant with everything it needs: its queues are declared first, then the row and its
+// partition commit together, then its consumer starts. On any failure nothing is left half made.
 func (s *Service) Create(ctx context.Context, req CreateRequest) (Tenant, error) {
 	name, err := validateName(req.Name)
 	if err != nil {
@@ -67,12 +67,15 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Tenant, error)
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	t := Tenant{ID: uuid.Must(uuid.NewV7()), Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now}
-	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := s.repo.Insert(ctx, tx, &t); err != nil {
-			return fmt.Errorf("insert tenant: %w", err)
-		}
-		return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx})
-	})
+	err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
+	if err == nil {
+		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			if err := s.repo.Insert(ctx, tx, &t); err != nil {
+				return fmt.Errorf("insert tenant: %w", err)
+			}
+			return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx})
+		})
+	}
 	if err != nil {
 		s.log.Warn("tenant creation failed; rolling back", zap.String("tenant_id", t.ID.String()), zap.Error(err))
 		cleanup := context.WithoutCancel(ctx)

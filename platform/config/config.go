@@ -58,6 +58,8 @@ type Config struct {
 	TenantMaxConcurrency int
 	// PrefetchPerWorker is the number of unacknowledged deliveries per worker (CONSUMER_PREFETCH_PER_WORKER).
 	PrefetchPerWorker int
+	// ConsumerBatchSize is the most deliveries a worker stores in one insert (CONSUMER_BATCH_SIZE).
+	ConsumerBatchSize int
 	// StoreRetryInitial is the first backoff after a transient store failure (STORE_RETRY_INITIAL).
 	StoreRetryInitial time.Duration
 	// StoreRetryBudget is how long a worker retries one delivery before returning it to the queue (STORE_RETRY_BUDGET).
@@ -101,7 +103,8 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		PublishConfirmTimeout:    r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
 		TenantDefaultConcurrency: r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
 		TenantMaxConcurrency:     r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
-		PrefetchPerWorker:        r.int("CONSUMER_PREFETCH_PER_WORKER", 4, 1, 1000),
+		PrefetchPerWorker:        r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
+		ConsumerBatchSize:        r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
 		StoreRetryInitial:        r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:         r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:     r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),

@@ -31,7 +31,7 @@ func TestOverrides(t *testing.T) {
 		"DB_CONN_MAX_LIFETIME": "1m", "AMQP_URL": "amqps://u:p@mq/", "RABBITMQ_MANAGEMENT_URL": "http://u:p@mq:15672",
 		"AMQP_EXCHANGE": "ex", "AMQP_QUEUE_TYPE": "classic", "AMQP_DELIVERY_LIMIT": "5",
 		"AMQP_RECONNECT_INTERVAL": "2s", "PUBLISH_CONFIRM_TIMEOUT": "1500ms", "TENANT_DEFAULT_CONCURRENCY": "2",
-		"TENANT_MAX_CONCURRENCY": "50", "CONSUMER_PREFETCH_PER_WORKER": "8", "STORE_RETRY_INITIAL": "10ms",
+		"TENANT_MAX_CONCURRENCY": "50", "CONSUMER_PREFETCH_PER_WORKER": "8", "CONSUMER_BATCH_SIZE": "16", "STORE_RETRY_INITIAL": "10ms",
 		"STORE_RETRY_BUDGET": "1m", "CONSUMER_DRAIN_TIMEOUT": "3s", "RECONCILE_INTERVAL": "5s",
 		"SHUTDOWN_TIMEOUT": "9s", "REPLICA_ID": "r1", "METRICS_PER_TENANT": "false",
 		"HTTP_READ_HEADER_TIMEOUT": "2s",
@@ -44,7 +44,7 @@ func TestOverrides(t *testing.T) {
 		AMQPURL: "amqps://u:p@mq/", RabbitMQManagementURL: "http://u:p@mq:15672", AMQPExchange: "ex",
 		AMQPQueueType: "classic", AMQPDeliveryLimit: 5, AMQPReconnectInterval: 2 * time.Second,
 		PublishConfirmTimeout: 1500 * time.Millisecond, TenantDefaultConcurrency: 2, TenantMaxConcurrency: 50,
-		PrefetchPerWorker: 8, StoreRetryInitial: 10 * time.Millisecond, StoreRetryBudget: time.Minute,
+		PrefetchPerWorker: 8, ConsumerBatchSize: 16, StoreRetryInitial: 10 * time.Millisecond, StoreRetryBudget: time.Minute,
 		ConsumerDrainTimeout: 3 * time.Second, ReconcileInterval: 5 * time.Second, ShutdownTimeout: 9 * time.Second,
 		ReplicaID: "r1", MetricsPerTenant: false,
 	}, c)

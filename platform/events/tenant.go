@@ -16,14 +16,21 @@ type Tenant struct {
 	CreatedAt   time.Time `json:"created_at"`
 }
 
+// TenantProvisioning is published before the transaction that creates a tenant: subscribers make what the
+// tenant needs outside the database (its queues). An error aborts the creation. It is kept out of the
+// transaction so that no transaction holding DDL locks waits on a broker call.
+type TenantProvisioning struct {
+	Tenant Tenant
+}
+
 // TenantCreating is published inside the transaction that inserts a tenant's row, before commit. Subscribers
-// make what the tenant needs (its partition through Tx, its queues); an error rolls the creation back.
+// make what the tenant needs in the database (its partition, through Tx); an error rolls the creation back.
 type TenantCreating struct {
 	Tenant Tenant
 	Tx     bun.Tx
 }
 
-// TenantCreateFailed is published when a creation was rolled back after TenantCreating, so that subscribers
+// TenantCreateFailed is published when a creation failed after TenantProvisioning, so that subscribers
 // remove what they made outside the transaction (queues).
 type TenantCreateFailed struct {
 	TenantID uuid.UUID

@@ -17,6 +17,7 @@ type Readiness struct {
 // healthz godoc
 //
 //	@Summary		Liveness probe
+//	@ID				healthz
 //	@Description	Answers 200 while the process runs; it checks no dependency.
 //	@Tags			operations
 //	@Produce		json

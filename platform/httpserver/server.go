@@ -123,6 +123,7 @@ func (s *Server) Stop(ctx context.Context) error {
 // ready answers 200 when every readiness check passes, else 503 naming what is down.
 //
 //	@Summary		Readiness probe
+//	@ID				readyz
 //	@Description	Answers 200 only when PostgreSQL and RabbitMQ answer and every migration is applied, else 503 with a problem naming each check that is down in errors.
 //	@Tags			operations
 //	@Produce		json

@@ -23,6 +23,7 @@ func NewRegistry() *prometheus.Registry {
 // Handler serves the registry in the Prometheus exposition format.
 //
 //	@Summary		Prometheus metrics
+//	@ID				metrics
 //	@Description	The service's metrics (msgsvc_*), Go runtime and process metrics, in the Prometheus text exposition format.
 //	@Tags			operations
 //	@Produce		plain

@@ -115,3 +115,15 @@ func Status(url string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// Wait polls cond every 50 ms until it is true (it returns true) or timeout passes (false).
+func Wait(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
