@@ -11,14 +11,20 @@ import (
 )
 
 // Handlers serve the message API under /api/v1/messages.
-type Handlers struct{ svc *Service }
+type Handlers struct {
+	svc           *Service
+	maxBatchBytes int64
+}
 
-// NewHandlers returns the message API handlers.
-func NewHandlers(svc *Service) *Handlers { return &Handlers{svc: svc} }
+// NewHandlers returns the message API handlers; a batch body may hold up to maxBatchBytes.
+func NewHandlers(svc *Service, maxBatchBytes int64) *Handlers {
+	return &Handlers{svc: svc, maxBatchBytes: maxBatchBytes}
+}
 
 // Register implements httpserver.Routes.
 func (h *Handlers) Register(r chi.Router) {
 	r.Post("/api/v1/messages", h.publish)
+	r.Post("/api/v1/messages/batch", h.publishBatch)
 	r.Get("/api/v1/messages", h.list)
 }
 
@@ -49,6 +55,36 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a, err := h.svc.Publish(r.Context(), req, r.Header.Get("Idempotency-Key"))
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusAccepted, a)
+}
+
+// publishBatch godoc
+//
+//	@Summary		Publish up to 1,000 messages at once
+//	@Description	Validates every message (one invalid message rejects the batch), publishes them all persistently to the tenant's queue with their confirms in flight together, and answers 202 with their ids (in request order) only once RabbitMQ confirmed every one. On 503 some messages may have been accepted: retry with the same Idempotency-Key, and each message keeps its id (derived from the tenant, the key and its index), so it is stored once.
+//	@Tags			messages
+//	@Accept			json
+//	@Produce		json
+//	@Param			Idempotency-Key	header		string			false	"Makes retries of this batch store each message once"
+//	@Param			batch			body		BatchRequest	true	"Tenant and 1..1000 messages"
+//	@Success		202				{object}	BatchAccepted
+//	@Failure		400				{object}	problem.Details	"invalid input"
+//	@Failure		404				{object}	problem.Details	"no such tenant"
+//	@Failure		413				{object}	problem.Details	"body too large (HTTP_MAX_BATCH_BODY_BYTES)"
+//	@Failure		415				{object}	problem.Details	"not JSON"
+//	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
+//	@Router			/api/v1/messages/batch [post]
+func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
+	var req BatchRequest
+	if err := httpserver.DecodeJSONLimit(r, &req, h.maxBatchBytes); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	a, err := h.svc.PublishBatch(r.Context(), req, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		problem.Write(w, r, err)
 		return

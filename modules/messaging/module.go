@@ -23,7 +23,7 @@ var Module = fx.Module("messaging",
 		func(db *bun.DB, p *broker.Publisher, c config.Config, dir events.TenantDirectory, m *Metrics, log *zap.Logger) *Service {
 			return NewService(db, p, c.AMQPExchange, dir, m, log)
 		},
-		httpserver.AsRoutes(NewHandlers),
+		httpserver.AsRoutes(func(s *Service, c config.Config) *Handlers { return NewHandlers(s, c.HTTPMaxBatchBodyBytes) }),
 		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {
 			return NewPartitions(db, dir, c.ReconcileInterval, reg, log)
 		},

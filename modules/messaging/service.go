@@ -105,40 +105,118 @@ func (s *Service) Publish(ctx context.Context, req PublishRequest, idempotencyKe
 	if err != nil {
 		return Accepted{}, err
 	}
-	if req.Payload == nil {
-		return Accepted{}, problem.Invalid("payload", "is required")
+	if err := checkPayload("payload", req.Payload); err != nil {
+		return Accepted{}, err
 	}
-	if !validPayload(req.Payload) {
-		return Accepted{}, problem.Invalid("payload", errPayload.Error())
-	}
-	if len(idempotencyKey) > 255 {
-		return Accepted{}, problem.Invalid("Idempotency-Key", "must be at most 255 characters")
-	}
-	if err := s.checkTenant(ctx, tenantID); err != nil {
+	if err := checkIdempotencyKey(idempotencyKey); err != nil {
 		return Accepted{}, err
 	}
 	a := Accepted{ID: messageID(tenantID, idempotencyKey), TenantID: tenantID, Status: "accepted",
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}
-	err = s.publisher.Publish(ctx, broker.Message{
-		Exchange: s.exchange, RoutingKey: tenantID.String(), MessageID: a.ID.String(), Mandatory: true,
-		Headers: map[string]any{HeaderCreatedAt: a.CreatedAt.UnixMicro()}, Body: req.Payload,
-	})
+	if err := s.publish(ctx, tenantID, a.CreatedAt, []uuid.UUID{a.ID}, []json.RawMessage{req.Payload}); err != nil {
+		return Accepted{}, err
+	}
+	return a, nil
+}
+
+// MaxBatch is the most messages one batch publish takes.
+const MaxBatch = 1000
+
+// BatchRequest is the body of POST /api/v1/messages/batch.
+type BatchRequest struct {
+	TenantID *string `json:"tenant_id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	Messages []struct {
+		Payload json.RawMessage `json:"payload" swaggertype:"object"`
+	} `json:"messages"`
+}
+
+// BatchAccepted is the answer to a batch publish: every message is in RabbitMQ, ids in request order.
+type BatchAccepted struct {
+	TenantID  uuid.UUID   `json:"tenant_id" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	IDs       []uuid.UUID `json:"ids"`
+	Status    string      `json:"status" example:"accepted"`
+	CreatedAt time.Time   `json:"created_at" example:"2026-11-27T10:00:00.123456Z"`
+}
+
+// PublishBatch validates every message first (one invalid message rejects the whole batch), publishes them
+// all with their confirms in flight together and returns once RabbitMQ confirmed every one. With an
+// idempotency key, message i's id is derived from the tenant, the key and i.
+func (s *Service) PublishBatch(ctx context.Context, req BatchRequest, idempotencyKey string) (BatchAccepted, error) {
+	tenantID, err := parseTenantID(req.TenantID)
+	if err != nil {
+		return BatchAccepted{}, err
+	}
+	if len(req.Messages) == 0 || len(req.Messages) > MaxBatch {
+		return BatchAccepted{}, problem.Invalid("messages", fmt.Sprintf("must hold 1 to %d messages", MaxBatch))
+	}
+	if err := checkIdempotencyKey(idempotencyKey); err != nil {
+		return BatchAccepted{}, err
+	}
+	payloads := make([]json.RawMessage, len(req.Messages))
+	ids := make([]uuid.UUID, len(req.Messages))
+	for i, m := range req.Messages {
+		if err := checkPayload(fmt.Sprintf("messages[%d].payload", i), m.Payload); err != nil {
+			return BatchAccepted{}, err
+		}
+		payloads[i] = m.Payload
+		key := idempotencyKey
+		if key != "" {
+			key = fmt.Sprintf("%s/%d", key, i)
+		}
+		ids[i] = messageID(tenantID, key)
+	}
+	a := BatchAccepted{TenantID: tenantID, IDs: ids, Status: "accepted", CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}
+	if err := s.publish(ctx, tenantID, a.CreatedAt, ids, payloads); err != nil {
+		return BatchAccepted{}, err
+	}
+	return a, nil
+}
+
+func checkPayload(field string, p json.RawMessage) error {
+	if p == nil {
+		return problem.Invalid(field, "is required")
+	}
+	if !validPayload(p) {
+		return problem.Invalid(field, errPayload.Error())
+	}
+	return nil
+}
+
+func checkIdempotencyKey(key string) error {
+	if len(key) > 255 {
+		return problem.Invalid("Idempotency-Key", "must be at most 255 characters")
+	}
+	return nil
+}
+
+// publish sends the messages to the tenant's queue and waits for every confirm.
+func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt time.Time, ids []uuid.UUID, payloads []json.RawMessage) error {
+	if err := s.checkTenant(ctx, tenantID); err != nil {
+		return err
+	}
+	msgs := make([]broker.Message, len(ids))
+	headers := map[string]any{HeaderCreatedAt: createdAt.UnixMicro()}
+	for i := range ids {
+		msgs[i] = broker.Message{Exchange: s.exchange, RoutingKey: tenantID.String(), MessageID: ids[i].String(),
+			Mandatory: true, Headers: headers, Body: payloads[i]}
+	}
+	err := s.publisher.PublishAll(ctx, msgs)
 	switch {
 	case errors.Is(err, broker.ErrUnroutable):
-		s.metrics.pubFailed.WithLabelValues("unroutable").Inc()
+		s.metrics.pubFailed.WithLabelValues("unroutable").Add(float64(len(ids)))
 		// The queue is gone: the tenant was deleted elsewhere, or its queue is missing until reconciliation.
 		s.view.remove(tenantID)
 		if cerr := s.checkTenant(ctx, tenantID); cerr != nil {
-			return Accepted{}, cerr
+			return cerr
 		}
-		return Accepted{}, problem.Unavailable("queue-unavailable", "the tenant's queue is unavailable; retry later", err)
+		return problem.Unavailable("queue-unavailable", "the tenant's queue is unavailable; retry later", err)
 	case err != nil:
-		s.metrics.pubFailed.WithLabelValues("broker").Inc()
-		s.log.Warn("publish failed", zap.String("tenant_id", tenantID.String()), zap.Error(err))
-		return Accepted{}, problem.Unavailable("broker-unavailable", "RabbitMQ did not confirm the message; retry later", err)
+		s.metrics.pubFailed.WithLabelValues("broker").Add(float64(len(ids)))
+		s.log.Warn("publish failed", zap.String("tenant_id", tenantID.String()), zap.Int("messages", len(ids)), zap.Error(err))
+		return problem.Unavailable("broker-unavailable", "RabbitMQ did not confirm the message; retry later", err)
 	}
-	s.metrics.published.WithLabelValues(s.metrics.tenant(tenantID)).Inc()
-	return a, nil
+	s.metrics.published.WithLabelValues(s.metrics.tenant(tenantID)).Add(float64(len(ids)))
+	return nil
 }
 
 // Handle stores a batch of deliveries from tenantID's queue in one multi-row insert that skips messages

@@ -8,12 +8,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	rabbitmq "github.com/wagslane/go-rabbitmq"
 	"go.uber.org/zap"
 )
-
-// ErrNacked means the broker refused a publish (negative confirm).
-var ErrNacked = errors.New("broker refused the message")
 
 // ErrUnroutable means a mandatory publish reached no queue.
 var ErrUnroutable = errors.New("no queue is bound for the routing key")
@@ -66,31 +64,41 @@ func NewPublisher(conn *Conn, channels int, timeout time.Duration, log *zap.Logg
 }
 
 // Publish sends m and returns once the broker confirmed it, or an error wrapping ErrUnavailable when the
-// broker is down or does not confirm within the deadline, ErrNacked, or ErrUnroutable.
+// broker is down, refuses the message or does not confirm within the deadline, or ErrUnroutable.
 func (p *Publisher) Publish(ctx context.Context, m Message) error {
+	return p.PublishAll(ctx, []Message{m})
+}
+
+// PublishAll sends every message on one channel, with their confirms in flight together, and returns once the
+// broker confirmed them all (nil) or the first failure. On failure some messages may have been confirmed.
+func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	pub := p.pubs[p.next.Add(1)%uint64(len(p.pubs))]
-	opts := []func(*rabbitmq.PublishOptions){
-		rabbitmq.WithPublishOptionsExchange(m.Exchange),
-		rabbitmq.WithPublishOptionsPersistentDelivery,
-		rabbitmq.WithPublishOptionsContentType("application/json"),
-		rabbitmq.WithPublishOptionsMessageID(m.MessageID),
-	}
-	if m.Headers != nil {
-		opts = append(opts, rabbitmq.WithPublishOptionsHeaders(m.Headers))
-	}
-	if m.Mandatory {
-		opts = append(opts, rabbitmq.WithPublishOptionsMandatory)
-	}
-	confs, err := pub.PublishWithDeferredConfirmWithContext(ctx, m.Body, []string{m.RoutingKey}, opts...)
-	if err != nil {
-		return fmt.Errorf("%w: publish: %v", ErrUnavailable, err)
-	}
-	for _, c := range confs {
-		if c == nil {
+	confs := make([]*amqp.DeferredConfirmation, 0, len(ms))
+	for _, m := range ms {
+		opts := []func(*rabbitmq.PublishOptions){
+			rabbitmq.WithPublishOptionsExchange(m.Exchange),
+			rabbitmq.WithPublishOptionsPersistentDelivery,
+			rabbitmq.WithPublishOptionsContentType("application/json"),
+			rabbitmq.WithPublishOptionsMessageID(m.MessageID),
+		}
+		if m.Headers != nil {
+			opts = append(opts, rabbitmq.WithPublishOptionsHeaders(m.Headers))
+		}
+		if m.Mandatory {
+			opts = append(opts, rabbitmq.WithPublishOptionsMandatory)
+		}
+		c, err := pub.PublishWithDeferredConfirmWithContext(ctx, m.Body, []string{m.RoutingKey}, opts...)
+		if err != nil {
+			return fmt.Errorf("%w: publish: %v", ErrUnavailable, err)
+		}
+		if len(c) != 1 || c[0] == nil {
 			return fmt.Errorf("%w: publisher not in confirm mode", ErrUnavailable)
 		}
+		confs = append(confs, c[0])
+	}
+	for i, c := range confs {
 		ok, err := c.WaitContext(ctx)
 		if err != nil {
 			return fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.timeout, err)
@@ -98,9 +106,9 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 		if !ok {
 			return fmt.Errorf("%w: negative confirm (the channel closed or the broker nacked)", ErrUnavailable)
 		}
-	}
-	if m.Mandatory && p.wasReturned(m.MessageID) {
-		return ErrUnroutable
+		if ms[i].Mandatory && p.wasReturned(ms[i].MessageID) {
+			return ErrUnroutable
+		}
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ type Config struct {
 	HTTPAddr string
 	// HTTPMaxBodyBytes caps a request body (HTTP_MAX_BODY_BYTES).
 	HTTPMaxBodyBytes int64
+	// HTTPMaxBatchBodyBytes caps the body of a batch publish (HTTP_MAX_BATCH_BODY_BYTES).
+	HTTPMaxBatchBodyBytes int64
 	// HTTPReadHeaderTimeout bounds reading request headers (HTTP_READ_HEADER_TIMEOUT).
 	HTTPReadHeaderTimeout time.Duration
 
@@ -87,6 +89,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	c := Config{
 		HTTPAddr:                 r.str("HTTP_ADDR", ":8080"),
 		HTTPMaxBodyBytes:         int64(r.int("HTTP_MAX_BODY_BYTES", 256<<10, 1024, 64<<20)),
+		HTTPMaxBatchBodyBytes:    int64(r.int("HTTP_MAX_BATCH_BODY_BYTES", 8<<20, 1024, 256<<20)),
 		HTTPReadHeaderTimeout:    r.dur("HTTP_READ_HEADER_TIMEOUT", 5*time.Second),
 		LogLevel:                 r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                r.oneOf("LOG_FORMAT", "json", "json", "console"),

@@ -26,7 +26,7 @@ func TestDefaults(t *testing.T) {
 
 func TestOverrides(t *testing.T) {
 	c, err := LoadFrom(env(map[string]string{
-		"HTTP_ADDR": "127.0.0.1:9000", "HTTP_MAX_BODY_BYTES": "4096", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "console",
+		"HTTP_ADDR": "127.0.0.1:9000", "HTTP_MAX_BODY_BYTES": "4096", "HTTP_MAX_BATCH_BODY_BYTES": "8192", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "console",
 		"DATABASE_URL": "postgres://u:p@db:5432/x", "DB_MAX_OPEN_CONNS": "7", "DB_MAX_IDLE_CONNS": "3",
 		"DB_CONN_MAX_LIFETIME": "1m", "AMQP_URL": "amqps://u:p@mq/", "RABBITMQ_MANAGEMENT_URL": "http://u:p@mq:15672",
 		"AMQP_EXCHANGE": "ex", "AMQP_QUEUE_TYPE": "classic", "AMQP_DELIVERY_LIMIT": "5",
@@ -38,7 +38,7 @@ func TestOverrides(t *testing.T) {
 	}))
 	require.NoError(t, err)
 	require.Equal(t, Config{
-		HTTPAddr: "127.0.0.1:9000", HTTPMaxBodyBytes: 4096, HTTPReadHeaderTimeout: 2 * time.Second,
+		HTTPAddr: "127.0.0.1:9000", HTTPMaxBodyBytes: 4096, HTTPMaxBatchBodyBytes: 8192, HTTPReadHeaderTimeout: 2 * time.Second,
 		LogLevel: "debug", LogFormat: "console",
 		DatabaseURL: "postgres://u:p@db:5432/x", DBMaxOpenConns: 7, DBMaxIdleConns: 3, DBConnMaxLifetime: time.Minute,
 		AMQPURL: "amqps://u:p@mq/", RabbitMQManagementURL: "http://u:p@mq:15672", AMQPExchange: "ex",

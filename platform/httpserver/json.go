@@ -15,9 +15,23 @@ import (
 	"github.com/acme/msgsvc/platform/problem"
 )
 
-// DecodeJSON strictly decodes the request body into dst: the media type must be JSON, unknown fields and
-// trailing data are rejected, and every failure is a problem error naming the field where one is known.
+// DecodeJSON strictly decodes the request body into dst: the media type must be JSON, the body must fit the
+// server's HTTP_MAX_BODY_BYTES, unknown fields and trailing data are rejected, and every failure is a problem
+// error naming the field where one is known.
 func DecodeJSON(r *http.Request, dst any) error {
+	limit, ok := r.Context().Value(bodyLimitKey{}).(int64)
+	if !ok {
+		limit = 1 << 20
+	}
+	return DecodeJSONLimit(r, dst, limit)
+}
+
+// DecodeJSONLimit is DecodeJSON with its own body limit, for endpoints that take larger bodies.
+func DecodeJSONLimit(r *http.Request, dst any, limit int64) error {
+	if r.ContentLength > limit {
+		return tooLarge(limit)
+	}
+	r.Body = http.MaxBytesReader(nil, r.Body, limit)
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
@@ -49,7 +63,7 @@ func decodeError(err error) error {
 	)
 	switch {
 	case errors.As(err, &mbe):
-		return problem.New(problem.KindTooLarge, "body-too-large", fmt.Sprintf("the request body exceeds %d bytes", mbe.Limit))
+		return tooLarge(mbe.Limit)
 	case errors.As(err, &syntaxErr):
 		return problem.New(problem.KindInvalid, "malformed-json", fmt.Sprintf("malformed JSON at byte %d", syntaxErr.Offset))
 	case errors.Is(err, io.EOF):

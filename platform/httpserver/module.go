@@ -32,6 +32,7 @@ type Params struct {
 var Module = fx.Module("httpserver",
 	fx.Provide(func(p Params) *Server {
 		return New(Options{Addr: p.Config.HTTPAddr, MaxBodyBytes: p.Config.HTTPMaxBodyBytes,
+			MaxBatchBodyBytes: p.Config.HTTPMaxBatchBodyBytes,
 			ReadHeaderTimeout: p.Config.HTTPReadHeaderTimeout}, p.Log, p.Registry, p.Routes, p.Checks)
 	}),
 	fx.Invoke(func(lc fx.Lifecycle, s *Server) { lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop}) }),

@@ -35,7 +35,8 @@ type Check struct {
 // Options configures a Server.
 type Options struct {
 	Addr              string
-	MaxBodyBytes      int64
+	MaxBodyBytes      int64 // the body limit of every endpoint...
+	MaxBatchBodyBytes int64 // ...but those that decode with DecodeJSONLimit and a larger limit, up to this
 	ReadHeaderTimeout time.Duration
 }
 
@@ -203,15 +204,22 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// limitBody caps every request body at MaxBytesBytes.
+// limitBody caps every request body at the largest limit any endpoint has, and records the default limit,
+// MaxBodyBytes, for DecodeJSON.
 func (s *Server) limitBody(next http.Handler) http.Handler {
+	hardLimit := max(s.opts.MaxBodyBytes, s.opts.MaxBatchBodyBytes)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > s.opts.MaxBodyBytes {
-			problem.Write(w, r, problem.New(problem.KindTooLarge, "body-too-large",
-				fmt.Sprintf("the request body exceeds %d bytes", s.opts.MaxBodyBytes)))
+		if r.ContentLength > hardLimit {
+			problem.Write(w, r, tooLarge(hardLimit))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
-		next.ServeHTTP(w, r)
+		r.Body = http.MaxBytesReader(w, r.Body, hardLimit)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLimitKey{}, s.opts.MaxBodyBytes)))
 	})
+}
+
+type bodyLimitKey struct{}
+
+func tooLarge(limit int64) error {
+	return problem.New(problem.KindTooLarge, "body-too-large", fmt.Sprintf("the request body exceeds %d bytes", limit))
 }
