@@ -25,6 +25,7 @@ const docTemplate = `{
                     "messages"
                 ],
                 "summary": "List a tenant's messages",
+                "operationId": "listMessages",
                 "parameters": [
                     {
                         "type": "string",
@@ -89,6 +90,7 @@ const docTemplate = `{
                     "messages"
                 ],
                 "summary": "Publish a message",
+                "operationId": "publishMessage",
                 "parameters": [
                     {
                         "type": "string",
@@ -146,6 +148,77 @@ const docTemplate = `{
                 }
             }
         },
+        "/api/v1/messages/batch": {
+            "post": {
+                "description": "Validates every message (one invalid message rejects the batch), publishes them all persistently to the tenant's queue with their confirms in flight together, and answers 202 with their ids (in request order) only once RabbitMQ confirmed every one. On 503 some messages may have been accepted: retry with the same Idempotency-Key, and each message keeps its id (derived from the tenant, the key and its index), so it is stored once.",
+                "consumes": [
+                    "application/json"
+                ],
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "messages"
+                ],
+                "summary": "Publish up to 1,000 messages at once",
+                "operationId": "publishMessageBatch",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "description": "Makes retries of this batch store each message once",
+                        "name": "Idempotency-Key",
+                        "in": "header"
+                    },
+                    {
+                        "description": "Tenant and 1..1000 messages",
+                        "name": "batch",
+                        "in": "body",
+                        "required": true,
+                        "schema": {
+                            "$ref": "#/definitions/messaging.BatchRequest"
+                        }
+                    }
+                ],
+                "responses": {
+                    "202": {
+                        "description": "Accepted",
+                        "schema": {
+                            "$ref": "#/definitions/messaging.BatchAccepted"
+                        }
+                    },
+                    "400": {
+                        "description": "invalid input",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "413": {
+                        "description": "body too large (HTTP_MAX_BATCH_BODY_BYTES)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "415": {
+                        "description": "not JSON",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "RabbitMQ did not confirm in time",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
         "/api/v1/tenants": {
             "get": {
                 "description": "Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next.",
@@ -156,6 +229,7 @@ const docTemplate = `{
                     "tenants"
                 ],
                 "summary": "List tenants",
+                "operationId": "listTenants",
                 "parameters": [
                     {
                         "maximum": 100,
@@ -206,6 +280,7 @@ const docTemplate = `{
                     "tenants"
                 ],
                 "summary": "Create a tenant",
+                "operationId": "createTenant",
                 "parameters": [
                     {
                         "description": "The new tenant",
@@ -266,6 +341,7 @@ const docTemplate = `{
                     "tenants"
                 ],
                 "summary": "Get a tenant",
+                "operationId": "getTenant",
                 "parameters": [
                     {
                         "type": "string",
@@ -312,6 +388,7 @@ const docTemplate = `{
                     "tenants"
                 ],
                 "summary": "Delete a tenant",
+                "operationId": "deleteTenant",
                 "parameters": [
                     {
                         "type": "string",
@@ -360,6 +437,7 @@ const docTemplate = `{
                     "tenants"
                 ],
                 "summary": "Change a tenant's worker count",
+                "operationId": "setTenantConcurrency",
                 "parameters": [
                     {
                         "type": "string",
@@ -429,6 +507,7 @@ const docTemplate = `{
                     "operations"
                 ],
                 "summary": "Liveness probe",
+                "operationId": "healthz",
                 "responses": {
                     "200": {
                         "description": "OK",
@@ -449,6 +528,7 @@ const docTemplate = `{
                     "operations"
                 ],
                 "summary": "Prometheus metrics",
+                "operationId": "metrics",
                 "responses": {
                     "200": {
                         "description": "Prometheus text exposition format",
@@ -469,6 +549,7 @@ const docTemplate = `{
                     "operations"
                 ],
                 "summary": "Readiness probe",
+                "operationId": "readyz",
                 "responses": {
                     "200": {
                         "description": "OK",
@@ -536,6 +617,49 @@ const docTemplate = `{
                 "tenant_id": {
                     "type": "string",
                     "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                }
+            }
+        },
+        "messaging.BatchAccepted": {
+            "type": "object",
+            "properties": {
+                "created_at": {
+                    "type": "string",
+                    "example": "2026-11-27T10:00:00.123456Z"
+                },
+                "ids": {
+                    "type": "array",
+                    "items": {
+                        "type": "string"
+                    }
+                },
+                "status": {
+                    "type": "string",
+                    "example": "accepted"
+                },
+                "tenant_id": {
+                    "type": "string",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                }
+            }
+        },
+        "messaging.BatchRequest": {
+            "type": "object",
+            "properties": {
+                "messages": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "payload": {
+                                "type": "object"
+                            }
+                        }
+                    }
+                },
+                "tenant_id": {
+                    "type": "string",
                     "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
                 }
             }
@@ -632,7 +756,7 @@ const docTemplate = `{
                 "detail": {
                     "description": "Detail explains this occurrence in words safe to show.",
                     "type": "string",
-                    "example": "name: is required"
+                    "example": "concurrency_config: must be between 1 and 100"
                 },
                 "errors": {
                     "description": "Errors lists the invalid fields of a 400 (or the checks that are down, for /readyz).",

@@ -65,6 +65,7 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 // publishBatch godoc
 //
 //	@Summary		Publish up to 1,000 messages at once
+//	@ID				publishMessageBatch
 //	@Description	Validates every message (one invalid message rejects the batch), publishes them all persistently to the tenant's queue with their confirms in flight together, and answers 202 with their ids (in request order) only once RabbitMQ confirmed every one. On 503 some messages may have been accepted: retry with the same Idempotency-Key, and each message keeps its id (derived from the tenant, the key and its index), so it is stored once.
 //	@Tags			messages
 //	@Accept			json

@@ -89,7 +89,7 @@ type Details struct {
 	Title  string `json:"title" validate:"required" example:"Bad Request"`
 	Status int    `json:"status" validate:"required" example:"400"`
 	// Detail explains this occurrence in words safe to show.
-	Detail string `json:"detail,omitempty" example:"name: is required"`
+	Detail string `json:"detail,omitempty" example:"concurrency_config: must be between 1 and 100"`
 	// Instance is the request path.
 	Instance string `json:"instance,omitempty" example:"/api/v1/tenants"`
 	// RequestID is also in the service's logs.

@@ -16,6 +16,7 @@ import (
 	"github.com/acme/msgsvc/platform/httpserver"
 	"github.com/acme/msgsvc/platform/logging"
 	"github.com/acme/msgsvc/platform/metrics"
+	"github.com/acme/msgsvc/platform/swagger"
 )
 
 // Options returns the whole application for cfg. Lifecycle hooks start in this order and stop in reverse:
@@ -38,6 +39,7 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		// The consumer runtime declares the Handler it needs; the messaging module's Service is it.
 		fx.Provide(func(s *messaging.Service) consumer.Handler { return s }),
 		cluster.Module,
+		swagger.Module,
 		fx.Options(extra...),
 		httpserver.Module,
 	)
