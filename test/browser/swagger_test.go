@@ -182,7 +182,7 @@ func TestSwaggerUIListsEveryOperationAndTriesOne(t *testing.T) {
 	require.Equal(t, name, created.Name)
 	require.Equal(t, 2, created.ConcurrencyConfig)
 
-	png, err = chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	png, err = chromedp.Run(ctx, chromedp.Screenshot(chromedp.CSS(op)))
 	require.NoError(t, err)
 	save(t, "swagger-ui-try-it-out.png", png)
 
