@@ -16,6 +16,7 @@ type Metrics struct {
 	retried      *prometheus.CounterVec
 	deadLettered *prometheus.CounterVec
 	requeued     *prometheus.CounterVec
+	replayed     *prometheus.CounterVec
 	restarts     *prometheus.CounterVec
 	reconciles   prometheus.Counter
 	repairs      *prometheus.CounterVec
@@ -34,11 +35,13 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 			Help: "Deliveries sent to the dead-letter queue by this service, by tenant and reason."}, []string{"tenant", "reason"}),
 		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_requeued_total",
 			Help: "Deliveries returned to their queue, by tenant and reason (retry budget spent, consumer stopping)."}, []string{"tenant", "reason"}),
+		replayed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letters_replayed_total",
+			Help: "Dead-lettered messages moved back to their tenant's queue, by tenant."}, []string{"tenant"}),
 		restarts:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "consumer_restarts_total", Help: "Consumers (re)started, by reason."}, []string{"reason"}),
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_runs_total", Help: "Reconciliation runs."}),
 		repairs:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_repairs_total", Help: "Repairs made by reconciliation, by kind."}, []string{"kind"}),
 	}
-	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.restarts, m.reconciles, m.repairs)
+	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.repairs)
 	return m
 }
 
@@ -59,4 +62,5 @@ func (m *Metrics) forget(id uuid.UUID) {
 	m.retried.DeletePartialMatch(l)
 	m.deadLettered.DeletePartialMatch(l)
 	m.requeued.DeletePartialMatch(l)
+	m.replayed.DeletePartialMatch(l)
 }

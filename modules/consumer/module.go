@@ -10,6 +10,7 @@ import (
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/httpserver"
 )
 
 // Module provides the consumer runtime, subscribes it to the tenant events and runs it in the lifecycle: it
@@ -20,6 +21,7 @@ var Module = fx.Module("consumer",
 		func(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
 			return NewRuntime(conn, p, h, dir, OptionsFrom(c), m, log)
 		},
+		httpserver.AsRoutes(NewHandlers),
 	),
 	fx.Invoke(Subscribe),
 )

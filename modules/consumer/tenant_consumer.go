@@ -279,7 +279,7 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			rt.log.Warn("store keeps failing; giving the deliveries back", zap.String("tenant_id", tc.id.String()),
 				zap.Int("deliveries", len(remaining)), zap.Int("attempts", attempt), zap.Error(lastErr))
 			for _, d := range remaining {
-				if deliveryCount(d)+1 >= int64(rt.opts.DeliveryLimit) {
+				if deliveryCount(d.Headers)+1 >= int64(rt.opts.DeliveryLimit) {
 					tc.deadLetter(d, "retries_exhausted", lastErr)
 					continue
 				}
@@ -303,9 +303,9 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 
 const maxBackoff = 5 * time.Second
 
-// deliveryCount is how often the broker delivered d before (quorum queues count it in x-delivery-count).
-func deliveryCount(d rabbitmq.Delivery) int64 {
-	switch v := d.Headers["x-delivery-count"].(type) {
+// deliveryCount is how often the broker delivered a message before (quorum queues count it in x-delivery-count).
+func deliveryCount(h amqp.Table) int64 {
+	switch v := h["x-delivery-count"].(type) {
 	case int64:
 		return v
 	case int32:
