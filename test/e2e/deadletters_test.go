@@ -59,6 +59,10 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 
 	// Undecodable: dead-lettered at once, with its reason.
 	publishDirect(t, cfg.AMQPURL, cfg.AMQPExchange, tenant, uuid.NewString(), []byte(`not json`), nil)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, n, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.DeadLetterQueueName(tid))
+		return n == 1
+	}, "undecodable message dead-lettered")
 	// Transient failures past the retry budget and the delivery limit: dead-lettered as retries exhausted.
 	flaky.broken.Store(true)
 	var ids []string
