@@ -40,11 +40,17 @@ var errPayload = errors.New("payload must be a JSON object or array of valid UTF
 
 // validPayload reports whether raw is a JSON object or array that PostgreSQL's jsonb accepts.
 func validPayload(raw []byte) bool {
+	return storablePayload(raw) && json.Valid(raw)
+}
+
+// storablePayload is validPayload for raw that is already known to be valid JSON (a json.RawMessage the
+// request decoder produced): an object or array, valid UTF-8, without \u0000, which jsonb refuses.
+func storablePayload(raw []byte) bool {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || (raw[0] != '{' && raw[0] != '[') {
 		return false
 	}
-	return utf8.Valid(raw) && !bytes.Contains(raw, []byte(`\u0000`)) && json.Valid(raw)
+	return utf8.Valid(raw) && !bytes.Contains(raw, []byte(`\u0000`))
 }
 
 // decodeDelivery turns a delivery from tenantID's queue into a Message; an error means the delivery can

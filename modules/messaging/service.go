@@ -172,11 +172,12 @@ func (s *Service) PublishBatch(ctx context.Context, req BatchRequest, idempotenc
 	return a, nil
 }
 
+// checkPayload checks a payload decoded from a request (so it is valid JSON).
 func checkPayload(field string, p json.RawMessage) error {
 	if p == nil {
 		return problem.Invalid(field, "is required")
 	}
-	if !validPayload(p) {
+	if !storablePayload(p) {
 		return problem.Invalid(field, errPayload.Error())
 	}
 	return nil
