@@ -497,6 +497,117 @@ const docTemplate = `{
                 }
             }
         },
+        "/api/v1/tenants/{id}/dead-letters": {
+            "get": {
+                "description": "Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "dead-letters"
+                ],
+                "summary": "Look at a tenant's dead-lettered messages",
+                "operationId": "listDeadLetters",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "integer",
+                        "default": 20,
+                        "description": "How many to show, 1..100",
+                        "name": "limit",
+                        "in": "query"
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/consumer.DeadLetters"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id or limit",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "RabbitMQ or the database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
+        "/api/v1/tenants/{id}/dead-letters/replay": {
+            "post": {
+                "description": "Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "dead-letters"
+                ],
+                "summary": "Replay a tenant's dead-lettered messages",
+                "operationId": "replayDeadLetters",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "integer",
+                        "description": "Move at most this many, 1..1000000; all when absent",
+                        "name": "limit",
+                        "in": "query"
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/consumer.Replayed"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id or limit",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "RabbitMQ unavailable (the answer's count is not known; what moved stays moved)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
         "/healthz": {
             "get": {
                 "description": "Answers 200 while the process runs; it checks no dependency.",
@@ -568,6 +679,62 @@ const docTemplate = `{
         }
     },
     "definitions": {
+        "consumer.DeadLetter": {
+            "type": "object",
+            "properties": {
+                "delivery_count": {
+                    "type": "integer",
+                    "example": 0
+                },
+                "first_seen": {
+                    "type": "string",
+                    "example": "2026-11-27T10:00:00Z"
+                },
+                "id": {
+                    "type": "string",
+                    "example": "0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"
+                },
+                "last_error": {
+                    "type": "string",
+                    "example": "payload must be a JSON object or array"
+                },
+                "payload": {
+                    "type": "object"
+                },
+                "raw_payload": {
+                    "type": "string",
+                    "example": "not json"
+                },
+                "reason": {
+                    "type": "string",
+                    "example": "undecodable"
+                }
+            }
+        },
+        "consumer.DeadLetters": {
+            "type": "object",
+            "properties": {
+                "count": {
+                    "type": "integer",
+                    "example": 2
+                },
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "$ref": "#/definitions/consumer.DeadLetter"
+                    }
+                }
+            }
+        },
+        "consumer.Replayed": {
+            "type": "object",
+            "properties": {
+                "replayed": {
+                    "type": "integer",
+                    "example": 2
+                }
+            }
+        },
         "httpserver.Health": {
             "type": "object",
             "properties": {
@@ -876,6 +1043,10 @@ const docTemplate = `{
         {
             "description": "Publishing messages and reading them back, newest first.",
             "name": "messages"
+        },
+        {
+            "description": "A tenant's messages that could not be stored: look at them, replay them.",
+            "name": "dead-letters"
         },
         {
             "description": "Probes and metrics.",

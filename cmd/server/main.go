@@ -9,6 +9,8 @@
 //	@tag.description			Tenants: each has its own partition, queues and worker pool.
 //	@tag.name					messages
 //	@tag.description			Publishing messages and reading them back, newest first.
+//	@tag.name					dead-letters
+//	@tag.description			A tenant's messages that could not be stored: look at them, replay them.
 //	@tag.name					operations
 //	@tag.description			Probes and metrics.
 //	@externalDocs.description	Problem details (RFC 9457)

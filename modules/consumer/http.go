@@ -67,10 +67,11 @@ func limitParam(r *http.Request, def, max int) (int, error) {
 // list godoc
 //
 //	@Summary		Look at a tenant's dead-lettered messages
+//	@ID				listDeadLetters
 //	@Description	Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload.
 //	@Tags			dead-letters
 //	@Produce		json
-//	@Param			id		path		string	true	"Tenant id (UUID)"	format(uuid)
+//	@Param			id		path		string	true	"Tenant id (UUID)"			format(uuid)
 //	@Param			limit	query		int		false	"How many to show, 1..100"	default(20)
 //	@Success		200		{object}	DeadLetters
 //	@Failure		400		{object}	problem.Details	"malformed id or limit"
@@ -98,6 +99,7 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 // replay godoc
 //
 //	@Summary		Replay a tenant's dead-lettered messages
+//	@ID				replayDeadLetters
 //	@Description	Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved.
 //	@Tags			dead-letters
 //	@Produce		json
