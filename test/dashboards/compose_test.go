@@ -3,6 +3,7 @@ package dashboards
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -26,7 +27,7 @@ func TestComposeConfiguresTheServiceByEnvironment(t *testing.T) {
 	for name := range svc.Environment {
 		require.True(t, read[name], "msgsvc's environment sets %s, which the configuration never reads", name)
 	}
-	_, err := config.LoadFrom(func(name string) string { return svc.Environment[name] })
+	_, err := config.LoadFrom(func(name string) string { return interpolate(svc.Environment[name]) })
 	require.NoError(t, err, "compose's environment is not a valid configuration")
 
 	require.NotNil(t, svc.Build, "msgsvc must be built from deployments/Dockerfile")
@@ -34,6 +35,11 @@ func TestComposeConfiguresTheServiceByEnvironment(t *testing.T) {
 	require.FileExists(t, filepath.Join(ctx, "go.mod"), "build context %s is not the repository root", svc.Build.Context)
 	require.FileExists(t, filepath.Join(ctx, svc.Build.Dockerfile))
 }
+
+var defaultRe = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}`)
+
+// interpolate does what compose does to ${NAME:-default} when NAME is not set.
+func interpolate(v string) string { return defaultRe.ReplaceAllString(v, "$1") }
 
 // TestComposeServicesAreHealthCheckedAndOrdered checks health checks, depends_on conditions and that every
 // file compose mounts exists.
