@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// services are the local PostgreSQL and RabbitMQ servers started by `services:up`, read from .dev/services.env.
+type services struct {
+	DatabaseURL   string // superuser connection to the msgsvc database (administrative use only)
+	AMQPURL       string // default virtual host; never used directly
+	ManagementURL string // RabbitMQ management API with credentials
+}
+
+func readServicesEnv(root string) (services, error) {
+	path := filepath.Join(root, ".dev", "services.env")
+	f, err := os.Open(path)
+	if err != nil {
+		return services{}, fmt.Errorf("%w (run `go tool task services:up`)", err)
+	}
+	defer f.Close()
+	vals := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
+		if ok && !strings.HasPrefix(k, "#") {
+			vals[k] = strings.Trim(v, `"'`)
+		}
+	}
+	s := services{DatabaseURL: vals["DATABASE_URL"], AMQPURL: vals["AMQP_URL"], ManagementURL: vals["RABBITMQ_MANAGEMENT_URL"]}
+	if s.DatabaseURL == "" || s.AMQPURL == "" || s.ManagementURL == "" {
+		return s, fmt.Errorf("%s lacks DATABASE_URL, AMQP_URL or RABBITMQ_MANAGEMENT_URL", path)
+	}
+	return s, sc.Err()
+}
+
+// benchEnv is one scenario's own database and virtual host, so the benchmark never touches dev data and
+// scenarios never see each other's tenants, queues or rows.
+type benchEnv struct {
+	DBName      string
+	DatabaseURL string
+	VHost       string
+	AMQPURL     string
+	pool        *pgxpool.Pool
+}
+
+// Names carry the harness pid, so that leftovers of a run that was killed can be recognised and removed.
+const (
+	dbPrefix    = "msgsvc_bench_"
+	vhostPrefix = "msgsvc-bench-"
+)
+
+func (r *runner) newEnv(ctx context.Context, scenario int) (*benchEnv, error) {
+	e := &benchEnv{
+		DBName: fmt.Sprintf("%s%d_s%d", dbPrefix, os.Getpid(), scenario),
+		VHost:  fmt.Sprintf("%s%d-s%d", vhostPrefix, os.Getpid(), scenario),
+	}
+	if _, err := r.admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{e.DBName}.Sanitize()); err != nil {
+		return nil, fmt.Errorf("create database %s: %w", e.DBName, err)
+	}
+	u, err := url.Parse(r.svc.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	u.Path = "/" + e.DBName
+	e.DatabaseURL = u.String()
+
+	if err := r.mgmt(ctx, http.MethodPut, "/api/vhosts/"+url.PathEscape(e.VHost), map[string]any{}); err != nil {
+		_ = r.dropEnv(e)
+		return nil, fmt.Errorf("create vhost %s: %w", e.VHost, err)
+	}
+	perm := map[string]string{"configure": ".*", "write": ".*", "read": ".*"}
+	if err := r.mgmt(ctx, http.MethodPut, "/api/permissions/"+url.PathEscape(e.VHost)+"/guest", perm); err != nil {
+		_ = r.dropEnv(e)
+		return nil, fmt.Errorf("vhost %s permissions: %w", e.VHost, err)
+	}
+	a, err := url.Parse(r.svc.AMQPURL)
+	if err != nil {
+		return nil, err
+	}
+	a.Path = "/" + e.VHost
+	a.RawPath = "/" + url.PathEscape(e.VHost)
+	e.AMQPURL = a.String()
+
+	cfg, err := pgxpool.ParseConfig(e.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = 16
+	if e.pool, err = pgxpool.NewWithConfig(context.Background(), cfg); err != nil {
+		_ = r.dropEnv(e)
+		return nil, err
+	}
+	r.envs = append(r.envs, e)
+	return e, nil
+}
+
+// dropEnv removes the database and the virtual host (with every queue in it). Safe to call twice.
+func (r *runner) dropEnv(e *benchEnv) error {
+	if r.opt.keep {
+		fmt.Printf("   kept database %s and vhost %s (-keep)\n", e.DBName, e.VHost)
+		return nil
+	}
+	if e.pool != nil {
+		e.pool.Close()
+		e.pool = nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var errs []string
+	if _, err := r.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{e.DBName}.Sanitize()+" WITH (FORCE)"); err != nil {
+		errs = append(errs, fmt.Sprintf("drop database %s: %v", e.DBName, err))
+	}
+	if err := r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(e.VHost), nil); err != nil && !isNotFound(err) {
+		errs = append(errs, fmt.Sprintf("delete vhost %s: %v", e.VHost, err))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+type httpStatusError struct {
+	status int
+	body   string
+}
+
+func (e httpStatusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
+
+func isNotFound(err error) bool {
+	se, ok := err.(httpStatusError)
+	return ok && se.status == http.StatusNotFound
+}
+
+// mgmt calls the RabbitMQ management API.
+func (r *runner) mgmt(ctx context.Context, method, path string, body any) error {
+	_, err := r.mgmtGet(ctx, method, path, body)
+	return err
+}
+
+func (r *runner) mgmtGet(ctx context.Context, method, path string, body any) ([]byte, error) {
+	u, err := url.Parse(r.svc.ManagementURL)
+	if err != nil {
+		return nil, err
+	}
+	user := u.User
+	u.User = nil
+	var rd io.Reader
+	if body != nil {
+		raw, _ := json.Marshal(body)
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(u.String(), "/")+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if user != nil {
+		pw, _ := user.Password()
+		req.SetBasicAuth(user.Username(), pw)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := r.adminHTTP.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return out, httpStatusError{resp.StatusCode, strings.TrimSpace(string(out))}
+	}
+	return out, nil
+}
+
+// cleanLeftovers drops databases and virtual hosts of earlier runs whose harness process is gone.
+func (r *runner) cleanLeftovers(ctx context.Context) {
+	alive := func(name, prefix string) bool {
+		rest := strings.TrimPrefix(name, prefix)
+		pidStr, _, _ := strings.Cut(strings.ReplaceAll(rest, "-", "_"), "_")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil {
+			return true // not ours to judge
+		}
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		return err == nil && bytes.Contains(cmd, []byte("bench"))
+	}
+	rows, err := r.admin.Query(ctx, "SELECT datname FROM pg_database WHERE datname LIKE 'msgsvc\\_bench\\_%'")
+	if err == nil {
+		names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+		for _, n := range names {
+			if !alive(n, dbPrefix) {
+				fmt.Printf("removing leftover database %s\n", n)
+				_, _ = r.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{n}.Sanitize()+" WITH (FORCE)")
+			}
+		}
+	}
+	raw, err := r.mgmtGet(ctx, http.MethodGet, "/api/vhosts?columns=name", nil)
+	if err != nil {
+		return
+	}
+	var vhosts []struct{ Name string }
+	_ = json.Unmarshal(raw, &vhosts)
+	for _, v := range vhosts {
+		if strings.HasPrefix(v.Name, vhostPrefix) && !alive(v.Name, vhostPrefix) {
+			fmt.Printf("removing leftover vhost %s\n", v.Name)
+			_ = r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(v.Name), nil)
+		}
+	}
+}

@@ -1,0 +1,430 @@
+// Command bench measures the service end to end on this machine: it starts the real server binary as a
+// separate process against the local PostgreSQL and RabbitMQ (its own database and virtual host per scenario,
+// dropped at the end), drives it over HTTP and prints one table of results beside their targets.
+//
+//	go tool task bench                                  # every scenario, full sizes (a few minutes)
+//	go tool task bench -- -messages 5000 -scenarios 1,3  # a quick run
+//
+// Scenarios: 1 publish → stored (one message per request), 2 the same through the batch endpoint, 3 the raw
+// RabbitMQ → PostgreSQL pipeline without the service (the ceiling 1 and 2 are compared with), 4 pagination
+// depth in a 1,000,000-row partition, 5 tenant scale (1,000 tenants: consumers live, memory, restart).
+// The table is also written as JSON to test/output/bench.json.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+type options struct {
+	scenarios map[int]bool
+	list      string
+
+	messages     int
+	tenants      int
+	payload      int
+	clients      int
+	workers      int
+	batch        int
+	batchClients int
+
+	rawPublishers int
+	rawWindow     int
+	rawConsumers  int
+	rawBatch      int
+	rawPrefetch   int
+
+	rows         int
+	pageRequests int
+
+	scaleTenants int
+	scaleClients int
+
+	repeat       int
+	storeTimeout time.Duration
+	out          string
+	cpuprofile   bool
+	strict       bool
+	keep         bool
+	serverEnv    []string
+}
+
+type envFlag struct{ vals *[]string }
+
+func (f envFlag) String() string {
+	if f.vals == nil {
+		return ""
+	}
+	return strings.Join(*f.vals, ",")
+}
+
+func (f envFlag) Set(v string) error {
+	if !strings.Contains(v, "=") {
+		return fmt.Errorf("want KEY=VALUE, got %q", v)
+	}
+	*f.vals = append(*f.vals, v)
+	return nil
+}
+
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.list, "scenarios", "1,2,3,4,5", "scenarios to run, comma separated (1 publish, 2 batch publish, 3 raw pipeline, 4 pagination, 5 tenant scale)")
+	flag.IntVar(&o.messages, "messages", 50000, "messages published in scenarios 1, 2 and 3")
+	flag.IntVar(&o.tenants, "tenants", 10, "tenants (queues in scenario 3) the messages are spread over")
+	flag.IntVar(&o.payload, "payload", 512, "payload size in bytes (a JSON object)")
+	flag.IntVar(&o.clients, "clients", 64, "concurrent HTTP clients in scenario 1")
+	flag.IntVar(&o.workers, "workers", 3, "concurrency_config of the tenants of scenarios 1 and 2 (store workers in scenario 3)")
+	flag.IntVar(&o.batch, "batch", 100, "messages per batch request in scenario 2")
+	flag.IntVar(&o.batchClients, "batch-clients", 16, "concurrent HTTP clients in scenario 2")
+	flag.IntVar(&o.rawPublishers, "raw-publishers", 4, "publisher connections in scenario 3")
+	flag.IntVar(&o.rawWindow, "raw-window", 256, "unconfirmed publishes in flight per publisher in scenario 3")
+	flag.IntVar(&o.rawConsumers, "raw-consumers", 0, "consumer channels per queue in scenario 3 (default: -workers)")
+	flag.IntVar(&o.rawBatch, "raw-batch", 100, "most rows per COPY in scenario 3")
+	flag.IntVar(&o.rawPrefetch, "raw-prefetch", 200, "prefetch per consumer channel in scenario 3")
+	flag.IntVar(&o.rows, "rows", 1_000_000, "rows in the tenant partition of scenario 4")
+	flag.IntVar(&o.pageRequests, "page-requests", 50, "requests per page measured in scenario 4")
+	flag.IntVar(&o.scaleTenants, "scale-tenants", 1000, "tenants created in scenario 5")
+	flag.IntVar(&o.scaleClients, "scale-clients", 16, "concurrent HTTP clients creating tenants in scenario 5")
+	flag.IntVar(&o.repeat, "repeat", 1, "run scenarios 1-3 this many times and report the run with the median stored/s (the machine is noisy)")
+	flag.DurationVar(&o.storeTimeout, "store-timeout", 60*time.Second, "give up waiting for storage after this long without progress")
+	flag.StringVar(&o.out, "out", "test/output/bench.json", "JSON report path (relative to the module root)")
+	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "fetch a 20 s CPU profile from the service during scenario 1 (when it exposes /debug/pprof)")
+	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed (errors always exit 1)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the databases and virtual hosts for inspection")
+	flag.Var(envFlag{&o.serverEnv}, "env", "extra KEY=VALUE for the server's environment (repeatable), e.g. -env METRICS_PER_TENANT=false")
+	flag.Parse()
+	if o.rawConsumers == 0 {
+		o.rawConsumers = o.workers
+	}
+	o.scenarios = map[int]bool{}
+	for _, f := range strings.Split(o.list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 5 {
+			fmt.Fprintf(os.Stderr, "bench: -scenarios: %q is not a scenario 1..5\n", f)
+			os.Exit(2)
+		}
+		o.scenarios[n] = true
+	}
+	for name, v := range map[string]int{"messages": o.messages, "tenants": o.tenants, "clients": o.clients, "workers": o.workers,
+		"batch": o.batch, "batch-clients": o.batchClients, "raw-publishers": o.rawPublishers, "raw-window": o.rawWindow,
+		"raw-batch": o.rawBatch, "raw-prefetch": o.rawPrefetch, "rows": o.rows, "page-requests": o.pageRequests,
+		"scale-tenants": o.scaleTenants, "scale-clients": o.scaleClients, "repeat": o.repeat} {
+		if v < 1 {
+			fmt.Fprintf(os.Stderr, "bench: -%s must be at least 1\n", name)
+			os.Exit(2)
+		}
+	}
+	if o.payload < 32 {
+		fmt.Fprintln(os.Stderr, "bench: -payload must be at least 32 bytes")
+		os.Exit(2)
+	}
+	return o
+}
+
+// runner holds what every scenario shares.
+type runner struct {
+	opt        options
+	root       string
+	svc        services
+	admin      *pgxpool.Pool // the dev server's msgsvc database, for CREATE/DROP DATABASE only
+	adminHTTP  *http.Client
+	client     *http.Client // drives the service
+	binary     string
+	adminKey   string // ADMIN_API_KEYS of the server, fresh for every run
+	beam       int
+	postmaster int
+	envs       []*benchEnv
+	servers    []*server
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	opt := parseFlags()
+	root, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	r := &runner{opt: opt, root: root, adminHTTP: &http.Client{Timeout: 5 * time.Minute}, adminKey: "bench-admin-" + rand.Text()}
+	conns := max(opt.clients, opt.batchClients, opt.scaleClients) + 16
+	r.client = &http.Client{
+		Timeout: 60 * time.Second,
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:        conns,
+			MaxIdleConnsPerHost: conns,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		},
+	}
+	if r.svc, err = readServicesEnv(root); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if r.admin, err = pgxpool.New(context.Background(), r.svc.DatabaseURL); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: connect to PostgreSQL:", err)
+		return 1
+	}
+	defer r.admin.Close()
+	r.beam, r.postmaster = beamPID(root), postmasterPID(root)
+	if r.beam == 0 {
+		fmt.Fprintln(os.Stderr, "bench: warning: RabbitMQ's beam.smp process not found; its CPU is not reported")
+	}
+	if r.postmaster == 0 {
+		fmt.Fprintln(os.Stderr, "bench: warning: postmaster.pid not found under .dev/postgres/data; PostgreSQL CPU is not reported")
+	}
+	if err := os.MkdirAll(filepath.Join(root, ".dev", "bench"), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	r.cleanLeftovers(ctx)
+	defer r.cleanup()
+
+	needServer := opt.scenarios[1] || opt.scenarios[2] || opt.scenarios[4] || opt.scenarios[5]
+	if needServer {
+		fmt.Println("building the server (go build -o .dev/bench/server ./cmd/server)")
+		if err := r.buildServer(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+	}
+
+	rep := &Report{Date: time.Now(), Machine: machine(), Commit: gitCommit(root), Options: strings.Join(os.Args[1:], " ")}
+	ids := make([]int, 0, len(opt.scenarios))
+	for id := range opt.scenarios {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	failed := false
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			break
+		}
+		runs := 1
+		if id <= 3 {
+			runs = opt.repeat
+		}
+		var tries []*Scenario
+		for n := range runs {
+			if ctx.Err() != nil {
+				break
+			}
+			s := r.runScenario(ctx, id, n, runs)
+			if s.Status == "error" {
+				failed = true
+			}
+			tries = append(tries, s)
+		}
+		if len(tries) > 0 {
+			rep.Scenarios = append(rep.Scenarios, medianRun(tries))
+		}
+	}
+	compareWithRaw(rep)
+	rep.countMissed()
+
+	fmt.Println()
+	fmt.Print(rep.Table())
+	out := opt.out
+	if !filepath.IsAbs(out) {
+		out = filepath.Join(root, out)
+	}
+	if err := rep.writeJSON(out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: write report:", err)
+		failed = true
+	} else {
+		fmt.Printf("report: %s\n", out)
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "bench: interrupted")
+		return 130
+	}
+	if failed || (opt.strict && rep.Missed > 0) {
+		return 1
+	}
+	return 0
+}
+
+// runScenario runs one scenario in its own database and virtual host, and removes them afterwards.
+func (r *runner) runScenario(ctx context.Context, id, n, runs int) *Scenario {
+	// Other checkouts' tests may restart the shared servers (test/faults does): find them again.
+	r.beam, r.postmaster = beamPID(r.root), postmasterPID(r.root)
+	fn, name := r.scenario(id)
+	s := newScenario(id, name)
+	if runs > 1 {
+		fmt.Printf("\n== scenario %d (run %d of %d): %s\n", id, n+1, runs, name)
+	} else {
+		fmt.Printf("\n== scenario %d: %s\n", id, name)
+	}
+	t0 := time.Now()
+	if err := fn(ctx, s); err != nil {
+		s.Status = "error"
+		s.Note = strings.TrimSpace(strings.Join([]string{s.Note, err.Error()}, "\n"))
+		fmt.Fprintf(os.Stderr, "scenario %d failed: %v\n", id, err)
+	}
+	fmt.Printf("   done in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	r.stopServers()
+	r.dropEnvs()
+	return s
+}
+
+// medianRun keeps, of repeated runs, the one with the median storage rate (the first error, if any).
+func medianRun(tries []*Scenario) *Scenario {
+	if len(tries) == 1 {
+		return tries[0]
+	}
+	rates := make([]string, 0, len(tries))
+	for _, s := range tries {
+		if s.Status != "ok" {
+			return s
+		}
+		m := s.metric("stored_rate")
+		if m == nil || m.Value == nil {
+			return s
+		}
+		rates = append(rates, m.Text)
+	}
+	sorted := append([]*Scenario(nil), tries...)
+	sort.Slice(sorted, func(i, j int) bool {
+		return *sorted[i].metric("stored_rate").Value < *sorted[j].metric("stored_rate").Value
+	})
+	med := sorted[(len(sorted)-1)/2]
+	med.param("runs", len(tries))
+	med.Note = strings.TrimSpace(fmt.Sprintf("median of %d runs by stored/s (%s)\n%s", len(tries), strings.Join(rates, ", "), med.Note))
+	return med
+}
+
+func (r *runner) scenario(id int) (func(context.Context, *Scenario) error, string) {
+	switch id {
+	case 1:
+		return r.publishScenario, "publish → stored (POST /api/v1/messages, one message per request)"
+	case 2:
+		return r.batchScenario, "batch publish → stored (POST /api/v1/messages/batch)"
+	case 3:
+		return r.rawScenario, "raw pipeline: amqp091-go → quorum queues → COPY into PostgreSQL, no HTTP, no service"
+	case 4:
+		return r.paginationScenario, "pagination depth (GET /api/v1/messages)"
+	default:
+		return r.tenantScaleScenario, "tenant scale (POST /api/v1/tenants, consumers, memory, restart)"
+	}
+}
+
+// compareWithRaw expresses the service's storage rate as a share of the raw pipeline measured in the same run.
+func compareWithRaw(rep *Report) {
+	var raw *float64
+	for _, s := range rep.Scenarios {
+		if s.ID == 3 {
+			if m := s.metric("stored_rate"); m != nil && m.Value != nil && *m.Value > 0 {
+				raw = m.Value
+			}
+		}
+	}
+	for _, s := range rep.Scenarios {
+		if s.ID != 1 && s.ID != 2 || s.Status != "ok" {
+			continue
+		}
+		rate := s.metric("stored_rate")
+		var m *Metric
+		if raw == nil || rate == nil || rate.Value == nil {
+			m = s.na("raw_share", "stored/s as share of raw pipeline", "n/a (run scenario 3)")
+		} else {
+			m = s.add("raw_share", "stored/s as share of raw pipeline", 100**rate.Value / *raw, "%",
+				fmt.Sprintf("%.0f %%", 100**rate.Value / *raw))
+		}
+		if s.ID == 2 {
+			m.atLeast(70, "70 %")
+		}
+	}
+}
+
+func (r *runner) stopServers() {
+	for _, s := range r.servers {
+		if _, err := s.stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: stop server:", err)
+		}
+	}
+	r.servers = nil
+}
+
+func (r *runner) dropEnvs() {
+	for _, e := range r.envs {
+		if err := r.dropEnv(e); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+		}
+	}
+	r.envs = nil
+}
+
+func (r *runner) cleanup() {
+	r.stopServers()
+	r.dropEnvs()
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if raw, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(raw), "module github.com/acme/msgsvc") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("run from inside the msgsvc module (no go.mod of github.com/acme/msgsvc above %s)", dir)
+		}
+		dir = parent
+	}
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if out, err := exec.Command("nproc").Output(); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil {
+			m.CPUs = n
+		}
+	}
+	if out, err := exec.Command("lscpu").Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(l, "Model name:"); ok {
+				m.Model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if out, err := exec.Command("uname", "-r").Output(); err == nil {
+		m.Kernel = strings.TrimSpace(string(out))
+	}
+	return m
+}
+
+func gitCommit(root string) string {
+	cmd := exec.Command("git", "describe", "--always", "--dirty")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
