@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // services are the local PostgreSQL and RabbitMQ servers started by `services:up`, read from .dev/services.env.
@@ -56,6 +57,8 @@ type benchEnv struct {
 	VHost       string
 	AMQPURL     string
 	pool        *pgxpool.Pool
+
+	dbDropped, vhostDropped bool
 }
 
 // Names carry the harness pid, so that leftovers of a run that was killed can be recognised and removed.
@@ -72,6 +75,7 @@ func (r *runner) newEnv(ctx context.Context, scenario int) (*benchEnv, error) {
 	if _, err := r.admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{e.DBName}.Sanitize()); err != nil {
 		return nil, fmt.Errorf("create database %s: %w", e.DBName, err)
 	}
+	r.envs = append(r.envs, e) // removed after the scenario, whatever happens next
 	u, err := url.Parse(r.svc.DatabaseURL)
 	if err != nil {
 		return nil, err
@@ -80,12 +84,10 @@ func (r *runner) newEnv(ctx context.Context, scenario int) (*benchEnv, error) {
 	e.DatabaseURL = u.String()
 
 	if err := r.mgmt(ctx, http.MethodPut, "/api/vhosts/"+url.PathEscape(e.VHost), map[string]any{}); err != nil {
-		_ = r.dropEnv(e)
 		return nil, fmt.Errorf("create vhost %s: %w", e.VHost, err)
 	}
 	perm := map[string]string{"configure": ".*", "write": ".*", "read": ".*"}
 	if err := r.mgmt(ctx, http.MethodPut, "/api/permissions/"+url.PathEscape(e.VHost)+"/guest", perm); err != nil {
-		_ = r.dropEnv(e)
 		return nil, fmt.Errorf("vhost %s permissions: %w", e.VHost, err)
 	}
 	a, err := url.Parse(r.svc.AMQPURL)
@@ -102,10 +104,8 @@ func (r *runner) newEnv(ctx context.Context, scenario int) (*benchEnv, error) {
 	}
 	cfg.MaxConns = 16
 	if e.pool, err = pgxpool.NewWithConfig(context.Background(), cfg); err != nil {
-		_ = r.dropEnv(e)
 		return nil, err
 	}
-	r.envs = append(r.envs, e)
 	return e, nil
 }
 
@@ -122,11 +122,19 @@ func (r *runner) dropEnv(e *benchEnv) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var errs []string
-	if _, err := r.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{e.DBName}.Sanitize()+" WITH (FORCE)"); err != nil {
-		errs = append(errs, fmt.Sprintf("drop database %s: %v", e.DBName, err))
+	if !e.dbDropped {
+		if _, err := r.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{e.DBName}.Sanitize()+" WITH (FORCE)"); err != nil {
+			errs = append(errs, fmt.Sprintf("drop database %s: %v", e.DBName, err))
+		} else {
+			e.dbDropped = true
+		}
 	}
-	if err := r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(e.VHost), nil); err != nil && !isNotFound(err) {
-		errs = append(errs, fmt.Sprintf("delete vhost %s: %v", e.VHost, err))
+	if !e.vhostDropped {
+		if err := r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(e.VHost), nil); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Sprintf("delete vhost %s: %v", e.VHost, err))
+		} else {
+			e.vhostDropped = true
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
@@ -219,6 +227,50 @@ func (r *runner) cleanLeftovers(ctx context.Context) {
 		if strings.HasPrefix(v.Name, vhostPrefix) && !alive(v.Name, vhostPrefix) {
 			fmt.Printf("removing leftover vhost %s\n", v.Name)
 			_ = r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(v.Name), nil)
+		}
+	}
+}
+
+// healthy reports whether PostgreSQL, RabbitMQ's AMQP listener and its management API answer.
+func (r *runner) healthy(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.admin.Exec(cctx, "SELECT 1"); err != nil {
+		return fmt.Errorf("PostgreSQL: %w", err)
+	}
+	if _, err := r.mgmtGet(cctx, http.MethodGet, "/api/overview?columns=node", nil); err != nil {
+		return fmt.Errorf("RabbitMQ management: %w", err)
+	}
+	conn, err := amqp.DialConfig(r.svc.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return fmt.Errorf("RabbitMQ AMQP: %w", err)
+	}
+	return conn.Close()
+}
+
+// waitHealthy waits until the shared servers answer: other checkouts' fault tests stop and start them.
+func (r *runner) waitHealthy(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	said := false
+	for {
+		err := r.healthy(ctx)
+		if err == nil {
+			if said {
+				fmt.Println("   servers answer again")
+			}
+			return nil
+		}
+		if !said {
+			fmt.Printf("   waiting for the servers (%v); is another process stopping them?\n", err)
+			said = true
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("servers unavailable for %s: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -266,27 +266,56 @@ func run() int {
 	return 0
 }
 
-// runScenario runs one scenario in its own database and virtual host, and removes them afterwards.
+// runScenario runs one scenario in its own database and virtual host, and removes them afterwards. The
+// servers are shared with other checkouts' tests, some of which stop them (test/faults): the scenario waits
+// for them, and runs again (twice at most, said in its note) when it failed while they were down.
 func (r *runner) runScenario(ctx context.Context, id, n, runs int) *Scenario {
-	// Other checkouts' tests may restart the shared servers (test/faults does): find them again.
-	r.beam, r.postmaster = beamPID(r.root), postmasterPID(r.root)
 	fn, name := r.scenario(id)
-	s := newScenario(id, name)
 	if runs > 1 {
 		fmt.Printf("\n== scenario %d (run %d of %d): %s\n", id, n+1, runs, name)
 	} else {
 		fmt.Printf("\n== scenario %d: %s\n", id, name)
 	}
-	t0 := time.Now()
-	if err := fn(ctx, s); err != nil {
-		s.Status = "error"
-		s.Note = strings.TrimSpace(strings.Join([]string{s.Note, err.Error()}, "\n"))
-		fmt.Fprintf(os.Stderr, "scenario %d failed: %v\n", id, err)
+	var retried []string
+	for attempt := 0; ; attempt++ {
+		s := newScenario(id, name)
+		if err := r.waitHealthy(ctx, 5*time.Minute); err != nil {
+			s.Status, s.Note = "error", err.Error()
+			return s
+		}
+		// A restarted server has new processes: find them again.
+		r.beam, r.postmaster = beamPID(r.root), postmasterPID(r.root)
+		t0 := time.Now()
+		err := fn(ctx, s)
+		r.stopServers()
+		r.dropEnvs()
+		if err != nil && ctx.Err() == nil && attempt < 2 && (r.healthy(ctx) != nil || looksLikeOutage(err)) {
+			fmt.Printf("   failed while the servers were down (%v); running it again\n", err)
+			retried = append(retried, truncate(err.Error(), 120))
+			continue
+		}
+		if err != nil {
+			s.Status = "error"
+			s.Note = strings.TrimSpace(strings.Join([]string{s.Note, err.Error()}, "\n"))
+			fmt.Fprintf(os.Stderr, "scenario %d failed: %v\n", id, err)
+		}
+		for _, e := range retried {
+			s.Note = strings.TrimSpace(s.Note + "\nran again after a server outage caused by another process: " + e)
+		}
+		fmt.Printf("   done in %s\n", time.Since(t0).Round(100*time.Millisecond))
+		return s
 	}
-	fmt.Printf("   done in %s\n", time.Since(t0).Round(100*time.Millisecond))
-	r.stopServers()
-	r.dropEnvs()
-	return s
+}
+
+// looksLikeOutage tells errors that a server outage causes (the servers may be back by the time we look).
+func looksLikeOutage(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"connection refused", "connection reset", "HTTP 503", "unavailable", "EOF", "broken pipe"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // medianRun keeps, of repeated runs, the one with the median storage rate (the first error, if any).
@@ -367,18 +396,29 @@ func (r *runner) stopServers() {
 	r.servers = nil
 }
 
+// dropEnvs removes the scenarios' databases and virtual hosts; what cannot be removed now (a server is down)
+// is tried again later.
 func (r *runner) dropEnvs() {
+	var left []*benchEnv
 	for _, e := range r.envs {
 		if err := r.dropEnv(e); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
+			fmt.Fprintln(os.Stderr, "bench: will retry:", err)
+			left = append(left, e)
 		}
 	}
-	r.envs = nil
+	r.envs = left
 }
 
 func (r *runner) cleanup() {
 	r.stopServers()
 	r.dropEnvs()
+	if len(r.envs) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if r.waitHealthy(ctx, 2*time.Minute) == nil {
+			r.dropEnvs()
+		}
+	}
 }
 
 func moduleRoot() (string, error) {

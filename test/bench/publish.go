@@ -371,9 +371,9 @@ func (r *runner) recordStorage(s *Scenario, st storeStats, start time.Time, cpu0
 	}
 	s.add("e2e_p50", "publish→stored latency p50", st.p50*1000, "ms", fmtMSf(st.p50*1000))
 	s.add("e2e_p99", "publish→stored latency p99", st.p99*1000, "ms", fmtMSf(st.p99*1000))
-	s.add("lost", "lost (accepted, not stored)", float64(st.lost), "", fmtInt(float64(st.lost))).atMost(0, "0")
+	s.add("lost", "lost (accepted, not stored)", float64(st.lost), "", fmtInt(float64(st.lost))).zero()
 	s.add("dup_rows", "duplicate rows (rows − distinct ids)", float64(st.rows-st.distinct), "",
-		fmtInt(float64(st.rows-st.distinct))).atMost(0, "0")
+		fmtInt(float64(st.rows-st.distinct))).zero()
 	if st.txs > 0 {
 		s.add("rows_per_tx", "mean rows per store transaction", float64(st.rows)/float64(st.txs), "",
 			fmt.Sprintf("%.1f", float64(st.rows)/float64(st.txs)))
@@ -400,7 +400,7 @@ func (r *runner) recordStorage(s *Scenario, st storeStats, start time.Time, cpu0
 		100*use.machineBusy, "%", fmt.Sprintf("%.0f %%", 100*use.machineBusy))
 	if use.machineMS > 0 {
 		other := max(0, use.machineMS-use.service-use.beam-use.pg-use.own)
-		s.add("cpu_other", "  of which outside this pipeline (other processes, kernel)", 100*other/use.machineAll, "%",
+		s.add("cpu_other", "  of it outside the pipeline (other processes)", 100*other/use.machineAll, "%",
 			fmt.Sprintf("%.0f %%", 100*other/use.machineAll))
 	}
 }

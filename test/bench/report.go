@@ -97,6 +97,13 @@ func (m *Metric) atMost(limit float64, text string) *Metric {
 	return m
 }
 
+// zero attaches the target "= 0".
+func (m *Metric) zero() *Metric {
+	m.atMost(0, "0")
+	m.Target = "= 0"
+	return m
+}
+
 func (m *Metric) atLeast(limit float64, text string) *Metric {
 	m.Target = "≥ " + text
 	pass := m.Value != nil && *m.Value >= limit
