@@ -17,6 +17,11 @@ const docTemplate = `{
     "paths": {
         "/api/v1/messages": {
             "get": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
                 "description": "Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).",
                 "produces": [
                     "application/json"
@@ -64,6 +69,12 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -79,7 +90,12 @@ const docTemplate = `{
                 }
             },
             "post": {
-                "description": "Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. An admin key or the tenant's own key (another tenant answers 404). With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.",
                 "consumes": [
                     "application/json"
                 ],
@@ -121,6 +137,12 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -139,6 +161,12 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "429": {
+                        "description": "the tenant's rate limit is exceeded (Retry-After)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "503": {
                         "description": "RabbitMQ did not confirm in time",
                         "schema": {
@@ -150,6 +178,11 @@ const docTemplate = `{
         },
         "/api/v1/messages/batch": {
             "post": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
                 "description": "Validates every message (one invalid message rejects the batch), publishes them all persistently to the tenant's queue with their confirms in flight together, and answers 202 with their ids (in request order) only once RabbitMQ confirmed every one. On 503 some messages may have been accepted: retry with the same Idempotency-Key, and each message keeps its id (derived from the tenant, the key and its index), so it is stored once.",
                 "consumes": [
                     "application/json"
@@ -192,6 +225,12 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -210,6 +249,12 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "429": {
+                        "description": "the tenant's rate limit is exceeded (Retry-After)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "503": {
                         "description": "RabbitMQ did not confirm in time",
                         "schema": {
@@ -221,7 +266,12 @@ const docTemplate = `{
         },
         "/api/v1/tenants": {
             "get": {
-                "description": "Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next.",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next. Admin key required.",
                 "produces": [
                     "application/json"
                 ],
@@ -260,6 +310,18 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "503": {
                         "description": "database unavailable",
                         "schema": {
@@ -269,7 +331,12 @@ const docTemplate = `{
                 }
             },
             "post": {
-                "description": "Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3).",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3). The answer carries the tenant's first API key, shown this once. Admin key required.",
                 "consumes": [
                     "application/json"
                 ],
@@ -296,7 +363,7 @@ const docTemplate = `{
                     "201": {
                         "description": "Created",
                         "schema": {
-                            "$ref": "#/definitions/tenant.Tenant"
+                            "$ref": "#/definitions/tenant.Created"
                         },
                         "headers": {
                             "Location": {
@@ -307,6 +374,18 @@ const docTemplate = `{
                     },
                     "400": {
                         "description": "invalid input",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -334,6 +413,12 @@ const docTemplate = `{
         },
         "/api/v1/tenants/{id}": {
             "get": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "An admin key reads every tenant; a tenant key reads its own tenant (another tenant answers 404).",
                 "produces": [
                     "application/json"
                 ],
@@ -365,6 +450,12 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -380,7 +471,12 @@ const docTemplate = `{
                 }
             },
             "delete": {
-                "description": "Stops its consumers gracefully, then deletes its queues, its partition and its row.",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Stops its consumers gracefully, then deletes its queues, its partition, its API keys and its row. Admin key required.",
                 "produces": [
                     "application/json"
                 ],
@@ -409,6 +505,18 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -424,9 +532,147 @@ const docTemplate = `{
                 }
             }
         },
+        "/api/v1/tenants/{id}/api-keys": {
+            "post": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "For rotation: the new key works at once, alongside the old ones, until they are revoked. The key is shown this once. Admin key required.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "api-keys"
+                ],
+                "summary": "Issue another API key for a tenant",
+                "operationId": "issueTenantKey",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "201": {
+                        "description": "Created",
+                        "schema": {
+                            "$ref": "#/definitions/tenant.IssuedKey"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
+        "/api/v1/tenants/{id}/api-keys/{key_id}": {
+            "delete": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "The key stops working at once on this replica and within AUTH_CACHE_TTL on the others. Admin key required.",
+                "tags": [
+                    "api-keys"
+                ],
+                "summary": "Revoke a tenant's API key",
+                "operationId": "revokeTenantKey",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "string",
+                        "description": "The key's id (key_id or api_key_id)",
+                        "name": "key_id",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "204": {
+                        "description": "revoked"
+                    },
+                    "400": {
+                        "description": "malformed id",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant or active key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
         "/api/v1/tenants/{id}/config/concurrency": {
             "put": {
-                "description": "The live consumer's worker pool and prefetch follow within a second, without losing or duplicating a message.",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "The live consumer's worker pool and prefetch follow within a second, without losing or duplicating a message. Admin key required.",
                 "consumes": [
                     "application/json"
                 ],
@@ -470,6 +716,18 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -484,6 +742,84 @@ const docTemplate = `{
                     },
                     "415": {
                         "description": "not JSON",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
+        "/api/v1/tenants/{id}/config/rate-limit": {
+            "put": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Token bucket per replica: messages_per_second, with a burst of one second's worth (at least 1). 0 means unlimited; null restores RATE_LIMIT_DEFAULT. Publishing over the limit answers 429 with Retry-After. Admin key required.",
+                "consumes": [
+                    "application/json"
+                ],
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "tenants"
+                ],
+                "summary": "Set a tenant's publish rate limit",
+                "operationId": "setTenantRateLimit",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "description": "New limit",
+                        "name": "config",
+                        "in": "body",
+                        "required": true,
+                        "schema": {
+                            "$ref": "#/definitions/tenant.RateLimitRequest"
+                        }
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/tenant.Tenant"
+                        }
+                    },
+                    "400": {
+                        "description": "invalid input",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -538,6 +874,18 @@ const docTemplate = `{
                             "$ref": "#/definitions/problem.Details"
                         }
                     },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
                     "404": {
                         "description": "no such tenant",
                         "schema": {
@@ -555,7 +903,12 @@ const docTemplate = `{
         },
         "/api/v1/tenants/{id}/dead-letters/replay": {
             "post": {
-                "description": "Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved.",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved. Admin key required.",
                 "produces": [
                     "application/json"
                 ],
@@ -589,6 +942,18 @@ const docTemplate = `{
                     },
                     "400": {
                         "description": "malformed id or limit",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -1006,6 +1371,81 @@ const docTemplate = `{
                 }
             }
         },
+        "tenant.Created": {
+            "type": "object",
+            "properties": {
+                "api_key": {
+                    "description": "APIKey is the tenant's key; only its hash is stored, so it cannot be shown again.",
+                    "type": "string",
+                    "example": "msk_AbCdEfGhIjKl_0123456789abcdefghijklmnopqrstuvwxyzABCDE"
+                },
+                "api_key_id": {
+                    "type": "string",
+                    "example": "AbCdEfGhIjKl"
+                },
+                "concurrency_config": {
+                    "type": "integer",
+                    "example": 5
+                },
+                "created_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00Z"
+                },
+                "id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                },
+                "name": {
+                    "type": "string",
+                    "example": "Acme Corp"
+                },
+                "rate_limit": {
+                    "description": "RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
+                    "type": "number",
+                    "example": 100
+                },
+                "updated_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00Z"
+                }
+            }
+        },
+        "tenant.IssuedKey": {
+            "type": "object",
+            "properties": {
+                "api_key": {
+                    "type": "string",
+                    "example": "msk_AbCdEfGhIjKl_0123456789abcdefghijklmnopqrstuvwxyzABCDE"
+                },
+                "created_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00Z"
+                },
+                "key_id": {
+                    "type": "string",
+                    "example": "AbCdEfGhIjKl"
+                },
+                "tenant_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                }
+            }
+        },
+        "tenant.RateLimitRequest": {
+            "type": "object",
+            "properties": {
+                "messages_per_second": {
+                    "description": "MessagesPerSecond is the tenant's publish limit per replica; 0 means unlimited, null restores the default.",
+                    "type": "number",
+                    "example": 100
+                }
+            }
+        },
         "tenant.Tenant": {
             "type": "object",
             "properties": {
@@ -1027,12 +1467,25 @@ const docTemplate = `{
                     "type": "string",
                     "example": "Acme Corp"
                 },
+                "rate_limit": {
+                    "description": "RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
+                    "type": "number",
+                    "example": 100
+                },
                 "updated_at": {
                     "type": "string",
                     "format": "date-time",
                     "example": "2026-11-27T10:00:00Z"
                 }
             }
+        }
+    },
+    "securityDefinitions": {
+        "BearerAuth": {
+            "description": "Type \"Bearer \" and the key: an admin key (ADMIN_API_KEYS) or a tenant's key (msk_…). Probes, metrics and these docs need none.",
+            "type": "apiKey",
+            "name": "Authorization",
+            "in": "header"
         }
     },
     "tags": [
@@ -1052,11 +1505,7 @@ const docTemplate = `{
             "description": "Probes and metrics.",
             "name": "operations"
         }
-    ],
-    "externalDocs": {
-        "description": "Problem details (RFC 9457)",
-        "url": "https://www.rfc-editor.org/rfc/rfc9457"
-    }
+    ]
 }`
 
 // SwaggerInfo holds exported Swagger Info so clients can modify it

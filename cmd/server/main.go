@@ -13,6 +13,12 @@
 //	@tag.description			A tenant's messages that could not be stored: look at them, replay them.
 //	@tag.name					operations
 //	@tag.description			Probes and metrics.
+//	@securityDefinitions.apikey	BearerAuth
+//	@in							header
+//	@name						Authorization
+//	@description				Type "Bearer " and the key: an admin key (ADMIN_API_KEYS) or a tenant's key (msk_…). Probes, metrics and these docs need none.
+//	@tag.name					api-keys
+//	@tag.description			Tenants' API keys: issue another for rotation, revoke one.
 //	@externalDocs.description	Problem details (RFC 9457)
 //	@externalDocs.url			https://www.rfc-editor.org/rfc/rfc9457
 package main

@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/httpserver"
 	"github.com/acme/msgsvc/platform/problem"
 )
@@ -31,7 +32,11 @@ type Replayed struct {
 }
 
 func (h *Handlers) tenant(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
-	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
+	err := auth.RequireAdmin(r.Context())
+	var id uuid.UUID
+	if err == nil {
+		id, err = httpserver.ParseUUID("id", chi.URLParam(r, "id"))
+	}
 	if err == nil {
 		var ok bool
 		_, ok, err = h.rt.dir.Tenant(r.Context(), id)
@@ -75,6 +80,8 @@ func limitParam(r *http.Request, def, max int) (int, error) {
 //	@Param			limit	query		int		false	"How many to show, 1..100"	default(20)
 //	@Success		200		{object}	DeadLetters
 //	@Failure		400		{object}	problem.Details	"malformed id or limit"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
 //	@Failure		404		{object}	problem.Details	"no such tenant"
 //	@Failure		503		{object}	problem.Details	"RabbitMQ or the database unavailable"
 //	@Router			/api/v1/tenants/{id}/dead-letters [get]
@@ -100,13 +107,16 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		Replay a tenant's dead-lettered messages
 //	@ID				replayDeadLetters
-//	@Description	Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved.
+//	@Description	Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved. Admin key required.
 //	@Tags			dead-letters
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			id		path		string	true	"Tenant id (UUID)"	format(uuid)
 //	@Param			limit	query		int		false	"Move at most this many, 1..1000000; all when absent"
 //	@Success		200		{object}	Replayed
 //	@Failure		400		{object}	problem.Details	"malformed id or limit"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
 //	@Failure		404		{object}	problem.Details	"no such tenant"
 //	@Failure		503		{object}	problem.Details	"RabbitMQ unavailable (the answer's count is not known; what moved stays moved)"
 //	@Router			/api/v1/tenants/{id}/dead-letters/replay [post]

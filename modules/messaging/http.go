@@ -35,17 +35,20 @@ type MessagePage = pagination.Page[Message]
 //
 //	@Summary		Publish a message
 //	@ID				publishMessage
-//	@Description	Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.
+//	@Description	Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. An admin key or the tenant's own key (another tenant answers 404). With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.
 //	@Tags			messages
 //	@Accept			json
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			Idempotency-Key	header		string			false	"Makes retries of this request store one message"
 //	@Param			message			body		PublishRequest	true	"Tenant and JSON payload (object or array)"
 //	@Success		202				{object}	Accepted
 //	@Failure		400				{object}	problem.Details	"invalid input"
+//	@Failure		401				{object}	problem.Details	"missing or unknown API key"
 //	@Failure		404				{object}	problem.Details	"no such tenant"
 //	@Failure		413				{object}	problem.Details	"body too large"
 //	@Failure		415				{object}	problem.Details	"not JSON"
+//	@Failure		429				{object}	problem.Details	"the tenant's rate limit is exceeded (Retry-After)"
 //	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
 //	@Router			/api/v1/messages [post]
 func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
@@ -70,13 +73,16 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 //	@Tags			messages
 //	@Accept			json
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			Idempotency-Key	header		string			false	"Makes retries of this batch store each message once"
 //	@Param			batch			body		BatchRequest	true	"Tenant and 1..1000 messages"
 //	@Success		202				{object}	BatchAccepted
 //	@Failure		400				{object}	problem.Details	"invalid input"
+//	@Failure		401				{object}	problem.Details	"missing or unknown API key"
 //	@Failure		404				{object}	problem.Details	"no such tenant"
 //	@Failure		413				{object}	problem.Details	"body too large (HTTP_MAX_BATCH_BODY_BYTES)"
 //	@Failure		415				{object}	problem.Details	"not JSON"
+//	@Failure		429				{object}	problem.Details	"the tenant's rate limit is exceeded (Retry-After)"
 //	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
 //	@Router			/api/v1/messages/batch [post]
 func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
@@ -100,11 +106,13 @@ func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
 //	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).
 //	@Tags			messages
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			tenant_id	query		string	true	"Tenant id (UUID)"	format(uuid)
 //	@Param			limit		query		int		false	"Page size"			minimum(1)	maximum(100)	default(20)
 //	@Param			cursor		query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
 //	@Success		200			{object}	pagination.Page[messaging.Message]
 //	@Failure		400			{object}	problem.Details	"invalid tenant_id, limit or cursor"
+//	@Failure		401				{object}	problem.Details	"missing or unknown API key"
 //	@Failure		404			{object}	problem.Details	"no such tenant"
 //	@Failure		503			{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/messages [get]

@@ -9,12 +9,13 @@ import (
 
 // Metrics are the messaging module's Prometheus series.
 type Metrics struct {
-	perTenant  bool
-	published  *prometheus.CounterVec
-	pubFailed  *prometheus.CounterVec
-	stored     *prometheus.CounterVec
-	duplicates *prometheus.CounterVec
-	latency    prometheus.Histogram
+	perTenant   bool
+	published   *prometheus.CounterVec
+	pubFailed   *prometheus.CounterVec
+	stored      *prometheus.CounterVec
+	duplicates  *prometheus.CounterVec
+	latency     prometheus.Histogram
+	rateLimited *prometheus.CounterVec
 }
 
 // NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
@@ -33,7 +34,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 			Name: "message_publish_to_store_seconds", Help: "Time from a message's creation at publish to its commit in PostgreSQL.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}),
 	}
-	reg.MustRegister(m.published, m.pubFailed, m.stored, m.duplicates, m.latency)
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace,
+		Name: "messages_rate_limited_total", Help: "Messages refused with 429 by the tenant's publish rate limit, by tenant."}, []string{"tenant"})
+	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency)
 	return m
 }
 
@@ -46,7 +49,7 @@ func (m *Metrics) tenant(id uuid.UUID) string {
 
 func (m *Metrics) forget(id uuid.UUID) {
 	if m.perTenant {
-		for _, v := range []*prometheus.CounterVec{m.published, m.stored, m.duplicates} {
+		for _, v := range []*prometheus.CounterVec{m.published, m.stored, m.duplicates, m.rateLimited} {
 			v.DeleteLabelValues(id.String())
 		}
 	}

@@ -21,7 +21,7 @@ var Module = fx.Module("messaging",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
 		func(db *bun.DB, p *broker.Publisher, c config.Config, dir events.TenantDirectory, m *Metrics, log *zap.Logger) *Service {
-			return NewService(db, p, c.AMQPExchange, dir, m, log)
+			return NewService(db, p, c.AMQPExchange, dir, c.RateLimitDefault, m, log)
 		},
 		httpserver.AsRoutes(func(s *Service, c config.Config) *Handlers { return NewHandlers(s, c.HTTPMaxBatchBodyBytes) }),
 		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {
@@ -38,7 +38,11 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB) {
 		return CreatePartition(ctx, e.Tx, e.Tenant.ID)
 	})
 	events.Subscribe(bus, "messaging.view", func(_ context.Context, e events.TenantCreated) error {
-		s.view.add(e.Tenant.ID)
+		s.view.add(e.Tenant)
+		return nil
+	})
+	events.Subscribe(bus, "messaging.view", func(_ context.Context, e events.TenantRateLimitChanged) error {
+		s.view.setLimit(e.TenantID, e.RateLimit)
 		return nil
 	})
 	events.Subscribe(bus, "messaging.view", func(_ context.Context, e events.TenantDeleting) error {

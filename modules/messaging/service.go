@@ -12,6 +12,7 @@ import (
 	"github.com/uptrace/bun"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/pagination"
@@ -30,8 +31,10 @@ type Service struct {
 }
 
 // NewService returns a Service publishing to exchange.
-func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir events.TenantDirectory, m *Metrics, log *zap.Logger) *Service {
-	return &Service{db: db, publisher: publisher, exchange: exchange, dir: dir, view: newView(), metrics: m, log: log.Named("messaging")}
+// defaultRateLimit is each tenant's publish limit in messages per second per replica unless it has its own
+// (0: unlimited).
+func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir events.TenantDirectory, defaultRateLimit float64, m *Metrics, log *zap.Logger) *Service {
+	return &Service{db: db, publisher: publisher, exchange: exchange, dir: dir, view: newView(defaultRateLimit), metrics: m, log: log.Named("messaging")}
 }
 
 // ErrTenantNotFound answers a message for a tenant that does not exist.
@@ -47,28 +50,44 @@ func (s *Service) LoadView(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ids := make([]uuid.UUID, len(ts))
-	for i, t := range ts {
-		ids[i] = t.ID
-	}
-	s.view.replace(ids)
+	s.view.replace(ts)
 	return nil
 }
 
-// checkTenant answers from the view, and from the database on a miss (a tenant created on another replica
-// whose event has not arrived yet).
+// checkTenant answers whether the caller may use the tenant and it exists: from the view, and from the
+// database on a miss (a tenant created on another replica whose event has not arrived yet). Another tenant's
+// key gets the same answer as an unknown tenant.
 func (s *Service) checkTenant(ctx context.Context, id uuid.UUID) error {
+	if !auth.CanAccessTenant(ctx, id) {
+		return ErrTenantNotFound
+	}
 	if s.view.has(id) {
 		return nil
 	}
-	_, ok, err := s.dir.Tenant(ctx, id)
+	t, ok, err := s.dir.Tenant(ctx, id)
 	if err != nil {
 		return unavailable(err)
 	}
 	if !ok {
 		return ErrTenantNotFound
 	}
-	s.view.add(id)
+	s.view.add(t)
+	return nil
+}
+
+// checkRate takes n messages from the tenant's rate limit, or answers 429 with Retry-After.
+func (s *Service) checkRate(id uuid.UUID, n int) error {
+	wait, ok := s.view.allow(id, n, time.Now())
+	switch {
+	case !ok:
+		s.metrics.rateLimited.WithLabelValues(s.metrics.tenant(id)).Add(float64(n))
+		return &problem.Error{Kind: problem.KindTooMany, Slug: "rate-limited", RetryAfter: time.Second,
+			Detail: fmt.Sprintf("a batch of %d messages exceeds the tenant's burst (one second of its rate limit); send smaller batches", n)}
+	case wait > 0:
+		s.metrics.rateLimited.WithLabelValues(s.metrics.tenant(id)).Add(float64(n))
+		return &problem.Error{Kind: problem.KindTooMany, Slug: "rate-limited", RetryAfter: wait,
+			Detail: "the tenant's publish rate limit is exceeded; retry after the time in Retry-After"}
+	}
 	return nil
 }
 
@@ -193,6 +212,9 @@ func checkIdempotencyKey(key string) error {
 // publish sends the messages to the tenant's queue and waits for every confirm.
 func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt time.Time, ids []uuid.UUID, payloads []json.RawMessage) error {
 	if err := s.checkTenant(ctx, tenantID); err != nil {
+		return err
+	}
+	if err := s.checkRate(tenantID, len(ids)); err != nil {
 		return err
 	}
 	msgs := make([]broker.Message, len(ids))

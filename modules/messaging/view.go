@@ -1,19 +1,46 @@
 package messaging
 
 import (
+	"math"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/time/rate"
+
+	"github.com/acme/msgsvc/platform/events"
 )
 
-// view is the in-memory set of existing tenants that publishing checks instead of querying per message.
-// The tenant events keep it fresh on every replica; a miss falls back to the database once.
+// view is the in-memory set of existing tenants that publishing checks instead of querying per message, with
+// each tenant's publish rate limiter. The tenant events keep it fresh on every replica; a miss falls back to
+// the database once.
 type view struct {
+	defaultLimit float64 // messages per second when a tenant has no limit of its own; 0: unlimited
+
 	mu      sync.RWMutex
-	tenants map[uuid.UUID]struct{}
+	tenants map[uuid.UUID]*entry
 }
 
-func newView() *view { return &view{tenants: map[uuid.UUID]struct{}{}} }
+type entry struct {
+	limit   *float64      // the tenant's own limit, nil for the default
+	limiter *rate.Limiter // nil when unlimited
+}
+
+func newView(defaultLimit float64) *view {
+	return &view{defaultLimit: defaultLimit, tenants: map[uuid.UUID]*entry{}}
+}
+
+func (v *view) entry(limit *float64) *entry {
+	l := v.defaultLimit
+	if limit != nil {
+		l = *limit
+	}
+	e := &entry{limit: limit}
+	if l > 0 {
+		e.limiter = rate.NewLimiter(rate.Limit(l), max(1, int(math.Ceil(l))))
+	}
+	return e
+}
 
 func (v *view) has(id uuid.UUID) bool {
 	v.mu.RLock()
@@ -22,9 +49,18 @@ func (v *view) has(id uuid.UUID) bool {
 	return ok
 }
 
-func (v *view) add(id uuid.UUID) {
+func (v *view) add(t events.Tenant) {
 	v.mu.Lock()
-	v.tenants[id] = struct{}{}
+	v.tenants[t.ID] = v.entry(t.RateLimit)
+	v.mu.Unlock()
+}
+
+// setLimit replaces a known tenant's limiter.
+func (v *view) setLimit(id uuid.UUID, limit *float64) {
+	v.mu.Lock()
+	if _, ok := v.tenants[id]; ok {
+		v.tenants[id] = v.entry(limit)
+	}
 	v.mu.Unlock()
 }
 
@@ -34,12 +70,32 @@ func (v *view) remove(id uuid.UUID) {
 	v.mu.Unlock()
 }
 
-func (v *view) replace(ids []uuid.UUID) {
-	m := make(map[uuid.UUID]struct{}, len(ids))
-	for _, id := range ids {
-		m[id] = struct{}{}
+func (v *view) replace(ts []events.Tenant) {
+	m := make(map[uuid.UUID]*entry, len(ts))
+	for _, t := range ts {
+		m[t.ID] = v.entry(t.RateLimit)
 	}
 	v.mu.Lock()
 	v.tenants = m
 	v.mu.Unlock()
+}
+
+// allow takes n tokens from the tenant's bucket. When there are not enough, it takes none and returns how long
+// to wait; ok is false when n exceeds the bucket (the burst) and waiting cannot help.
+func (v *view) allow(id uuid.UUID, n int, now time.Time) (wait time.Duration, ok bool) {
+	v.mu.RLock()
+	e := v.tenants[id]
+	v.mu.RUnlock()
+	if e == nil || e.limiter == nil {
+		return 0, true
+	}
+	r := e.limiter.ReserveN(now, n)
+	if !r.OK() {
+		return 0, false
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, true
+	}
+	return 0, true
 }

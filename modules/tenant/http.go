@@ -4,7 +4,9 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/httpserver"
 	"github.com/acme/msgsvc/platform/pagination"
 	"github.com/acme/msgsvc/platform/problem"
@@ -23,6 +25,9 @@ func (h *Handlers) Register(r chi.Router) {
 		r.Get("/", h.list)
 		r.Get("/{id}", h.get)
 		r.Put("/{id}/config/concurrency", h.setConcurrency)
+		r.Put("/{id}/config/rate-limit", h.setRateLimit)
+		r.Post("/{id}/api-keys", h.issueKey)
+		r.Delete("/{id}/api-keys/{key_id}", h.revokeKey)
 		r.Delete("/{id}", h.delete)
 	})
 }
@@ -30,53 +35,82 @@ func (h *Handlers) Register(r chi.Router) {
 // TenantPage is a page of tenants, the answer of the list endpoint.
 type TenantPage = pagination.Page[Tenant]
 
+// adminID checks that the caller is an admin and parses the {id} path parameter.
+func adminID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
+	if err := auth.RequireAdmin(r.Context()); err != nil {
+		problem.Write(w, r, err)
+		return uuid.Nil, false
+	}
+	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
+	if err != nil {
+		problem.Write(w, r, err)
+		return uuid.Nil, false
+	}
+	return id, true
+}
+
 // create godoc
 //
 //	@Summary		Create a tenant
 //	@ID				createTenant
-//	@Description	Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3).
+//	@Description	Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3). The answer carries the tenant's first API key, shown this once. Admin key required.
 //	@Tags			tenants
 //	@Accept			json
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			tenant	body		CreateRequest	true	"The new tenant"
-//	@Success		201		{object}	Tenant
+//	@Success		201		{object}	Created
 //	@Header			201		{string}	Location		"/api/v1/tenants/{id} of the new tenant"
 //	@Failure		400		{object}	problem.Details	"invalid input"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
 //	@Failure		413		{object}	problem.Details	"body too large"
 //	@Failure		415		{object}	problem.Details	"not JSON"
 //	@Failure		503		{object}	problem.Details	"database or broker unavailable"
 //	@Router			/api/v1/tenants [post]
 func (h *Handlers) create(w http.ResponseWriter, r *http.Request) {
+	if err := auth.RequireAdmin(r.Context()); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
 	var req CreateRequest
 	if err := httpserver.DecodeJSON(r, &req); err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	t, err := h.svc.Create(r.Context(), req)
+	c, err := h.svc.Create(r.Context(), req)
 	if err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	w.Header().Set("Location", "/api/v1/tenants/"+t.ID.String())
-	httpserver.WriteJSON(w, http.StatusCreated, t)
+	w.Header().Set("Location", "/api/v1/tenants/"+c.ID.String())
+	w.Header().Set("Cache-Control", "no-store")
+	httpserver.WriteJSON(w, http.StatusCreated, c)
 }
 
 // get godoc
 //
-//	@Summary	Get a tenant
-//	@ID			getTenant
-//	@Tags		tenants
-//	@Produce	json
-//	@Param		id	path		string	true	"Tenant id (UUID)"	format(uuid)
-//	@Success	200	{object}	Tenant
-//	@Failure	400	{object}	problem.Details	"malformed id"
-//	@Failure	404	{object}	problem.Details	"no such tenant"
-//	@Failure	503	{object}	problem.Details	"database unavailable"
-//	@Router		/api/v1/tenants/{id} [get]
+//	@Summary		Get a tenant
+//	@ID				getTenant
+//	@Description	An admin key reads every tenant; a tenant key reads its own tenant (another tenant answers 404).
+//	@Tags			tenants
+//	@Produce		json
+//	@Security		BearerAuth
+//	@Param			id	path		string	true	"Tenant id (UUID)"	format(uuid)
+//	@Success		200	{object}	Tenant
+//	@Failure		400	{object}	problem.Details	"malformed id"
+//	@Failure		401	{object}	problem.Details	"missing or unknown API key"
+//	@Failure		404	{object}	problem.Details	"no such tenant"
+//	@Failure		503	{object}	problem.Details	"database unavailable"
+//	@Router			/api/v1/tenants/{id} [get]
 func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
 	if err != nil {
 		problem.Write(w, r, err)
+		return
+	}
+	if !auth.CanAccessTenant(r.Context(), id) {
+		problem.Write(w, r, ErrNotFound)
 		return
 	}
 	t, err := h.svc.Get(r.Context(), id)
@@ -91,16 +125,23 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		List tenants
 //	@ID				listTenants
-//	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next.
+//	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next. Admin key required.
 //	@Tags			tenants
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			limit	query		int		false	"Page size"	minimum(1)	maximum(100)	default(20)
 //	@Param			cursor	query		string	false	"next_cursor of the previous page, or an RFC 3339 time"
 //	@Success		200		{object}	pagination.Page[tenant.Tenant]
 //	@Failure		400		{object}	problem.Details	"invalid limit or cursor"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants [get]
 func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
+	if err := auth.RequireAdmin(r.Context()); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
 	limit, after, err := httpserver.PageParams(r)
 	if err != nil {
 		problem.Write(w, r, err)
@@ -118,23 +159,25 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		Change a tenant's worker count
 //	@ID				setTenantConcurrency
-//	@Description	The live consumer's worker pool and prefetch follow within a second, without losing or duplicating a message.
+//	@Description	The live consumer's worker pool and prefetch follow within a second, without losing or duplicating a message. Admin key required.
 //	@Tags			tenants
 //	@Accept			json
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			id		path		string				true	"Tenant id (UUID)"	format(uuid)
 //	@Param			config	body		ConcurrencyRequest	true	"New worker count"
 //	@Success		200		{object}	Tenant
 //	@Failure		400		{object}	problem.Details	"invalid input"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
 //	@Failure		404		{object}	problem.Details	"no such tenant"
 //	@Failure		413		{object}	problem.Details	"body too large"
 //	@Failure		415		{object}	problem.Details	"not JSON"
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/config/concurrency [put]
 func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
-	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
-	if err != nil {
-		problem.Write(w, r, err)
+	id, ok := adminID(w, r)
+	if !ok {
 		return
 	}
 	var req ConcurrencyRequest
@@ -150,23 +193,119 @@ func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
 	httpserver.WriteJSON(w, http.StatusOK, t)
 }
 
+// setRateLimit godoc
+//
+//	@Summary		Set a tenant's publish rate limit
+//	@ID				setTenantRateLimit
+//	@Description	Token bucket per replica: messages_per_second, with a burst of one second's worth (at least 1). 0 means unlimited; null restores RATE_LIMIT_DEFAULT. Publishing over the limit answers 429 with Retry-After. Admin key required.
+//	@Tags			tenants
+//	@Accept			json
+//	@Produce		json
+//	@Security		BearerAuth
+//	@Param			id		path		string				true	"Tenant id (UUID)"	format(uuid)
+//	@Param			config	body		RateLimitRequest	true	"New limit"
+//	@Success		200		{object}	Tenant
+//	@Failure		400		{object}	problem.Details	"invalid input"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
+//	@Failure		404		{object}	problem.Details	"no such tenant"
+//	@Failure		503		{object}	problem.Details	"database unavailable"
+//	@Router			/api/v1/tenants/{id}/config/rate-limit [put]
+func (h *Handlers) setRateLimit(w http.ResponseWriter, r *http.Request) {
+	id, ok := adminID(w, r)
+	if !ok {
+		return
+	}
+	var req RateLimitRequest
+	if err := httpserver.DecodeJSON(r, &req); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	t, err := h.svc.SetRateLimit(r.Context(), id, req)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, t)
+}
+
+// issueKey godoc
+//
+//	@Summary		Issue another API key for a tenant
+//	@ID				issueTenantKey
+//	@Description	For rotation: the new key works at once, alongside the old ones, until they are revoked. The key is shown this once. Admin key required.
+//	@Tags			api-keys
+//	@Produce		json
+//	@Security		BearerAuth
+//	@Param			id	path		string	true	"Tenant id (UUID)"	format(uuid)
+//	@Success		201	{object}	IssuedKey
+//	@Failure		400	{object}	problem.Details	"malformed id"
+//	@Failure		401	{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403	{object}	problem.Details	"not an admin key"
+//	@Failure		404	{object}	problem.Details	"no such tenant"
+//	@Failure		503	{object}	problem.Details	"database unavailable"
+//	@Router			/api/v1/tenants/{id}/api-keys [post]
+func (h *Handlers) issueKey(w http.ResponseWriter, r *http.Request) {
+	id, ok := adminID(w, r)
+	if !ok {
+		return
+	}
+	k, err := h.svc.IssueKey(r.Context(), id)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	httpserver.WriteJSON(w, http.StatusCreated, k)
+}
+
+// revokeKey godoc
+//
+//	@Summary		Revoke a tenant's API key
+//	@ID				revokeTenantKey
+//	@Description	The key stops working at once on this replica and within AUTH_CACHE_TTL on the others. Admin key required.
+//	@Tags			api-keys
+//	@Security		BearerAuth
+//	@Param			id		path	string	true	"Tenant id (UUID)"	format(uuid)
+//	@Param			key_id	path	string	true	"The key's id (key_id or api_key_id)"
+//	@Success		204		"revoked"
+//	@Failure		400		{object}	problem.Details	"malformed id"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
+//	@Failure		404		{object}	problem.Details	"no such tenant or active key"
+//	@Failure		503		{object}	problem.Details	"database unavailable"
+//	@Router			/api/v1/tenants/{id}/api-keys/{key_id} [delete]
+func (h *Handlers) revokeKey(w http.ResponseWriter, r *http.Request) {
+	id, ok := adminID(w, r)
+	if !ok {
+		return
+	}
+	if err := h.svc.RevokeKey(r.Context(), id, chi.URLParam(r, "key_id")); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // delete godoc
 //
 //	@Summary		Delete a tenant
 //	@ID				deleteTenant
-//	@Description	Stops its consumers gracefully, then deletes its queues, its partition and its row.
+//	@Description	Stops its consumers gracefully, then deletes its queues, its partition, its API keys and its row. Admin key required.
 //	@Tags			tenants
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			id	path	string	true	"Tenant id (UUID)"	format(uuid)
 //	@Success		204	"deleted"
 //	@Failure		400	{object}	problem.Details	"malformed id"
+//	@Failure		401	{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403	{object}	problem.Details	"not an admin key"
 //	@Failure		404	{object}	problem.Details	"no such tenant"
 //	@Failure		503	{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id} [delete]
 func (h *Handlers) delete(w http.ResponseWriter, r *http.Request) {
-	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
-	if err != nil {
-		problem.Write(w, r, err)
+	id, ok := adminID(w, r)
+	if !ok {
 		return
 	}
 	if err := h.svc.Delete(r.Context(), id); err != nil {

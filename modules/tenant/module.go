@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
@@ -14,6 +15,7 @@ var Module = fx.Module("tenant",
 	fx.Provide(
 		NewRepository,
 		func(r *Repository) events.TenantDirectory { return r },
+		func(r *Repository) auth.TenantKeys { return r },
 		func(c config.Config) Limits {
 			return Limits{DefaultConcurrency: c.TenantDefaultConcurrency, MaxConcurrency: c.TenantMaxConcurrency}
 		},

@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/pagination"
 )
@@ -88,4 +89,57 @@ func (r *Repository) Tenant(ctx context.Context, id uuid.UUID) (events.Tenant, b
 		return events.Tenant{}, false, err
 	}
 	return t.event(), true, nil
+}
+
+// InsertKey issues a new API key for the tenant inside db and returns it; only its hash is stored.
+func (r *Repository) InsertKey(ctx context.Context, db bun.IDB, tenantID uuid.UUID) (IssuedKey, error) {
+	key, id, hash := auth.NewKey()
+	k := IssuedKey{KeyID: id, APIKey: key, TenantID: tenantID}
+	err := db.NewRaw("INSERT INTO api_keys (id, tenant_id, hash) VALUES (?, ?, ?) RETURNING created_at",
+		id, tenantID, hash).Scan(ctx, &k.CreatedAt)
+	if err != nil {
+		return IssuedKey{}, fmt.Errorf("insert api key: %w", err)
+	}
+	k.CreatedAt = k.CreatedAt.UTC()
+	return k, nil
+}
+
+// RevokeKey revokes one of the tenant's keys; ErrKeyNotFound when it has no such key that is not revoked.
+func (r *Repository) RevokeKey(ctx context.Context, tenantID uuid.UUID, keyID string) error {
+	res, err := r.db.NewRaw("UPDATE api_keys SET revoked_at = now() WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL",
+		keyID, tenantID).Exec(ctx)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrKeyNotFound
+	}
+	return nil
+}
+
+// KeyHash implements auth.TenantKeys: the stored hash of a key that is not revoked.
+func (r *Repository) KeyHash(ctx context.Context, keyID string) (uuid.UUID, []byte, bool, error) {
+	var row struct {
+		TenantID uuid.UUID `bun:"tenant_id"`
+		Hash     []byte    `bun:"hash"`
+	}
+	err := r.db.NewRaw("SELECT tenant_id, hash FROM api_keys WHERE id = ? AND revoked_at IS NULL", keyID).Scan(ctx, &row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return uuid.Nil, nil, false, nil
+	}
+	if err != nil {
+		return uuid.Nil, nil, false, err
+	}
+	return row.TenantID, row.Hash, true, nil
+}
+
+// SetRateLimit updates a tenant's rate limit (nil: the default) and returns the updated tenant, or ErrNotFound.
+func (r *Repository) SetRateLimit(ctx context.Context, id uuid.UUID, limit *float64) (Tenant, error) {
+	var t Tenant
+	err := r.db.NewUpdate().Model(&t).Set("rate_limit = ?", limit).Set("updated_at = now()").
+		Where("id = ?", id).Returning("*").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, ErrNotFound
+	}
+	return t, err
 }

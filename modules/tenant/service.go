@@ -11,6 +11,7 @@ import (
 	"github.com/uptrace/bun"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/metrics"
 	"github.com/acme/msgsvc/platform/pagination"
@@ -19,6 +20,7 @@ import (
 
 // Service implements the tenant use cases.
 type Service struct {
+	keys   *auth.Authenticator // forgets revoked keys; optional
 	db     *bun.DB
 	repo   *Repository
 	bus    *events.Bus
@@ -27,8 +29,8 @@ type Service struct {
 }
 
 // NewService returns a Service.
-func NewService(db *bun.DB, repo *Repository, bus *events.Bus, limits Limits, log *zap.Logger) *Service {
-	return &Service{db: db, repo: repo, bus: bus, limits: limits, log: log.Named("tenant")}
+func NewService(db *bun.DB, repo *Repository, bus *events.Bus, limits Limits, keys *auth.Authenticator, log *zap.Logger) *Service {
+	return &Service{keys: keys, db: db, repo: repo, bus: bus, limits: limits, log: log.Named("tenant")}
 }
 
 // RegisterMetrics exports the number of tenants, read from the database at scrape time.
@@ -56,15 +58,16 @@ func unavailable(err error) error {
 
 // Create makes a tenant with everything it needs: its queues are declared first, then the row and its
 // partition commit together, then its consumer starts. On any failure nothing is left half made.
-func (s *Service) Create(ctx context.Context, req CreateRequest) (Tenant, error) {
+func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error) {
 	name, err := validateName(req.Name)
 	if err != nil {
-		return Tenant{}, err
+		return Created{}, err
 	}
 	workers, err := s.limits.validateConcurrency("concurrency_config", req.ConcurrencyConfig, false)
 	if err != nil {
-		return Tenant{}, err
+		return Created{}, err
 	}
+	var key IssuedKey
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	t := Tenant{ID: uuid.Must(uuid.NewV7()), Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now}
 	err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
@@ -72,6 +75,9 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Tenant, error)
 		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			if err := s.repo.Insert(ctx, tx, &t); err != nil {
 				return fmt.Errorf("insert tenant: %w", err)
+			}
+			if key, err = s.repo.InsertKey(ctx, tx, t.ID); err != nil {
+				return err
 			}
 			return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx})
 		})
@@ -83,13 +89,54 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Tenant, error)
 			s.log.Warn("cleanup after failed creation incomplete; reconciliation will finish it",
 				zap.String("tenant_id", t.ID.String()), zap.Error(cerr))
 		}
-		return Tenant{}, unavailable(err)
+		return Created{}, unavailable(err)
 	}
 	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantCreated{Tenant: t.event()}); err != nil {
 		// The tenant exists; reconciliation starts whatever did not start now.
 		s.log.Error("tenant created but not fully started", zap.String("tenant_id", t.ID.String()), zap.Error(err))
 	}
-	s.log.Info("tenant created", zap.String("tenant_id", t.ID.String()), zap.Int("concurrency", workers))
+	s.log.Info("tenant created", zap.String("tenant_id", t.ID.String()), zap.Int("concurrency", workers),
+		zap.String("api_key_id", key.KeyID))
+	return Created{Tenant: t, APIKey: key.APIKey, APIKeyID: key.KeyID}, nil
+}
+
+// IssueKey issues another API key for the tenant (for rotation); the answer is the only place it appears.
+func (s *Service) IssueKey(ctx context.Context, id uuid.UUID) (IssuedKey, error) {
+	if _, err := s.Get(ctx, id); err != nil {
+		return IssuedKey{}, err
+	}
+	k, err := s.repo.InsertKey(ctx, s.db, id)
+	if err != nil {
+		return IssuedKey{}, unavailable(err)
+	}
+	s.log.Info("api key issued", zap.String("tenant_id", id.String()), zap.String("api_key_id", k.KeyID))
+	return k, nil
+}
+
+// RevokeKey revokes one of the tenant's keys: at once on this replica, within AUTH_CACHE_TTL on the others.
+func (s *Service) RevokeKey(ctx context.Context, id uuid.UUID, keyID string) error {
+	if err := s.repo.RevokeKey(ctx, id, keyID); err != nil {
+		return unavailable(err)
+	}
+	if s.keys != nil {
+		s.keys.Forget(keyID)
+	}
+	s.log.Info("api key revoked", zap.String("tenant_id", id.String()), zap.String("api_key_id", keyID))
+	return nil
+}
+
+// SetRateLimit sets the tenant's publish rate limit (nil: back to the default); every replica follows.
+func (s *Service) SetRateLimit(ctx context.Context, id uuid.UUID, req RateLimitRequest) (Tenant, error) {
+	if l := req.MessagesPerSecond; l != nil && (*l < 0 || *l > 1e9 || *l != *l) {
+		return Tenant{}, problem.Invalid("messages_per_second", "must be between 0 (unlimited) and 1e9, or null for the default")
+	}
+	t, err := s.repo.SetRateLimit(ctx, id, req.MessagesPerSecond)
+	if err != nil {
+		return Tenant{}, unavailable(err)
+	}
+	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantRateLimitChanged{TenantID: id, RateLimit: t.RateLimit}); err != nil {
+		s.log.Error("rate limit not applied everywhere", zap.String("tenant_id", id.String()), zap.Error(err))
+	}
 	return t, nil
 }
 

@@ -26,10 +26,35 @@ type Tenant struct {
 	ConcurrencyConfig int       `bun:"concurrency_config" json:"concurrency_config" example:"5"`
 	CreatedAt         time.Time `bun:"created_at" json:"created_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
 	UpdatedAt         time.Time `bun:"updated_at" json:"updated_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
+	// RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null
+	// follows RATE_LIMIT_DEFAULT.
+	RateLimit *float64 `bun:"rate_limit" json:"rate_limit" example:"100"`
+}
+
+// Created is the answer to a creation: the tenant and its first API key, shown this once.
+type Created struct {
+	Tenant
+	// APIKey is the tenant's key; only its hash is stored, so it cannot be shown again.
+	APIKey   string `json:"api_key" example:"msk_AbCdEfGhIjKl_0123456789abcdefghijklmnopqrstuvwxyzABCDE"`
+	APIKeyID string `json:"api_key_id" example:"AbCdEfGhIjKl"`
+}
+
+// IssuedKey is a newly issued API key, shown this once.
+type IssuedKey struct {
+	KeyID     string    `json:"key_id" example:"AbCdEfGhIjKl"`
+	APIKey    string    `json:"api_key" example:"msk_AbCdEfGhIjKl_0123456789abcdefghijklmnopqrstuvwxyzABCDE"`
+	TenantID  uuid.UUID `json:"tenant_id" format:"uuid" example:"0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"`
+	CreatedAt time.Time `json:"created_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
+}
+
+// RateLimitRequest is the body of PUT /api/v1/tenants/{id}/config/rate-limit.
+type RateLimitRequest struct {
+	// MessagesPerSecond is the tenant's publish limit per replica; 0 means unlimited, null restores the default.
+	MessagesPerSecond *float64 `json:"messages_per_second" example:"100"`
 }
 
 func (t Tenant) event() events.Tenant {
-	return events.Tenant{ID: t.ID, Name: t.Name, Concurrency: t.ConcurrencyConfig, CreatedAt: t.CreatedAt}
+	return events.Tenant{ID: t.ID, Name: t.Name, Concurrency: t.ConcurrencyConfig, CreatedAt: t.CreatedAt, RateLimit: t.RateLimit}
 }
 
 func (t Tenant) cursor() pagination.Cursor {
@@ -87,6 +112,9 @@ func (l Limits) validateConcurrency(field string, n *int, required bool) (int, e
 	}
 	return *n, nil
 }
+
+// ErrKeyNotFound is the answer for revoking a key the tenant does not have (or already revoked).
+var ErrKeyNotFound = problem.New(problem.KindNotFound, "api-key-not-found", "the tenant has no such active API key")
 
 // ErrNotFound is the answer for a tenant that does not exist.
 var ErrNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")

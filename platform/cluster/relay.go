@@ -42,6 +42,7 @@ func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange,
 		handlers: map[string]func(context.Context, json.RawMessage) error{}}
 	relay[events.TenantCreated](r, "tenant.created")
 	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
+	relay[events.TenantRateLimitChanged](r, "tenant.rate_limit_changed")
 	relay[events.TenantDeleting](r, "tenant.deleting")
 	return r
 }

@@ -25,6 +25,26 @@ type Config struct {
 	// HTTPReadHeaderTimeout bounds reading request headers (HTTP_READ_HEADER_TIMEOUT).
 	HTTPReadHeaderTimeout time.Duration
 
+	// HTTPReadTimeout bounds reading a whole request (HTTP_READ_TIMEOUT).
+	HTTPReadTimeout time.Duration
+	// HTTPWriteTimeout bounds writing a response (HTTP_WRITE_TIMEOUT).
+	HTTPWriteTimeout time.Duration
+	// HTTPIdleTimeout closes idle keep-alive connections (HTTP_IDLE_TIMEOUT).
+	HTTPIdleTimeout time.Duration
+	// HTTPMaxHeaderBytes caps request headers (HTTP_MAX_HEADER_BYTES).
+	HTTPMaxHeaderBytes int
+
+	// AuthMode is enabled or disabled (AUTH_MODE); disabled is for local experiments only.
+	AuthMode string
+	// AdminAPIKeys may call every endpoint (ADMIN_API_KEYS, comma-separated, each at least 16 characters).
+	AdminAPIKeys []string
+	// AuthCacheTTL is how long a tenant key lookup is remembered; a revoked key stops working within it
+	// on every replica (AUTH_CACHE_TTL).
+	AuthCacheTTL time.Duration
+	// RateLimitDefault is each tenant's publish rate limit in messages per second per replica, 0 for none,
+	// unless the tenant has its own (RATE_LIMIT_DEFAULT).
+	RateLimitDefault float64
+
 	// LogLevel is one of debug, info, warn, error (LOG_LEVEL).
 	LogLevel string
 	// LogFormat is json or console (LOG_FORMAT).
@@ -91,6 +111,14 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		HTTPMaxBodyBytes:         int64(r.int("HTTP_MAX_BODY_BYTES", 256<<10, 1024, 64<<20)),
 		HTTPMaxBatchBodyBytes:    int64(r.int("HTTP_MAX_BATCH_BODY_BYTES", 8<<20, 1024, 256<<20)),
 		HTTPReadHeaderTimeout:    r.dur("HTTP_READ_HEADER_TIMEOUT", 5*time.Second),
+		HTTPReadTimeout:          r.dur("HTTP_READ_TIMEOUT", 30*time.Second),
+		HTTPWriteTimeout:         r.dur("HTTP_WRITE_TIMEOUT", 30*time.Second),
+		HTTPIdleTimeout:          r.dur("HTTP_IDLE_TIMEOUT", 2*time.Minute),
+		HTTPMaxHeaderBytes:       r.int("HTTP_MAX_HEADER_BYTES", 64<<10, 4<<10, 1<<20),
+		AuthMode:                 r.oneOf("AUTH_MODE", "enabled", "enabled", "disabled"),
+		AdminAPIKeys:             r.list("ADMIN_API_KEYS"),
+		AuthCacheTTL:             r.dur("AUTH_CACHE_TTL", 5*time.Second),
+		RateLimitDefault:         r.float("RATE_LIMIT_DEFAULT", 0, 0, 1e9),
 		LogLevel:                 r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                r.oneOf("LOG_FORMAT", "json", "json", "console"),
 		DatabaseURL:              r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),
@@ -118,6 +146,15 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	}
 	if c.TenantDefaultConcurrency > c.TenantMaxConcurrency {
 		r.fail("TENANT_DEFAULT_CONCURRENCY", fmt.Sprintf("%d exceeds TENANT_MAX_CONCURRENCY %d", c.TenantDefaultConcurrency, c.TenantMaxConcurrency))
+	}
+	for _, k := range c.AdminAPIKeys {
+		if len(k) < 16 {
+			r.fail("ADMIN_API_KEYS", "every key must be at least 16 characters")
+			break
+		}
+	}
+	if c.AuthMode == "enabled" && len(c.AdminAPIKeys) == 0 {
+		r.fail("ADMIN_API_KEYS", "at least one admin key is required unless AUTH_MODE=disabled")
 	}
 	if c.ShutdownTimeout <= c.ConsumerDrainTimeout {
 		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))
@@ -161,6 +198,34 @@ func (r *reader) int(name string, def, lo, hi int) int {
 		return def
 	}
 	return n
+}
+
+func (r *reader) float(name string, def, lo, hi float64) float64 {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < lo || f > hi {
+		r.fail(name, fmt.Sprintf("%q is not a number between %g and %g", v, lo, hi))
+		return def
+	}
+	return f
+}
+
+// list reads a comma-separated list; its values are secrets and never echoed.
+func (r *reader) list(name string) []string {
+	v, ok := r.raw(name)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 func (r *reader) dur(name string, def time.Duration) time.Duration {

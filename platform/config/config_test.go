@@ -7,7 +7,20 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+// adminKey is a valid admin key; configuration needs one unless AUTH_MODE=disabled.
+const adminKey = "admin-key-0123456789"
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string {
+		if k == "ADMIN_API_KEYS" {
+			if v, ok := kv[k]; ok {
+				return v
+			}
+			return adminKey
+		}
+		return kv[k]
+	}
+}
 
 func TestDefaults(t *testing.T) {
 	c, err := LoadFrom(env(nil))
@@ -22,6 +35,10 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, "json", c.LogFormat)
 	require.True(t, c.MetricsPerTenant)
 	require.NotEmpty(t, c.ReplicaID)
+	require.Equal(t, "enabled", c.AuthMode)
+	require.Equal(t, []string{adminKey}, c.AdminAPIKeys)
+	require.Zero(t, c.RateLimitDefault)
+	require.Equal(t, 30*time.Second, c.HTTPReadTimeout)
 }
 
 func TestOverrides(t *testing.T) {
@@ -34,7 +51,9 @@ func TestOverrides(t *testing.T) {
 		"TENANT_MAX_CONCURRENCY": "50", "CONSUMER_PREFETCH_PER_WORKER": "8", "CONSUMER_BATCH_SIZE": "16", "STORE_RETRY_INITIAL": "10ms",
 		"STORE_RETRY_BUDGET": "1m", "CONSUMER_DRAIN_TIMEOUT": "3s", "RECONCILE_INTERVAL": "5s",
 		"SHUTDOWN_TIMEOUT": "9s", "REPLICA_ID": "r1", "METRICS_PER_TENANT": "false",
-		"HTTP_READ_HEADER_TIMEOUT": "2s",
+		"HTTP_READ_HEADER_TIMEOUT": "2s", "HTTP_READ_TIMEOUT": "3s", "HTTP_WRITE_TIMEOUT": "4s", "HTTP_IDLE_TIMEOUT": "5s",
+		"HTTP_MAX_HEADER_BYTES": "8192", "AUTH_MODE": "disabled", "ADMIN_API_KEYS": " k1-0123456789abcdef , k2-0123456789abcdef ",
+		"AUTH_CACHE_TTL": "1s", "RATE_LIMIT_DEFAULT": "12.5",
 	}))
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -47,6 +66,9 @@ func TestOverrides(t *testing.T) {
 		PrefetchPerWorker: 8, ConsumerBatchSize: 16, StoreRetryInitial: 10 * time.Millisecond, StoreRetryBudget: time.Minute,
 		ConsumerDrainTimeout: 3 * time.Second, ReconcileInterval: 5 * time.Second, ShutdownTimeout: 9 * time.Second,
 		ReplicaID: "r1", MetricsPerTenant: false,
+		HTTPReadTimeout: 3 * time.Second, HTTPWriteTimeout: 4 * time.Second, HTTPIdleTimeout: 5 * time.Second,
+		HTTPMaxHeaderBytes: 8192, AuthMode: "disabled", AdminAPIKeys: []string{"k1-0123456789abcdef", "k2-0123456789abcdef"},
+		AuthCacheTTL: time.Second, RateLimitDefault: 12.5,
 	}, c)
 }
 
@@ -62,6 +84,9 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"TENANT_DEFAULT_CONCURRENCY": {"TENANT_DEFAULT_CONCURRENCY": "200"},
 		"SHUTDOWN_TIMEOUT":           {"SHUTDOWN_TIMEOUT": "1s"},
 		"LOG_LEVEL":                  {"LOG_LEVEL": "loud"},
+		"ADMIN_API_KEYS":             {"ADMIN_API_KEYS": ""},
+		"RATE_LIMIT_DEFAULT":         {"RATE_LIMIT_DEFAULT": "-1"},
+		"AUTH_MODE":                  {"AUTH_MODE": "open"},
 	}
 	for name, kv := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -70,6 +95,17 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 			require.Contains(t, err.Error(), name)
 		})
 	}
+}
+
+func TestShortAdminKeyIsRefusedWithoutEchoingIt(t *testing.T) {
+	_, err := LoadFrom(env(map[string]string{"ADMIN_API_KEYS": "short-secret"}))
+	require.ErrorContains(t, err, "ADMIN_API_KEYS")
+	require.NotContains(t, err.Error(), "short-secret")
+}
+
+func TestAuthDisabledNeedsNoKeys(t *testing.T) {
+	_, err := LoadFrom(env(map[string]string{"ADMIN_API_KEYS": "", "AUTH_MODE": "disabled"}))
+	require.NoError(t, err)
 }
 
 func TestSecretsAreNotEchoed(t *testing.T) {

@@ -14,6 +14,7 @@ type Tenant struct {
 	Name        string    `json:"name"`
 	Concurrency int       `json:"concurrency"`
 	CreatedAt   time.Time `json:"created_at"`
+	RateLimit   *float64  `json:"rate_limit,omitempty"` // messages per second; nil: the default; 0: unlimited
 }
 
 // TenantProvisioning is published before the transaction that creates a tenant: subscribers make what the
@@ -46,6 +47,12 @@ type TenantCreated struct {
 type TenantConcurrencyChanged struct {
 	TenantID    uuid.UUID `json:"tenant_id"`
 	Concurrency int       `json:"concurrency"`
+}
+
+// TenantRateLimitChanged is published after a tenant's publish rate limit changed. It travels to every replica.
+type TenantRateLimitChanged struct {
+	TenantID  uuid.UUID `json:"tenant_id"`
+	RateLimit *float64  `json:"rate_limit,omitempty"`
 }
 
 // TenantDeleting is published once the tenant's row is gone: publishing to it stops, its consumers drain and

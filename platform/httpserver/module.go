@@ -5,6 +5,7 @@ import (
 	"go.uber.org/fx"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/config"
 )
 
@@ -24,16 +25,22 @@ type Params struct {
 	Config   config.Config
 	Log      *zap.Logger
 	Registry *prometheus.Registry
-	Routes   []Routes `group:"routes"`
-	Checks   []Check  `group:"readiness"`
+	Routes   []Routes            `group:"routes"`
+	Checks   []Check             `group:"readiness"`
+	Auth     *auth.Authenticator `optional:"true"`
 }
 
 // Module runs the HTTP server: it starts last and stops first.
 var Module = fx.Module("httpserver",
 	fx.Provide(func(p Params) *Server {
-		return New(Options{Addr: p.Config.HTTPAddr, MaxBodyBytes: p.Config.HTTPMaxBodyBytes,
-			MaxBatchBodyBytes: p.Config.HTTPMaxBatchBodyBytes,
-			ReadHeaderTimeout: p.Config.HTTPReadHeaderTimeout}, p.Log, p.Registry, p.Routes, p.Checks)
+		o := Options{Addr: p.Config.HTTPAddr, MaxBodyBytes: p.Config.HTTPMaxBodyBytes,
+			MaxBatchBodyBytes: p.Config.HTTPMaxBatchBodyBytes, ReadHeaderTimeout: p.Config.HTTPReadHeaderTimeout,
+			ReadTimeout: p.Config.HTTPReadTimeout, WriteTimeout: p.Config.HTTPWriteTimeout,
+			IdleTimeout: p.Config.HTTPIdleTimeout, MaxHeaderBytes: p.Config.HTTPMaxHeaderBytes}
+		if p.Auth != nil {
+			o.Authenticate = p.Auth.Middleware
+		}
+		return New(o, p.Log, p.Registry, p.Routes, p.Checks)
 	}),
 	fx.Invoke(func(lc fx.Lifecycle, s *Server) { lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop}) }),
 )

@@ -38,6 +38,12 @@ type Options struct {
 	MaxBodyBytes      int64 // the body limit of every endpoint...
 	MaxBatchBodyBytes int64 // ...but those that decode with DecodeJSONLimit and a larger limit, up to this
 	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+	// Authenticate, when set, runs after the body limit on every request (it decides which paths need a key).
+	Authenticate func(http.Handler) http.Handler
 }
 
 // Server is the HTTP server of the service.
@@ -68,6 +74,9 @@ func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Route
 
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, s.instrument, s.recoverer, s.limitBody)
+	if opts.Authenticate != nil {
+		r.Use(opts.Authenticate)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, r, problem.New(problem.KindNotFound, "not-found", "no such resource"))
 	})
@@ -87,7 +96,10 @@ func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Route
 		Addr:              opts.Addr,
 		Handler:           r,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
-		IdleTimeout:       2 * time.Minute,
+		ReadTimeout:       opts.ReadTimeout,
+		WriteTimeout:      opts.WriteTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(s.log),
 	}
 	return s

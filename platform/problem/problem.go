@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
 )
@@ -54,6 +57,8 @@ type Error struct {
 	Detail string
 	Fields []FieldError
 	Err    error // cause, logged but never shown
+	// RetryAfter, when positive, is sent as the Retry-After header (429, 503).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -127,6 +132,10 @@ func From(r *http.Request, err error) Details {
 
 // Write answers err as problem details.
 func Write(w http.ResponseWriter, r *http.Request, err error) {
+	var pe *Error
+	if errors.As(err, &pe) && pe.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(pe.RetryAfter.Seconds()))))
+	}
 	WriteDetails(w, From(r, err))
 }
 

@@ -144,6 +144,15 @@ func TestSwaggerUIListsEveryOperationAndTriesOne(t *testing.T) {
 	require.NoError(t, err)
 	save(t, "swagger-ui.png", png)
 
+	// Authorize with the admin key through the UI's Authorize button (the bearer scheme).
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(".auth-wrapper .authorize")),
+		chromedp.WaitVisible(chromedp.CSS(".modal-ux input")),
+		chromedp.SendKeys(chromedp.CSS(".modal-ux input"), "Bearer "+testenv.AdminKey),
+		chromedp.Click(chromedp.CSS(".modal-ux .auth-btn-wrapper .authorize")),
+		chromedp.Click(chromedp.CSS(".modal-ux .close-modal")),
+	))
+
 	// Try it out: POST /api/v1/tenants with a body typed into the UI.
 	const op = "#operations-tenants-createTenant"
 	name := testenv.RandomName("browser-")

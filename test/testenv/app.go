@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"regexp"
 	"testing"
 	"time"
 
@@ -20,7 +21,12 @@ import (
 // short intervals.
 func (s *Servers) Config(t testing.TB) config.Config {
 	t.Helper()
-	c, err := config.LoadFrom(func(string) string { return "" })
+	c, err := config.LoadFrom(func(k string) string {
+		if k == "ADMIN_API_KEYS" {
+			return AdminKey
+		}
+		return ""
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +42,9 @@ func (s *Servers) Config(t testing.TB) config.Config {
 	c.ConsumerDrainTimeout = 5 * time.Second
 	return c
 }
+
+// AdminKey is the admin API key of every test application; App.Do sends it unless told otherwise.
+const AdminKey = "test-admin-key-0123456789"
 
 // App is a running application.
 type App struct {
@@ -79,7 +88,10 @@ func TryStart(t testing.TB, cfg config.Config, extra ...fx.Option) (*App, error)
 		return nil, err
 	}
 	a.URL = fmt.Sprintf("http://%s", srv.Addr())
-	t.Cleanup(func() { _ = a.Stop() })
+	t.Cleanup(func() {
+		_ = a.Stop()
+		a.checkNoKeyMaterialLogged()
+	})
 	return a, nil
 }
 
@@ -126,4 +138,16 @@ func Wait(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return true
+}
+
+// keyMaterial matches a tenant API key (msk_<id>_<secret>) or the admin key.
+var keyMaterial = regexp.MustCompile(`msk_[A-Za-z0-9_-]{12}_[A-Za-z0-9_-]{20,}|` + regexp.QuoteMeta(AdminKey))
+
+// checkNoKeyMaterialLogged fails the test when any log line of the application, at any level, holds a key.
+func (a *App) checkNoKeyMaterialLogged() {
+	for _, e := range a.Logs.All() {
+		if line := fmt.Sprint(e.Message, " ", e.ContextMap()); keyMaterial.MatchString(line) {
+			a.t.Errorf("API key material in a log line: %s", keyMaterial.ReplaceAllString(line, "<key>"))
+		}
+	}
 }

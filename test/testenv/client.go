@@ -37,7 +37,8 @@ func (r Response) Map(t testing.TB) map[string]any {
 }
 
 // Do sends a request with a JSON body (a string or []byte is sent as is, anything else is marshalled) and
-// the given headers (name, value pairs).
+// the given headers (name, value pairs). It authenticates with AdminKey unless the headers set Authorization
+// (an empty value sends none).
 func (a *App) Do(method, path string, body any, headers ...string) Response {
 	a.t.Helper()
 	var rd io.Reader
@@ -61,8 +62,12 @@ func (a *App) Do(method, path string, body any, headers ...string) Response {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set("Authorization", "Bearer "+AdminKey)
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
+	}
+	if req.Header.Get("Authorization") == "" {
+		req.Header.Del("Authorization")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

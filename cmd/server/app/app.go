@@ -8,6 +8,7 @@ import (
 	"github.com/acme/msgsvc/modules/consumer"
 	"github.com/acme/msgsvc/modules/messaging"
 	"github.com/acme/msgsvc/modules/tenant"
+	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
@@ -33,6 +34,7 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		events.Module,
 		database.Module,
 		broker.Module,
+		auth.Module,
 		tenant.Module,
 		messaging.Module,
 		consumer.Module,

@@ -1,0 +1,103 @@
+package auth
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+)
+
+func TestKeyFormat(t *testing.T) {
+	key, id, hash := NewKey()
+	require.True(t, strings.HasPrefix(key, Prefix))
+	gotID, secret, ok := Parse(key)
+	require.True(t, ok)
+	require.Equal(t, id, gotID)
+	require.Equal(t, hash, Hash(secret))
+	require.GreaterOrEqual(t, len(secret), 40, "256 bits of randomness")
+	other, _, _ := NewKey()
+	require.NotEqual(t, key, other)
+	for _, bad := range []string{"", "msk_", "msk_short", "xyz_AAAAAAAAAAAA_secret", "msk_AAAAAAAAAAAAXsecret"} {
+		_, _, ok := Parse(bad)
+		require.False(t, ok, bad)
+	}
+}
+
+// memKeys is an in-memory TenantKeys that counts lookups.
+type memKeys struct {
+	rows map[string]struct {
+		tenant uuid.UUID
+		hash   []byte
+	}
+	lookups int
+}
+
+func (m *memKeys) KeyHash(_ context.Context, id string) (uuid.UUID, []byte, bool, error) {
+	m.lookups++
+	r, ok := m.rows[id]
+	return r.tenant, r.hash, ok, nil
+}
+
+func TestMiddleware(t *testing.T) {
+	tenant := uuid.New()
+	key, id, hash := NewKey()
+	keys := &memKeys{rows: map[string]struct {
+		tenant uuid.UUID
+		hash   []byte
+	}{id: {tenant, hash}}}
+	a := New(Options{AdminKeys: []string{"admin-key-0123456789"}, CacheTTL: time.Minute}, keys, zap.NewNop())
+	var got Principal
+	h := a.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, _ = FromContext(r.Context())
+	}))
+	call := func(path, authz string) int {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		if authz != "" {
+			req.Header.Set("Authorization", authz)
+		}
+		got = Principal{}
+		h.ServeHTTP(rec, req)
+		if rec.Code == http.StatusUnauthorized {
+			require.Equal(t, `Bearer realm="msgsvc"`, rec.Header().Get("WWW-Authenticate"))
+		}
+		return rec.Code
+	}
+	require.Equal(t, 200, call("/healthz", ""), "probes are public")
+	require.Equal(t, 401, call("/api/v1/tenants", ""))
+	require.Equal(t, 401, call("/api/v1/tenants", "Basic abc"))
+	require.Equal(t, 401, call("/api/v1/tenants", "Bearer nope"))
+	require.Equal(t, 401, call("/api/v1/tenants", "Bearer "+key+"x"))
+	require.Equal(t, 200, call("/api/v1/tenants", "Bearer admin-key-0123456789"))
+	require.True(t, got.Admin)
+	require.Equal(t, 200, call("/api/v1/tenants", "bearer "+key))
+	require.Equal(t, Principal{TenantID: tenant, KeyID: id}, got)
+	require.Equal(t, 200, call("/api/v1/messages", "Bearer "+key))
+	require.Equal(t, 1, keys.lookups, "one lookup per key id within the cache TTL")
+
+	ctx := WithPrincipal(context.Background(), got)
+	require.True(t, CanAccessTenant(ctx, tenant))
+	require.False(t, CanAccessTenant(ctx, uuid.New()))
+	require.ErrorIs(t, RequireAdmin(ctx), ErrForbidden)
+	require.NoError(t, RequireAdmin(WithPrincipal(context.Background(), Principal{Admin: true})))
+
+	a.ForgetTenant(tenant)
+	delete(keys.rows, id)
+	require.Equal(t, 401, call("/api/v1/messages", "Bearer "+key), "a forgotten, deleted key is refused")
+}
+
+func TestDisabled(t *testing.T) {
+	a := New(Options{Disabled: true}, &memKeys{}, zap.NewNop())
+	var got Principal
+	h := a.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got, _ = FromContext(r.Context()) }))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/tenants", nil))
+	require.Equal(t, 200, rec.Code)
+	require.True(t, got.Admin)
+}
