@@ -59,6 +59,7 @@ type options struct {
 	repeat       int
 	storeTimeout time.Duration
 	out          string
+	serverPkg    string
 	cpuprofile   bool
 	strict       bool
 	keep         bool
@@ -104,6 +105,7 @@ func parseFlags() options {
 	flag.IntVar(&o.repeat, "repeat", 1, "run scenarios 1-3 this many times and report the run with the median stored/s (the machine is noisy)")
 	flag.DurationVar(&o.storeTimeout, "store-timeout", 60*time.Second, "give up waiting for storage after this long without progress")
 	flag.StringVar(&o.out, "out", "test/output/bench.json", "JSON report path (relative to the module root)")
+	flag.StringVar(&o.serverPkg, "server-pkg", "./cmd/server", "main package of the server to build and run (e.g. a build that adds net/http/pprof)")
 	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "fetch a 20 s CPU profile from the service during scenario 1 (when it exposes /debug/pprof)")
 	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed (errors always exit 1)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the databases and virtual hosts for inspection")
@@ -204,7 +206,7 @@ func run() int {
 
 	needServer := opt.scenarios[1] || opt.scenarios[2] || opt.scenarios[4] || opt.scenarios[5]
 	if needServer {
-		fmt.Println("building the server (go build -o .dev/bench/server ./cmd/server)")
+		fmt.Printf("building the server (go build -o .dev/bench/server %s)\n", opt.serverPkg)
 		if err := r.buildServer(ctx); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1

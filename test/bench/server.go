@@ -21,11 +21,11 @@ import (
 // buildServer builds the real server binary, as a deployment would run it.
 func (r *runner) buildServer(ctx context.Context) error {
 	r.binary = filepath.Join(r.root, ".dev", "bench", "server")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", r.binary, "./cmd/server")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", r.binary, r.opt.serverPkg)
 	cmd.Dir = r.root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("go build ./cmd/server: %w\n%s", err, out)
+		return fmt.Errorf("go build %s: %w\n%s", r.opt.serverPkg, err, out)
 	}
 	return nil
 }
