@@ -87,9 +87,8 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		defer close(g.done)
 		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
 		started <- g.err
-		if g.err != nil && !g.stopping.Load() {
+		if g.err != nil && !g.stopping.Swap(true) {
 			rt.log.Warn("consumer failed to start; reconciliation will retry", zap.String("tenant_id", tc.id.String()), zap.Error(g.err))
-			g.stopping.Store(true)
 			close(g.stopped)
 			g.workersDone.Wait()
 			g.c.Close()
