@@ -153,6 +153,8 @@ type runner struct {
 	postmaster int
 	envs       []*benchEnv
 	servers    []*server
+
+	lastAttempt bool // a scenario reports what it measured, failures included, instead of asking for a rerun
 }
 
 func main() {
@@ -279,8 +281,10 @@ func (r *runner) runScenario(ctx context.Context, id, n, runs int) *Scenario {
 		fmt.Printf("\n== scenario %d: %s\n", id, name)
 	}
 	var retried []string
+	const attempts = 3
 	for attempt := 0; ; attempt++ {
 		s := newScenario(id, name)
+		r.lastAttempt = attempt == attempts-1
 		if err := r.waitHealthy(ctx, 5*time.Minute); err != nil {
 			s.Status, s.Note = "error", err.Error()
 			return s
@@ -291,7 +295,7 @@ func (r *runner) runScenario(ctx context.Context, id, n, runs int) *Scenario {
 		err := fn(ctx, s)
 		r.stopServers()
 		r.dropEnvs()
-		if err != nil && ctx.Err() == nil && attempt < 2 && (r.healthy(ctx) != nil || looksLikeOutage(err)) {
+		if err != nil && ctx.Err() == nil && !r.lastAttempt && (r.healthy(ctx) != nil || looksLikeOutage(err)) {
 			fmt.Printf("   failed while the servers were down (%v); running it again\n", err)
 			retried = append(retried, truncate(err.Error(), 120))
 			continue
