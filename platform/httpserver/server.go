@@ -67,9 +67,9 @@ func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Route
 	}, []string{"method", "route", "status"})
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: metrics.Namespace, Name: "http_request_duration_seconds",
-		Help:    "HTTP request latency by method and route pattern.",
+		Help:    "HTTP request latency by method, route pattern and status code.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"method", "route"})
+	}, []string{"method", "route", "status"})
 	reg.MustRegister(s.reqs, s.latency)
 
 	r := chi.NewRouter()
@@ -183,7 +183,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		}
 		elapsed := time.Since(start)
 		s.reqs.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
-		s.latency.WithLabelValues(r.Method, route).Observe(elapsed.Seconds())
+		s.latency.WithLabelValues(r.Method, route, strconv.Itoa(status)).Observe(elapsed.Seconds())
 		if route == "/healthz" || route == "/readyz" || route == "/metrics" {
 			return
 		}
