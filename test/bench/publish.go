@@ -111,6 +111,7 @@ func (r *runner) prepareService(ctx context.Context, id int, s *Scenario) (*serv
 func (r *runner) waitConsumers(ctx context.Context, srv *server, want int, since time.Time, timeout time.Duration) (time.Duration, error) {
 	deadline := time.Now().Add(timeout)
 	last := -1.0
+	said := time.Now()
 	for {
 		m, err := srv.metrics(ctx, r.client)
 		if err == nil {
@@ -118,6 +119,10 @@ func (r *runner) waitConsumers(ctx context.Context, srv *server, want int, since
 			if last >= float64(want) {
 				return time.Since(since), nil
 			}
+		}
+		if want > 100 && time.Since(said) >= 5*time.Second {
+			fmt.Printf("   %5.1f s: %v of %d consumers running\n", time.Since(since).Seconds(), last, want)
+			said = time.Now()
 		}
 		if !srv.alive() {
 			return 0, srv.deadErr()
