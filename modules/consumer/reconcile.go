@@ -59,6 +59,11 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	for _, id := range stale {
+		// The tenant list was read at the start of this run; a tenant created since then has a consumer but
+		// is not in it. Stop only what the database confirms is gone.
+		if _, exists, err := r.dir.Tenant(ctx, id); err != nil || exists {
+			continue
+		}
 		r.log.Info("stopping the consumer of a tenant that no longer exists", zap.String("tenant_id", id.String()))
 		r.metrics.repairs.WithLabelValues("stale_consumer").Inc()
 		r.Stop(ctx, id, "tenant gone")

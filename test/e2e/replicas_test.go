@@ -134,3 +134,29 @@ func scrape(t *testing.T, base string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// A reconciliation that runs while tenants are being created must not stop their new consumers.
+func TestReconcileDoesNotStopNewTenants(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = 20 * time.Millisecond
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	ids := make([]string, 40)
+	done := make(chan struct{})
+	sem := make(chan struct{}, 8)
+	for i := range ids {
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem; done <- struct{}{} }()
+			ids[i] = a.CreateTenant(fmt.Sprintf("racing-%d", i), 1)
+		}()
+	}
+	for range ids {
+		<-done
+	}
+	for _, id := range ids {
+		require.Equal(t, 1, rt.Workers(uuid.MustParse(id)), "consumer of %s running right after its creation", id)
+	}
+	require.Empty(t, a.Logs.FilterMessage("stopping the consumer of a tenant that no longer exists").All())
+}
