@@ -2,6 +2,7 @@ package messaging
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -262,7 +263,7 @@ func (s *Service) Handle(ctx context.Context, tenantID uuid.UUID, ds []amqp.Deli
 	if len(msgs) == 0 {
 		return errs
 	}
-	res, err := s.db.NewInsert().Model(&msgs).On("CONFLICT (tenant_id, id) DO NOTHING").Exec(ctx)
+	res, err := s.insert(ctx, tenantID, msgs)
 	if err != nil {
 		err = fmt.Errorf("store %d messages: %w", len(msgs), err)
 		for _, i := range idx {
@@ -281,6 +282,26 @@ func (s *Service) Handle(ctx context.Context, tenantID uuid.UUID, ds []amqp.Deli
 		s.metrics.latency.Observe(done.Sub(m.CreatedAt).Seconds())
 	}
 	return errs
+}
+
+// insertSQL stores a batch in one statement whose text does not depend on the batch: the rows travel as three
+// array parameters, so pgx prepares it once per connection and PostgreSQL plans it once, and no payload is
+// ever formatted into SQL text. Rows already stored (a redelivery) are skipped.
+const insertSQL = `INSERT INTO messages (id, tenant_id, payload, created_at)
+SELECT m.id::uuid, $1::uuid, m.payload::jsonb, m.created_at::timestamptz
+FROM unnest($2::text[], $3::text[], $4::text[]) AS m(id, payload, created_at)
+ON CONFLICT (tenant_id, id) DO NOTHING`
+
+func (s *Service) insert(ctx context.Context, tenantID uuid.UUID, msgs []Message) (sql.Result, error) {
+	ids := make([]string, len(msgs))
+	payloads := make([]string, len(msgs))
+	created := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.ID.String()
+		payloads[i] = string(m.Payload)
+		created[i] = m.CreatedAt.UTC().Format(time.RFC3339Nano)
+	}
+	return s.db.DB.ExecContext(ctx, insertSQL, tenantID.String(), ids, payloads, created)
 }
 
 // List returns a page of a tenant's messages, newest first.
