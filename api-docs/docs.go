@@ -835,7 +835,12 @@ const docTemplate = `{
         },
         "/api/v1/tenants/{id}/dead-letters": {
             "get": {
-                "description": "Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload.",
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload. Admin key required.",
                 "produces": [
                     "application/json"
                 ],

@@ -73,9 +73,10 @@ func limitParam(r *http.Request, def, max int) (int, error) {
 //
 //	@Summary		Look at a tenant's dead-lettered messages
 //	@ID				listDeadLetters
-//	@Description	Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload.
+//	@Description	Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload. Admin key required.
 //	@Tags			dead-letters
 //	@Produce		json
+//	@Security		BearerAuth
 //	@Param			id		path		string	true	"Tenant id (UUID)"			format(uuid)
 //	@Param			limit	query		int		false	"How many to show, 1..100"	default(20)
 //	@Success		200		{object}	DeadLetters
