@@ -95,6 +95,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// ReplicaID names this process among replicas (REPLICA_ID); default: host name and process id.
 	ReplicaID string
+	// PprofAddr, when set, serves net/http/pprof on this address, apart from the API (PPROF_ADDR).
+	PprofAddr string
 	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
 	MetricsPerTenant bool
 }
@@ -142,6 +144,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ReconcileInterval:        r.dur("RECONCILE_INTERVAL", 30*time.Second),
 		ShutdownTimeout:          r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReplicaID:                r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
+		PprofAddr:                r.str("PPROF_ADDR", ""),
 		MetricsPerTenant:         r.bool("METRICS_PER_TENANT", true),
 	}
 	if c.TenantDefaultConcurrency > c.TenantMaxConcurrency {

@@ -42,5 +42,11 @@ var Module = fx.Module("httpserver",
 		}
 		return New(o, p.Log, p.Registry, p.Routes, p.Checks)
 	}),
-	fx.Invoke(func(lc fx.Lifecycle, s *Server) { lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop}) }),
+	fx.Invoke(func(lc fx.Lifecycle, s *Server, c config.Config, log *zap.Logger) {
+		lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
+		if c.PprofAddr != "" {
+			p := NewProfiler(c.PprofAddr, log)
+			lc.Append(fx.Hook{OnStart: p.Start, OnStop: p.Stop})
+		}
+	}),
 )

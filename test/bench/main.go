@@ -106,7 +106,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.storeTimeout, "store-timeout", 60*time.Second, "give up waiting for storage after this long without progress")
 	flag.StringVar(&o.out, "out", "test/output/bench.json", "JSON report path (relative to the module root)")
 	flag.StringVar(&o.serverPkg, "server-pkg", "./cmd/server", "main package of the server to build and run (e.g. a build that adds net/http/pprof)")
-	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "fetch a 20 s CPU profile from the service during scenario 1 (when it exposes /debug/pprof)")
+	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "fetch a 20 s CPU profile from the service during scenario 1 (the server runs with PPROF_ADDR)")
 	flag.BoolVar(&o.strict, "strict", false, "exit 1 when a target is missed (errors always exit 1)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the databases and virtual hosts for inspection")
 	flag.Var(envFlag{&o.serverEnv}, "env", "extra KEY=VALUE for the server's environment (repeatable), e.g. -env METRICS_PER_TENANT=false")

@@ -420,7 +420,7 @@ func (r *runner) startProfile(ctx context.Context, srv *server, s *Scenario) fun
 	if !r.opt.cpuprofile {
 		return func() {}
 	}
-	status, _, err := r.do(ctx, http.MethodGet, srv.URL+"/debug/pprof/", nil)
+	status, _, err := r.do(ctx, http.MethodGet, srv.PprofURL+"/debug/pprof/", nil)
 	if err != nil || status != http.StatusOK {
 		s.Note = strings.TrimSpace(s.Note + "\n-cpuprofile: the service exposes no /debug/pprof; skipped")
 		return func() {}
@@ -428,7 +428,7 @@ func (r *runner) startProfile(ctx context.Context, srv *server, s *Scenario) fun
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		status, out, err := r.do(ctx, http.MethodGet, srv.URL+"/debug/pprof/profile?seconds=20", nil)
+		status, out, err := r.do(ctx, http.MethodGet, srv.PprofURL+"/debug/pprof/profile?seconds=20", nil)
 		path := filepath.Join(r.root, "test", "output", "bench-cpu.pprof")
 		switch {
 		case err != nil:

@@ -32,12 +32,13 @@ func (r *runner) buildServer(ctx context.Context) error {
 
 // server is the service running as a separate process.
 type server struct {
-	URL     string
-	cmd     *exec.Cmd
-	logPath string
-	exited  chan struct{}
-	waitErr error
-	started time.Time
+	URL      string
+	PprofURL string // the service's PPROF_ADDR, when -cpuprofile
+	cmd      *exec.Cmd
+	logPath  string
+	exited   chan struct{}
+	waitErr  error
+	started  time.Time
 }
 
 func (s *server) PID() int { return s.cmd.Process.Pid }
@@ -89,6 +90,15 @@ func (r *runner) spawnServer(e *benchEnv, name string) (*server, error) {
 			env = append(env, k+"="+v)
 		}
 	}
+	var pprofURL string
+	if r.opt.cpuprofile {
+		pp, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		env = append(env, fmt.Sprintf("PPROF_ADDR=127.0.0.1:%d", pp))
+		pprofURL = fmt.Sprintf("http://127.0.0.1:%d", pp)
+	}
 	env = append(env, r.opt.serverEnv...)
 	logPath := filepath.Join(r.root, ".dev", "bench", "server-"+name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -103,7 +113,7 @@ func (r *runner) spawnServer(e *benchEnv, name string) (*server, error) {
 	// Own process group (a Ctrl-C reaches the harness, which stops the server itself), and the kernel ends the
 	// server should the harness die without cleaning up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	s := &server{URL: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, logPath: logPath, exited: make(chan struct{})}
+	s := &server{URL: fmt.Sprintf("http://127.0.0.1:%d", port), PprofURL: pprofURL, cmd: cmd, logPath: logPath, exited: make(chan struct{})}
 	s.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
