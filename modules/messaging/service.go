@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/uptrace/bun"
 	"go.uber.org/zap"
@@ -264,6 +266,18 @@ func (s *Service) Handle(ctx context.Context, tenantID uuid.UUID, ds []amqp.Deli
 		return errs
 	}
 	res, err := s.insert(ctx, tenantID, msgs)
+	if err != nil && isDataError(err) {
+		// PostgreSQL refuses a value of the data itself: no retry can store that message, and in a multi-row
+		// insert it would fail every other one. Store one by one, so that only the refused ones are dead-lettered.
+		if len(msgs) == 1 {
+			errs[idx[0]] = broker.Permanent(fmt.Errorf("store message: %w", err))
+			return errs
+		}
+		for _, i := range idx {
+			errs[i] = s.Handle(ctx, tenantID, ds[i:i+1])[0]
+		}
+		return errs
+	}
 	if err != nil {
 		err = fmt.Errorf("store %d messages: %w", len(msgs), err)
 		for _, i := range idx {
@@ -302,6 +316,13 @@ func (s *Service) insert(ctx context.Context, tenantID uuid.UUID, msgs []Message
 		created[i] = m.CreatedAt.UTC().Format(time.RFC3339Nano)
 	}
 	return s.db.DB.ExecContext(ctx, insertSQL, tenantID.String(), ids, payloads, created)
+}
+
+// isDataError reports whether err is PostgreSQL refusing a value (SQLSTATE class 22, data exception: a number
+// out of range, invalid JSON or text, a time it cannot represent), which no retry mends.
+func isDataError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
 }
 
 // List returns a page of a tenant's messages, newest first.
