@@ -36,16 +36,23 @@ func (m Message) cursor() pagination.Cursor {
 const HeaderCreatedAt = "x-created-at"
 
 // errPayload explains what a payload must be.
-var errPayload = errors.New("payload must be a JSON object or array of valid UTF-8 without \\u0000")
+var errPayload = errors.New("payload must be a JSON object or array of valid UTF-8 without \\u0000 or lone surrogate escapes, " +
+	"whose numbers fit PostgreSQL's numeric")
 
 // validPayload reports whether raw is a JSON object or array that PostgreSQL's jsonb accepts.
 func validPayload(raw []byte) bool {
-	return storablePayload(raw) && json.Valid(raw)
+	return plausiblePayload(raw) && json.Valid(raw) && jsonbCompatible(raw)
 }
 
 // storablePayload is validPayload for raw that is already known to be valid JSON (a json.RawMessage the
-// request decoder produced): an object or array, valid UTF-8, without \u0000, which jsonb refuses.
+// request decoder produced).
 func storablePayload(raw []byte) bool {
+	return plausiblePayload(raw) && jsonbCompatible(raw)
+}
+
+// plausiblePayload checks what is cheap to check: an object or array, valid UTF-8, without \u0000, which
+// jsonb refuses.
+func plausiblePayload(raw []byte) bool {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || (raw[0] != '{' && raw[0] != '[') {
 		return false
