@@ -91,6 +91,8 @@ func validateName(name *string) (string, error) {
 	switch {
 	case !utf8.ValidString(n):
 		return "", problem.Invalid("name", "must be valid UTF-8")
+	case strings.ContainsRune(n, 0): // PostgreSQL's text cannot hold it
+		return "", problem.Invalid("name", "must not contain \\u0000")
 	case n == "":
 		return "", problem.Invalid("name", "must not be empty")
 	case utf8.RuneCountInString(n) > 255:
