@@ -1,6 +1,7 @@
 package httpserver
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -40,7 +42,16 @@ func DecodeJSONLimit(r *http.Request, dst any, limit int64) error {
 	} else {
 		return problem.New(problem.KindUnsupported, "unsupported-media-type", "the Content-Type header must be application/json")
 	}
-	dec := json.NewDecoder(r.Body)
+	// encoding/json would replace invalid UTF-8 with U+FFFD, silently changing what the client sent; JSON
+	// between systems must be UTF-8 (RFC 8259), so such a body is refused instead.
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return decodeError(err)
+	}
+	if !utf8.Valid(body) {
+		return problem.New(problem.KindInvalid, "malformed-json", "the request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
 		return decodeError(err)
