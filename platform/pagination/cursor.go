@@ -40,11 +40,12 @@ func (c Cursor) Encode() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// Decode parses an opaque cursor or an RFC 3339 timestamp.
+// Decode parses an opaque cursor or an RFC 3339 timestamp. Its time is in years 1 and later, which is what
+// PostgreSQL can compare with (it has no year 0); every time a message or tenant can have round-trips.
 func Decode(s string) (Cursor, error) {
 	if strings.ContainsAny(s, ":") {
 		t, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
+		if err != nil || t.UTC().Year() < 1 {
 			return Cursor{}, ErrInvalidCursor
 		}
 		return Cursor{CreatedAt: t.UTC()}, nil
@@ -53,13 +54,14 @@ func Decode(s string) (Cursor, error) {
 	if err != nil || len(b) != 25 || b[0] != cursorVersion {
 		return Cursor{}, ErrInvalidCursor
 	}
-	micros := int64(binary.BigEndian.Uint64(b[1:9]))
-	if micros < 0 {
+	// Negative: before 1970, which a message published straight to RabbitMQ may claim (x-created-at).
+	t := time.UnixMicro(int64(binary.BigEndian.Uint64(b[1:9]))).UTC()
+	if t.Year() < 1 {
 		return Cursor{}, ErrInvalidCursor
 	}
 	var id uuid.UUID
 	copy(id[:], b[9:])
-	return Cursor{CreatedAt: time.UnixMicro(micros).UTC(), ID: id}, nil
+	return Cursor{CreatedAt: t, ID: id}, nil
 }
 
 // ParseLimit parses a page size; "" means DefaultLimit.
