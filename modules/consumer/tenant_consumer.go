@@ -43,6 +43,14 @@ type generation struct {
 	workersDone sync.WaitGroup
 	done        chan struct{} // closed when go-rabbitmq's Run returned
 	err         error         // Run's error, valid after done
+	// chanMu orders everything sent on the consumer's channel before the channel's close: acks, nacks and
+	// rejects hold it shared and are skipped once closed is set (the closing channel returns their deliveries
+	// to the queue), handOver holds it shared while it runs, and the stop holds it exclusively to set closed
+	// before it closes the channel. A frame that reaches the broker after the channel's close is a connection
+	// error (CHANNEL_ERROR, "expected 'channel.open'"), which closes the connection every tenant's consumers and
+	// the publishers share.
+	chanMu sync.RWMutex
+	closed bool
 }
 
 func (g *generation) alive() bool {
@@ -71,6 +79,9 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,
 		rabbitmq.WithConsumerOptionsConcurrency(1),
 		rabbitmq.WithConsumerOptionsQOSPrefetch(prefetch),
+		// go-rabbitmq's graceful close nacks deliveries that arrive while it waits for the handler, concurrently
+		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
+		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
 		rabbitmq.WithConsumerOptionsLogger(broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String())))),
 	)
@@ -134,6 +145,9 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 		rt.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it",
 			zap.String("tenant_id", tc.id.String()))
 	}
+	g.chanMu.Lock() // waits for a running handOver and settlements
+	g.closed = true
+	g.chanMu.Unlock()
 	if g.alive() {
 		g.c.CloseWithContext(ctx)
 	}
@@ -168,12 +182,15 @@ func (tc *tenantConsumer) stop(ctx context.Context, reason string) {
 }
 
 // handOver runs on go-rabbitmq's handler goroutine: it passes the delivery to the store workers, which settle
-// it themselves, or returns it to the queue when the generation is stopping.
+// it themselves, or, when the generation is stopping, leaves it unacknowledged: the channel's close returns it
+// to the queue (a nack now could reach the broker after the close).
 func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.Action {
+	g.chanMu.RLock()
+	defer g.chanMu.RUnlock()
 	label := tc.rt.metrics.tenant(tc.id)
 	if g.stopping.Load() {
 		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
-		return rabbitmq.NackRequeue
+		return rabbitmq.Manual
 	}
 	tc.rt.metrics.inflight.WithLabelValues(label).Inc()
 	select {
@@ -182,7 +199,7 @@ func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.
 	case <-g.stopped:
 		tc.rt.metrics.inflight.WithLabelValues(label).Dec()
 		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
-		return rabbitmq.NackRequeue
+		return rabbitmq.Manual
 	}
 }
 
@@ -221,7 +238,7 @@ func (tc *tenantConsumer) requeueWaiting(g *generation) {
 	for {
 		select {
 		case d := <-g.pending:
-			tc.settle(d, d.Nack(false, true))
+			tc.settle(g, d, func() error { return d.Nack(false, true) })
 			tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
 			tc.rt.metrics.inflight.WithLabelValues(label).Dec()
 		default:
@@ -255,7 +272,7 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			// and the service's cost of one ack per delivery. (With several workers, lower tags may still be in
 			// another worker's batch, so each delivery is acked on its own.)
 			last := remaining[len(remaining)-1]
-			tc.settle(last, last.Ack(true))
+			tc.settle(g, last, func() error { return last.Ack(true) })
 			return
 		}
 		var retry []rabbitmq.Delivery
@@ -263,11 +280,11 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 		for i, d := range remaining {
 			switch err := errs[i]; {
 			case err == nil:
-				tc.settle(d, d.Ack(false))
+				tc.settle(g, d, func() error { return d.Ack(false) })
 			case broker.IsPermanent(err):
 				rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
 					zap.String("message_id", d.MessageId), zap.Error(err))
-				tc.deadLetter(d, "undecodable", err)
+				tc.deadLetter(g, d, "undecodable", err)
 			default:
 				retry, lastErr = append(retry, d), err
 			}
@@ -278,7 +295,7 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 		remaining = retry
 		if g.stopping.Load() {
 			for _, d := range remaining {
-				tc.settle(d, d.Nack(false, true))
+				tc.settle(g, d, func() error { return d.Nack(false, true) })
 				rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
 			}
 			return
@@ -288,11 +305,11 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 				zap.Int("deliveries", len(remaining)), zap.Int("attempts", attempt), zap.Error(lastErr))
 			for _, d := range remaining {
 				if deliveryCount(d.Headers)+1 >= int64(rt.opts.DeliveryLimit) {
-					tc.deadLetter(d, "retries_exhausted", lastErr)
+					tc.deadLetter(g, d, "retries_exhausted", lastErr)
 					continue
 				}
 				rt.metrics.requeued.WithLabelValues(label, "retry_budget").Inc()
-				tc.settle(d, d.Reject(true))
+				tc.settle(g, d, func() error { return d.Reject(true) })
 			}
 			return
 		}
@@ -342,7 +359,7 @@ const (
 
 // deadLetter publishes d to the tenant's dead-letter queue with the reason and the last error in its headers,
 // then acks it; when that publish fails it rejects d, and the broker dead-letters it without them.
-func (tc *tenantConsumer) deadLetter(d rabbitmq.Delivery, reason string, cause error) {
+func (tc *tenantConsumer) deadLetter(g *generation, d rabbitmq.Delivery, reason string, cause error) {
 	rt := tc.rt
 	headers := map[string]any{}
 	for k, v := range d.Headers {
@@ -362,17 +379,23 @@ func (tc *tenantConsumer) deadLetter(d rabbitmq.Delivery, reason string, cause e
 	if err != nil {
 		rt.log.Warn("could not publish to the dead-letter queue; rejecting instead", zap.String("tenant_id", tc.id.String()),
 			zap.String("message_id", d.MessageId), zap.Error(err))
-		tc.settle(d, d.Reject(false))
+		tc.settle(g, d, func() error { return d.Reject(false) })
 	} else {
-		tc.settle(d, d.Ack(false))
+		tc.settle(g, d, func() error { return d.Ack(false) })
 	}
 	rt.metrics.deadLettered.WithLabelValues(rt.metrics.tenant(tc.id), reason).Inc()
 }
 
-// settle logs a failed ack, nack or reject: the channel closed (a broker restart), and the broker redelivers
-// the message, which idempotent storage absorbs.
-func (tc *tenantConsumer) settle(d rabbitmq.Delivery, err error) {
-	if err != nil {
+// settle acks, nacks or rejects d with fn unless the generation's channel is closed or closing (its close
+// returns d to the queue), and logs a failure: the channel closed (a broker restart), and the broker
+// redelivers the message, which idempotent storage absorbs.
+func (tc *tenantConsumer) settle(g *generation, d rabbitmq.Delivery, fn func() error) {
+	g.chanMu.RLock()
+	defer g.chanMu.RUnlock()
+	if g.closed {
+		return
+	}
+	if err := fn(); err != nil {
 		tc.rt.log.Warn("could not settle delivery; the broker will redeliver it", zap.String("tenant_id", tc.id.String()),
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}
