@@ -1,0 +1,102 @@
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/acme/msgsvc/modules/consumer"
+	"github.com/acme/msgsvc/test/testenv"
+)
+
+// publishBatches publishes n messages to tenant through the batch endpoint and returns the accepted ids.
+func publishBatches(t *testing.T, baseURL, tenant string, n int) []string {
+	t.Helper()
+	var ids []string
+	for len(ids) < n {
+		size := min(1000, n-len(ids))
+		msgs := make([]map[string]any, size)
+		for i := range msgs {
+			msgs[i] = map[string]any{"payload": map[string]any{"i": len(ids) + i, "pad": "backlog"}}
+		}
+		body, _ := json.Marshal(map[string]any{"tenant_id": tenant, "messages": msgs})
+		status, raw, err := call(http.DefaultClient, http.MethodPost, baseURL+"/api/v1/messages/batch", body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusAccepted, status, string(raw))
+		var acc struct {
+			IDs []string `json:"ids"`
+		}
+		require.NoError(t, json.Unmarshal(raw, &acc))
+		require.Len(t, acc.IDs, size)
+		ids = append(ids, acc.IDs...)
+	}
+	return ids
+}
+
+// TestSIGTERMWithBacklog stops the service with SIGTERM while its consumers work through a backlog: it exits
+// with code 0 within SHUTDOWN_TIMEOUT, the batches in flight finish and are acked (what is stored is no longer
+// in the queue, what is not stored still is), the queues keep the rest, and a restart drains it.
+func TestSIGTERMWithBacklog(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ConsumerDrainTimeout = 10 * time.Second
+	cfg.ShutdownTimeout = 20 * time.Second
+	// Small batches and one worker per tenant: the backlog lasts, and many deliveries wait in the prefetch.
+	cfg.ConsumerBatchSize = 2
+	cfg.PrefetchPerWorker = 16
+	first := startProc(t, "term-1", cfg)
+	tenants := []string{createTenant(t, first.URL, "term-a", 1), createTenant(t, first.URL, "term-b", 1)}
+
+	const perTenant = 10_000
+	acc := map[string]string{}
+	for _, tn := range tenants {
+		for _, id := range publishBatches(t, first.URL, tn, perTenant) {
+			acc[id] = tn
+		}
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	storedOf := func(tenant string) int {
+		return testenv.Count(t, conn, "SELECT count(*) FROM messages WHERE tenant_id = $1", uuid.MustParse(tenant))
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return storedOf(tenants[0]) > 0 && storedOf(tenants[1]) > 0 },
+		"consumers did not start storing")
+
+	elapsed := first.signal(syscall.SIGTERM, cfg.ShutdownTimeout+15*time.Second)
+	require.Equal(t, 0, first.exitCode(), "exit code after SIGTERM")
+	require.Less(t, elapsed, cfg.ShutdownTimeout, "stopped within SHUTDOWN_TIMEOUT")
+	require.Empty(t, first.logLines("drain timeout"), "in-flight work did not finish within the drain timeout")
+	require.NotEmpty(t, first.logLines("all consumers stopped"))
+	require.Empty(t, first.logLines(`"level":"error"`), "errors logged during the stop")
+
+	// Every message is in exactly one place: stored (and acked), or back in its queue.
+	var stored, queued int
+	for _, tn := range tenants {
+		q := consumer.QueueName(uuid.MustParse(tn))
+		testenv.Eventually(t, 10*time.Second, func() bool { _, _, c := testenv.QueueState(t, cfg.AMQPURL, q); return c == 0 },
+			"queue %s still has consumers", q)
+		_, ready, _ := testenv.QueueState(t, cfg.AMQPURL, q)
+		n := storedOf(tn)
+		require.Equal(t, perTenant, n+ready, "tenant %s: %d stored + %d in the queue", tn, n, ready)
+		require.Positive(t, ready, "tenant %s: the queue keeps the backlog", tn)
+		stored, queued = stored+n, queued+ready
+	}
+
+	second := startProc(t, "term-2", cfg)
+	o := settle(t, cfg.DatabaseURL, cfg.AMQPURL, tenants, acc, 120*time.Second)
+	require.Zero(t, o.deadLettered)
+	dups := metric(t, second.URL, "msgsvc_messages_duplicates_total")
+	require.Zero(t, dups, "the restarted process saw deliveries that were already stored: acked too late")
+	t.Logf("SIGTERM with a backlog: exit code 0 after %s (SHUTDOWN_TIMEOUT %s); at stop %d stored and acked, %d kept in the queues",
+		elapsed.Round(time.Millisecond), cfg.ShutdownTimeout, stored, queued)
+	t.Logf("after the restart: %s; redeliveries absorbed %.0f", o, dups)
+}
