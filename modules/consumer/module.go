@@ -30,7 +30,7 @@ var Module = fx.Module("consumer",
 func OptionsFrom(c config.Config) Options {
 	return Options{ReplicaID: c.ReplicaID, Exchange: c.AMQPExchange, QueueType: c.AMQPQueueType,
 		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, BatchSize: c.ConsumerBatchSize, RetryInitial: c.StoreRetryInitial,
-		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, ReconcileInterval: c.ReconcileInterval,
+		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, ReconcileInterval: c.ReconcileInterval, OrphanGrace: c.ReconcileOrphanGrace,
 		ManagementURL: c.RabbitMQManagementURL, AMQPURL: c.AMQPURL}
 }
 

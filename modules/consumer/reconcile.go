@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
@@ -21,7 +22,7 @@ const reconcileParallelism = 16
 
 // Reconcile makes what runs on this replica match the database: every tenant has its queues and a consumer
 // of its configured size; consumers of tenants that no longer exist stop; queues of tenants that do not
-// exist (seen so in two runs in a row, so that a creation in progress is left alone) are deleted.
+// exist (for OrphanGrace, so that a creation in progress is left alone) are deleted.
 func (r *Runtime) Reconcile(ctx context.Context) error {
 	r.metrics.reconciles.Inc()
 	tenants, err := r.dir.Tenants(ctx)
@@ -122,14 +123,24 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 	if err != nil {
 		return err
 	}
-	seen := map[string]int{}
+	now := time.Now()
+	seen := map[string]time.Time{}
 	for _, name := range names {
 		id, ok := parseQueueName(name)
 		if !ok || known[id] {
 			continue
 		}
-		seen[name] = r.orphans[name] + 1
-		if seen[name] < 2 {
+		// A creation declares its queues before its row commits, so a young "orphan" may be a tenant being
+		// made: delete only what stayed without a tenant for the grace period, and that the database confirms.
+		first, ok := r.orphans[name]
+		if !ok {
+			first = now
+		}
+		seen[name] = first
+		if now.Sub(first) < r.opts.OrphanGrace {
+			continue
+		}
+		if _, exists, err := r.dir.Tenant(ctx, id); err != nil || exists {
 			continue
 		}
 		r.log.Warn("deleting orphan queue of a tenant that does not exist", zap.String("queue", name), zap.String("tenant_id", id.String()))

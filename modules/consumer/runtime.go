@@ -26,8 +26,9 @@ type Options struct {
 	RetryBudget       time.Duration
 	DrainTimeout      time.Duration
 	ReconcileInterval time.Duration
-	ManagementURL     string // RabbitMQ management API, to find orphan queues; optional
-	AMQPURL           string // names the virtual host whose queues the management API lists
+	OrphanGrace       time.Duration // how long a tenant queue stays without a tenant before it is deleted
+	ManagementURL     string        // RabbitMQ management API, to find orphan queues; optional
+	AMQPURL           string        // names the virtual host whose queues the management API lists
 }
 
 // Runtime runs one consumer per tenant on this replica.
@@ -44,7 +45,7 @@ type Runtime struct {
 	consumers map[uuid.UUID]*tenantConsumer
 	closed    bool
 
-	orphans  map[string]int // queue name → consecutive reconcile runs it was seen without a tenant
+	orphans  map[string]time.Time // queue name → when reconciliation first saw it without a tenant
 	stopLoop chan struct{}
 	loopDone chan struct{}
 }
@@ -52,7 +53,7 @@ type Runtime struct {
 // NewRuntime returns a runtime; Start brings every tenant's consumer up.
 func NewRuntime(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *Runtime {
 	return &Runtime{conn: conn, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
-		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]int{}}
+		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}}
 }
 
 // DeadLetterExchange is the exchange tenants' rejected and exhausted deliveries go to.

@@ -91,6 +91,10 @@ type Config struct {
 	// ReconcileInterval is the period of the reconciliation loop (RECONCILE_INTERVAL).
 	ReconcileInterval time.Duration
 
+	// ReconcileOrphanGrace is how long a tenant queue must stay without a tenant before reconciliation deletes
+	// it (RECONCILE_ORPHAN_GRACE).
+	ReconcileOrphanGrace time.Duration
+
 	// ShutdownTimeout is the Fx start and stop timeout; it must exceed the drain timeout (SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration
 	// ReplicaID names this process among replicas (REPLICA_ID); default: host name and process id.
@@ -142,6 +146,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		StoreRetryBudget:         r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:     r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
 		ReconcileInterval:        r.dur("RECONCILE_INTERVAL", 30*time.Second),
+		ReconcileOrphanGrace:     r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),
 		ShutdownTimeout:          r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReplicaID:                r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
 		PprofAddr:                r.str("PPROF_ADDR", ""),

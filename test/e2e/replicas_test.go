@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,6 +85,7 @@ func TestReconciliationRepairs(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
 	cfg.ReconcileInterval = 500 * time.Millisecond
+	cfg.ReconcileOrphanGrace = time.Second
 	a := testenv.Start(t, cfg)
 	db := a.DB()
 	tenant := a.CreateTenant("repair", 2)
@@ -135,28 +137,40 @@ func scrape(t *testing.T, base string) string {
 	return string(b)
 }
 
-// A reconciliation that runs while tenants are being created must not stop their new consumers.
+// A reconciliation that runs while tenants are being created must not stop their new consumers nor delete
+// their queues (declared before the row commits).
 func TestReconcileDoesNotStopNewTenants(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
-	cfg.ReconcileInterval = 20 * time.Millisecond
+	// Often enough that runs overlap the creations (each takes tens of milliseconds), not so often that the
+	// runs' own queue inspections starve RabbitMQ.
+	cfg.ReconcileInterval = 150 * time.Millisecond
 	var rt *consumer.Runtime
 	a := testenv.Start(t, cfg, fx.Populate(&rt))
 	ids := make([]string, 40)
-	done := make(chan struct{})
+	statuses := make([]int, len(ids))
+	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i := range ids {
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			sem <- struct{}{}
-			defer func() { <-sem; done <- struct{}{} }()
-			ids[i] = a.CreateTenant(fmt.Sprintf("racing-%d", i), 1)
+			defer func() { <-sem }()
+			r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": fmt.Sprintf("racing-%d", i), "concurrency_config": 1})
+			statuses[i] = r.Status
+			if r.Status == http.StatusCreated {
+				var c struct{ ID string }
+				r.JSON(t, &c)
+				ids[i] = c.ID
+			}
 		}()
 	}
-	for range ids {
-		<-done
-	}
-	for _, id := range ids {
+	wg.Wait()
+	for i, id := range ids {
+		require.Equal(t, http.StatusCreated, statuses[i])
 		require.Equal(t, 1, rt.Workers(uuid.MustParse(id)), "consumer of %s running right after its creation", id)
 	}
 	require.Empty(t, a.Logs.FilterMessage("stopping the consumer of a tenant that no longer exists").All())
+	require.Empty(t, a.Logs.FilterMessage("deleting orphan queue of a tenant that does not exist").All())
 }
