@@ -41,7 +41,7 @@ func (h *Handlers) tenant(w http.ResponseWriter, r *http.Request) (uuid.UUID, bo
 		var ok bool
 		_, ok, err = h.rt.dir.Tenant(r.Context(), id)
 		if err != nil {
-			err = unavailable(err)
+			err = problem.Dependency(err)
 		} else if !ok {
 			err = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
 		}
@@ -51,10 +51,6 @@ func (h *Handlers) tenant(w http.ResponseWriter, r *http.Request) (uuid.UUID, bo
 		return uuid.Nil, false
 	}
 	return id, true
-}
-
-func unavailable(err error) error {
-	return problem.Unavailable("dependency-unavailable", "a dependency of the service is unavailable; retry later", err)
 }
 
 func limitParam(r *http.Request, def, max int) (int, error) {
@@ -98,7 +94,7 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 	}
 	dl, err := h.rt.ListDeadLetters(r.Context(), id, limit)
 	if err != nil {
-		problem.Write(w, r, unavailable(err))
+		problem.Write(w, r, problem.Dependency(err))
 		return
 	}
 	httpserver.WriteJSON(w, http.StatusOK, dl)
@@ -133,7 +129,7 @@ func (h *Handlers) replay(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := h.rt.ReplayDeadLetters(context.WithoutCancel(r.Context()), id, limit)
 	if err != nil {
-		problem.Write(w, r, unavailable(err))
+		problem.Write(w, r, problem.Dependency(err))
 		return
 	}
 	h.rt.log.Info("dead letters replayed", zap.String("tenant_id", id.String()), zap.Int("messages", n))

@@ -40,12 +40,7 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	return m
 }
 
-func (m *Metrics) tenant(id uuid.UUID) string {
-	if m.perTenant {
-		return id.String()
-	}
-	return "all"
-}
+func (m *Metrics) tenant(id uuid.UUID) string { return metrics.TenantLabel(m.perTenant, id) }
 
 func (m *Metrics) forget(id uuid.UUID) {
 	if m.perTenant {

@@ -43,10 +43,6 @@ func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir ev
 // ErrTenantNotFound answers a message for a tenant that does not exist.
 var ErrTenantNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
 
-func unavailable(err error) error {
-	return problem.Unavailable("dependency-unavailable", "a dependency of the service is unavailable; retry later", err)
-}
-
 // LoadView fills the in-memory tenant view from the directory.
 func (s *Service) LoadView(ctx context.Context) error {
 	ts, err := s.dir.Tenants(ctx)
@@ -69,7 +65,7 @@ func (s *Service) checkTenant(ctx context.Context, id uuid.UUID) error {
 	}
 	t, ok, err := s.dir.Tenant(ctx, id)
 	if err != nil {
-		return unavailable(err)
+		return problem.Dependency(err)
 	}
 	if !ok {
 		return ErrTenantNotFound
@@ -333,7 +329,7 @@ func (s *Service) List(ctx context.Context, tenantID uuid.UUID, after *paginatio
 	var rows []Message
 	q := s.db.NewSelect().Model(&rows).Column("id", "tenant_id", "payload", "created_at").Where("tenant_id = ?", tenantID)
 	if err := pagination.Apply(q, after, limit).Scan(ctx); err != nil {
-		return pagination.Page[Message]{}, unavailable(err)
+		return pagination.Page[Message]{}, problem.Dependency(err)
 	}
 	return pagination.NewPage(rows, limit, Message.cursor), nil
 }

@@ -2,7 +2,6 @@ package tenant
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -48,14 +47,6 @@ func (s *Service) RegisterMetrics(reg prometheus.Registerer) {
 	}))
 }
 
-func unavailable(err error) error {
-	var pe *problem.Error
-	if errors.As(err, &pe) {
-		return err
-	}
-	return problem.Unavailable("dependency-unavailable", "a dependency of the service is unavailable; retry later", err)
-}
-
 // Create makes a tenant with everything it needs: its queues are declared first, then the row and its
 // partition commit together, then its consumer starts. On any failure nothing is left half made.
 func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error) {
@@ -89,7 +80,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 			s.log.Warn("cleanup after failed creation incomplete; reconciliation will finish it",
 				zap.String("tenant_id", t.ID.String()), zap.Error(cerr))
 		}
-		return Created{}, unavailable(err)
+		return Created{}, problem.Dependency(err)
 	}
 	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantCreated{Tenant: t.event()}); err != nil {
 		// The tenant exists; reconciliation starts whatever did not start now.
@@ -107,7 +98,7 @@ func (s *Service) IssueKey(ctx context.Context, id uuid.UUID) (IssuedKey, error)
 	}
 	k, err := s.repo.InsertKey(ctx, s.db, id)
 	if err != nil {
-		return IssuedKey{}, unavailable(err)
+		return IssuedKey{}, problem.Dependency(err)
 	}
 	s.log.Info("api key issued", zap.String("tenant_id", id.String()), zap.String("api_key_id", k.KeyID))
 	return k, nil
@@ -116,7 +107,7 @@ func (s *Service) IssueKey(ctx context.Context, id uuid.UUID) (IssuedKey, error)
 // RevokeKey revokes one of the tenant's keys: at once on this replica, within AUTH_CACHE_TTL on the others.
 func (s *Service) RevokeKey(ctx context.Context, id uuid.UUID, keyID string) error {
 	if err := s.repo.RevokeKey(ctx, id, keyID); err != nil {
-		return unavailable(err)
+		return problem.Dependency(err)
 	}
 	if s.keys != nil {
 		s.keys.Forget(keyID)
@@ -132,7 +123,7 @@ func (s *Service) SetRateLimit(ctx context.Context, id uuid.UUID, req RateLimitR
 	}
 	t, err := s.repo.SetRateLimit(ctx, id, req.MessagesPerSecond)
 	if err != nil {
-		return Tenant{}, unavailable(err)
+		return Tenant{}, problem.Dependency(err)
 	}
 	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantRateLimitChanged{TenantID: id, RateLimit: t.RateLimit}); err != nil {
 		s.log.Error("rate limit not applied everywhere", zap.String("tenant_id", id.String()), zap.Error(err))
@@ -144,7 +135,7 @@ func (s *Service) SetRateLimit(ctx context.Context, id uuid.UUID, req RateLimitR
 func (s *Service) Get(ctx context.Context, id uuid.UUID) (Tenant, error) {
 	t, err := s.repo.Get(ctx, id)
 	if err != nil {
-		return t, unavailable(err)
+		return t, problem.Dependency(err)
 	}
 	return t, nil
 }
@@ -153,7 +144,7 @@ func (s *Service) Get(ctx context.Context, id uuid.UUID) (Tenant, error) {
 func (s *Service) List(ctx context.Context, after *pagination.Cursor, limit int) (pagination.Page[Tenant], error) {
 	rows, err := s.repo.List(ctx, after, limit)
 	if err != nil {
-		return pagination.Page[Tenant]{}, unavailable(err)
+		return pagination.Page[Tenant]{}, problem.Dependency(err)
 	}
 	return pagination.NewPage(rows, limit, Tenant.cursor), nil
 }
@@ -166,7 +157,7 @@ func (s *Service) SetConcurrency(ctx context.Context, id uuid.UUID, req Concurre
 	}
 	t, err := s.repo.SetConcurrency(ctx, id, workers)
 	if err != nil {
-		return Tenant{}, unavailable(err)
+		return Tenant{}, problem.Dependency(err)
 	}
 	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantConcurrencyChanged{TenantID: id, Concurrency: workers}); err != nil {
 		s.log.Error("resize not applied everywhere; reconciliation will", zap.String("tenant_id", id.String()), zap.Error(err))
@@ -179,7 +170,7 @@ func (s *Service) SetConcurrency(ctx context.Context, id uuid.UUID, req Concurre
 // consumers drain and stop, its queues are deleted, and its partition is dropped.
 func (s *Service) Delete(ctx context.Context, id uuid.UUID) error {
 	if err := s.repo.Delete(ctx, id); err != nil {
-		return unavailable(err)
+		return problem.Dependency(err)
 	}
 	ctx = context.WithoutCancel(ctx)
 	if err := events.Publish(ctx, s.bus, events.TenantDeleting{TenantID: id}); err != nil {

@@ -4,6 +4,7 @@ package metrics
 import (
 	"net/http"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -40,3 +41,12 @@ var Module = fx.Module("metrics",
 		func(r *prometheus.Registry) prometheus.Registerer { return r },
 	),
 )
+
+// TenantLabel is the value of a metric's tenant label: the tenant's id, or "all" when per-tenant series are
+// turned off (METRICS_PER_TENANT=false), so that the number of series does not grow with the tenants.
+func TenantLabel(perTenant bool, id uuid.UUID) string {
+	if perTenant {
+		return id.String()
+	}
+	return "all"
+}

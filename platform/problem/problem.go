@@ -155,3 +155,13 @@ func StatusOf(err error) int {
 	}
 	return http.StatusInternalServerError
 }
+
+// Dependency reports a failure of a dependency (the database, the broker) as a 503 that asks the client to
+// retry; an error that already is a problem passes through unchanged.
+func Dependency(err error) error {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	return Unavailable("dependency-unavailable", "a dependency of the service is unavailable; retry later", err)
+}
