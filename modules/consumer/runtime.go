@@ -12,6 +12,7 @@ import (
 
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // Options configure the runtime.
@@ -45,9 +46,8 @@ type Runtime struct {
 	consumers map[uuid.UUID]*tenantConsumer
 	closed    bool
 
-	orphans  map[string]time.Time // queue name → when reconciliation first saw it without a tenant
-	stopLoop chan struct{}
-	loopDone chan struct{}
+	orphans map[string]time.Time // queue name → when reconciliation first saw it without a tenant
+	loop    *periodic.Loop       // periodic reconciliation
 }
 
 // NewRuntime returns a runtime; Start brings every tenant's consumer up.
@@ -152,35 +152,15 @@ func (r *Runtime) Start(ctx context.Context) error {
 	if err := r.Reconcile(ctx); err != nil {
 		return fmt.Errorf("consumer: start tenants' consumers: %w", err)
 	}
-	r.stopLoop, r.loopDone = make(chan struct{}), make(chan struct{})
-	go r.loop()
+	r.loop = periodic.Start(r.opts.ReconcileInterval, r.Reconcile, func(err error) {
+		r.log.Warn("reconciliation failed; next run will retry", zap.Error(err))
+	})
 	return nil
-}
-
-func (r *Runtime) loop() {
-	defer close(r.loopDone)
-	t := time.NewTicker(r.opts.ReconcileInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.stopLoop:
-			return
-		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), r.opts.ReconcileInterval)
-			if err := r.Reconcile(ctx); err != nil {
-				r.log.Warn("reconciliation failed; next run will retry", zap.Error(err))
-			}
-			cancel()
-		}
-	}
 }
 
 // Shutdown stops reconciliation and drains every consumer; queues and their messages stay.
 func (r *Runtime) Shutdown(ctx context.Context) error {
-	if r.stopLoop != nil {
-		close(r.stopLoop)
-		<-r.loopDone
-	}
+	r.loop.Stop()
 	r.mu.Lock()
 	r.closed = true
 	all := make([]*tenantConsumer, 0, len(r.consumers))

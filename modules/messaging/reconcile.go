@@ -13,6 +13,7 @@ import (
 
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/metrics"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // Partitions checks, at start and periodically, that every tenant has its partition: a missing one is
@@ -25,8 +26,7 @@ type Partitions struct {
 	missing  prometheus.Gauge
 	repairs  *prometheus.CounterVec
 	interval time.Duration
-	stop     chan struct{}
-	done     chan struct{}
+	loop     *periodic.Loop
 }
 
 // NewPartitions returns the partition reconciler.
@@ -107,32 +107,14 @@ func (p *Partitions) Start(ctx context.Context) error {
 	if err := p.Reconcile(ctx); err != nil {
 		p.log.Warn("partition reconciliation failed", zap.Error(err))
 	}
-	p.stop, p.done = make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(p.done)
-		t := time.NewTicker(p.interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.stop:
-				return
-			case <-t.C:
-				ctx, cancel := context.WithTimeout(context.Background(), p.interval)
-				if err := p.Reconcile(ctx); err != nil {
-					p.log.Warn("partition reconciliation failed", zap.Error(err))
-				}
-				cancel()
-			}
-		}
-	}()
+	p.loop = periodic.Start(p.interval, p.Reconcile, func(err error) {
+		p.log.Warn("partition reconciliation failed", zap.Error(err))
+	})
 	return nil
 }
 
 // Stop ends the loop.
 func (p *Partitions) Stop(context.Context) error {
-	if p.stop != nil {
-		close(p.stop)
-		<-p.done
-	}
+	p.loop.Stop()
 	return nil
 }
