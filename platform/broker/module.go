@@ -8,7 +8,7 @@ import (
 	"github.com/acme/msgsvc/platform/httpserver"
 )
 
-// PublisherChannels is the number of confirming channels the publisher pool opens.
+// PublisherChannels is the number of confirming channels on the publishing connection.
 const PublisherChannels = 4
 
 // Module provides *Conn and *Publisher and closes them at stop, after every consumer stopped.
@@ -23,8 +23,9 @@ var Module = fx.Module("broker",
 			lc.Append(fx.StopHook(conn.Close))
 			return conn, nil
 		},
-		func(lc fx.Lifecycle, conn *Conn, c config.Config, log *zap.Logger) (*Publisher, error) {
-			p, err := NewPublisher(conn, PublisherChannels, c.PublishConfirmTimeout, log)
+		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Publisher, error) {
+			p, err := NewPublisher(PublisherOptions{URLs: []string{c.AMQPURL}, Name: "msgsvc-" + c.ReplicaID + "-publish",
+				Channels: PublisherChannels, Timeout: c.PublishConfirmTimeout, ReconnectMax: c.AMQPReconnectInterval}, log)
 			if err != nil {
 				return nil, err
 			}

@@ -9,11 +9,10 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	rabbitmq "github.com/wagslane/go-rabbitmq"
 	"go.uber.org/zap"
 )
 
-// ErrUnroutable means a mandatory publish reached no queue.
+// ErrUnroutable means a mandatory publish reached no queue: the broker returned it.
 var ErrUnroutable = errors.New("no queue is bound for the routing key")
 
 // Message is one publish: a persistent message with a message id and headers.
@@ -23,112 +22,364 @@ type Message struct {
 	MessageID  string
 	Headers    map[string]any
 	Body       []byte
-	// Mandatory asks the broker to return the message when no queue takes it.
+	// Mandatory asks the broker to return the message when no queue takes it; Publish then answers
+	// ErrUnroutable instead of success.
 	Mandatory bool
 }
 
-// Publisher publishes persistent messages in confirm mode over a pool of channels and waits for each confirm
-// with a deadline. It is safe for concurrent use; many confirms are in flight at once.
-type Publisher struct {
-	pubs    []*rabbitmq.Publisher
-	next    atomic.Uint64
-	timeout time.Duration
-
-	returnsMu sync.Mutex
-	returned  map[string]struct{}
+// PublisherOptions configure a Publisher.
+type PublisherOptions struct {
+	// URLs are the broker nodes; a (re)connect tries them in turn, starting after the last one that failed.
+	URLs []string
+	// Name is the connection name shown in RabbitMQ's management UI.
+	Name string
+	// Channels is how many confirming channels the connection carries; publishes are spread over them.
+	Channels int
+	// Timeout bounds one Publish or PublishAll, waiting for a reconnect and retries included.
+	Timeout time.Duration
+	// ReconnectMax caps the backoff between reconnect attempts; the first attempt follows a loss at once,
+	// the next ones after 100 ms, 200 ms, … up to ReconnectMax.
+	ReconnectMax time.Duration
 }
 
-// NewPublisher opens channels confirming publishers on conn; each confirm is awaited at most timeout.
-func NewPublisher(conn *Conn, channels int, timeout time.Duration, log *zap.Logger) (*Publisher, error) {
-	p := &Publisher{timeout: timeout, returned: map[string]struct{}{}}
-	for range channels {
-		pub, err := rabbitmq.NewPublisher(conn.Conn,
-			rabbitmq.WithPublisherOptionsConfirm,
-			rabbitmq.WithPublisherOptionsLogger(Logger(log.Named("publisher"))),
-		)
-		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("broker: publisher: %w", err)
-		}
-		pub.NotifyReturn(func(r rabbitmq.Return) {
-			p.returnsMu.Lock()
-			if len(p.returned) > 10000 { // returns that arrived after their confirm was checked
-				clear(p.returned)
-			}
-			p.returned[r.MessageId] = struct{}{}
-			p.returnsMu.Unlock()
-		})
-		p.pubs = append(p.pubs, pub)
+// Publisher publishes persistent messages in confirm mode on its own AMQP connection, apart from the consumers'
+// (RabbitMQ blocks publishing connections under flow control and memory alarms; consumers must keep draining
+// then). It is safe for concurrent use, and many confirms are in flight at once on each channel: concurrent
+// publishes share channels, and RabbitMQ confirms them together.
+//
+// A publish that fails because the connection or its channel went away (a broker restart, a node lost, a
+// connection closed by an operator) waits for the reconnect and is sent again, within Timeout: storage is
+// idempotent by message id, so a message that reached the queue twice is stored once. A publish the broker
+// returned (mandatory, no queue) is never reported as a success: RabbitMQ sends basic.return before the
+// basic.ack of the same message on the channel, and the publisher reads the returns that arrived before a
+// confirm before it looks at the confirm.
+type Publisher struct {
+	opts PublisherOptions
+	log  *zap.Logger
+	next atomic.Uint64
+
+	mu      sync.Mutex
+	conn    *pubConn      // nil while disconnected
+	ready   chan struct{} // closed when conn is set again after a loss
+	closed  bool
+	dialIdx int
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// pubConn is one connection with its confirming channels.
+type pubConn struct {
+	conn  *amqp.Connection
+	chans []*pubChan
+}
+
+// pubChan is one confirming channel and the returns it received.
+type pubChan struct {
+	ch      *amqp.Channel
+	returns chan amqp.Return
+
+	mu       sync.Mutex
+	returned map[string]int // message id → returns not yet claimed by their publisher
+}
+
+// NewPublisher connects a publisher; it fails when no broker node answers now.
+func NewPublisher(opts PublisherOptions, log *zap.Logger) (*Publisher, error) {
+	if len(opts.URLs) == 0 {
+		return nil, errors.New("broker: publisher: no URL")
 	}
+	opts.Channels = max(opts.Channels, 1)
+	if opts.ReconnectMax <= 0 {
+		opts.ReconnectMax = time.Second
+	}
+	p := &Publisher{opts: opts, log: log.Named("publisher"), stop: make(chan struct{}), ready: make(chan struct{})}
+	pc, err := p.dial()
+	if err != nil {
+		return nil, fmt.Errorf("broker: publisher: %w", err)
+	}
+	p.install(pc)
 	return p, nil
 }
 
-// Publish sends m and returns once the broker confirmed it, or an error wrapping ErrUnavailable when the
-// broker is down, refuses the message or does not confirm within the deadline, or ErrUnroutable.
+// dial opens a connection to the next node that answers and its channels.
+func (p *Publisher) dial() (*pubConn, error) {
+	var errs []error
+	for range p.opts.URLs {
+		p.mu.Lock()
+		url := p.opts.URLs[p.dialIdx%len(p.opts.URLs)]
+		p.mu.Unlock()
+		pc, err := p.dialURL(url)
+		if err == nil {
+			return pc, nil
+		}
+		errs = append(errs, err)
+		p.mu.Lock()
+		p.dialIdx++
+		p.mu.Unlock()
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, errors.Join(errs...))
+}
+
+func (p *Publisher) dialURL(url string) (*pubConn, error) {
+	conn, err := amqp.DialConfig(url, amqp.Config{
+		Heartbeat:  10 * time.Second,
+		Dial:       amqp.DefaultDial(5 * time.Second),
+		Properties: amqp.Table{"connection_name": p.opts.Name},
+	})
+	if err != nil {
+		return nil, err
+	}
+	pc := &pubConn{conn: conn}
+	for range p.opts.Channels {
+		c, err := openPubChan(conn)
+		if err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		pc.chans = append(pc.chans, c)
+	}
+	return pc, nil
+}
+
+func openPubChan(conn *amqp.Connection) (*pubChan, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	c := &pubChan{ch: ch, returns: ch.NotifyReturn(make(chan amqp.Return, 1024)), returned: map[string]int{}}
+	return c, nil
+}
+
+// install makes pc the current connection and watches it: when it closes, the publisher reconnects.
+func (p *Publisher) install(pc *pubConn) {
+	closed := pc.conn.NotifyClose(make(chan *amqp.Error, 1))
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		_ = pc.conn.Close()
+		return
+	}
+	p.conn = pc
+	close(p.ready)
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		select {
+		case err := <-closed:
+			p.lost(pc, err)
+		case <-p.stop:
+		}
+	}()
+}
+
+// lost forgets pc and reconnects with backoff: at once, then after 100 ms, 200 ms, … up to ReconnectMax.
+func (p *Publisher) lost(pc *pubConn, cause *amqp.Error) {
+	p.mu.Lock()
+	if p.conn != pc || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.conn = nil
+	p.ready = make(chan struct{})
+	p.dialIdx++ // the node we were on is the likeliest to be gone
+	p.mu.Unlock()
+	_ = pc.conn.Close()
+	p.log.Warn("publishing connection lost; reconnecting", zap.Any("cause", cause))
+	backoff := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(backoff):
+		}
+		npc, err := p.dial()
+		if err == nil {
+			p.install(npc)
+			p.log.Info("publishing connection restored", zap.Int("attempts", attempt))
+			return
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			p.log.Warn("publishing connection: reconnect failed; retrying", zap.Int("attempt", attempt), zap.Error(err))
+		}
+		backoff = min(max(2*backoff, 100*time.Millisecond), p.opts.ReconnectMax)
+	}
+}
+
+// channel returns a channel of the current connection, waiting for a reconnect until ctx ends. A channel that
+// closed on its own (the connection is up) is reopened.
+func (p *Publisher) channel(ctx context.Context) (*pubChan, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: publisher closed", ErrUnavailable)
+		}
+		pc, ready := p.conn, p.ready
+		if pc == nil {
+			p.mu.Unlock()
+			select {
+			case <-ready:
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: not connected: %v", ErrUnavailable, context.Cause(ctx))
+			}
+		}
+		i := int(p.next.Add(1) % uint64(len(pc.chans)))
+		c := pc.chans[i]
+		if !c.ch.IsClosed() {
+			p.mu.Unlock()
+			return c, nil
+		}
+		if pc.conn.IsClosed() { // the watcher is about to reconnect
+			p.mu.Unlock()
+			select {
+			case <-time.After(10 * time.Millisecond):
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: not connected: %v", ErrUnavailable, context.Cause(ctx))
+			}
+		}
+		nc, err := openPubChan(pc.conn)
+		if err == nil {
+			pc.chans[i] = nc
+		}
+		p.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
+		}
+		return nc, nil
+	}
+}
+
+// claimReturn reports whether the broker returned the message with id on c. It is called after the message's
+// confirm arrived, and the return of a message precedes its confirm on the channel, so every return that
+// matters has been put into c.returns by then: they are moved into the map first.
+func (c *pubChan) claimReturn(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+drain:
+	for {
+		select {
+		case r, ok := <-c.returns:
+			if !ok { // the channel closed
+				break drain
+			}
+			c.returned[r.MessageId]++
+		default:
+			break drain
+		}
+	}
+	if c.returned[id] == 0 {
+		return false
+	}
+	if c.returned[id]--; c.returned[id] == 0 {
+		delete(c.returned, id)
+	}
+	return true
+}
+
+// Publish sends m and returns once the broker confirmed it; ErrUnroutable when the broker returned it; or an
+// error wrapping ErrUnavailable when the broker is down, nacks it or does not confirm within the timeout.
 func (p *Publisher) Publish(ctx context.Context, m Message) error {
 	return p.PublishAll(ctx, []Message{m})
 }
 
 // PublishAll sends every message on one channel, with their confirms in flight together, and returns once the
-// broker confirmed them all (nil) or the first failure. On failure some messages may have been confirmed.
+// broker confirmed them all (nil), or the first lasting failure. Messages whose publish failed with the
+// connection or channel are sent again after a reconnect, within the timeout. On failure some messages may
+// have been confirmed.
 func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
-	pub := p.pubs[p.next.Add(1)%uint64(len(p.pubs))]
-	confs := make([]*amqp.DeferredConfirmation, 0, len(ms))
-	for _, m := range ms {
-		opts := []func(*rabbitmq.PublishOptions){
-			rabbitmq.WithPublishOptionsExchange(m.Exchange),
-			rabbitmq.WithPublishOptionsPersistentDelivery,
-			rabbitmq.WithPublishOptionsContentType("application/json"),
-			rabbitmq.WithPublishOptionsMessageID(m.MessageID),
+	todo := ms
+	var last error
+	for attempt := 0; len(todo) > 0; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.opts.Timeout, last)
+			case <-time.After(min(time.Duration(attempt)*20*time.Millisecond, 200*time.Millisecond)):
+			}
 		}
-		if m.Headers != nil {
-			opts = append(opts, rabbitmq.WithPublishOptionsHeaders(m.Headers))
-		}
-		if m.Mandatory {
-			opts = append(opts, rabbitmq.WithPublishOptionsMandatory)
-		}
-		c, err := pub.PublishWithDeferredConfirmWithContext(ctx, m.Body, []string{m.RoutingKey}, opts...)
+		c, err := p.channel(ctx)
 		if err != nil {
-			return fmt.Errorf("%w: publish: %v", ErrUnavailable, err)
+			if last != nil {
+				return fmt.Errorf("%w (before: %v)", err, last)
+			}
+			return err
 		}
-		if len(c) != 1 || c[0] == nil {
-			return fmt.Errorf("%w: publisher not in confirm mode", ErrUnavailable)
-		}
-		confs = append(confs, c[0])
-	}
-	for i, c := range confs {
-		ok, err := c.WaitContext(ctx)
+		var retry []Message
+		retry, last, err = p.publishOn(ctx, c, todo)
 		if err != nil {
-			return fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.timeout, err)
+			return err
 		}
-		if !ok {
-			return fmt.Errorf("%w: negative confirm (the channel closed or the broker nacked)", ErrUnavailable)
-		}
-		if ms[i].Mandatory && p.wasReturned(ms[i].MessageID) {
-			return ErrUnroutable
-		}
+		todo = retry
 	}
 	return nil
 }
 
-// wasReturned reports (and forgets) whether the broker returned the message with id. A return precedes the
-// confirm on the wire, but go-rabbitmq runs the return handler on its own goroutine, so this is a best-effort
-// check: callers keep their own view of which routing keys have queues.
-func (p *Publisher) wasReturned(id string) bool {
-	p.returnsMu.Lock()
-	defer p.returnsMu.Unlock()
-	if _, ok := p.returned[id]; ok {
-		delete(p.returned, id)
-		return true
+// publishOn publishes ms on c and waits for their confirms. It returns the messages to send again (the channel
+// failed under them) with the reason, or a lasting error.
+func (p *Publisher) publishOn(ctx context.Context, c *pubChan, ms []Message) (retry []Message, why error, err error) {
+	for _, m := range ms {
+		if err := amqp.Table(m.Headers).Validate(); err != nil {
+			return nil, nil, fmt.Errorf("publish: headers: %w", err)
+		}
 	}
-	return false
+	confs := make([]*amqp.DeferredConfirmation, len(ms))
+	for i, m := range ms {
+		dc, perr := c.ch.PublishWithDeferredConfirm(m.Exchange, m.RoutingKey, m.Mandatory, false, amqp.Publishing{
+			Headers: amqp.Table(m.Headers), ContentType: "application/json", DeliveryMode: amqp.Persistent,
+			MessageId: m.MessageID, Body: m.Body,
+		})
+		if perr != nil || dc == nil {
+			if perr == nil {
+				perr = errors.New("channel not in confirm mode")
+			}
+			// The channel or connection is gone: this message and every later one go again.
+			retry, why = append(retry, ms[i:]...), perr
+			break
+		}
+		confs[i] = dc
+	}
+	for i, dc := range confs {
+		if dc == nil {
+			break
+		}
+		select {
+		case <-dc.Done():
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.opts.Timeout, context.Cause(ctx))
+		}
+		if ms[i].Mandatory && c.claimReturn(ms[i].MessageID) {
+			return nil, nil, ErrUnroutable
+		}
+		if !dc.Acked() {
+			// A nack (the broker could not take it) or the channel closed before the confirm: send it again.
+			retry, why = append(retry, ms[i]), errors.New("negative confirm (the channel closed or the broker nacked)")
+		}
+	}
+	return retry, why, nil
 }
 
-// Close closes every publisher channel.
+// Close stops reconnecting and closes the connection.
 func (p *Publisher) Close() {
-	for _, pub := range p.pubs {
-		pub.Close()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
 	}
+	p.closed = true
+	close(p.stop)
+	pc := p.conn
+	p.conn = nil
+	p.mu.Unlock()
+	if pc != nil {
+		_ = pc.conn.Close()
+	}
+	p.wg.Wait()
 }
