@@ -136,7 +136,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		AMQPExchange:             r.str("AMQP_EXCHANGE", "msgsvc.messages"),
 		AMQPQueueType:            r.oneOf("AMQP_QUEUE_TYPE", "quorum", "quorum", "classic"),
 		AMQPDeliveryLimit:        r.int("AMQP_DELIVERY_LIMIT", 20, 1, 1000),
-		AMQPReconnectInterval:    r.dur("AMQP_RECONNECT_INTERVAL", time.Second),
+		AMQPReconnectInterval:    r.dur("AMQP_RECONNECT_INTERVAL", 100*time.Millisecond),
 		PublishConfirmTimeout:    r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
 		TenantDefaultConcurrency: r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
 		TenantMaxConcurrency:     r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
