@@ -13,6 +13,7 @@ import (
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // Module provides the messaging Service (which the consumer runtime uses as its Handler), its routes, and
@@ -32,8 +33,9 @@ var Module = fx.Module("messaging",
 	fx.Invoke(func(lc fx.Lifecycle, p *Partitions) { lc.Append(fx.Hook{OnStart: p.Start, OnStop: p.Stop}) }),
 )
 
-// Subscribe registers the messaging module on the tenant events and loads the tenant view at start.
-func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB) {
+// Subscribe registers the messaging module on the tenant events, loads the tenant view at start and refreshes it
+// from the database every VIEW_REFRESH_INTERVAL.
+func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, c config.Config) {
 	events.Subscribe(bus, "messaging.partition", func(ctx context.Context, e events.TenantCreating) error {
 		return CreatePartition(ctx, e.Tx, e.Tenant.ID)
 	})
@@ -56,10 +58,17 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB) {
 		}
 		return DropPartition(ctx, db, e.TenantID)
 	})
-	lc.Append(fx.StartHook(func(ctx context.Context) error {
-		if err := s.LoadView(ctx); err != nil {
-			return fmt.Errorf("messaging: load tenants: %w", err)
-		}
-		return nil
-	}))
+	var refresh *periodic.Loop
+	lc.Append(fx.Hook{
+		OnStart: func(ctx context.Context) error {
+			if err := s.LoadView(ctx); err != nil {
+				return fmt.Errorf("messaging: load tenants: %w", err)
+			}
+			refresh = periodic.Start(c.ViewRefreshInterval, s.RefreshView, func(err error) {
+				s.log.Warn("tenant view refresh failed; next run will retry", zap.Error(err))
+			})
+			return nil
+		},
+		OnStop: func(context.Context) error { refresh.Stop(); return nil },
+	})
 }

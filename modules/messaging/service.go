@@ -53,6 +53,19 @@ func (s *Service) LoadView(ctx context.Context) error {
 	return nil
 }
 
+// RefreshView makes the in-memory tenant view match the directory again, for the changes whose events never
+// arrived (relayed while a replica was disconnected, or lost with a broker restart): tenants deleted or
+// created elsewhere, rate limits changed elsewhere. Changes made by events after the read began are kept.
+func (s *Service) RefreshView(ctx context.Context) error {
+	readAt := time.Now()
+	ts, err := s.dir.Tenants(ctx)
+	if err != nil {
+		return err
+	}
+	s.view.refresh(ts, readAt)
+	return nil
+}
+
 // checkTenant answers whether the caller may use the tenant and it exists: from the view, and from the
 // database on a miss (a tenant created on another replica whose event has not arrived yet). Another tenant's
 // key gets the same answer as an unknown tenant.

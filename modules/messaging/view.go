@@ -19,6 +19,9 @@ type view struct {
 
 	mu      sync.RWMutex
 	tenants map[uuid.UUID]*entry
+	// changed is when an event last changed a tenant's entry, so that a refresh from a database read made
+	// before that event does not undo it (a deleted tenant coming back, an old rate limit).
+	changed map[uuid.UUID]time.Time
 }
 
 type entry struct {
@@ -27,7 +30,7 @@ type entry struct {
 }
 
 func newView(defaultLimit float64) *view {
-	return &view{defaultLimit: defaultLimit, tenants: map[uuid.UUID]*entry{}}
+	return &view{defaultLimit: defaultLimit, tenants: map[uuid.UUID]*entry{}, changed: map[uuid.UUID]time.Time{}}
 }
 
 func (v *view) entry(limit *float64) *entry {
@@ -52,6 +55,7 @@ func (v *view) has(id uuid.UUID) bool {
 func (v *view) add(t events.Tenant) {
 	v.mu.Lock()
 	v.tenants[t.ID] = v.entry(t.RateLimit)
+	v.changed[t.ID] = time.Now()
 	v.mu.Unlock()
 }
 
@@ -60,6 +64,7 @@ func (v *view) setLimit(id uuid.UUID, limit *float64) {
 	v.mu.Lock()
 	if _, ok := v.tenants[id]; ok {
 		v.tenants[id] = v.entry(limit)
+		v.changed[id] = time.Now()
 	}
 	v.mu.Unlock()
 }
@@ -67,6 +72,7 @@ func (v *view) setLimit(id uuid.UUID, limit *float64) {
 func (v *view) remove(id uuid.UUID) {
 	v.mu.Lock()
 	delete(v.tenants, id)
+	v.changed[id] = time.Now()
 	v.mu.Unlock()
 }
 
@@ -78,6 +84,40 @@ func (v *view) replace(ts []events.Tenant) {
 	v.mu.Lock()
 	v.tenants = m
 	v.mu.Unlock()
+}
+
+// refresh makes the view match ts, the tenants the database held when a read that started at readAt was made:
+// tenants that are gone are removed, new ones added, changed rate limits replaced. What an event changed after
+// readAt is newer than the read and stays as it is; an unchanged limiter keeps its state.
+func (v *view) refresh(ts []events.Tenant, readAt time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	newer := func(id uuid.UUID) bool { c, ok := v.changed[id]; return ok && !c.Before(readAt) }
+	in := make(map[uuid.UUID]bool, len(ts))
+	for _, t := range ts {
+		in[t.ID] = true
+		if newer(t.ID) {
+			continue
+		}
+		if e, ok := v.tenants[t.ID]; ok && sameLimit(e.limit, t.RateLimit) {
+			continue
+		}
+		v.tenants[t.ID] = v.entry(t.RateLimit)
+	}
+	for id := range v.tenants {
+		if !in[id] && !newer(id) {
+			delete(v.tenants, id)
+		}
+	}
+	for id, c := range v.changed {
+		if c.Before(readAt) {
+			delete(v.changed, id) // the read saw this change
+		}
+	}
+}
+
+func sameLimit(a, b *float64) bool {
+	return (a == nil && b == nil) || (a != nil && b != nil && *a == *b)
 }
 
 // allow takes n tokens from the tenant's bucket. When there are not enough, it takes none and returns how long

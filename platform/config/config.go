@@ -90,6 +90,9 @@ type Config struct {
 	ConsumerDrainTimeout time.Duration
 	// ReconcileInterval is the period of the reconciliation loop (RECONCILE_INTERVAL).
 	ReconcileInterval time.Duration
+	// ViewRefreshInterval is how often each replica re-reads the tenants and their rate limits from the
+	// database, catching up on events it missed (VIEW_REFRESH_INTERVAL).
+	ViewRefreshInterval time.Duration
 
 	// ReconcileOrphanGrace is how long a tenant queue must stay without a tenant before reconciliation deletes
 	// it (RECONCILE_ORPHAN_GRACE).
@@ -146,6 +149,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		StoreRetryBudget:         r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:     r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
 		ReconcileInterval:        r.dur("RECONCILE_INTERVAL", 30*time.Second),
+		ViewRefreshInterval:      r.dur("VIEW_REFRESH_INTERVAL", 10*time.Second),
 		ReconcileOrphanGrace:     r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),
 		ShutdownTimeout:          r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReplicaID:                r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),

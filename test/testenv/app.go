@@ -37,6 +37,7 @@ func (s *Servers) Config(t testing.TB) config.Config {
 	c.LogLevel = "info"
 	c.ReplicaID = RandomName("replica-")
 	c.ReconcileInterval = 2 * time.Second
+	c.ViewRefreshInterval = time.Second
 	c.AMQPReconnectInterval = 200 * time.Millisecond
 	c.ShutdownTimeout = 20 * time.Second
 	c.ConsumerDrainTimeout = 5 * time.Second
