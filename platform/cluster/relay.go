@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -83,8 +84,9 @@ func (r *Relay) Start(ctx context.Context) error {
 		return fmt.Errorf("cluster: declare exchange: %w", err)
 	}
 	queue := r.exchange + "." + r.replica
+	// Not auto-delete: the queue keeps the events relayed while this replica reconnects (an auto-delete queue
+	// went with the connection, and those events with it). It expires a minute after its replica is gone.
 	c, err := rabbitmq.NewConsumer(r.conn.Conn, queue,
-		rabbitmq.WithConsumerOptionsQueueAutoDelete,
 		rabbitmq.WithConsumerOptionsQueueArgs(rabbitmq.Table{"x-queue-type": "classic", "x-expires": int64(60_000)}),
 		rabbitmq.WithConsumerOptionsExchangeName(r.exchange),
 		rabbitmq.WithConsumerOptionsExchangeKind(amqp.ExchangeFanout),
@@ -97,7 +99,15 @@ func (r *Relay) Start(ctx context.Context) error {
 	}
 	r.consumer = c
 	errc := make(chan error, 1)
-	go func() { errc <- c.Run(r.receive) }()
+	go func() {
+		err := c.Run(r.receive)
+		if err != nil {
+			r.log.Error("cluster events: consuming this replica's queue failed; events from other replicas are not applied until a restart (the periodic reconciliation and view refresh still catch up)",
+				zap.String("queue", queue), zap.Error(err))
+		}
+		errc <- err
+	}()
+	// Run returns early only when the first consume fails; give it a moment so that start-up reports it.
 	select {
 	case err := <-errc:
 		if err != nil {
@@ -105,7 +115,7 @@ func (r *Relay) Start(ctx context.Context) error {
 			return fmt.Errorf("cluster: consume: %w", err)
 		}
 	case <-ctx.Done():
-	default:
+	case <-time.After(100 * time.Millisecond):
 	}
 	return nil
 }
@@ -131,7 +141,7 @@ func (r *Relay) receive(d rabbitmq.Delivery) rabbitmq.Action {
 	return rabbitmq.Ack
 }
 
-// Stop stops consuming; the replica's queue expires with the connection.
+// Stop stops consuming; the replica's queue expires a minute later unless the replica comes back.
 func (r *Relay) Stop(ctx context.Context) error {
 	if r.consumer != nil {
 		r.consumer.CloseWithContext(ctx)
