@@ -50,9 +50,13 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 	})
 	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {
 		r.Stop(ctx, e.TenantID, "tenant deleted")
-		if events.IsRemote(ctx) {
-			return nil
-		}
+		return nil
+	})
+	// TenantDeleted is local to the replica that deleted the tenant and follows TenantDeleting, which reached the
+	// other replicas before it: their consumers are draining. The queues go once no consumer is left on them,
+	// so that no replica has its consumer cancelled mid-batch by a missing queue.
+	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantDeleted) error {
+		r.AwaitNoConsumers(ctx, e.TenantID)
 		return r.DeleteTopology(ctx, e.TenantID)
 	})
 	lc.Append(fx.Hook{OnStart: r.Start, OnStop: r.Shutdown})

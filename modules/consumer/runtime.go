@@ -92,6 +92,26 @@ func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
 	return nil
 }
 
+// AwaitNoConsumers waits until the tenant's queue has no consumer (every replica's consumer of it stopped), or
+// the drain timeout and a margin for the event to travel passed, or the queue is gone.
+func (r *Runtime) AwaitNoConsumers(ctx context.Context, id uuid.UUID) {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.DrainTimeout+2*time.Second)
+	defer cancel()
+	for {
+		st, err := r.conn.InspectQueue(ctx, QueueName(id))
+		if err == nil && (!st.Exists || st.Consumers == 0) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			r.log.Warn("a consumer of a deleted tenant's queue is still running on another replica; deleting the queue anyway",
+				zap.String("tenant_id", id.String()), zap.Int("consumers", st.Consumers), zap.Error(err))
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 	r.mu.Lock()
 	defer r.mu.Unlock()

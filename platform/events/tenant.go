@@ -56,12 +56,13 @@ type TenantRateLimitChanged struct {
 }
 
 // TenantDeleting is published once the tenant's row is gone: publishing to it stops, its consumers drain and
-// stop, its queues are deleted. It travels to every replica.
+// stop. It travels to every replica.
 type TenantDeleting struct {
 	TenantID uuid.UUID `json:"tenant_id"`
 }
 
-// TenantDeleted is published after TenantDeleting: the tenant's stored messages (its partition) are removed.
+// TenantDeleted is published after TenantDeleting, on the replica that deleted the tenant only: the tenant's
+// stored messages (its partition) are removed, and its queues once no replica consumes them any more.
 type TenantDeleted struct {
 	TenantID uuid.UUID `json:"tenant_id"`
 }
