@@ -264,6 +264,73 @@ const docTemplate = `{
                 }
             }
         },
+        "/api/v1/messages/{id}": {
+            "get": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "The message with the id a publish answered: 200 with state stored (the same shape as a listing item plus stored_at), or 200 with state dead_lettered, its reason and last error; 404 with slug message-not-stored while it is not stored (yet). One primary-key lookup in the tenant's partition: the tenant is the tenant key's own; an admin key names it with tenant_id (required then). Another tenant's message answers 404.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "messages"
+                ],
+                "summary": "Get one message by its id",
+                "operationId": "getMessage",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Message id (UUID), as answered by the publish",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID); required with an admin key, optional with a tenant key (another tenant answers 404)",
+                        "name": "tenant_id",
+                        "in": "query"
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/messaging.MessageState"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id or tenant_id, or tenant_id missing with an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant, or the message is not stored (yet) (slug message-not-stored)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
         "/api/v1/tenants": {
             "get": {
                 "security": [
@@ -840,14 +907,14 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Lists up to limit messages of the tenant's dead-letter queue without consuming them, with the total count, each message's id, reason (undecodable, retries_exhausted), last error, first-seen time and payload. Admin key required.",
+                "description": "Messages the service could not store (reason undecodable or retries_exhausted) and messages RabbitMQ dead-lettered by itself (delivery_limit, rejected, expired, maxlen), newest first, with cursor pagination like the message listing: pass next_cursor as cursor for the next page. They are kept in PostgreSQL, so listing changes nothing, however often. The payload is shown as JSON when it is valid JSON, else as raw_payload text. Admin key required.",
                 "produces": [
                     "application/json"
                 ],
                 "tags": [
                     "dead-letters"
                 ],
-                "summary": "Look at a tenant's dead-lettered messages",
+                "summary": "List a tenant's dead letters",
                 "operationId": "listDeadLetters",
                 "parameters": [
                     {
@@ -859,10 +926,25 @@ const docTemplate = `{
                         "required": true
                     },
                     {
+                        "maximum": 100,
+                        "minimum": 1,
                         "type": "integer",
                         "default": 20,
-                        "description": "How many to show, 1..100",
+                        "description": "Page size",
                         "name": "limit",
+                        "in": "query"
+                    },
+                    {
+                        "type": "string",
+                        "description": "next_cursor of the previous page, or an RFC 3339 time (dead-lettered before it)",
+                        "name": "cursor",
+                        "in": "query"
+                    },
+                    {
+                        "type": "string",
+                        "example": "undecodable",
+                        "description": "Only this reason",
+                        "name": "reason",
                         "in": "query"
                     }
                 ],
@@ -870,11 +952,11 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/consumer.DeadLetters"
+                            "$ref": "#/definitions/pagination.Page-consumer_DeadLetter"
                         }
                     },
                     "400": {
-                        "description": "malformed id or limit",
+                        "description": "malformed id, limit, cursor or reason",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -898,7 +980,7 @@ const docTemplate = `{
                         }
                     },
                     "503": {
-                        "description": "RabbitMQ or the database unavailable",
+                        "description": "database unavailable",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -913,14 +995,14 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Moves messages from the tenant's dead-letter queue back to its queue (all, or up to limit), each confirmed by RabbitMQ before it leaves the dead-letter queue, and answers how many moved. Admin key required.",
+                "description": "Publishes the tenant's dead letters back to its queue, oldest first (all that exist when the replay starts, or up to limit), each confirmed by RabbitMQ before its row is deleted, and answers how many were replayed. A failure midway leaves every message in the table or in the queue. Admin key required.",
                 "produces": [
                     "application/json"
                 ],
                 "tags": [
                     "dead-letters"
                 ],
-                "summary": "Replay a tenant's dead-lettered messages",
+                "summary": "Replay a tenant's dead letters",
                 "operationId": "replayDeadLetters",
                 "parameters": [
                     {
@@ -933,7 +1015,7 @@ const docTemplate = `{
                     },
                     {
                         "type": "integer",
-                        "description": "Move at most this many, 1..1000000; all when absent",
+                        "description": "Replay at most this many, 1..1000000; all when absent",
                         "name": "limit",
                         "in": "query"
                     }
@@ -970,7 +1052,281 @@ const docTemplate = `{
                         }
                     },
                     "503": {
-                        "description": "RabbitMQ unavailable (the answer's count is not known; what moved stays moved)",
+                        "description": "RabbitMQ or the database unavailable (what was replayed stays replayed)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
+        "/api/v1/tenants/{id}/dead-letters/{message_id}": {
+            "get": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "One dead-lettered message of the tenant by its message id, with its reason, last error, attempts and payload. Admin key required.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "dead-letters"
+                ],
+                "summary": "Get one dead letter",
+                "operationId": "getDeadLetter",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Message id (UUID)",
+                        "name": "message_id",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/consumer.DeadLetter"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant or dead letter",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            },
+            "delete": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Deletes one dead-lettered message for good. Admin key required.",
+                "tags": [
+                    "dead-letters"
+                ],
+                "summary": "Discard one dead letter",
+                "operationId": "deleteDeadLetter",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Message id (UUID)",
+                        "name": "message_id",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "204": {
+                        "description": "No Content"
+                    },
+                    "400": {
+                        "description": "malformed id",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant or dead letter",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
+        "/api/v1/tenants/{id}/dead-letters/{message_id}/replay": {
+            "post": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Publishes one dead letter back to the tenant's queue and deletes its row once RabbitMQ confirmed it. Admin key required.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "dead-letters"
+                ],
+                "summary": "Replay one dead letter",
+                "operationId": "replayDeadLetter",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Message id (UUID)",
+                        "name": "message_id",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/consumer.Replayed"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant or dead letter",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "RabbitMQ or the database unavailable (the dead letter stays)",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
+        "/api/v1/tenants/{id}/stats": {
+            "get": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "Stored messages (exact up to 10,000, above that PostgreSQL's estimate, flagged stored_messages_estimated), the newest message's time, the stored messages created in the last minute and the publish rate they make (from the database, so right with any number of replicas), the queue's ready messages and consumers (exact, from RabbitMQ), dead letters, and the configured workers and rate limit. A handful of index lookups and one passive queue declare: cheap enough to poll. Admin key or the tenant's own key.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "tenants"
+                ],
+                "summary": "A tenant's figures at a glance",
+                "operationId": "getTenantStats",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/messaging.Stats"
+                        }
+                    },
+                    "400": {
+                        "description": "malformed id",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database or RabbitMQ unavailable",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -1052,23 +1408,40 @@ const docTemplate = `{
         "consumer.DeadLetter": {
             "type": "object",
             "properties": {
-                "delivery_count": {
+                "attempts": {
+                    "description": "Attempts is how often storing it failed.",
                     "type": "integer",
-                    "example": 0
+                    "example": 1
                 },
-                "first_seen": {
+                "created_at": {
                     "type": "string",
-                    "example": "2026-11-27T10:00:00Z"
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00.123456Z"
+                },
+                "dead_lettered_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:01.5Z"
+                },
+                "headers": {
+                    "type": "object"
                 },
                 "id": {
                     "type": "string",
+                    "format": "uuid",
                     "example": "0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"
                 },
                 "last_error": {
                     "type": "string",
                     "example": "payload must be a JSON object or array"
                 },
+                "original_id": {
+                    "description": "OriginalID is the message_id the publisher sent when it was not a UUID (id was made from it then).",
+                    "type": "string",
+                    "example": "order-42"
+                },
                 "payload": {
+                    "description": "Payload is the body when it is valid JSON; RawPayload the body as text otherwise.",
                     "type": "object"
                 },
                 "raw_payload": {
@@ -1076,23 +1449,14 @@ const docTemplate = `{
                     "example": "not json"
                 },
                 "reason": {
+                    "description": "Reason: undecodable, retries_exhausted, or what RabbitMQ said when it dead-lettered by itself\n(delivery_limit, rejected, expired, maxlen).",
                     "type": "string",
                     "example": "undecodable"
-                }
-            }
-        },
-        "consumer.DeadLetters": {
-            "type": "object",
-            "properties": {
-                "count": {
-                    "type": "integer",
-                    "example": 2
                 },
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "$ref": "#/definitions/consumer.DeadLetter"
-                    }
+                "tenant_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
                 }
             }
         },
@@ -1224,6 +1588,56 @@ const docTemplate = `{
                 }
             }
         },
+        "messaging.MessageState": {
+            "type": "object",
+            "properties": {
+                "created_at": {
+                    "description": "CreatedAt is when the message was published; StoredAt when it was stored.",
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00.123456Z"
+                },
+                "dead_lettered_at": {
+                    "type": "string",
+                    "format": "date-time"
+                },
+                "id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-9d3e-7f10-8c2b-3d4e5f6a7b8c"
+                },
+                "last_error": {
+                    "type": "string",
+                    "example": "payload must be a JSON object or array"
+                },
+                "payload": {
+                    "type": "object"
+                },
+                "reason": {
+                    "description": "Reason, LastError and DeadLetteredAt describe a dead-lettered message (see the dead-letter API).",
+                    "type": "string",
+                    "example": "undecodable"
+                },
+                "state": {
+                    "type": "string",
+                    "enum": [
+                        "stored",
+                        "dead_lettered"
+                    ],
+                    "example": "stored"
+                },
+                "stored_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00.131002Z"
+                },
+                "tenant_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                }
+            }
+        },
         "messaging.PublishRequest": {
             "type": "object",
             "required": [
@@ -1239,6 +1653,92 @@ const docTemplate = `{
                     "type": "string",
                     "format": "uuid",
                     "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                }
+            }
+        },
+        "messaging.Stats": {
+            "type": "object",
+            "properties": {
+                "at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:01Z"
+                },
+                "dead_letters": {
+                    "type": "integer",
+                    "example": 2
+                },
+                "newest_message_at": {
+                    "description": "NewestMessageAt is the creation time of the newest stored message.",
+                    "type": "string",
+                    "format": "date-time",
+                    "x-nullable": true,
+                    "example": "2026-11-27T10:00:00.123456Z"
+                },
+                "publish_rate_per_second": {
+                    "type": "number",
+                    "example": 10
+                },
+                "queue_consumers": {
+                    "type": "integer",
+                    "example": 1
+                },
+                "queue_messages": {
+                    "description": "QueueMessages are ready in the tenant's queue (not counting deliveries being stored); QueueConsumers\nconsume it, on every replica. Both exact, from RabbitMQ.",
+                    "type": "integer",
+                    "example": 12
+                },
+                "rate_limit": {
+                    "type": "number",
+                    "example": 100
+                },
+                "rate_limit_default": {
+                    "type": "boolean",
+                    "example": true
+                },
+                "stored_last_minute": {
+                    "description": "StoredLastMinute counts the stored messages created in the last minute, on every replica (read from the\ndatabase); PublishRatePerSecond is it divided by 60. Messages still in the queue are not counted yet.",
+                    "type": "integer",
+                    "example": 600
+                },
+                "stored_messages": {
+                    "description": "StoredMessages is exact up to 10,000 messages; above, PostgreSQL's statistics estimate it and\nStoredMessagesEstimated is true.",
+                    "type": "integer",
+                    "example": 1250000
+                },
+                "stored_messages_estimated": {
+                    "type": "boolean",
+                    "example": true
+                },
+                "tenant_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                },
+                "workers": {
+                    "description": "Workers is the tenant's configured worker count; RateLimit its publish limit in messages per second per\nreplica (0: unlimited), RateLimitDefault whether that is RATE_LIMIT_DEFAULT.",
+                    "type": "integer",
+                    "example": 3
+                }
+            }
+        },
+        "pagination.Page-consumer_DeadLetter": {
+            "type": "object",
+            "properties": {
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "$ref": "#/definitions/consumer.DeadLetter"
+                    }
+                },
+                "has_more": {
+                    "type": "boolean",
+                    "example": true
+                },
+                "next_cursor": {
+                    "type": "string",
+                    "x-nullable": true,
+                    "example": "AQAGYT8fhmgAAZOlsHwefS-aSxwtPk9aaw"
                 }
             }
         },

@@ -22,7 +22,8 @@ type Handler interface {
 // QueueName is the name of a tenant's durable queue.
 func QueueName(id uuid.UUID) string { return "tenant." + id.String() }
 
-// DeadLetterQueueName is the name of a tenant's dead-letter queue.
+// DeadLetterQueueName is the name of a tenant's dead-letter queue in versions before the dead_letters table;
+// the runtime moves what such a queue holds into the table and deletes it.
 func DeadLetterQueueName(id uuid.UUID) string { return "tenant." + id.String() + ".dlq" }
 
 // parseQueueName returns the tenant of a queue this runtime owns.

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
 
@@ -18,12 +19,19 @@ import (
 var Module = fx.Module("consumer",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
-		func(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
-			return NewRuntime(conn, p, h, dir, OptionsFrom(c), m, log)
+		func(db *bun.DB, conn *broker.Conn, p *broker.Publisher, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *DeadLetters {
+			return NewDeadLetters(db, conn, p, dir, OptionsFrom(c), m, log)
+		},
+		func(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, dl *DeadLetters, log *zap.Logger) *Runtime {
+			r := NewRuntime(conn, p, h, dir, OptionsFrom(c), m, log)
+			r.UseDeadLetters(dl)
+			return r
 		},
 		httpserver.AsRoutes(NewHandlers),
 	),
 	fx.Invoke(Subscribe),
+	// After the runtime's hook: the shared dead-letter queue is consumed once the exchanges exist, and stops first.
+	fx.Invoke(func(lc fx.Lifecycle, dl *DeadLetters) { lc.Append(fx.Hook{OnStart: dl.Start, OnStop: dl.Stop}) }),
 )
 
 // OptionsFrom takes the runtime's options from the configuration.

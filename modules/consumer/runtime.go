@@ -41,6 +41,7 @@ type Runtime struct {
 	opts      Options
 	log       *zap.Logger
 	metrics   *Metrics
+	dead      *DeadLetters // set by the module (UseDeadLetters)
 
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
@@ -57,9 +58,9 @@ func NewRuntime(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.Te
 }
 
 // DeadLetterExchange is the exchange tenants' rejected and exhausted deliveries go to.
-func (r *Runtime) DeadLetterExchange() string { return r.opts.Exchange + ".dlx" }
+func (r *Runtime) DeadLetterExchange() string { return DeadLetterExchange(r.opts.Exchange) }
 
-// queues returns a tenant's queue and dead-letter queue.
+// queues returns a tenant's queue and the binding of the shared dead-letter queue for it.
 func (r *Runtime) queues(id uuid.UUID) []broker.Queue {
 	args := amqp.Table{
 		"x-queue-type":              r.opts.QueueType,
@@ -67,16 +68,16 @@ func (r *Runtime) queues(id uuid.UUID) []broker.Queue {
 		"x-dead-letter-routing-key": id.String(),
 	}
 	if r.opts.QueueType == "quorum" {
-		args["x-delivery-limit"] = int64(r.opts.DeliveryLimit)
+		args["x-delivery-limit"] = brokerDeliveryLimit(r.opts.DeliveryLimit)
 	}
 	return []broker.Queue{
-		{Name: DeadLetterQueueName(id), Args: amqp.Table{"x-queue-type": r.opts.QueueType}, Exchange: r.DeadLetterExchange(), Key: id.String()},
+		r.opts.deadBinding(id),
 		{Name: QueueName(id), Args: args, Exchange: r.opts.Exchange, Key: id.String()},
 	}
 }
 
-// DeclareTopology declares a tenant's queue (bound to the exchange with the tenant id as routing key) and its
-// dead-letter queue. It is idempotent.
+// DeclareTopology declares a tenant's queue (bound to the exchange with the tenant id as routing key) and
+// binds the shared dead-letter queue for it. It is idempotent.
 func (r *Runtime) DeclareTopology(ctx context.Context, id uuid.UUID) error {
 	if err := r.conn.DeclareQueues(ctx, r.queues(id)...); err != nil {
 		return fmt.Errorf("declare queues of tenant %s: %w", id, err)
@@ -84,10 +85,13 @@ func (r *Runtime) DeclareTopology(ctx context.Context, id uuid.UUID) error {
 	return nil
 }
 
-// DeleteTopology deletes a tenant's queue and dead-letter queue with whatever they hold.
+// DeleteTopology deletes a tenant's queue (and the dead-letter queue of older versions) with whatever they hold.
 func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
 	if err := r.conn.DeleteQueues(ctx, QueueName(id), DeadLetterQueueName(id)); err != nil {
 		return fmt.Errorf("delete queues of tenant %s: %w", id, err)
+	}
+	if r.dead != nil {
+		return r.dead.unbind(ctx, id)
 	}
 	return nil
 }

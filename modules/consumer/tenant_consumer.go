@@ -249,8 +249,8 @@ func (tc *tenantConsumer) requeueWaiting(g *generation) {
 
 // process stores a batch: each stored delivery is acked after the commit; one that can never be stored is
 // dead-lettered at once; transient failures are retried with exponential backoff for the retry budget, then
-// the delivery is rejected back to the queue (which counts towards the queue's delivery limit), or
-// dead-lettered when that limit is reached.
+// the delivery is republished to the tenant's queue with its attempts counted (HeaderAttempts), or
+// dead-lettered with the last error when they reach the delivery limit.
 func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 	rt := tc.rt
 	label := rt.metrics.tenant(tc.id)
@@ -275,7 +275,8 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			tc.settle(g, last, func() error { return last.Ack(true) })
 			return
 		}
-		var retry []rabbitmq.Delivery
+		var retry, dead []rabbitmq.Delivery
+		var deadRows []deadRow
 		var lastErr error
 		for i, d := range remaining {
 			switch err := errs[i]; {
@@ -284,10 +285,14 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			case broker.IsPermanent(err):
 				rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
 					zap.String("message_id", d.MessageId), zap.Error(err))
-				tc.deadLetter(g, d, "undecodable", err)
+				dead = append(dead, d)
+				deadRows = append(deadRows, rowFor(tc.id, d.Delivery, ReasonUndecodable, err.Error(), attempts(d.Delivery)+1))
 			default:
 				retry, lastErr = append(retry, d), err
 			}
+		}
+		if len(dead) > 0 {
+			tc.deadLetter(g, dead, deadRows)
 		}
 		if len(retry) == 0 {
 			return
@@ -301,16 +306,9 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			return
 		}
 		if time.Now().Add(backoff).After(deadline) {
-			rt.log.Warn("store keeps failing; giving the deliveries back", zap.String("tenant_id", tc.id.String()),
+			rt.log.Warn("store keeps failing; putting the deliveries back with their attempts counted", zap.String("tenant_id", tc.id.String()),
 				zap.Int("deliveries", len(remaining)), zap.Int("attempts", attempt), zap.Error(lastErr))
-			for _, d := range remaining {
-				if deliveryCount(d.Headers)+1 >= int64(rt.opts.DeliveryLimit) {
-					tc.deadLetter(g, d, "retries_exhausted", lastErr)
-					continue
-				}
-				rt.metrics.requeued.WithLabelValues(label, "retry_budget").Inc()
-				tc.settle(g, d, func() error { return d.Reject(true) })
-			}
+			tc.exhausted(g, remaining, lastErr)
 			return
 		}
 		if attempt == 1 || attempt%10 == 0 {
@@ -326,6 +324,64 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 	}
 }
 
+// exhausted settles deliveries whose retry budget ran out: those that failed AMQP_DELIVERY_LIMIT times are
+// dead-lettered with lastErr; the others are republished to the tenant's queue with HeaderAttempts incremented
+// (confirmed, same id, body and headers) and acked after the confirm. So only real failures count, whatever
+// the broker's x-delivery-count counts. When the republish fails, they go back to the queue uncounted.
+func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastErr error) {
+	rt := tc.rt
+	label := rt.metrics.tenant(tc.id)
+	var dead, again []rabbitmq.Delivery
+	var deadRows []deadRow
+	var msgs []broker.Message
+	for _, d := range ds {
+		n := attempts(d.Delivery) + 1
+		if n >= rt.opts.DeliveryLimit {
+			dead = append(dead, d)
+			deadRows = append(deadRows, rowFor(tc.id, d.Delivery, ReasonRetriesExhausted, lastErr.Error(), n))
+			continue
+		}
+		headers := map[string]any{}
+		for k, v := range d.Headers {
+			if k != "x-delivery-count" && k != "x-death" {
+				headers[k] = v
+			}
+		}
+		headers[HeaderAttempts] = int64(n)
+		if t, ok := createdAt(d.Delivery); ok {
+			headers[headerCreatedAt] = t.UnixMicro()
+		}
+		id := d.MessageId
+		if id == "" {
+			id = uuid.Must(uuid.NewV7()).String() // from now on, its retries are one message
+		}
+		again = append(again, d)
+		msgs = append(msgs, broker.Message{Exchange: rt.opts.Exchange, RoutingKey: tc.id.String(), MessageID: id,
+			Headers: headers, Body: d.Body, Mandatory: true})
+	}
+	if len(dead) > 0 {
+		tc.deadLetter(g, dead, deadRows)
+	}
+	if len(again) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rt.publisher.PublishAll(ctx, msgs); err != nil {
+		rt.log.Warn("could not republish deliveries for another try; returning them to the queue", zap.String("tenant_id", tc.id.String()),
+			zap.Int("deliveries", len(again)), zap.Error(err))
+		for _, d := range again {
+			tc.settle(g, d, func() error { return d.Nack(false, true) })
+		}
+		rt.metrics.requeued.WithLabelValues(label, "retry_budget").Add(float64(len(again)))
+		return
+	}
+	for _, d := range again {
+		tc.settle(g, d, func() error { return d.Ack(false) })
+	}
+	rt.metrics.requeued.WithLabelValues(label, "retry_budget").Add(float64(len(again)))
+}
+
 const maxBackoff = 5 * time.Second
 
 func allNil(errs []error) bool {
@@ -337,53 +393,23 @@ func allNil(errs []error) bool {
 	return true
 }
 
-// deliveryCount is how often the broker delivered a message before (quorum queues count it in x-delivery-count).
-func deliveryCount(h amqp.Table) int64 {
-	switch v := h["x-delivery-count"].(type) {
-	case int64:
-		return v
-	case int32:
-		return int64(v)
-	case int:
-		return int64(v)
-	}
-	return 0
-}
-
-// Headers set on messages the service dead-letters.
-const (
-	HeaderDeadLetterReason = "x-dead-letter-reason"
-	HeaderLastError        = "x-last-error"
-	HeaderDeadLetteredAt   = "x-dead-lettered-at"
-)
-
-// deadLetter publishes d to the tenant's dead-letter queue with the reason and the last error in its headers,
-// then acks it; when that publish fails it rejects d, and the broker dead-letters it without them.
-func (tc *tenantConsumer) deadLetter(g *generation, d rabbitmq.Delivery, reason string, cause error) {
+// deadLetter stores ds (described by rows) in the dead_letters table in one insert and acks them after the
+// commit. While the database refuses, it retries with backoff like a store; when the generation stops first,
+// it gives the deliveries back to the queue, so a dead letter is never lost nor dropped without its reason.
+func (tc *tenantConsumer) deadLetter(g *generation, ds []rabbitmq.Delivery, rows []deadRow) {
 	rt := tc.rt
-	headers := map[string]any{}
-	for k, v := range d.Headers {
-		headers[k] = v
+	label := rt.metrics.tenant(tc.id)
+	if !rt.dead.store(rows, g.stopped, g.stopping.Load) {
+		for _, d := range ds {
+			tc.settle(g, d, func() error { return d.Nack(false, true) })
+		}
+		rt.metrics.requeued.WithLabelValues(label, "stopping").Add(float64(len(ds)))
+		return
 	}
-	msg := cause.Error()
-	if len(msg) > 512 {
-		msg = msg[:512]
-	}
-	headers[HeaderDeadLetterReason] = reason
-	headers[HeaderLastError] = msg
-	headers[HeaderDeadLetteredAt] = time.Now().UnixMicro()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := rt.publisher.Publish(ctx, broker.Message{Exchange: rt.DeadLetterExchange(), RoutingKey: tc.id.String(),
-		MessageID: d.MessageId, Headers: headers, Body: d.Body})
-	if err != nil {
-		rt.log.Warn("could not publish to the dead-letter queue; rejecting instead", zap.String("tenant_id", tc.id.String()),
-			zap.String("message_id", d.MessageId), zap.Error(err))
-		tc.settle(g, d, func() error { return d.Reject(false) })
-	} else {
+	for i, d := range ds {
 		tc.settle(g, d, func() error { return d.Ack(false) })
+		rt.metrics.deadLettered.WithLabelValues(label, rows[i].reason).Inc()
 	}
-	rt.metrics.deadLettered.WithLabelValues(rt.metrics.tenant(tc.id), reason).Inc()
 }
 
 // settle acks, nacks or rejects d with fn unless the generation's channel is closed or closing (its close

@@ -25,6 +25,7 @@ var Module = fx.Module("messaging",
 			return NewService(db, p, c.AMQPExchange, dir, c.RateLimitDefault, m, log)
 		},
 		httpserver.AsRoutes(func(s *Service, c config.Config) *Handlers { return NewHandlers(s, c.HTTPMaxBatchBodyBytes) }),
+		httpserver.AsRoutes(NewLookupHandlers),
 		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {
 			return NewPartitions(db, dir, c.ReconcileInterval, reg, log)
 		},

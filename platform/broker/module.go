@@ -25,7 +25,7 @@ var Module = fx.Module("broker",
 		},
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Publisher, error) {
 			p, err := NewPublisher(PublisherOptions{URLs: []string{c.AMQPURL}, Name: "msgsvc-" + c.ReplicaID + "-publish",
-				Channels: PublisherChannels, Timeout: c.PublishConfirmTimeout, ReconnectMax: c.AMQPReconnectInterval}, log)
+				Channels: PublisherChannels, Timeout: c.PublishConfirmTimeout, ReconnectMax: 16 * c.AMQPReconnectInterval}, log)
 			if err != nil {
 				return nil, err
 			}

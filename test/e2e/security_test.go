@@ -75,6 +75,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/api/v1/messages?tenant_id=" + tenant, nil, map[string]int{"admin": 200, "own": 200, "other": 404}},
 		{"GET", "/api/v1/tenants/" + tenant + "/dead-letters", nil, adminOnly(200)},
 		{"POST", "/api/v1/tenants/" + tenant + "/dead-letters/replay", nil, adminOnly(200)},
+		{"GET", "/api/v1/tenants/" + tenant + "/dead-letters/" + uuid.NewString(), nil, adminOnly(404)},
+		{"POST", "/api/v1/tenants/" + tenant + "/dead-letters/" + uuid.NewString() + "/replay", nil, adminOnly(404)},
+		{"DELETE", "/api/v1/tenants/" + tenant + "/dead-letters/" + uuid.NewString(), nil, adminOnly(404)},
+		{"GET", "/api/v1/tenants/" + tenant + "/stats", nil, map[string]int{"admin": 200, "own": 200, "other": 404}},
 		{"DELETE", "/api/v1/tenants/{scratch}", nil, adminOnly(204)},
 	}
 	for _, e := range endpoints {

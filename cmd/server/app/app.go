@@ -40,6 +40,9 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		consumer.Module,
 		// The consumer runtime declares the Handler it needs; the messaging module's Service is it.
 		fx.Provide(func(s *messaging.Service) consumer.Handler { return s }),
+		// The messaging module's lookups declare the ConsumerState they need (dead letters, queue depth); the
+		// consumer runtime is it.
+		fx.Provide(func(r *consumer.Runtime) messaging.ConsumerState { return r }),
 		cluster.Module,
 		swagger.Module,
 		fx.Options(extra...),
