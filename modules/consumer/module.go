@@ -18,8 +18,8 @@ import (
 var Module = fx.Module("consumer",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
-		func(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
-			return NewRuntime(conn, p, h, dir, OptionsFrom(c), m, log)
+		func(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
+			return NewRuntime(conn, pool, p, h, dir, OptionsFrom(c), m, log)
 		},
 		httpserver.AsRoutes(NewHandlers),
 	),

@@ -35,6 +35,7 @@ type Options struct {
 // Runtime runs one consumer per tenant on this replica.
 type Runtime struct {
 	conn      *broker.Conn
+	pool      *broker.ConsumerPool
 	publisher *broker.Publisher
 	handler   Handler
 	dir       events.TenantDirectory
@@ -51,8 +52,8 @@ type Runtime struct {
 }
 
 // NewRuntime returns a runtime; Start brings every tenant's consumer up.
-func NewRuntime(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *Runtime {
-	return &Runtime{conn: conn, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
+func NewRuntime(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *Runtime {
+	return &Runtime{conn: conn, pool: pool, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}}
 }
 

@@ -34,6 +34,7 @@ type tenantConsumer struct {
 // generation is one go-rabbitmq consumer with a fixed worker count.
 type generation struct {
 	c       *rabbitmq.Consumer
+	lease   *broker.Lease // the channel slot c holds on a pooled connection
 	workers int
 	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
 	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
@@ -70,12 +71,16 @@ func (tc *tenantConsumer) running() bool {
 }
 
 // start runs a new generation with workers workers; tc.mu must be held and no generation running.
-func (tc *tenantConsumer) start(workers int, reason string) error {
+func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string) error {
 	rt := tc.rt
 	prefetch := workers * rt.opts.PrefetchPerWorker
-	g := &generation{workers: workers, pending: make(chan rabbitmq.Delivery, prefetch),
+	lease, err := rt.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
-	c, err := rabbitmq.NewConsumer(rt.conn.Conn, QueueName(tc.id),
+	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,
 		rabbitmq.WithConsumerOptionsConcurrency(1),
 		rabbitmq.WithConsumerOptionsQOSPrefetch(prefetch),
@@ -86,6 +91,7 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		rabbitmq.WithConsumerOptionsLogger(broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String())))),
 	)
 	if err != nil {
+		lease.Release()
 		return err
 	}
 	g.c = c
@@ -103,6 +109,7 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 			close(g.stopped)
 			g.workersDone.Wait()
 			g.c.Close()
+			g.lease.Release()
 		}
 	}()
 	// Run only returns early when the first consume fails (a missing queue, the broker down); give it a moment
@@ -156,6 +163,7 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 		<-g.pending
 		rt.metrics.inflight.WithLabelValues(rt.metrics.tenant(tc.id)).Dec()
 	}
+	g.lease.Release()
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Sub(float64(g.workers))
 	rt.metrics.running.Dec()
 	rt.log.Info("consumer stopped", zap.String("tenant_id", tc.id.String()), zap.Int("workers", g.workers), zap.String("reason", reason))
@@ -171,7 +179,7 @@ func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string
 	if tc.gen != nil {
 		tc.stopGen(ctx, reason)
 	}
-	return tc.start(workers, reason)
+	return tc.start(ctx, workers, reason)
 }
 
 // stop drains and stops the consumer.

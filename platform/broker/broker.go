@@ -1,6 +1,6 @@
-// Package broker connects the service to RabbitMQ: a reconnecting go-rabbitmq connection shared by consumers,
-// a pool of confirming publishers, topology helpers over a separate administrative connection, and the
-// readiness probe.
+// Package broker connects the service to RabbitMQ: a pool of reconnecting go-rabbitmq connections for
+// consumers (ConsumerPool, sized from the negotiated channel_max), a connection for the publishers and the
+// cluster relay, topology helpers over a separate administrative connection, and the readiness probe.
 package broker
 
 import (
@@ -36,16 +36,34 @@ type Conn struct {
 // Dial connects to RabbitMQ; it fails when the broker does not answer now.
 func Dial(opts Options, log *zap.Logger) (*Conn, error) {
 	log = log.Named("broker")
-	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": opts.ConnectionName}}
-	c, err := rabbitmq.NewConn(opts.URL,
-		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
-		rabbitmq.WithConnectionOptionsBaseReconnectInterval(opts.ReconnectInterval),
-		rabbitmq.WithConnectionOptionsConfig(cfg),
-	)
+	c, err := connect(opts.urls(), opts.ConnectionName, opts.ReconnectInterval, log)
 	if err != nil {
 		return nil, fmt.Errorf("broker: connect: %w", err)
 	}
 	return &Conn{Conn: c, opts: opts, log: log}, nil
+}
+
+// urls lists the brokers to connect to.
+func (o Options) urls() []string { return []string{o.URL} }
+
+// connect opens one reconnecting go-rabbitmq connection named name to the first of urls that answers. Every
+// connection the service opens for consuming and publishing is made here.
+func connect(urls []string, name string, reconnect time.Duration, log *zap.Logger) (*rabbitmq.Conn, error) {
+	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": name}}
+	return rabbitmq.NewClusterConn(rabbitmq.NewStaticResolver(urls, false),
+		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
+		rabbitmq.WithConnectionOptionsBaseReconnectInterval(reconnect),
+		rabbitmq.WithConnectionOptionsConfig(cfg),
+	)
+}
+
+// ChannelMax returns the channel_max the broker negotiates for a connection (2,047 by default).
+func (c *Conn) ChannelMax(ctx context.Context) (int, error) {
+	conn, err := c.adminConn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return int(conn.Config.ChannelMax), nil
 }
 
 // Close closes the administrative connection and the shared connection.
