@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
@@ -18,9 +19,10 @@ import (
 var Module = fx.Module("consumer",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
-		func(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
-			return NewRuntime(conn, pool, p, h, dir, OptionsFrom(c), m, log)
+		func(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, place *cluster.Membership, c config.Config, m *Metrics, log *zap.Logger) *Runtime {
+			return NewRuntime(conn, pool, p, h, dir, place, OptionsFrom(c), m, log)
 		},
+		func(r *Runtime) events.ConsumerStates { return r },
 		httpserver.AsRoutes(NewHandlers),
 	),
 	fx.Invoke(Subscribe),
@@ -42,10 +44,17 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantCreateFailed) error {
 		return r.DeleteTopology(ctx, e.TenantID)
 	})
+	// Every replica hears of every tenant (the relay); the one that owns it runs its consumer.
 	events.Subscribe(bus, "consumer.start", func(ctx context.Context, e events.TenantCreated) error {
+		if !r.Owns(e.Tenant.ID) {
+			return nil
+		}
 		return r.Ensure(ctx, e.Tenant.ID, e.Tenant.Concurrency, "tenant created")
 	})
 	events.Subscribe(bus, "consumer.resize", func(ctx context.Context, e events.TenantConcurrencyChanged) error {
+		if !r.Owns(e.TenantID) {
+			return nil
+		}
 		return r.Ensure(ctx, e.TenantID, e.Concurrency, "concurrency changed")
 	})
 	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {

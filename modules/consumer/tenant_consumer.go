@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,10 @@ type tenantConsumer struct {
 
 	mu  sync.Mutex // serialises start, resize and stop
 	gen *generation
+
+	// lastErr is why the last start failed, "" after a success; failedAt is when. Both are guarded by rt.mu.
+	lastErr  string
+	failedAt time.Time
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.
@@ -78,6 +83,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	if err != nil {
 		return err
 	}
+	consuming := newSignal()
 	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
 	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
@@ -88,7 +94,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String())))),
+		rabbitmq.WithConsumerOptionsLogger(startLogger{Logger: broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String()))), consuming: consuming}),
 	)
 	if err != nil {
 		lease.Release()
@@ -99,27 +105,27 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		g.workersDone.Add(1)
 		go tc.work(g)
 	}
-	started := make(chan error, 1)
+	failed := make(chan error, 1)
 	go func() {
 		defer close(g.done)
 		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
-		started <- g.err
 		if g.err != nil && !g.stopping.Swap(true) {
-			rt.log.Warn("consumer failed to start; reconciliation will retry", zap.String("tenant_id", tc.id.String()), zap.Error(g.err))
+			failed <- g.err
 			close(g.stopped)
 			g.workersDone.Wait()
 			g.c.Close()
 			g.lease.Release()
 		}
 	}()
-	// Run only returns early when the first consume fails (a missing queue, the broker down); give it a moment
-	// so that this error reaches the caller instead of the log.
+	// Run blocks while the consumer lives and returns early only when the first consume fails (a missing
+	// queue, a refused consume, the broker down); go-rabbitmq says it consumes in its log (startLogger).
 	select {
-	case err := <-started:
-		if err != nil {
-			return err
-		}
-	case <-time.After(100 * time.Millisecond):
+	case err := <-failed:
+		return err
+	case <-consuming.C:
+	case <-ctx.Done():
+		// Still starting: it goes on, and reconciliation looks at it again if it fails.
+	case <-time.After(startWait):
 	}
 	tc.gen = g
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
@@ -407,4 +413,32 @@ func (tc *tenantConsumer) settle(g *generation, d rabbitmq.Delivery, fn func() e
 		tc.rt.log.Warn("could not settle delivery; the broker will redeliver it", zap.String("tenant_id", tc.id.String()),
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}
+}
+
+// startWait bounds how long a start waits to learn whether the consumer consumes.
+const startWait = 10 * time.Second
+
+// signal is closed once.
+type signal struct {
+	C    chan struct{}
+	once sync.Once
+}
+
+func newSignal() *signal { return &signal{C: make(chan struct{})} }
+
+func (s *signal) fire() { s.once.Do(func() { close(s.C) }) }
+
+// startLogger is a consumer's logger that also tells when go-rabbitmq started consuming: it logs "Processing
+// messages on N goroutines" right after a successful basic.consume, and has no other way to say so (Run blocks
+// for the consumer's life).
+type startLogger struct {
+	rabbitmq.Logger
+	consuming *signal
+}
+
+func (l startLogger) Infof(f string, v ...any) {
+	if strings.HasPrefix(f, "Processing messages on") {
+		l.consuming.fire()
+	}
+	l.Logger.Infof(f, v...)
 }

@@ -102,6 +102,12 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// ReplicaID names this process among replicas (REPLICA_ID); default: host name and process id.
 	ReplicaID string
+	// ReplicaHeartbeatInterval is how often a replica renews its row in the replicas table and reads the live
+	// set (REPLICA_HEARTBEAT_INTERVAL).
+	ReplicaHeartbeatInterval time.Duration
+	// ReplicaTTL is how long a replica without a heartbeat counts as alive; its tenants move after it
+	// (REPLICA_TTL).
+	ReplicaTTL time.Duration
 	// PprofAddr, when set, serves net/http/pprof on this address, apart from the API (PPROF_ADDR).
 	PprofAddr string
 	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
@@ -153,6 +159,8 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ReconcileOrphanGrace:      r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),
 		ShutdownTimeout:           r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReplicaID:                 r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
+		ReplicaHeartbeatInterval:  r.dur("REPLICA_HEARTBEAT_INTERVAL", 2*time.Second),
+		ReplicaTTL:                r.dur("REPLICA_TTL", 10*time.Second),
 		PprofAddr:                 r.str("PPROF_ADDR", ""),
 		MetricsPerTenant:          r.bool("METRICS_PER_TENANT", true),
 	}
@@ -167,6 +175,9 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	}
 	if c.AuthMode == "enabled" && len(c.AdminAPIKeys) == 0 {
 		r.fail("ADMIN_API_KEYS", "at least one admin key is required unless AUTH_MODE=disabled")
+	}
+	if c.ReplicaTTL < 2*c.ReplicaHeartbeatInterval {
+		r.fail("REPLICA_TTL", fmt.Sprintf("%s must be at least twice REPLICA_HEARTBEAT_INTERVAL %s", c.ReplicaTTL, c.ReplicaHeartbeatInterval))
 	}
 	if c.ShutdownTimeout <= c.ConsumerDrainTimeout {
 		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))
