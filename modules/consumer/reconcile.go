@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/events"
 )
 
@@ -38,6 +39,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		errs  []error
 		owned int
 	)
+	var mine []events.Tenant
 	for _, t := range tenants {
 		known[t.ID] = true
 		if !r.place.Owns(t.ID) {
@@ -56,12 +58,29 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 			}
 			continue
 		}
-		owned++
+		mine = append(mine, t)
+	}
+	owned = len(mine)
+	// One passive declare per owned tenant's queue, over a few channels.
+	names := make([]string, len(mine))
+	for i, t := range mine {
+		names[i] = QueueName(t.ID)
+	}
+	states, inspectErrs, err := r.conn.InspectQueues(ctx, names)
+	if err != nil {
+		wg.Wait()
+		return fmt.Errorf("inspect tenant queues: %w", err)
+	}
+	for i, t := range mine {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := r.reconcileTenant(ctx, t); err != nil {
+			err := inspectErrs[i]
+			if err == nil {
+				err = r.reconcileTenant(ctx, t, states[i])
+			}
+			if err != nil {
 				if tc := r.consumer(t.ID, true); tc != nil && !tc.running() {
 					r.recordStart(tc, err)
 				}
@@ -98,13 +117,9 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant) error {
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broker.QueueState) error {
 	if r.isClosed() {
 		return nil
-	}
-	st, err := r.conn.InspectQueue(ctx, QueueName(t.ID))
-	if err != nil {
-		return err
 	}
 	if !st.Exists {
 		// The tenant list was read at the start of this run; a tenant deleted since then has no queue either.

@@ -70,11 +70,13 @@ type Runtime struct {
 	closed    bool
 	started   bool
 
-	orphans  map[string]time.Time // queue name → when reconciliation first saw it without a tenant
-	mgmtDown bool                 // the management API did not answer at the last reconciliation
-	kick     chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
-	stopLoop chan struct{}
-	loopDone chan struct{}
+	orphans   map[string]time.Time // queue name → when reconciliation first saw it without a tenant
+	mgmtDown  bool                 // the management API did not answer at the last reconciliation
+	kick      chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
+	stopLoop  chan struct{}
+	loopDone  chan struct{}
+	firstRun  chan struct{} // closed after the first reconciliation run
+	firstOnce sync.Once
 }
 
 // NewRuntime returns a runtime; Start brings the consumers of the tenants it owns up. A nil place makes this
@@ -85,7 +87,7 @@ func NewRuntime(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publishe
 	}
 	r := &Runtime{conn: conn, pool: pool, place: place, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{},
-		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{})}
+		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{})}
 	place.OnChange(r.Kick)
 	return r
 }
@@ -201,6 +203,23 @@ func (r *Runtime) Stop(ctx context.Context, id uuid.UUID, reason string) {
 	}
 }
 
+// running counts the consumers that run.
+func (r *Runtime) running() int {
+	r.mu.Lock()
+	all := make([]*tenantConsumer, 0, len(r.consumers))
+	for _, tc := range r.consumers {
+		all = append(all, tc)
+	}
+	r.mu.Unlock()
+	n := 0
+	for _, tc := range all {
+		if tc.running() {
+			n++
+		}
+	}
+	return n
+}
+
 // Workers returns the worker count of the tenant's running consumer, 0 when none runs.
 func (r *Runtime) Workers(id uuid.UUID) int {
 	tc := r.consumer(id, false)
@@ -215,8 +234,10 @@ func (r *Runtime) Workers(id uuid.UUID) int {
 	return tc.gen.workers
 }
 
-// Start declares the exchanges, brings the topology and consumer of every tenant it owns up, and starts
-// reconciliation. It fails only when the broker does not answer; a tenant that cannot start is retried.
+// Start declares the exchanges and starts reconciliation, whose first run brings the topology and consumer of
+// every tenant this replica owns up in the background, paced (reconcileParallelism at a time), so that the
+// replica answers /readyz at once however many tenants it has. It fails only when the broker does not answer;
+// a tenant that cannot start is retried, logged, counted and shown in its status.
 func (r *Runtime) Start(ctx context.Context) error {
 	if err := r.conn.DeclareExchange(ctx, r.opts.Exchange, amqp.ExchangeDirect); err != nil {
 		return fmt.Errorf("consumer: declare exchange: %w", err)
@@ -224,17 +245,17 @@ func (r *Runtime) Start(ctx context.Context) error {
 	if err := r.conn.DeclareExchange(ctx, r.DeadLetterExchange(), amqp.ExchangeDirect); err != nil {
 		return fmt.Errorf("consumer: declare dead-letter exchange: %w", err)
 	}
-	// A tenant whose queue or consumer cannot start now, or the database being slow, is no reason to stop the
-	// service: the periodic reconciliation retries, and each failing tenant is logged, counted and shown.
-	if err := r.Reconcile(ctx); err != nil {
-		r.log.Warn("start-up reconciliation incomplete; the periodic one retries", zap.Error(err))
-	}
 	r.mu.Lock()
 	r.started = true
 	r.mu.Unlock()
+	r.Kick()
 	go r.loop()
 	return nil
 }
+
+// Started returns a channel closed after the first reconciliation run since Start finished: by then every tenant
+// this replica owns has its consumer, or a recorded failure.
+func (r *Runtime) Started() <-chan struct{} { return r.firstRun }
 
 // loop reconciles every ReconcileInterval, and at once when kicked.
 func (r *Runtime) loop() {
@@ -248,11 +269,18 @@ func (r *Runtime) loop() {
 		case <-t.C:
 		case <-r.kick:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.ReconcileInterval, time.Minute))
-		if err := r.Reconcile(ctx); err != nil {
-			r.log.Warn("reconciliation failed; next run will retry", zap.Error(err))
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.ReconcileInterval, 5*time.Minute))
+		began := time.Now()
+		err := r.Reconcile(ctx)
 		cancel()
+		if err != nil {
+			r.log.Warn("reconciliation incomplete; the next run retries", zap.Error(err))
+		}
+		r.firstOnce.Do(func() {
+			r.log.Info("start-up reconciliation done", zap.Duration("took", time.Since(began)),
+				zap.Int("consumers", r.running()))
+			close(r.firstRun)
+		})
 	}
 }
 

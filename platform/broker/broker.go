@@ -147,3 +147,60 @@ func Permanent(err error) error { return permanentError{err} }
 
 // IsPermanent reports whether err was marked with Permanent.
 func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
+
+// InspectQueues passively declares every named queue and returns their states, and per queue the error that
+// kept it from being inspected (nil for most), in the same order. It uses a few channels of the
+// administrative connection for the whole list (a missing or locked queue closes its channel; the next declare
+// opens another), so inspecting thousands of queues costs one round trip each, not a channel's open and close
+// as well. The error it returns itself means the broker did not answer at all.
+func (c *Conn) InspectQueues(ctx context.Context, names []string) ([]QueueState, []error, error) {
+	const lanes = 4
+	states := make([]QueueState, len(names))
+	errs := make([]error, len(names))
+	laneErrs := make([]error, lanes)
+	var wg sync.WaitGroup
+	for lane := range lanes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			laneErrs[lane] = c.inspectLane(ctx, names, states, errs, lane, lanes)
+		}()
+	}
+	wg.Wait()
+	return states, errs, errors.Join(laneErrs...)
+}
+
+// inspectLane inspects names[lane], names[lane+step], ... into states and errs.
+func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueState, errs []error, lane, step int) error {
+	var ch *amqp.Channel
+	defer func() {
+		if ch != nil {
+			_ = ch.Close()
+		}
+	}()
+	for i := lane; i < len(names); i += step {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if ch == nil || ch.IsClosed() {
+			conn, err := c.adminConn(ctx)
+			if err != nil {
+				return err
+			}
+			if ch, err = conn.Channel(); err != nil {
+				return fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
+			}
+		}
+		q, err := ch.QueueDeclarePassive(names[i], true, false, false, false, nil)
+		var ae *amqp.Error
+		switch {
+		case errors.As(err, &ae) && ae.Code == amqp.NotFound:
+			states[i] = QueueState{}
+		case err != nil:
+			errs[i] = fmt.Errorf("inspect queue %s: %w", names[i], err)
+		default:
+			states[i] = QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}
+		}
+	}
+	return nil
+}
