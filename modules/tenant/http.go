@@ -32,7 +32,23 @@ func (h *Handlers) WithConsumerStates(states events.ConsumerStates) *Handlers {
 type TenantWithConsumer struct {
 	Tenant
 	// Consumer is the state of the tenant's consumer across the replicas.
-	Consumer *events.ConsumerState `json:"consumer,omitempty"`
+	Consumer *ConsumerState `json:"consumer,omitempty"`
+}
+
+// ConsumerState is the state of a tenant's consumer (events.ConsumerState, documented here for the API).
+type ConsumerState struct {
+	// Replica is the replica that owns the tenant's worker pool ("" when no replica is alive to own it).
+	Replica string `json:"replica" example:"msgsvc-0"`
+	// Running is true when the owner's consumer consumes the tenant's queue.
+	Running bool `json:"running"`
+	// Workers is the owner's worker count while it runs, else 0.
+	Workers int `json:"workers" example:"5"`
+	// QueueDepth is the number of messages ready in the tenant's queue, -1 when the broker did not answer.
+	QueueDepth int `json:"queue_depth" example:"0"`
+	// QueueConsumers is the number of consumers the broker counts on the tenant's queue.
+	QueueConsumers int `json:"queue_consumers" example:"1"`
+	// Error says why the consumer failed to start at its last attempt on the owner; it is retried.
+	Error string `json:"error,omitempty"`
 }
 
 // Register implements httpserver.Routes.
@@ -137,7 +153,7 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 	}
 	out := TenantWithConsumer{Tenant: t}
 	if h.states != nil {
-		st := h.states.ConsumerState(r.Context(), id, t.ConcurrencyConfig)
+		st := ConsumerState(h.states.ConsumerState(r.Context(), id, t.ConcurrencyConfig))
 		out.Consumer = &st
 	}
 	httpserver.WriteJSON(w, http.StatusOK, out)

@@ -77,3 +77,40 @@ func TestConsumersSpreadOverConnections(t *testing.T) {
 		return testenv.Count(t, db, "SELECT count(DISTINCT tenant_id) FROM messages") == len(ids)
 	}, "every tenant stored its message")
 }
+
+// TestTwoThousandFiveHundredTenantsOnOneReplica creates 2,500 tenants on one replica, past the 2,047 channels
+// one AMQP connection can carry: every creation answers 201, every tenant consumes (its consumers spread over
+// two pooled connections), and the tenants created last store what they are sent. It is the slowest test of
+// the suite (about two minutes here); the benchmark's scenario 5 goes to 5,000 and two replicas.
+func TestTwoThousandFiveHundredTenantsOnOneReplica(t *testing.T) {
+	const tenants = 2500
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.MetricsPerTenant = false
+	cfg.LogLevel = "warn"
+	cfg.ReconcileInterval = time.Minute // the test's own checks, not reconciliation, find what is missing
+	var (
+		rt   *consumer.Runtime
+		pool *broker.ConsumerPool
+	)
+	a := testenv.Start(t, cfg, fx.Populate(&rt, &pool))
+	start := time.Now()
+	ids := createTenants(t, a, "many", tenants, 8)
+	took := time.Since(start)
+	for _, id := range ids {
+		require.Equal(t, 1, rt.Workers(uuid.MustParse(id)), "tenant %s consumes", id)
+	}
+	conns, chans := pool.Stats()
+	require.Equal(t, tenants, chans, "consumer channels")
+	require.Equal(t, (tenants+pool.PerConn()-1)/pool.PerConn(), conns, "consumer connections")
+	last := ids[tenants-20:]
+	for _, id := range last {
+		a.Publish(id, map[string]string{"tenant": id})
+	}
+	db := a.DB()
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = ANY($1::uuid[])", last) == len(last)
+	}, "the last tenants store their messages")
+	t.Logf("%d tenants created in %s (%.1f/s), all consuming over %d connections", tenants, took.Round(time.Second),
+		float64(tenants)/took.Seconds(), conns)
+}
