@@ -485,7 +485,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "An admin key reads every tenant; a tenant key reads its own tenant (another tenant answers 404).",
+                "description": "An admin key reads every tenant; a tenant key reads its own tenant (another tenant answers 404). The answer shows the state of the tenant's consumer: the replica that owns it, whether it runs, its workers and its queue's depth.",
                 "produces": [
                     "application/json"
                 ],
@@ -508,7 +508,7 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/tenant.Tenant"
+                            "$ref": "#/definitions/tenant.TenantWithConsumer"
                         }
                     },
                     "400": {
@@ -1855,6 +1855,39 @@ const docTemplate = `{
                 }
             }
         },
+        "tenant.ConsumerState": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "description": "Error says why the consumer failed to start at its last attempt on the owner; it is retried.",
+                    "type": "string"
+                },
+                "queue_consumers": {
+                    "description": "QueueConsumers is the number of consumers the broker counts on the tenant's queue.",
+                    "type": "integer",
+                    "example": 1
+                },
+                "queue_depth": {
+                    "description": "QueueDepth is the number of messages ready in the tenant's queue, -1 when the broker did not answer.",
+                    "type": "integer",
+                    "example": 0
+                },
+                "replica": {
+                    "description": "Replica is the replica that owns the tenant's worker pool (\"\" when no replica is alive to own it).",
+                    "type": "string",
+                    "example": "msgsvc-0"
+                },
+                "running": {
+                    "description": "Running is true when the owner's consumer consumes the tenant's queue.",
+                    "type": "boolean"
+                },
+                "workers": {
+                    "description": "Workers is the owner's worker count while it runs, else 0.",
+                    "type": "integer",
+                    "example": 5
+                }
+            }
+        },
         "tenant.CreateRequest": {
             "type": "object",
             "required": [
@@ -1957,6 +1990,47 @@ const docTemplate = `{
                 "concurrency_config": {
                     "type": "integer",
                     "example": 5
+                },
+                "created_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00Z"
+                },
+                "id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                },
+                "name": {
+                    "type": "string",
+                    "example": "Acme Corp"
+                },
+                "rate_limit": {
+                    "description": "RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
+                    "type": "number",
+                    "example": 100
+                },
+                "updated_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "example": "2026-11-27T10:00:00Z"
+                }
+            }
+        },
+        "tenant.TenantWithConsumer": {
+            "type": "object",
+            "properties": {
+                "concurrency_config": {
+                    "type": "integer",
+                    "example": 5
+                },
+                "consumer": {
+                    "description": "Consumer is the state of the tenant's consumer across the replicas.",
+                    "allOf": [
+                        {
+                            "$ref": "#/definitions/tenant.ConsumerState"
+                        }
+                    ]
                 },
                 "created_at": {
                     "type": "string",

@@ -20,6 +20,12 @@ type Metrics struct {
 	restarts     *prometheus.CounterVec
 	reconciles   prometheus.Counter
 	repairs      *prometheus.CounterVec
+	// startFailures counts consumers that could not start; failing is how many tenants have none for that reason.
+	startFailures prometheus.Counter
+	failing       prometheus.Gauge
+	orphanCleanup prometheus.Gauge
+	owned         prometheus.Gauge
+	handovers     prometheus.Counter
 }
 
 // NewMetrics registers the runtime's series on reg. With perTenant false the tenant label is "all".
@@ -41,6 +47,17 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_runs_total", Help: "Reconciliation runs."}),
 		repairs:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_repairs_total", Help: "Repairs made by reconciliation, by kind."}, []string{"kind"}),
 	}
+	m.startFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_start_failures_total",
+		Help: "Tenant consumers (or their queues) that failed to start on this replica; reconciliation retries them."})
+	m.failing = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumers_failing",
+		Help: "Tenants this replica owns whose consumer failed to start at its last attempt."})
+	m.orphanCleanup = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "orphan_queue_cleanup_enabled",
+		Help: "1 when reconciliation can list queues through the management API to remove orphans, else 0."})
+	m.owned = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "tenants_owned",
+		Help: "Tenants placed on this replica at the last reconciliation."})
+	m.handovers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_handovers_total",
+		Help: "Consumers this replica drained and stopped because another replica owns their tenant now."})
+	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers)
 	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.repairs)
 	return m
 }

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
@@ -22,11 +23,12 @@ var Module = fx.Module("consumer",
 		func(db *bun.DB, conn *broker.Conn, p *broker.Publisher, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *DeadLetters {
 			return NewDeadLetters(db, conn, p, dir, OptionsFrom(c), m, log)
 		},
-		func(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, c config.Config, m *Metrics, dl *DeadLetters, log *zap.Logger) *Runtime {
-			r := NewRuntime(conn, p, h, dir, OptionsFrom(c), m, log)
+		func(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, place *cluster.Membership, c config.Config, m *Metrics, dl *DeadLetters, log *zap.Logger) *Runtime {
+			r := NewRuntime(conn, pool, p, h, dir, place, OptionsFrom(c), m, log)
 			r.UseDeadLetters(dl)
 			return r
 		},
+		func(r *Runtime) events.ConsumerStates { return r },
 		httpserver.AsRoutes(NewHandlers),
 	),
 	fx.Invoke(Subscribe),
@@ -50,10 +52,17 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantCreateFailed) error {
 		return r.DeleteTopology(ctx, e.TenantID)
 	})
+	// Every replica hears of every tenant (the relay); the one that owns it runs its consumer.
 	events.Subscribe(bus, "consumer.start", func(ctx context.Context, e events.TenantCreated) error {
+		if !r.Owns(e.Tenant.ID) {
+			return nil
+		}
 		return r.Ensure(ctx, e.Tenant.ID, e.Tenant.Concurrency, "tenant created")
 	})
 	events.Subscribe(bus, "consumer.resize", func(ctx context.Context, e events.TenantConcurrencyChanged) error {
+		if !r.Owns(e.TenantID) {
+			return nil
+		}
 		return r.Ensure(ctx, e.TenantID, e.Concurrency, "concurrency changed")
 	})
 	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {

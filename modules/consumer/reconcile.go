@@ -14,15 +14,17 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/events"
 )
 
 // reconcileParallelism bounds how many tenants one reconciliation run repairs at once.
 const reconcileParallelism = 16
 
-// Reconcile makes what runs on this replica match the database: every tenant has its queues and a consumer
-// of its configured size; consumers of tenants that no longer exist stop; queues of tenants that do not
-// exist (for OrphanGrace, so that a creation in progress is left alone) are deleted.
+// Reconcile makes what runs on this replica match the database and the placement: every tenant this replica
+// owns has its queues and a consumer of its configured size; consumers of tenants it no longer owns drain and
+// stop (handover); consumers of tenants that no longer exist stop; queues of tenants that do not exist (for
+// OrphanGrace, so that a creation in progress is left alone) are deleted.
 func (r *Runtime) Reconcile(ctx context.Context) error {
 	r.metrics.reconciles.Inc()
 	tenants, err := r.dir.Tenants(ctx)
@@ -31,18 +33,57 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	}
 	known := make(map[uuid.UUID]bool, len(tenants))
 	var (
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, reconcileParallelism)
-		mu   sync.Mutex
-		errs []error
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, reconcileParallelism)
+		mu    sync.Mutex
+		errs  []error
+		owned int
 	)
+	var mine []events.Tenant
 	for _, t := range tenants {
 		known[t.ID] = true
+		if !r.place.Owns(t.ID) {
+			if tc := r.consumer(t.ID, false); tc != nil {
+				// Another replica owns it now; its consumer is registered or will be at its next run, and the
+				// queue's single active consumer hands over once this one drained and left.
+				wg.Add(1)
+				sem <- struct{}{}
+				go func() {
+					defer func() { <-sem; wg.Done() }()
+					r.log.Info("tenant moved to another replica; draining its consumer", zap.String("tenant_id", t.ID.String()),
+						zap.String("owner", r.place.Owner(t.ID)))
+					r.metrics.handovers.Inc()
+					r.Stop(ctx, t.ID, "handover")
+				}()
+			}
+			continue
+		}
+		mine = append(mine, t)
+	}
+	owned = len(mine)
+	// One passive declare per owned tenant's queue, over a few channels.
+	names := make([]string, len(mine))
+	for i, t := range mine {
+		names[i] = QueueName(t.ID)
+	}
+	states, inspectErrs, err := r.conn.InspectQueues(ctx, names)
+	if err != nil {
+		wg.Wait()
+		return fmt.Errorf("inspect tenant queues: %w", err)
+	}
+	for i, t := range mine {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := r.reconcileTenant(ctx, t); err != nil {
+			err := inspectErrs[i]
+			if err == nil {
+				err = r.reconcileTenant(ctx, t, states[i])
+			}
+			if err != nil {
+				if tc := r.consumer(t.ID, true); tc != nil && !tc.running() {
+					r.recordStart(tc, err)
+				}
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -50,6 +91,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	r.metrics.owned.Set(float64(owned))
 
 	r.mu.Lock()
 	var stale []uuid.UUID
@@ -75,18 +117,27 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant) error {
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broker.QueueState) error {
 	if r.isClosed() {
 		return nil
 	}
-	st, err := r.conn.InspectQueue(ctx, QueueName(t.ID))
-	if err != nil {
-		return err
-	}
 	if !st.Exists {
+		// The tenant list was read at the start of this run; a tenant deleted since then has no queue either.
+		// Re-creating its queues would leak them (nothing deletes them again without the management API).
+		if gone, err := r.gone(ctx, t.ID); err != nil || gone {
+			return err
+		}
 		r.log.Warn("tenant queue missing; declaring it", zap.String("tenant_id", t.ID.String()))
 		r.metrics.repairs.WithLabelValues("queue").Inc()
 		if err := r.DeclareTopology(ctx, t.ID); err != nil {
+			return err
+		}
+		// A deletion may have run between the check and the declare, and deleted the queues before they were
+		// declared again: ask once more, and take back what this run made.
+		if gone, err := r.gone(ctx, t.ID); err != nil || gone {
+			if err == nil {
+				err = r.DeleteTopology(ctx, t.ID)
+			}
 			return err
 		}
 		// A consumer on the deleted queue was cancelled by the broker; replace it.
@@ -108,6 +159,20 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant) error {
 	return nil
 }
 
+// gone reports whether the database confirms that tenant id no longer exists; when it does, the tenant's
+// consumer on this replica stops.
+func (r *Runtime) gone(ctx context.Context, id uuid.UUID) (bool, error) {
+	_, exists, err := r.dir.Tenant(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	if !exists {
+		r.log.Info("tenant deleted during reconciliation; leaving it alone", zap.String("tenant_id", id.String()))
+		r.Stop(ctx, id, "tenant gone")
+	}
+	return !exists, nil
+}
+
 func (r *Runtime) isClosed() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -121,8 +186,19 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 	}
 	names, err := r.listQueues(ctx)
 	if err != nil {
-		return err
+		if !r.mgmtDown {
+			r.log.Warn("RabbitMQ management API unreachable: orphan-queue cleanup is off until it answers",
+				zap.String("management_url", redact(r.opts.ManagementURL)), zap.Error(err))
+		}
+		r.mgmtDown = true
+		r.metrics.orphanCleanup.Set(0)
+		return nil
 	}
+	if r.mgmtDown {
+		r.log.Info("RabbitMQ management API answers again: orphan-queue cleanup is on")
+	}
+	r.mgmtDown = false
+	r.metrics.orphanCleanup.Set(1)
 	now := time.Now()
 	seen := map[string]time.Time{}
 	for _, name := range names {
@@ -194,4 +270,14 @@ func (r *Runtime) listQueues(ctx context.Context) ([]string, error) {
 		names[i] = q.Name
 	}
 	return names, nil
+}
+
+// redact removes the credentials from a URL for logging.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	u.User = nil
+	return u.String()
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/events"
-	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // Options configure the runtime.
@@ -32,9 +31,33 @@ type Options struct {
 	AMQPURL           string        // names the virtual host whose queues the management API lists
 }
 
-// Runtime runs one consumer per tenant on this replica.
+// Placement tells which tenants this replica owns; cluster.Membership implements it.
+type Placement interface {
+	// Owns reports whether this replica runs tenant id's worker pool.
+	Owns(id uuid.UUID) bool
+	// Owner returns the replica that owns tenant id.
+	Owner(id uuid.UUID) string
+	// OnChange registers fn, called when ownership may have changed.
+	OnChange(fn func())
+	// Leave gives up every tenant: the other replicas take them over.
+	Leave(ctx context.Context) error
+}
+
+// alone is the placement of a single replica: it owns every tenant.
+type alone string
+
+func (a alone) Owns(uuid.UUID) bool         { return true }
+func (a alone) Owner(uuid.UUID) string      { return string(a) }
+func (a alone) OnChange(func())             {}
+func (a alone) Leave(context.Context) error { return nil }
+
+// Runtime runs the consumers of the tenants this replica owns. Tenants are placed on the live replicas
+// (Placement); a tenant's queue has a single active consumer, so that while ownership moves (the old owner
+// drains, the new one has registered its consumer) the broker delivers to one of them only.
 type Runtime struct {
 	conn      *broker.Conn
+	pool      *broker.ConsumerPool
+	place     Placement
 	publisher *broker.Publisher
 	handler   Handler
 	dir       events.TenantDirectory
@@ -46,16 +69,40 @@ type Runtime struct {
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
 	closed    bool
+	started   bool
 
-	orphans map[string]time.Time // queue name → when reconciliation first saw it without a tenant
-	loop    *periodic.Loop       // periodic reconciliation
+	orphans   map[string]time.Time // queue name → when reconciliation first saw it without a tenant
+	mgmtDown  bool                 // the management API did not answer at the last reconciliation
+	kick      chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
+	stopLoop  chan struct{}
+	loopDone  chan struct{}
+	firstRun  chan struct{} // closed after the first reconciliation run
+	firstOnce sync.Once
 }
 
-// NewRuntime returns a runtime; Start brings every tenant's consumer up.
-func NewRuntime(conn *broker.Conn, p *broker.Publisher, h Handler, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *Runtime {
-	return &Runtime{conn: conn, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
-		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}}
+// NewRuntime returns a runtime; Start brings the consumers of the tenants it owns up. A nil place makes this
+// replica own every tenant.
+func NewRuntime(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, place Placement, opts Options, m *Metrics, log *zap.Logger) *Runtime {
+	if place == nil {
+		place = alone(opts.ReplicaID)
+	}
+	r := &Runtime{conn: conn, pool: pool, place: place, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
+		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{},
+		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{})}
+	place.OnChange(r.Kick)
+	return r
 }
+
+// Kick asks for a reconciliation run now, as when the set of live replicas changed.
+func (r *Runtime) Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Owns reports whether this replica runs tenant id's worker pool.
+func (r *Runtime) Owns(id uuid.UUID) bool { return r.place.Owns(id) }
 
 // DeadLetterExchange is the exchange tenants' rejected and exhausted deliveries go to.
 func (r *Runtime) DeadLetterExchange() string { return DeadLetterExchange(r.opts.Exchange) }
@@ -66,6 +113,8 @@ func (r *Runtime) queues(id uuid.UUID) []broker.Queue {
 		"x-queue-type":              r.opts.QueueType,
 		"x-dead-letter-exchange":    r.DeadLetterExchange(),
 		"x-dead-letter-routing-key": id.String(),
+		// One consumer at a time receives: a new owner's consumer waits until the old owner's drained and left.
+		"x-single-active-consumer": true,
 	}
 	if r.opts.QueueType == "quorum" {
 		args["x-delivery-limit"] = brokerDeliveryLimit(r.opts.DeliveryLimit)
@@ -133,10 +182,33 @@ func (r *Runtime) Ensure(ctx context.Context, id uuid.UUID, workers int, reason 
 	if tc == nil {
 		return fmt.Errorf("consumer runtime is stopped")
 	}
-	if err := tc.ensure(ctx, workers, reason); err != nil {
+	err := tc.ensure(ctx, workers, reason)
+	r.recordStart(tc, err)
+	if err != nil {
 		return fmt.Errorf("start consumer of tenant %s: %w", id, err)
 	}
 	return nil
+}
+
+// recordStart keeps the outcome of a consumer's start for its status, the log and the metrics.
+func (r *Runtime) recordStart(tc *tenantConsumer, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	was := tc.lastErr != ""
+	if err == nil {
+		tc.lastErr = ""
+		if was {
+			r.metrics.failing.Dec()
+		}
+		return
+	}
+	r.metrics.startFailures.Inc()
+	tc.lastErr = err.Error()
+	tc.failedAt = time.Now()
+	if !was {
+		r.metrics.failing.Inc()
+	}
+	r.log.Warn("tenant consumer failed to start; reconciliation retries it", zap.String("tenant_id", tc.id.String()), zap.Error(err))
 }
 
 // Stop drains and stops the tenant's consumer and forgets it.
@@ -144,11 +216,32 @@ func (r *Runtime) Stop(ctx context.Context, id uuid.UUID, reason string) {
 	r.mu.Lock()
 	tc := r.consumers[id]
 	delete(r.consumers, id)
+	if tc != nil && tc.lastErr != "" {
+		tc.lastErr = ""
+		r.metrics.failing.Dec()
+	}
 	r.mu.Unlock()
 	if tc != nil {
 		tc.stop(ctx, reason)
 		r.metrics.forget(id)
 	}
+}
+
+// running counts the consumers that run.
+func (r *Runtime) running() int {
+	r.mu.Lock()
+	all := make([]*tenantConsumer, 0, len(r.consumers))
+	for _, tc := range r.consumers {
+		all = append(all, tc)
+	}
+	r.mu.Unlock()
+	n := 0
+	for _, tc := range all {
+		if tc.running() {
+			n++
+		}
+	}
+	return n
 }
 
 // Workers returns the worker count of the tenant's running consumer, 0 when none runs.
@@ -165,7 +258,10 @@ func (r *Runtime) Workers(id uuid.UUID) int {
 	return tc.gen.workers
 }
 
-// Start declares the exchanges, brings every tenant's topology and consumer up, and starts reconciliation.
+// Start declares the exchanges and starts reconciliation, whose first run brings the topology and consumer of
+// every tenant this replica owns up in the background, paced (reconcileParallelism at a time), so that the
+// replica answers /readyz at once however many tenants it has. It fails only when the broker does not answer;
+// a tenant that cannot start is retried, logged, counted and shown in its status.
 func (r *Runtime) Start(ctx context.Context) error {
 	if err := r.conn.DeclareExchange(ctx, r.opts.Exchange, amqp.ExchangeDirect); err != nil {
 		return fmt.Errorf("consumer: declare exchange: %w", err)
@@ -173,19 +269,53 @@ func (r *Runtime) Start(ctx context.Context) error {
 	if err := r.conn.DeclareExchange(ctx, r.DeadLetterExchange(), amqp.ExchangeDirect); err != nil {
 		return fmt.Errorf("consumer: declare dead-letter exchange: %w", err)
 	}
-	if err := r.Reconcile(ctx); err != nil {
-		return fmt.Errorf("consumer: start tenants' consumers: %w", err)
-	}
-	r.loop = periodic.Start(r.opts.ReconcileInterval, r.Reconcile, func(err error) {
-		r.log.Warn("reconciliation failed; next run will retry", zap.Error(err))
-	})
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
+	r.Kick()
+	go r.loop()
 	return nil
 }
 
-// Shutdown stops reconciliation and drains every consumer; queues and their messages stay.
+// Started returns a channel closed after the first reconciliation run since Start finished: by then every tenant
+// this replica owns has its consumer, or a recorded failure.
+func (r *Runtime) Started() <-chan struct{} { return r.firstRun }
+
+// loop reconciles every ReconcileInterval, and at once when kicked.
+func (r *Runtime) loop() {
+	defer close(r.loopDone)
+	t := time.NewTicker(r.opts.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stopLoop:
+			return
+		case <-t.C:
+		case <-r.kick:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.ReconcileInterval, 5*time.Minute))
+		began := time.Now()
+		err := r.Reconcile(ctx)
+		cancel()
+		if err != nil {
+			r.log.Warn("reconciliation incomplete; the next run retries", zap.Error(err))
+		}
+		r.firstOnce.Do(func() {
+			r.log.Info("start-up reconciliation done", zap.Duration("took", time.Since(began)),
+				zap.Int("consumers", r.running()))
+			close(r.firstRun)
+		})
+	}
+}
+
+// Shutdown leaves the placement (the other replicas take this one's tenants; their consumers wait until this
+// one's stop), stops reconciliation and drains every consumer; queues and their messages stay.
 func (r *Runtime) Shutdown(ctx context.Context) error {
-	r.loop.Stop()
+	if err := r.place.Leave(ctx); err != nil {
+		r.log.Warn("could not leave the replica set", zap.Error(err))
+	}
 	r.mu.Lock()
+	stopLoop := r.started && !r.closed
 	r.closed = true
 	all := make([]*tenantConsumer, 0, len(r.consumers))
 	for _, tc := range r.consumers {
@@ -193,6 +323,13 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	}
 	r.consumers = map[uuid.UUID]*tenantConsumer{}
 	r.mu.Unlock()
+	if stopLoop {
+		close(r.stopLoop)
+		select {
+		case <-r.loopDone:
+		case <-ctx.Done():
+		}
+	}
 	var wg sync.WaitGroup
 	for _, tc := range all {
 		wg.Add(1)

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,11 +30,16 @@ type tenantConsumer struct {
 
 	mu  sync.Mutex // serialises start, resize and stop
 	gen *generation
+
+	// lastErr is why the last start failed, "" after a success; failedAt is when. Both are guarded by rt.mu.
+	lastErr  string
+	failedAt time.Time
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.
 type generation struct {
 	c       *rabbitmq.Consumer
+	lease   *broker.Lease // the channel slot c holds on a pooled connection
 	workers int
 	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
 	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
@@ -70,12 +76,17 @@ func (tc *tenantConsumer) running() bool {
 }
 
 // start runs a new generation with workers workers; tc.mu must be held and no generation running.
-func (tc *tenantConsumer) start(workers int, reason string) error {
+func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string) error {
 	rt := tc.rt
 	prefetch := workers * rt.opts.PrefetchPerWorker
-	g := &generation{workers: workers, pending: make(chan rabbitmq.Delivery, prefetch),
+	lease, err := rt.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	consuming := newSignal()
+	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
-	c, err := rabbitmq.NewConsumer(rt.conn.Conn, QueueName(tc.id),
+	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,
 		rabbitmq.WithConsumerOptionsConcurrency(1),
 		rabbitmq.WithConsumerOptionsQOSPrefetch(prefetch),
@@ -83,9 +94,10 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String())))),
+		rabbitmq.WithConsumerOptionsLogger(startLogger{Logger: broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String()))), consuming: consuming}),
 	)
 	if err != nil {
+		lease.Release()
 		return err
 	}
 	g.c = c
@@ -93,26 +105,27 @@ func (tc *tenantConsumer) start(workers int, reason string) error {
 		g.workersDone.Add(1)
 		go tc.work(g)
 	}
-	started := make(chan error, 1)
+	failed := make(chan error, 1)
 	go func() {
 		defer close(g.done)
 		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
-		started <- g.err
 		if g.err != nil && !g.stopping.Swap(true) {
-			rt.log.Warn("consumer failed to start; reconciliation will retry", zap.String("tenant_id", tc.id.String()), zap.Error(g.err))
+			failed <- g.err
 			close(g.stopped)
 			g.workersDone.Wait()
 			g.c.Close()
+			g.lease.Release()
 		}
 	}()
-	// Run only returns early when the first consume fails (a missing queue, the broker down); give it a moment
-	// so that this error reaches the caller instead of the log.
+	// Run blocks while the consumer lives and returns early only when the first consume fails (a missing
+	// queue, a refused consume, the broker down); go-rabbitmq says it consumes in its log (startLogger).
 	select {
-	case err := <-started:
-		if err != nil {
-			return err
-		}
-	case <-time.After(100 * time.Millisecond):
+	case err := <-failed:
+		return err
+	case <-consuming.C:
+	case <-ctx.Done():
+		// Still starting: it goes on, and reconciliation looks at it again if it fails.
+	case <-time.After(startWait):
 	}
 	tc.gen = g
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
@@ -156,6 +169,7 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 		<-g.pending
 		rt.metrics.inflight.WithLabelValues(rt.metrics.tenant(tc.id)).Dec()
 	}
+	g.lease.Release()
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Sub(float64(g.workers))
 	rt.metrics.running.Dec()
 	rt.log.Info("consumer stopped", zap.String("tenant_id", tc.id.String()), zap.Int("workers", g.workers), zap.String("reason", reason))
@@ -171,7 +185,7 @@ func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string
 	if tc.gen != nil {
 		tc.stopGen(ctx, reason)
 	}
-	return tc.start(workers, reason)
+	return tc.start(ctx, workers, reason)
 }
 
 // stop drains and stops the consumer.
@@ -425,4 +439,32 @@ func (tc *tenantConsumer) settle(g *generation, d rabbitmq.Delivery, fn func() e
 		tc.rt.log.Warn("could not settle delivery; the broker will redeliver it", zap.String("tenant_id", tc.id.String()),
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}
+}
+
+// startWait bounds how long a start waits to learn whether the consumer consumes.
+const startWait = 10 * time.Second
+
+// signal is closed once.
+type signal struct {
+	C    chan struct{}
+	once sync.Once
+}
+
+func newSignal() *signal { return &signal{C: make(chan struct{})} }
+
+func (s *signal) fire() { s.once.Do(func() { close(s.C) }) }
+
+// startLogger is a consumer's logger that also tells when go-rabbitmq started consuming: it logs "Processing
+// messages on N goroutines" right after a successful basic.consume, and has no other way to say so (Run blocks
+// for the consumer's life).
+type startLogger struct {
+	rabbitmq.Logger
+	consuming *signal
+}
+
+func (l startLogger) Infof(f string, v ...any) {
+	if strings.HasPrefix(f, "Processing messages on") {
+		l.consuming.fire()
+	}
+	l.Logger.Infof(f, v...)
 }

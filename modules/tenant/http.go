@@ -7,16 +7,49 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/acme/msgsvc/platform/auth"
+	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
 	"github.com/acme/msgsvc/platform/pagination"
 	"github.com/acme/msgsvc/platform/problem"
 )
 
 // Handlers serve the tenant API under /api/v1/tenants.
-type Handlers struct{ svc *Service }
+type Handlers struct {
+	svc    *Service
+	states events.ConsumerStates // optional: GET shows the consumer's state when set
+}
 
 // NewHandlers returns the tenant API handlers.
 func NewHandlers(svc *Service) *Handlers { return &Handlers{svc: svc} }
+
+// WithConsumerStates makes GET /api/v1/tenants/{id} show the tenant's consumer state from states.
+func (h *Handlers) WithConsumerStates(states events.ConsumerStates) *Handlers {
+	h.states = states
+	return h
+}
+
+// TenantWithConsumer is a tenant with the state of its consumer, the answer of GET /api/v1/tenants/{id}.
+type TenantWithConsumer struct {
+	Tenant
+	// Consumer is the state of the tenant's consumer across the replicas.
+	Consumer *ConsumerState `json:"consumer,omitempty"`
+}
+
+// ConsumerState is the state of a tenant's consumer (events.ConsumerState, documented here for the API).
+type ConsumerState struct {
+	// Replica is the replica that owns the tenant's worker pool ("" when no replica is alive to own it).
+	Replica string `json:"replica" example:"msgsvc-0"`
+	// Running is true when the owner's consumer consumes the tenant's queue.
+	Running bool `json:"running"`
+	// Workers is the owner's worker count while it runs, else 0.
+	Workers int `json:"workers" example:"5"`
+	// QueueDepth is the number of messages ready in the tenant's queue, -1 when the broker did not answer.
+	QueueDepth int `json:"queue_depth" example:"0"`
+	// QueueConsumers is the number of consumers the broker counts on the tenant's queue.
+	QueueConsumers int `json:"queue_consumers" example:"1"`
+	// Error says why the consumer failed to start at its last attempt on the owner; it is retried.
+	Error string `json:"error,omitempty"`
+}
 
 // Register implements httpserver.Routes.
 func (h *Handlers) Register(r chi.Router) {
@@ -92,12 +125,12 @@ func (h *Handlers) create(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		Get a tenant
 //	@ID				getTenant
-//	@Description	An admin key reads every tenant; a tenant key reads its own tenant (another tenant answers 404).
+//	@Description	An admin key reads every tenant; a tenant key reads its own tenant (another tenant answers 404). The answer shows the state of the tenant's consumer: the replica that owns it, whether it runs, its workers and its queue's depth.
 //	@Tags			tenants
 //	@Produce		json
 //	@Security		BearerAuth
 //	@Param			id	path		string	true	"Tenant id (UUID)"	format(uuid)
-//	@Success		200	{object}	Tenant
+//	@Success		200	{object}	TenantWithConsumer
 //	@Failure		400	{object}	problem.Details	"malformed id"
 //	@Failure		401	{object}	problem.Details	"missing or unknown API key"
 //	@Failure		404	{object}	problem.Details	"no such tenant"
@@ -118,7 +151,12 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, r, err)
 		return
 	}
-	httpserver.WriteJSON(w, http.StatusOK, t)
+	out := TenantWithConsumer{Tenant: t}
+	if h.states != nil {
+		st := ConsumerState(h.states.ConsumerState(r.Context(), id, t.ConcurrencyConfig))
+		out.Consumer = &st
+	}
+	httpserver.WriteJSON(w, http.StatusOK, out)
 }
 
 // list godoc

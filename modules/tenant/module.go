@@ -20,7 +20,14 @@ var Module = fx.Module("tenant",
 			return Limits{DefaultConcurrency: c.TenantDefaultConcurrency, MaxConcurrency: c.TenantMaxConcurrency}
 		},
 		NewService,
-		httpserver.AsRoutes(NewHandlers),
+		httpserver.AsRoutes(func(p handlerParams) *Handlers { return NewHandlers(p.Service).WithConsumerStates(p.States) }),
 	),
 	fx.Invoke(func(s *Service, reg prometheus.Registerer) { s.RegisterMetrics(reg) }),
 )
+
+// handlerParams are the handlers' dependencies; the consumer runtime provides the consumer states.
+type handlerParams struct {
+	fx.In
+	Service *Service
+	States  events.ConsumerStates `optional:"true"`
+}

@@ -1,6 +1,6 @@
-// Package broker connects the service to RabbitMQ: a reconnecting go-rabbitmq connection shared by consumers,
-// a pool of confirming publishers, topology helpers over a separate administrative connection, and the
-// readiness probe.
+// Package broker connects the service to RabbitMQ: a pool of reconnecting go-rabbitmq connections for
+// consumers (ConsumerPool, sized from the negotiated channel_max), a connection for the publishers and the
+// cluster relay, topology helpers over a separate administrative connection, and the readiness probe.
 package broker
 
 import (
@@ -36,16 +36,34 @@ type Conn struct {
 // Dial connects to RabbitMQ; it fails when the broker does not answer now.
 func Dial(opts Options, log *zap.Logger) (*Conn, error) {
 	log = log.Named("broker")
-	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": opts.ConnectionName}}
-	c, err := rabbitmq.NewConn(opts.URL,
-		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
-		rabbitmq.WithConnectionOptionsBaseReconnectInterval(opts.ReconnectInterval),
-		rabbitmq.WithConnectionOptionsConfig(cfg),
-	)
+	c, err := connect(opts.urls(), opts.ConnectionName, opts.ReconnectInterval, log)
 	if err != nil {
 		return nil, fmt.Errorf("broker: connect: %w", err)
 	}
 	return &Conn{Conn: c, opts: opts, log: log}, nil
+}
+
+// urls lists the brokers to connect to.
+func (o Options) urls() []string { return []string{o.URL} }
+
+// connect opens one reconnecting go-rabbitmq connection named name to the first of urls that answers. Every
+// connection the service opens for consuming and publishing is made here.
+func connect(urls []string, name string, reconnect time.Duration, log *zap.Logger) (*rabbitmq.Conn, error) {
+	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": name}}
+	return rabbitmq.NewClusterConn(rabbitmq.NewStaticResolver(urls, false),
+		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
+		rabbitmq.WithConnectionOptionsBaseReconnectInterval(reconnect),
+		rabbitmq.WithConnectionOptionsConfig(cfg),
+	)
+}
+
+// ChannelMax returns the channel_max the broker negotiates for a connection (2,047 by default).
+func (c *Conn) ChannelMax(ctx context.Context) (int, error) {
+	conn, err := c.adminConn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return int(conn.Config.ChannelMax), nil
 }
 
 // Close closes the administrative connection and the shared connection.
@@ -129,3 +147,60 @@ func Permanent(err error) error { return permanentError{err} }
 
 // IsPermanent reports whether err was marked with Permanent.
 func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
+
+// InspectQueues passively declares every named queue and returns their states, and per queue the error that
+// kept it from being inspected (nil for most), in the same order. It uses a few channels of the
+// administrative connection for the whole list (a missing or locked queue closes its channel; the next declare
+// opens another), so inspecting thousands of queues costs one round trip each, not a channel's open and close
+// as well. The error it returns itself means the broker did not answer at all.
+func (c *Conn) InspectQueues(ctx context.Context, names []string) ([]QueueState, []error, error) {
+	const lanes = 4
+	states := make([]QueueState, len(names))
+	errs := make([]error, len(names))
+	laneErrs := make([]error, lanes)
+	var wg sync.WaitGroup
+	for lane := range lanes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			laneErrs[lane] = c.inspectLane(ctx, names, states, errs, lane, lanes)
+		}()
+	}
+	wg.Wait()
+	return states, errs, errors.Join(laneErrs...)
+}
+
+// inspectLane inspects names[lane], names[lane+step], ... into states and errs.
+func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueState, errs []error, lane, step int) error {
+	var ch *amqp.Channel
+	defer func() {
+		if ch != nil {
+			_ = ch.Close()
+		}
+	}()
+	for i := lane; i < len(names); i += step {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if ch == nil || ch.IsClosed() {
+			conn, err := c.adminConn(ctx)
+			if err != nil {
+				return err
+			}
+			if ch, err = conn.Channel(); err != nil {
+				return fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
+			}
+		}
+		q, err := ch.QueueDeclarePassive(names[i], true, false, false, false, nil)
+		var ae *amqp.Error
+		switch {
+		case errors.As(err, &ae) && ae.Code == amqp.NotFound:
+			states[i] = QueueState{}
+		case err != nil:
+			errs[i] = fmt.Errorf("inspect queue %s: %w", names[i], err)
+		default:
+			states[i] = QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}
+		}
+	}
+	return nil
+}

@@ -1,17 +1,22 @@
 package broker
 
 import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/httpserver"
+	"github.com/acme/msgsvc/platform/metrics"
 )
 
 // PublisherChannels is the number of confirming channels on the publishing connection.
 const PublisherChannels = 4
 
-// Module provides *Conn and *Publisher and closes them at stop, after every consumer stopped.
+// Module provides *Conn, *ConsumerPool and *Publisher and closes them at stop, after every consumer stopped.
 var Module = fx.Module("broker",
 	fx.Provide(
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Conn, error) {
@@ -32,8 +37,36 @@ var Module = fx.Module("broker",
 			lc.Append(fx.StopHook(p.Close))
 			return p, nil
 		},
+		func(lc fx.Lifecycle, conn *Conn, c config.Config, reg prometheus.Registerer, log *zap.Logger) (*ConsumerPool, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			channelMax, err := conn.ChannelMax(ctx)
+			if err != nil {
+				return nil, err
+			}
+			p, err := NewConsumerPool(Options{URL: c.AMQPURL, ReconnectInterval: c.AMQPReconnectInterval,
+				ConnectionName: "msgsvc-" + c.ReplicaID}, PoolChannelsPerConn(channelMax, c.AMQPChannelsPerConnection), log)
+			if err != nil {
+				return nil, err
+			}
+			registerPoolMetrics(reg, p)
+			lc.Append(fx.StopHook(p.Close))
+			return p, nil
+		},
 		httpserver.AsCheck(func(conn *Conn) httpserver.Check {
 			return httpserver.Check{Name: "broker", Check: conn.Ping}
 		}),
 	),
 )
+
+// registerPoolMetrics exports the consumer pool's connections and channels in use, read at scrape time.
+func registerPoolMetrics(reg prometheus.Registerer, p *ConsumerPool) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "amqp_connections",
+			Help: "AMQP connections this replica holds open, by role.", ConstLabels: prometheus.Labels{"role": "consumer"}},
+			func() float64 { n, _ := p.Stats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "amqp_channels",
+			Help: "AMQP channels in use on this replica's connections, by role.", ConstLabels: prometheus.Labels{"role": "consumer"}},
+			func() float64 { _, n := p.Stats(); return float64(n) }),
+	)
+}

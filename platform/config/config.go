@@ -71,6 +71,9 @@ type Config struct {
 	AMQPDeliveryLimit int
 	// AMQPReconnectInterval is the base interval between reconnect attempts (AMQP_RECONNECT_INTERVAL).
 	AMQPReconnectInterval time.Duration
+	// AMQPChannelsPerConnection caps the consumer channels on one AMQP connection; 0 takes the negotiated
+	// channel_max less 10% headroom (AMQP_CHANNELS_PER_CONNECTION).
+	AMQPChannelsPerConnection int
 	// PublishConfirmTimeout is how long a publish waits for the broker's confirm (PUBLISH_CONFIRM_TIMEOUT).
 	PublishConfirmTimeout time.Duration
 
@@ -102,6 +105,12 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// ReplicaID names this process among replicas (REPLICA_ID); default: host name and process id.
 	ReplicaID string
+	// ReplicaHeartbeatInterval is how often a replica renews its row in the replicas table and reads the live
+	// set (REPLICA_HEARTBEAT_INTERVAL).
+	ReplicaHeartbeatInterval time.Duration
+	// ReplicaTTL is how long a replica without a heartbeat counts as alive; its tenants move after it
+	// (REPLICA_TTL).
+	ReplicaTTL time.Duration
 	// PprofAddr, when set, serves net/http/pprof on this address, apart from the API (PPROF_ADDR).
 	PprofAddr string
 	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
@@ -116,45 +125,48 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	r := reader{getenv: getenv}
 	host, _ := os.Hostname()
 	c := Config{
-		HTTPAddr:                 r.str("HTTP_ADDR", ":8080"),
-		HTTPMaxBodyBytes:         int64(r.int("HTTP_MAX_BODY_BYTES", 256<<10, 1024, 64<<20)),
-		HTTPMaxBatchBodyBytes:    int64(r.int("HTTP_MAX_BATCH_BODY_BYTES", 8<<20, 1024, 256<<20)),
-		HTTPReadHeaderTimeout:    r.dur("HTTP_READ_HEADER_TIMEOUT", 5*time.Second),
-		HTTPReadTimeout:          r.dur("HTTP_READ_TIMEOUT", 30*time.Second),
-		HTTPWriteTimeout:         r.dur("HTTP_WRITE_TIMEOUT", 30*time.Second),
-		HTTPIdleTimeout:          r.dur("HTTP_IDLE_TIMEOUT", 2*time.Minute),
-		HTTPMaxHeaderBytes:       r.int("HTTP_MAX_HEADER_BYTES", 64<<10, 4<<10, 1<<20),
-		AuthMode:                 r.oneOf("AUTH_MODE", "enabled", "enabled", "disabled"),
-		AdminAPIKeys:             r.list("ADMIN_API_KEYS"),
-		AuthCacheTTL:             r.dur("AUTH_CACHE_TTL", 5*time.Second),
-		RateLimitDefault:         r.float("RATE_LIMIT_DEFAULT", 0, 0, 1e9),
-		LogLevel:                 r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
-		LogFormat:                r.oneOf("LOG_FORMAT", "json", "json", "console"),
-		DatabaseURL:              r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),
-		DBMaxOpenConns:           r.int("DB_MAX_OPEN_CONNS", 40, 1, 10000),
-		DBMaxIdleConns:           r.int("DB_MAX_IDLE_CONNS", 40, 0, 10000),
-		DBConnMaxLifetime:        r.dur("DB_CONN_MAX_LIFETIME", 30*time.Minute),
-		AMQPURL:                  r.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/", "amqp", "amqps"),
-		RabbitMQManagementURL:    r.optionalURL("RABBITMQ_MANAGEMENT_URL", "http", "https"),
-		AMQPExchange:             r.str("AMQP_EXCHANGE", "msgsvc.messages"),
-		AMQPQueueType:            r.oneOf("AMQP_QUEUE_TYPE", "quorum", "quorum", "classic"),
-		AMQPDeliveryLimit:        r.int("AMQP_DELIVERY_LIMIT", 20, 1, 1000),
-		AMQPReconnectInterval:    r.dur("AMQP_RECONNECT_INTERVAL", 100*time.Millisecond),
-		PublishConfirmTimeout:    r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
-		TenantDefaultConcurrency: r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
-		TenantMaxConcurrency:     r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
-		PrefetchPerWorker:        r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
-		ConsumerBatchSize:        r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
-		StoreRetryInitial:        r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
-		StoreRetryBudget:         r.dur("STORE_RETRY_BUDGET", 30*time.Second),
-		ConsumerDrainTimeout:     r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
-		ReconcileInterval:        r.dur("RECONCILE_INTERVAL", 30*time.Second),
-		ViewRefreshInterval:      r.dur("VIEW_REFRESH_INTERVAL", 10*time.Second),
-		ReconcileOrphanGrace:     r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),
-		ShutdownTimeout:          r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
-		ReplicaID:                r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
-		PprofAddr:                r.str("PPROF_ADDR", ""),
-		MetricsPerTenant:         r.bool("METRICS_PER_TENANT", true),
+		HTTPAddr:                  r.str("HTTP_ADDR", ":8080"),
+		HTTPMaxBodyBytes:          int64(r.int("HTTP_MAX_BODY_BYTES", 256<<10, 1024, 64<<20)),
+		HTTPMaxBatchBodyBytes:     int64(r.int("HTTP_MAX_BATCH_BODY_BYTES", 8<<20, 1024, 256<<20)),
+		HTTPReadHeaderTimeout:     r.dur("HTTP_READ_HEADER_TIMEOUT", 5*time.Second),
+		HTTPReadTimeout:           r.dur("HTTP_READ_TIMEOUT", 30*time.Second),
+		HTTPWriteTimeout:          r.dur("HTTP_WRITE_TIMEOUT", 30*time.Second),
+		HTTPIdleTimeout:           r.dur("HTTP_IDLE_TIMEOUT", 2*time.Minute),
+		HTTPMaxHeaderBytes:        r.int("HTTP_MAX_HEADER_BYTES", 64<<10, 4<<10, 1<<20),
+		AuthMode:                  r.oneOf("AUTH_MODE", "enabled", "enabled", "disabled"),
+		AdminAPIKeys:              r.list("ADMIN_API_KEYS"),
+		AuthCacheTTL:              r.dur("AUTH_CACHE_TTL", 5*time.Second),
+		RateLimitDefault:          r.float("RATE_LIMIT_DEFAULT", 0, 0, 1e9),
+		LogLevel:                  r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+		LogFormat:                 r.oneOf("LOG_FORMAT", "json", "json", "console"),
+		DatabaseURL:               r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),
+		DBMaxOpenConns:            r.int("DB_MAX_OPEN_CONNS", 40, 1, 10000),
+		DBMaxIdleConns:            r.int("DB_MAX_IDLE_CONNS", 40, 0, 10000),
+		DBConnMaxLifetime:         r.dur("DB_CONN_MAX_LIFETIME", 30*time.Minute),
+		AMQPURL:                   r.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/", "amqp", "amqps"),
+		RabbitMQManagementURL:     r.optionalURL("RABBITMQ_MANAGEMENT_URL", "http", "https"),
+		AMQPExchange:              r.str("AMQP_EXCHANGE", "msgsvc.messages"),
+		AMQPQueueType:             r.oneOf("AMQP_QUEUE_TYPE", "quorum", "quorum", "classic"),
+		AMQPDeliveryLimit:         r.int("AMQP_DELIVERY_LIMIT", 20, 1, 1000),
+		AMQPReconnectInterval:     r.dur("AMQP_RECONNECT_INTERVAL", 100*time.Millisecond),
+		AMQPChannelsPerConnection: r.int("AMQP_CHANNELS_PER_CONNECTION", 0, 0, 65535),
+		PublishConfirmTimeout:     r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
+		TenantDefaultConcurrency:  r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
+		TenantMaxConcurrency:      r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
+		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
+		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
+		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
+		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
+		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
+		ReconcileInterval:         r.dur("RECONCILE_INTERVAL", 30*time.Second),
+		ViewRefreshInterval:       r.dur("VIEW_REFRESH_INTERVAL", 10*time.Second),
+		ReconcileOrphanGrace:      r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),
+		ShutdownTimeout:           r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
+		ReplicaID:                 r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
+		ReplicaHeartbeatInterval:  r.dur("REPLICA_HEARTBEAT_INTERVAL", 2*time.Second),
+		ReplicaTTL:                r.dur("REPLICA_TTL", 10*time.Second),
+		PprofAddr:                 r.str("PPROF_ADDR", ""),
+		MetricsPerTenant:          r.bool("METRICS_PER_TENANT", true),
 	}
 	if c.TenantDefaultConcurrency > c.TenantMaxConcurrency {
 		r.fail("TENANT_DEFAULT_CONCURRENCY", fmt.Sprintf("%d exceeds TENANT_MAX_CONCURRENCY %d", c.TenantDefaultConcurrency, c.TenantMaxConcurrency))
@@ -167,6 +179,9 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	}
 	if c.AuthMode == "enabled" && len(c.AdminAPIKeys) == 0 {
 		r.fail("ADMIN_API_KEYS", "at least one admin key is required unless AUTH_MODE=disabled")
+	}
+	if c.ReplicaTTL < 2*c.ReplicaHeartbeatInterval {
+		r.fail("REPLICA_TTL", fmt.Sprintf("%s must be at least twice REPLICA_HEARTBEAT_INTERVAL %s", c.ReplicaTTL, c.ReplicaHeartbeatInterval))
 	}
 	if c.ShutdownTimeout <= c.ConsumerDrainTimeout {
 		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))

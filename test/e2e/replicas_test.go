@@ -33,52 +33,149 @@ func (h *countingHandler) Handle(ctx context.Context, tenant uuid.UUID, ds []amq
 	return errs
 }
 
+// storeWatch wraps the store handler of every replica in a test and records, per tenant, how many store calls
+// run at once across all of them, and how often each message was stored.
+type storeWatch struct {
+	inner map[string]consumer.Handler // by replica
+
+	mu       sync.Mutex
+	running  map[uuid.UUID]int
+	maxSeen  map[uuid.UUID]int
+	byRep    map[string]int
+	storedBy map[string]int // message id → store calls that included it
+}
+
+func newStoreWatch() *storeWatch {
+	return &storeWatch{inner: map[string]consumer.Handler{}, running: map[uuid.UUID]int{}, maxSeen: map[uuid.UUID]int{},
+		byRep: map[string]int{}, storedBy: map[string]int{}}
+}
+
+// decorate returns the fx option that wraps replica's handler.
+func (w *storeWatch) decorate(replica string) fx.Option {
+	return fx.Decorate(func(h consumer.Handler) consumer.Handler {
+		w.mu.Lock()
+		w.inner[replica] = h
+		w.mu.Unlock()
+		return watchedHandler{w: w, replica: replica}
+	})
+}
+
+type watchedHandler struct {
+	w       *storeWatch
+	replica string
+}
+
+func (h watchedHandler) Handle(ctx context.Context, tenant uuid.UUID, ds []amqp.Delivery) []error {
+	w := h.w
+	w.mu.Lock()
+	w.running[tenant]++
+	w.maxSeen[tenant] = max(w.maxSeen[tenant], w.running[tenant])
+	inner := w.inner[h.replica]
+	w.mu.Unlock()
+	time.Sleep(2 * time.Millisecond) // widen the window in which an overlap would show
+	errs := inner.Handle(ctx, tenant, ds)
+	w.mu.Lock()
+	w.running[tenant]--
+	w.byRep[h.replica] += len(ds)
+	for i, d := range ds {
+		if errs[i] == nil {
+			w.storedBy[d.MessageId]++
+		}
+	}
+	w.mu.Unlock()
+	return errs
+}
+
+// TestTwoReplicasShareTheWork runs tenants with one worker each under steady traffic while a second replica
+// joins and later stops: each tenant is consumed by one replica at a time (the instrumented store handler never
+// sees two store calls of a tenant at once across the replicas), both replicas own tenants while both run, and
+// every accepted message is stored exactly once.
 func TestTwoReplicasShareTheWork(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
+	cfg.ReplicaHeartbeatInterval = 300 * time.Millisecond
+	cfg.ReplicaTTL = 3 * time.Second
+	cfg.ConsumerBatchSize = 4
+	watch := newStoreWatch()
 	var rtA, rtB *consumer.Runtime
-	hA, hB := &countingHandler{}, &countingHandler{}
-	a := testenv.Start(t, cfg, fx.Populate(&rtA),
-		fx.Decorate(func(h consumer.Handler) consumer.Handler { hA.inner = h; return hA }))
+	a := testenv.Start(t, cfg, fx.Populate(&rtA), watch.decorate("a"))
+	tenants := createTenants(t, a, "shared", 12, 4)
+
+	var (
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		accepted []string
+	)
+	for c := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				tenant := tenants[(c*5+i)%len(tenants)]
+				r := a.Do(http.MethodPost, "/api/v1/messages", map[string]any{"tenant_id": tenant, "payload": map[string]int{"c": c, "i": i}})
+				if r.Status == http.StatusAccepted {
+					mu.Lock()
+					accepted = append(accepted, r.Map(t)["id"].(string))
+					mu.Unlock()
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+
+	time.Sleep(time.Second)
 	cfgB := cfg
 	cfgB.ReplicaID = testenv.RandomName("replica-b-")
-	b := testenv.Start(t, cfgB, fx.Populate(&rtB),
-		fx.Decorate(func(h consumer.Handler) consumer.Handler { hB.inner = h; return hB }))
-	db := a.DB()
-
-	tenant := a.CreateTenant("shared", 3)
-	tid := uuid.MustParse(tenant)
-	testenv.Eventually(t, time.Second, func() bool { return rtB.Workers(tid) == 3 }, "replica B starts the consumer within a second")
-	testenv.Eventually(t, 2*time.Second, func() bool {
-		_, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
-		return c == 2
-	}, "two consumers on the queue")
-
-	var ids []string
-	for i := range 300 {
-		app := a
-		if i%2 == 1 {
-			app = b
+	b := testenv.Start(t, cfgB, fx.Populate(&rtB), watch.decorate("b"))
+	owned := func(rt *consumer.Runtime) (n int) {
+		for _, id := range tenants {
+			if rt.Workers(uuid.MustParse(id)) == 1 {
+				n++
+			}
 		}
-		ids = append(ids, app.Publish(tenant, map[string]int{"i": i}))
+		return n
 	}
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid) == len(ids)
-	}, "all stored")
-	require.Positive(t, hA.n.Load(), "replica A consumed")
-	require.Positive(t, hB.n.Load(), "replica B consumed")
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		na, nb := owned(rtA), owned(rtB)
+		return na > 0 && nb > 0 && na+nb == len(tenants)
+	}, "the tenants are shared: each consumed by one replica (a %d, b %d)", owned(rtA), owned(rtB))
+	for _, id := range tenants {
+		st := a.Do(http.MethodGet, "/api/v1/tenants/"+id, nil).Map(t)["consumer"].(map[string]any)
+		require.Equal(t, true, st["running"], "status of %s: %v", id, st)
+		require.Contains(t, []string{cfg.ReplicaID, cfgB.ReplicaID}, st["replica"])
+	}
+	// A tenant created on B is consumed by its owner only.
+	t2 := uuid.MustParse(b.CreateTenant("from-b", 2))
+	testenv.Eventually(t, 5*time.Second, func() bool { return rtA.Workers(t2)+rtB.Workers(t2) == 2 }, "the new tenant runs once")
+	require.True(t, rtA.Workers(t2) == 0 || rtB.Workers(t2) == 0, "the new tenant runs on one replica")
 
-	require.Equal(t, http.StatusOK, a.Do(http.MethodPut, "/api/v1/tenants/"+tenant+"/config/concurrency", map[string]int{"workers": 7}).Status)
-	testenv.Eventually(t, time.Second, func() bool { return rtB.Workers(tid) == 7 }, "replica B resizes within a second")
+	time.Sleep(time.Second)
+	require.NoError(t, b.Stop()) // B leaves: its tenants drain and move back to A
+	testenv.Eventually(t, 15*time.Second, func() bool { return owned(rtA) == len(tenants) }, "A took every tenant back")
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
 
-	require.Equal(t, http.StatusNoContent, a.Do(http.MethodDelete, "/api/v1/tenants/"+tenant, nil).Status)
-	testenv.Eventually(t, time.Second, func() bool { return rtB.Workers(tid) == 0 }, "replica B stops within a second")
-	require.Equal(t, http.StatusNotFound, b.Do(http.MethodPost, "/api/v1/messages", map[string]any{"tenant_id": tenant, "payload": map[string]int{}}).Status)
-	require.Equal(t, http.StatusNotFound, b.Do(http.MethodGet, "/api/v1/tenants/"+tenant, nil).Status)
-
-	// A tenant created on B is consumed by A too.
-	t2 := b.CreateTenant("from-b", 2)
-	testenv.Eventually(t, time.Second, func() bool { return rtA.Workers(uuid.MustParse(t2)) == 2 }, "replica A follows B")
+	db := a.DB()
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1::uuid[])", accepted) == len(accepted)
+	}, "all %d accepted messages stored", len(accepted))
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
+	for _, id := range tenants {
+		require.Equal(t, 1, watch.maxSeen[uuid.MustParse(id)], "tenant %s had store calls running at once", id)
+	}
+	twice := 0
+	for _, n := range watch.storedBy {
+		if n > 1 {
+			twice++
+		}
+	}
+	require.Zero(t, twice, "messages stored more than once")
+	require.Positive(t, watch.byRep["a"])
+	require.Positive(t, watch.byRep["b"])
+	t.Logf("%d messages, stored by a: %d, by b: %d", len(accepted), watch.byRep["a"], watch.byRep["b"])
 }
 
 func TestReconciliationRepairs(t *testing.T) {

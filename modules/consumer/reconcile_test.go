@@ -1,0 +1,101 @@
+package consumer_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/fx"
+
+	"github.com/acme/msgsvc/modules/consumer"
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/test/testenv"
+)
+
+// holdingDirectory is the tenant directory with a hook: once armed, the next call of the chosen kind runs the
+// hook after it read the database and before it returns, so a reconciliation pass is held between its read
+// and what it does with it.
+type holdingDirectory struct {
+	events.TenantDirectory
+	mu       sync.Mutex
+	onList   func()
+	onTenant func(uuid.UUID)
+}
+
+func (d *holdingDirectory) Tenants(ctx context.Context) ([]events.Tenant, error) {
+	ts, err := d.TenantDirectory.Tenants(ctx)
+	d.mu.Lock()
+	hook := d.onList
+	d.onList = nil
+	d.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return ts, err
+}
+
+func (d *holdingDirectory) Tenant(ctx context.Context, id uuid.UUID) (events.Tenant, bool, error) {
+	t, ok, err := d.TenantDirectory.Tenant(ctx, id)
+	d.mu.Lock()
+	hook := d.onTenant
+	d.onTenant = nil
+	d.mu.Unlock()
+	if hook != nil {
+		hook(id)
+	}
+	return t, ok, err
+}
+
+// TestReconcileDoesNotRecreateADeletedTenant holds a reconciliation pass after it read the tenant list, or
+// after it checked that the tenant still exists, and deletes the tenant meanwhile: the pass must not re-create
+// the deleted tenant's queues (they would leak: without the management API nothing removes them) nor start a
+// consumer for it.
+func TestReconcileDoesNotRecreateADeletedTenant(t *testing.T) {
+	for _, hold := range []string{"after the tenant list", "after the existence check"} {
+		t.Run(hold, func(t *testing.T) {
+			s := testenv.Get(t)
+			cfg := s.Config(t)
+			cfg.ReconcileInterval = time.Hour // only the passes this test runs
+			cfg.RabbitMQManagementURL = ""    // no orphan cleanup to hide a leak
+			dir := &holdingDirectory{}
+			var rt *consumer.Runtime
+			a := testenv.Start(t, cfg, fx.Populate(&rt), fx.Decorate(func(d events.TenantDirectory) events.TenantDirectory {
+				dir.TenantDirectory = d
+				return dir
+			}))
+			tenant := a.CreateTenant("doomed", 1)
+			tid := uuid.MustParse(tenant)
+			// The tenant's queue is lost (an operator deleted it, a broker lost it): the pass would declare it again.
+			ch := testenv.AMQP(t, cfg.AMQPURL)
+			_, err := ch.QueueDelete(consumer.QueueName(tid), false, false, false)
+			require.NoError(t, err)
+
+			deleteTenant := func() {
+				r := a.Do(http.MethodDelete, "/api/v1/tenants/"+tenant, nil)
+				require.Equal(t, http.StatusNoContent, r.Status, string(r.Body))
+			}
+			dir.mu.Lock()
+			if hold == "after the tenant list" {
+				dir.onList = deleteTenant
+			} else {
+				dir.onTenant = func(id uuid.UUID) {
+					if id == tid {
+						deleteTenant()
+					}
+				}
+			}
+			dir.mu.Unlock()
+			require.NoError(t, rt.Reconcile(context.Background()))
+
+			exists, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
+			require.False(t, exists, "the deleted tenant's queue was re-created")
+			exists, _, _ = testenv.QueueState(t, cfg.AMQPURL, consumer.DeadLetterQueueName(tid))
+			require.False(t, exists, "the deleted tenant's dead-letter queue was re-created")
+			require.Zero(t, rt.Workers(tid), "a consumer runs for the deleted tenant")
+		})
+	}
+}

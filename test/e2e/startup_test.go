@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/fx"
+
+	"github.com/acme/msgsvc/modules/consumer"
+	"github.com/acme/msgsvc/test/testenv"
+)
+
+// closedPort returns a local address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// TestStartupWithTheManagementAPIDown starts the service with RABBITMQ_MANAGEMENT_URL pointing at a closed
+// port: it starts and answers /readyz, says that orphan-queue cleanup is off, and its tenants consume.
+func TestStartupWithTheManagementAPIDown(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RabbitMQManagementURL = "http://guest:guest@" + closedPort(t) + "/"
+	a, err := testenv.TryStart(t, cfg)
+	require.NoError(t, err, "the service must start without the management API")
+	require.Equal(t, http.StatusOK, testenv.Status(a.URL+"/readyz"))
+	tenant := a.CreateTenant("no-mgmt", 1)
+	id := a.Publish(tenant, map[string]bool{"ok": true})
+	db := a.DB()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
+	}, "stored")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return len(a.Logs.FilterMessageSnippet("orphan-queue cleanup is off").All()) == 1
+	}, "the log says once that orphan cleanup is off")
+	require.Contains(t, scrape(t, a.URL), "msgsvc_orphan_queue_cleanup_enabled 0")
+}
+
+// TestStartupWithATenantThatCannotConsume restarts the service while another connection holds one tenant's
+// queue as its exclusive queue, so that tenant's queue cannot be used (RESOURCE_LOCKED): the service starts
+// anyway, the other tenants consume, the failing tenant is reported (metric, status) and retried, and it
+// consumes once the queue is free.
+func TestStartupWithATenantThatCannotConsume(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = 500 * time.Millisecond
+	first := testenv.Start(t, cfg)
+	blocked := first.CreateTenant("blocked", 1)
+	fine := first.CreateTenant("fine", 1)
+	require.NoError(t, first.Stop())
+
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	queue := consumer.QueueName(uuid.MustParse(blocked))
+	_, err := ch.QueueDelete(queue, false, false, false)
+	require.NoError(t, err)
+	_, err = ch.QueueDeclare(queue, false, false, true, false, nil)
+	require.NoError(t, err)
+
+	var rt *consumer.Runtime
+	a, err := testenv.TryStart(t, cfg, fx.Populate(&rt))
+	require.NoError(t, err, "one tenant must not stop the service")
+	require.Equal(t, http.StatusOK, testenv.Status(a.URL+"/readyz"))
+	testenv.Eventually(t, 5*time.Second, func() bool { return rt.Workers(uuid.MustParse(fine)) == 1 }, "the other tenant consumes")
+	require.Zero(t, rt.Workers(uuid.MustParse(blocked)))
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return strings.Contains(scrape(t, a.URL), "msgsvc_consumers_failing 1")
+	}, "the failing tenant is counted")
+	st := a.Do(http.MethodGet, "/api/v1/tenants/"+blocked, nil).Map(t)["consumer"].(map[string]any)
+	require.Equal(t, false, st["running"], "status: %v", st)
+	require.NotEmpty(t, st["error"], "status: %v", st)
+
+	_, err = ch.QueueDelete(queue, false, false, false)
+	require.NoError(t, err)
+	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(uuid.MustParse(blocked)) == 1 }, "retried until it consumes")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return strings.Contains(scrape(t, a.URL), "msgsvc_consumers_failing 0")
+	}, "no tenant failing")
+}

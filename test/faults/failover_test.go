@@ -1,0 +1,51 @@
+package faults
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/acme/msgsvc/test/testenv"
+)
+
+// TestReplicaKilledHandsItsTenantsOver runs two replicas that share eight tenants while clients publish into
+// all of them through the replica that survives, kills the other with SIGKILL, and checks that the survivor
+// consumes every tenant within 30 s (the membership TTL plus a reconciliation) and that every message answered
+// 202 is stored exactly once.
+func TestReplicaKilledHandsItsTenantsOver(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	membership := []string{"REPLICA_HEARTBEAT_INTERVAL=1s", "REPLICA_TTL=5s"}
+	a := startProc(t, "share-a", cfg, membership...)
+	b := startProc(t, "share-b", cfg, membership...)
+	tenants := make([]string, 8)
+	for i := range tenants {
+		tenants[i] = createTenant(t, a.URL, fmt.Sprintf("share-%d", i), 1+i%2)
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		ra, rb := metric(t, a.URL, "msgsvc_consumers_running"), metric(t, b.URL, "msgsvc_consumers_running")
+		return ra > 0 && rb > 0 && ra+rb == float64(len(tenants))
+	}, "the replicas share the tenants")
+	ownedByB := metric(t, b.URL, "msgsvc_consumers_running")
+
+	st := startStream(t, a.URL, tenants, 4, 10*time.Millisecond)
+	time.Sleep(5 * time.Second)
+	require.Positive(t, metric(t, b.URL, "msgsvc_messages_stored_total"), "replica B stores its share")
+	killed := time.Now()
+	b.signal(syscall.SIGKILL, 10*time.Second)
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return metric(t, a.URL, "msgsvc_consumers_running") == float64(len(tenants))
+	}, "replica A did not take B's tenants over within 30 s")
+	tookOver := time.Since(killed)
+	time.Sleep(3 * time.Second)
+	st.halt()
+
+	waitConsumers(t, cfg.AMQPURL, tenants, 10*time.Second)
+	o := settle(t, cfg.DatabaseURL, cfg.AMQPURL, tenants, accepted(t, st.snapshot()), 60*time.Second)
+	require.Zero(t, o.deadLettered)
+	t.Logf("SIGKILL of a replica owning %.0f of %d tenants: taken over in %s; %s; redeliveries absorbed: %.0f",
+		ownedByB, len(tenants), tookOver.Round(100*time.Millisecond), o, metric(t, a.URL, "msgsvc_messages_duplicates_total"))
+}
