@@ -239,10 +239,16 @@ func TestRejectedByBrokerLandsInTable(t *testing.T) {
 	id := uuid.NewString()
 	publishDirect(t, cfg.AMQPURL, cfg.AMQPExchange, tenant, id, []byte(`{"rejected":true}`), nil)
 	ch := testenv.AMQP(t, cfg.AMQPURL)
-	d, ok, err := ch.Get(consumer.QueueName(tid), false)
+	// A consumer, not basic.get: quorum queues with single active consumer refuse basic.get.
+	require.NoError(t, ch.Qos(1, 0, false))
+	deliveries, err := ch.Consume(consumer.QueueName(tid), "", false, false, false, false, nil)
 	require.NoError(t, err)
-	require.True(t, ok)
-	require.NoError(t, d.Reject(false))
+	select {
+	case d := <-deliveries:
+		require.NoError(t, d.Reject(false))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message published directly was not delivered")
+	}
 
 	b := testenv.Start(t, cfg)
 	testenv.Eventually(t, 10*time.Second, func() bool {
@@ -281,8 +287,10 @@ func TestDeadLetterKeptWhileDatabaseRefuses(t *testing.T) {
 	_, ready, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 	require.Zero(t, ready, "the delivery is held by the consumer")
 	require.NoError(t, a.Stop())
-	_, ready, _ = testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
-	require.Equal(t, 1, ready, "the stop gave the delivery back")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		_, ready, _ = testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
+		return ready == 1
+	}, "the stop gave the delivery back")
 
 	_, err = db.Exec(context.Background(), "ALTER TABLE dead_letters_away RENAME TO dead_letters")
 	require.NoError(t, err)
