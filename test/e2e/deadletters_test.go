@@ -204,13 +204,21 @@ func TestReturnsDoNotCountAsFailures(t *testing.T) {
 	}
 	ch := testenv.AMQP(t, cfg.AMQPURL)
 	for round := range 30 {
+		// A consumer that takes all of them and gives them back (basic.get is refused on single active consumer
+		// queues): the consumer's cancel and a nack with requeue return them.
+		tag := fmt.Sprintf("returns-%d", round)
+		deliveries, err := ch.Consume(consumer.QueueName(tid), tag, false, false, false, false, nil)
+		require.NoError(t, err)
 		var last uint64
-		for range n {
-			d, ok, err := ch.Get(consumer.QueueName(tid), false)
-			require.NoError(t, err)
-			require.True(t, ok, "round %d: a message is missing from the queue", round)
-			last = d.DeliveryTag
+		for i := range n {
+			select {
+			case d := <-deliveries:
+				last = d.DeliveryTag
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: message %d of %d is missing from the queue", round, i+1, n)
+			}
 		}
+		require.NoError(t, ch.Cancel(tag, false))
 		require.NoError(t, ch.Nack(last, true, true))
 		testenv.Eventually(t, 5*time.Second, func() bool {
 			_, ready, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))

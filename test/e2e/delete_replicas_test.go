@@ -31,13 +31,17 @@ func (h *pausingHandler) Handle(ctx context.Context, tenant uuid.UUID, ds []amqp
 	return h.inner.Handle(ctx, tenant, ds)
 }
 
-// TestDeleteWaitsForOtherReplicasConsumers deletes a tenant on replica A while replica B stores a batch of it.
-// The queues go only after B's consumer drained and stopped: B finishes its batch and stops without a warning
-// (no cancelled consumer, no settlement on a missing queue, no store retried against a vanished tenant).
+// TestDeleteWaitsForOtherReplicasConsumers deletes a tenant through one replica while the replica that owns
+// it stores a batch of it. The queues go only after the owner's consumer drained and stopped: it finishes its
+// batch and stops without a warning (no cancelled consumer, no settlement on a missing queue, no store retried
+// against a vanished tenant).
 func TestDeleteWaitsForOtherReplicasConsumers(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
-	a := testenv.Start(t, cfg)
+	hA := &pausingHandler{pause: 700 * time.Millisecond}
+	var rtA *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rtA),
+		fx.Decorate(func(h consumer.Handler) consumer.Handler { hA.inner = h; return hA }))
 	cfgB := cfg
 	cfgB.ReplicaID = testenv.RandomName("replica-b-")
 	hB := &pausingHandler{pause: 700 * time.Millisecond}
@@ -45,29 +49,41 @@ func TestDeleteWaitsForOtherReplicasConsumers(t *testing.T) {
 	b := testenv.Start(t, cfgB, fx.Populate(&rtB),
 		fx.Decorate(func(h consumer.Handler) consumer.Handler { hB.inner = h; return hB }))
 
+	// The tenant's consumer runs on one replica (its owner); it is deleted through the other one.
 	tenant := a.CreateTenant("delete-across", 2)
 	tid := uuid.MustParse(tenant)
-	testenv.Eventually(t, 10*time.Second, func() bool { return rtB.Workers(tid) > 0 }, "replica B consumes the tenant")
+	var owner, other *testenv.App
+	var hOwner *pausingHandler
+	var rtOwner *consumer.Runtime
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		switch {
+		case rtA.Workers(tid) > 0:
+			owner, other, hOwner, rtOwner = a, b, hA, rtA
+		case rtB.Workers(tid) > 0:
+			owner, other, hOwner, rtOwner = b, a, hB, rtB
+		}
+		return owner != nil
+	}, "a replica consumes the tenant")
 	for i := range 200 {
-		a.Publish(tenant, map[string]int{"i": i})
+		other.Publish(tenant, map[string]int{"i": i})
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool { return hB.inFlight.Load() > 0 }, "replica B stores a batch")
+	testenv.Eventually(t, 10*time.Second, func() bool { return hOwner.inFlight.Load() > 0 }, "the owner stores a batch")
 
-	require.Equal(t, http.StatusNoContent, a.Do(http.MethodDelete, "/api/v1/tenants/"+tenant, nil).Status)
+	require.Equal(t, http.StatusNoContent, other.Do(http.MethodDelete, "/api/v1/tenants/"+tenant, nil).Status)
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		ok, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 		return !ok
 	}, "the tenant's queue is deleted")
-	require.Zero(t, rtB.Workers(tid), "replica B's consumer stopped before the queue went")
+	require.Zero(t, rtOwner.Workers(tid), "the owner's consumer stopped before the queue went")
 	time.Sleep(time.Second) // whatever B would still log about it
 
-	for _, e := range b.Logs.All() {
+	for _, e := range owner.Logs.All() {
 		if e.Level < zapcore.WarnLevel {
 			continue
 		}
 		for _, f := range e.Context {
 			require.False(t, f.Key == "tenant_id" && f.String == tenant,
-				"replica B warned about the deleted tenant: %q %v", e.Message, e.ContextMap())
+				"the owner warned about the deleted tenant: %q %v", e.Message, e.ContextMap())
 		}
 	}
 }
