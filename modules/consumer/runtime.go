@@ -21,7 +21,8 @@ type Options struct {
 	QueueType         string // quorum or classic
 	DeliveryLimit     int
 	PrefetchPerWorker int
-	BatchSize         int // deliveries a worker stores in one insert at most
+	BatchSize         int           // deliveries a worker stores in one insert at most
+	Linger            time.Duration // how long a worker of a busy tenant waits to fill its batch (0: never)
 	RetryInitial      time.Duration
 	RetryBudget       time.Duration
 	DrainTimeout      time.Duration

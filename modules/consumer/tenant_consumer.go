@@ -42,6 +42,8 @@ type generation struct {
 	lease   *broker.Lease // the channel slot c holds on a pooled connection
 	workers int
 	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
+	acks    *acker                 // coalesces the acks of stored deliveries into multiple acks
+	storing atomic.Int32           // workers inside a store call now
 	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
 	// delivery handed over after that is returned to the queue instead of being stored on a closing channel.
 	stopping    atomic.Bool
@@ -86,6 +88,12 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	consuming := newSignal()
 	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
+	g.acks = newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
+		if err := ch.Ack(tag, multiple); err != nil {
+			rt.log.Warn("could not ack stored deliveries; the broker will redeliver them", zap.String("tenant_id", tc.id.String()),
+				zap.Uint64("delivery_tag", tag), zap.Bool("multiple", multiple), zap.Error(err))
+		}
+	})
 	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,
 		rabbitmq.WithConsumerOptionsConcurrency(1),
@@ -158,6 +166,12 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 		rt.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it",
 			zap.String("tenant_id", tc.id.String()))
 	}
+	// Acks still waiting behind a delivery held for the close go now, one by one.
+	g.chanMu.RLock()
+	if !g.closed {
+		g.acks.flush()
+	}
+	g.chanMu.RUnlock()
 	g.chanMu.Lock() // waits for a running handOver and settlements
 	g.closed = true
 	g.chanMu.Unlock()
@@ -203,14 +217,18 @@ func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.
 	defer g.chanMu.RUnlock()
 	label := tc.rt.metrics.tenant(tc.id)
 	if g.stopping.Load() {
+		g.acks.register(d.Delivery, true)
 		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
 		return rabbitmq.Manual
 	}
 	tc.rt.metrics.inflight.WithLabelValues(label).Inc()
+	// Registered before a worker can see it, so that no multiple ack passes over it.
+	g.acks.register(d.Delivery, false)
 	select {
 	case g.pending <- d:
 		return rabbitmq.Manual
 	case <-g.stopped:
+		g.acks.register(d.Delivery, true)
 		tc.rt.metrics.inflight.WithLabelValues(label).Dec()
 		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
 		return rabbitmq.Manual
@@ -234,17 +252,42 @@ func (tc *tenantConsumer) work(g *generation) {
 			tc.requeueWaiting(g)
 			return
 		}
-	fill:
-		for len(batch) < tc.rt.opts.BatchSize {
-			select {
-			case d := <-g.pending:
-				batch = append(batch, d)
-			default:
-				break fill
-			}
-		}
+		batch = tc.fill(g, batch)
 		tc.process(g, batch)
 	}
+}
+
+// fill adds what is waiting to batch, up to BatchSize. When another worker of the tenant is storing right now
+// (the tenant is busy) and the batch is not full, it lingers up to Linger for more: one insert of many rows costs
+// PostgreSQL and the broker (one multiple ack) little more than one of a single row, and the other worker's
+// transaction would make this one wait for its locks and WAL flush anyway. An idle tenant's worker never
+// lingers, so light load adds no latency.
+func (tc *tenantConsumer) fill(g *generation, batch []rabbitmq.Delivery) []rabbitmq.Delivery {
+	size := tc.rt.opts.BatchSize
+	var timer <-chan time.Time
+	for len(batch) < size {
+		select {
+		case d := <-g.pending:
+			batch = append(batch, d)
+			continue
+		default:
+		}
+		if timer == nil {
+			if tc.rt.opts.Linger <= 0 || g.storing.Load() == 0 {
+				return batch
+			}
+			timer = time.After(tc.rt.opts.Linger)
+		}
+		select {
+		case d := <-g.pending:
+			batch = append(batch, d)
+		case <-timer:
+			return batch
+		case <-g.stopped:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (tc *tenantConsumer) requeueWaiting(g *generation) {
@@ -279,23 +322,17 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 		for _, d := range remaining {
 			ds = append(ds, d.Delivery)
 		}
+		g.storing.Add(1)
 		errs := rt.handler.Handle(context.Background(), tc.id, ds)
-		if g.workers == 1 && len(remaining) > 1 && allNil(errs) {
-			// A single worker settles every delivery before it takes the next ones, so each delivery tag below this
-			// batch's is settled already: one multiple ack settles exactly this batch, at a fraction of the broker's
-			// and the service's cost of one ack per delivery. (With several workers, lower tags may still be in
-			// another worker's batch, so each delivery is acked on its own.)
-			last := remaining[len(remaining)-1]
-			tc.settle(g, last, func() error { return last.Ack(true) })
-			return
-		}
+		g.storing.Add(-1)
 		var retry, dead []rabbitmq.Delivery
 		var deadRows []deadRow
 		var lastErr error
+		stored := make([]amqp.Delivery, 0, len(remaining))
 		for i, d := range remaining {
 			switch err := errs[i]; {
 			case err == nil:
-				tc.settle(g, d, func() error { return d.Ack(false) })
+				stored = append(stored, d.Delivery)
 			case broker.IsPermanent(err):
 				rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
 					zap.String("message_id", d.MessageId), zap.Error(err))
@@ -305,6 +342,7 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 				retry, lastErr = append(retry, d), err
 			}
 		}
+		tc.ackStored(g, stored)
 		if len(dead) > 0 {
 			tc.deadLetter(g, dead, deadRows)
 		}
@@ -398,15 +436,6 @@ func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastE
 
 const maxBackoff = 5 * time.Second
 
-func allNil(errs []error) bool {
-	for _, err := range errs {
-		if err != nil {
-			return false
-		}
-	}
-	return true
-}
-
 // deadLetter stores ds (described by rows) in the dead_letters table in one insert and acks them after the
 // commit. While the database refuses, it retries with backoff like a store; when the generation stops first,
 // it gives the deliveries back to the queue, so a dead letter is never lost nor dropped without its reason.
@@ -439,6 +468,21 @@ func (tc *tenantConsumer) settle(g *generation, d rabbitmq.Delivery, fn func() e
 		tc.rt.log.Warn("could not settle delivery; the broker will redeliver it", zap.String("tenant_id", tc.id.String()),
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}
+	g.acks.settled(d.Delivery)
+}
+
+// ackStored hands stored deliveries to the generation's acker, which acks them (coalesced) unless the channel is
+// closed or closing: its close returns them, and idempotent storage absorbs the redelivery.
+func (tc *tenantConsumer) ackStored(g *generation, ds []amqp.Delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	g.chanMu.RLock()
+	defer g.chanMu.RUnlock()
+	if g.closed {
+		return
+	}
+	g.acks.stored(ds)
 }
 
 // startWait bounds how long a start waits to learn whether the consumer consumes.

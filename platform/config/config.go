@@ -85,6 +85,9 @@ type Config struct {
 	PrefetchPerWorker int
 	// ConsumerBatchSize is the most deliveries a worker stores in one insert (CONSUMER_BATCH_SIZE).
 	ConsumerBatchSize int
+	// ConsumerLinger is how long a store worker of a busy tenant waits for more deliveries to fill its batch
+	// (CONSUMER_LINGER); 0 never waits.
+	ConsumerLinger time.Duration
 	// StoreRetryInitial is the first backoff after a transient store failure (STORE_RETRY_INITIAL).
 	StoreRetryInitial time.Duration
 	// StoreRetryBudget is how long a worker retries one delivery before returning it to the queue (STORE_RETRY_BUDGET).
@@ -155,6 +158,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		TenantMaxConcurrency:      r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
 		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
 		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
+		ConsumerLinger:            r.dur("CONSUMER_LINGER", 2*time.Millisecond),
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
