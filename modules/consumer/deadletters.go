@@ -329,9 +329,10 @@ func attempts(d amqp.Delivery) int {
 	return 0
 }
 
-// brokerDeadRow describes a message the broker dead-lettered by itself (or an older service version put in a
-// per-tenant dead-letter queue), from its x-death and headers; ok is false when no tenant can be told.
-func brokerDeadRow(d amqp.Delivery) (deadRow, bool) {
+// brokerDeadRows describes a message the broker dead-lettered by itself (or an older service version put in a
+// per-tenant dead-letter queue), from its x-death and headers: one row, or one per message of an envelope; ok
+// is false when no tenant can be told.
+func brokerDeadRows(d amqp.Delivery) ([]deadRow, bool) {
 	tenant, err := uuid.Parse(d.RoutingKey)
 	reason, queue := "rejected", ""
 	count := int64(0)
@@ -347,7 +348,7 @@ func brokerDeadRow(d amqp.Delivery) (deadRow, bool) {
 	if err != nil {
 		id, ok := parseQueueName(queue)
 		if !ok {
-			return deadRow{}, false
+			return nil, false
 		}
 		tenant = id
 	}
@@ -360,7 +361,7 @@ func brokerDeadRow(d amqp.Delivery) (deadRow, bool) {
 	if reason == "delivery_limit" || reason == "rejected" {
 		n = max(n, int(count), int(deliveryCount(d.Headers)))
 	}
-	return rowFor(tenant, d, reason, lastErr, n), true
+	return rowsFor(tenant, d, reason, lastErr, n), true
 }
 
 // deliveryCount is how often the broker delivered a message before (quorum queues count it in x-delivery-count).
@@ -473,8 +474,8 @@ func (s *DeadLetters) adoptLegacyQueue(ctx context.Context, id uuid.UUID) error 
 				if d.RoutingKey == "" || d.RoutingKey != id.String() {
 					d.RoutingKey = id.String()
 				}
-				r, _ := brokerDeadRow(d)
-				rows = append(rows, r)
+				r, _ := brokerDeadRows(d)
+				rows = append(rows, r...)
 			}
 			if err := s.insert(ctx, rows); err != nil {
 				return err // the channel's close returns the batch to the queue
@@ -496,7 +497,7 @@ func (s *DeadLetters) adoptLegacyQueue(ctx context.Context, id uuid.UUID) error 
 func (s *DeadLetters) handle(d rabbitmq.Delivery) rabbitmq.Action {
 	s.chanMu.RLock()
 	defer s.chanMu.RUnlock()
-	row, ok := brokerDeadRow(d.Delivery)
+	rows, ok := brokerDeadRows(d.Delivery)
 	if !ok {
 		s.log.Error("a dead letter of no known tenant; dropping it", zap.String("routing_key", d.RoutingKey),
 			zap.String("message_id", d.MessageId))
@@ -510,12 +511,12 @@ func (s *DeadLetters) handle(d rabbitmq.Delivery) rabbitmq.Action {
 		if s.stopping.Load() {
 			return rabbitmq.Manual
 		}
-		err := s.insertUntil(s.stopped, []deadRow{row})
+		err := s.insertUntil(s.stopped, rows)
 		if err == nil {
 			break
 		}
 		if attempt == 1 || attempt%10 == 0 {
-			s.log.Warn("could not store a dead letter; retrying", zap.String("tenant_id", row.tenant.String()), zap.Error(err))
+			s.log.Warn("could not store a dead letter; retrying", zap.String("tenant_id", rows[0].tenant.String()), zap.Error(err))
 		}
 		select {
 		case <-time.After(backoff):
@@ -528,7 +529,9 @@ func (s *DeadLetters) handle(d rabbitmq.Delivery) rabbitmq.Action {
 			s.log.Warn("could not ack a stored dead letter; it is stored again (once)", zap.Error(err))
 		}
 	}
-	s.metrics.deadLettered.WithLabelValues(s.metrics.tenant(row.tenant), row.reason).Inc()
+	for _, row := range rows {
+		s.metrics.deadLettered.WithLabelValues(s.metrics.tenant(row.tenant), row.reason).Inc()
+	}
 	return rabbitmq.Manual
 }
 

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -328,16 +329,26 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 		var retry, dead []rabbitmq.Delivery
 		var deadRows []deadRow
 		var lastErr error
+		var failed *broker.ItemsFailed
 		stored := make([]amqp.Delivery, 0, len(remaining))
 		for i, d := range remaining {
 			switch err := errs[i]; {
 			case err == nil:
 				stored = append(stored, d.Delivery)
+			case errors.As(err, &failed):
+				// Messages of an envelope that can never be stored; the others are stored. Each failed one becomes
+				// a dead letter of its own, and the envelope is acked with them.
+				rt.log.Warn("messages of an envelope can never be stored; dead-lettering them", zap.String("tenant_id", tc.id.String()),
+					zap.Int("messages", len(failed.Items)), zap.Error(err))
+				dead = append(dead, d)
+				for _, it := range failed.Items {
+					deadRows = append(deadRows, rowFor(tc.id, it.Delivery, ReasonUndecodable, it.Err.Error(), attempts(d.Delivery)+1))
+				}
 			case broker.IsPermanent(err):
 				rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
 					zap.String("message_id", d.MessageId), zap.Error(err))
 				dead = append(dead, d)
-				deadRows = append(deadRows, rowFor(tc.id, d.Delivery, ReasonUndecodable, err.Error(), attempts(d.Delivery)+1))
+				deadRows = append(deadRows, rowsFor(tc.id, d.Delivery, ReasonUndecodable, err.Error(), attempts(d.Delivery)+1)...)
 			default:
 				retry, lastErr = append(retry, d), err
 			}
@@ -390,7 +401,7 @@ func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastE
 		n := attempts(d.Delivery) + 1
 		if n >= rt.opts.DeliveryLimit {
 			dead = append(dead, d)
-			deadRows = append(deadRows, rowFor(tc.id, d.Delivery, ReasonRetriesExhausted, lastErr.Error(), n))
+			deadRows = append(deadRows, rowsFor(tc.id, d.Delivery, ReasonRetriesExhausted, lastErr.Error(), n)...)
 			continue
 		}
 		headers := map[string]any{}
@@ -436,7 +447,22 @@ func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastE
 
 const maxBackoff = 5 * time.Second
 
-// deadLetter stores ds (described by rows) in the dead_letters table in one insert and acks them after the
+// rowsFor describes a delivery as dead letters: one row, or one per message of an envelope (so that each is
+// found, listed and replayed by its own id). An envelope that cannot be read is one row of its raw body.
+func rowsFor(tenant uuid.UUID, d amqp.Delivery, reason, lastErr string, attempts int) []deadRow {
+	if broker.IsEnvelope(d) {
+		if parts, err := broker.Unpack(d); err == nil {
+			rows := make([]deadRow, len(parts))
+			for i, p := range parts {
+				rows[i] = rowFor(tenant, p, reason, lastErr, attempts)
+			}
+			return rows
+		}
+	}
+	return []deadRow{rowFor(tenant, d, reason, lastErr, attempts)}
+}
+
+// deadLetter stores ds (described by rows, one or more per delivery) in the dead_letters table in one insert and acks them after the
 // commit. While the database refuses, it retries with backoff like a store; when the generation stops first,
 // it gives the deliveries back to the queue, so a dead letter is never lost nor dropped without its reason.
 func (tc *tenantConsumer) deadLetter(g *generation, ds []rabbitmq.Delivery, rows []deadRow) {
@@ -449,9 +475,11 @@ func (tc *tenantConsumer) deadLetter(g *generation, ds []rabbitmq.Delivery, rows
 		rt.metrics.requeued.WithLabelValues(label, "stopping").Add(float64(len(ds)))
 		return
 	}
-	for i, d := range ds {
+	for _, d := range ds {
 		tc.settle(g, d, func() error { return d.Ack(false) })
-		rt.metrics.deadLettered.WithLabelValues(label, rows[i].reason).Inc()
+	}
+	for _, r := range rows {
+		rt.metrics.deadLettered.WithLabelValues(label, r.reason).Inc()
 	}
 }
 

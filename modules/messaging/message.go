@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/uptrace/bun"
 
+	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/pagination"
 )
 
@@ -33,7 +34,7 @@ func (m Message) cursor() pagination.Cursor {
 
 // HeaderCreatedAt carries a message's creation time in Unix microseconds (int64). Publishers that write to
 // RabbitMQ directly may set it; without it the AMQP timestamp property, and then the time of storage, is used.
-const HeaderCreatedAt = "x-created-at"
+const HeaderCreatedAt = broker.HeaderCreatedAt
 
 // errPayload explains what a payload must be.
 var errPayload = errors.New("payload must be a JSON object or array of valid UTF-8 without \\u0000 or lone surrogate escapes, " +

@@ -16,6 +16,7 @@ type Metrics struct {
 	duplicates  *prometheus.CounterVec
 	latency     prometheus.Histogram
 	rateLimited *prometheus.CounterVec
+	perPublish  prometheus.Histogram
 }
 
 // NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
@@ -36,7 +37,10 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	}
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace,
 		Name: "messages_rate_limited_total", Help: "Messages refused with 429 by the tenant's publish rate limit, by tenant."}, []string{"tenant"})
-	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency)
+	m.perPublish = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace,
+		Name: "messages_per_publish", Help: "Messages carried by one AMQP publish (several: an envelope of coalesced publishes or of a batch).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}})
+	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish)
 	return m
 }
 

@@ -29,6 +29,7 @@ type Service struct {
 	exchange  string
 	dir       events.TenantDirectory
 	view      *view
+	coal      coalescers
 	metrics   *Metrics
 	log       *zap.Logger
 }
@@ -37,7 +38,8 @@ type Service struct {
 // defaultRateLimit is each tenant's publish limit in messages per second per replica unless it has its own
 // (0: unlimited).
 func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir events.TenantDirectory, defaultRateLimit float64, m *Metrics, log *zap.Logger) *Service {
-	return &Service{db: db, publisher: publisher, exchange: exchange, dir: dir, view: newView(defaultRateLimit), metrics: m, log: log.Named("messaging")}
+	return &Service{db: db, publisher: publisher, exchange: exchange, dir: dir, view: newView(defaultRateLimit),
+		coal: coalescers{tenants: map[uuid.UUID]*coalescer{}}, metrics: m, log: log.Named("messaging")}
 }
 
 // ErrTenantNotFound answers a message for a tenant that does not exist.
@@ -229,13 +231,24 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 	if err := s.checkRate(tenantID, len(ids)); err != nil {
 		return err
 	}
-	msgs := make([]broker.Message, len(ids))
-	headers := map[string]any{HeaderCreatedAt: createdAt.UnixMicro()}
+	items := make([]broker.EnvelopeItem, len(ids))
 	for i := range ids {
-		msgs[i] = broker.Message{Exchange: s.exchange, RoutingKey: tenantID.String(), MessageID: ids[i].String(),
-			Mandatory: true, Headers: headers, Body: payloads[i]}
+		items[i] = broker.EnvelopeItem{ID: ids[i], CreatedAt: createdAt.UnixMicro(), Payload: payloads[i]}
 	}
-	err := s.publisher.PublishAll(ctx, msgs)
+	var err error
+	if len(items) == 1 {
+		err = s.send(ctx, tenantID, items)
+	} else {
+		// A batch request goes as envelopes of its own, with their confirms in flight together.
+		var msgs []broker.Message
+		for len(items) > 0 {
+			n := min(len(items), maxEnvelopeItems)
+			msgs = append(msgs, s.message(tenantID, items[:n]))
+			s.metrics.perPublish.Observe(float64(n))
+			items = items[n:]
+		}
+		err = s.publisher.PublishAll(ctx, msgs)
+	}
 	switch {
 	case errors.Is(err, broker.ErrUnroutable):
 		s.metrics.pubFailed.WithLabelValues("unroutable").Add(float64(len(ids)))
@@ -260,39 +273,82 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 func (s *Service) Handle(ctx context.Context, tenantID uuid.UUID, ds []amqp.Delivery) []error {
 	errs := make([]error, len(ds))
 	now := time.Now()
-	msgs := make([]Message, 0, len(ds))
-	idx := make([]int, 0, len(ds))
+	items := make([]item, 0, len(ds))
 	for i, d := range ds {
-		m, err := decodeDelivery(tenantID, d, now)
-		if err != nil {
-			errs[i] = broker.Permanent(err)
-			continue
+		parts := []amqp.Delivery{d}
+		if broker.IsEnvelope(d) {
+			var err error
+			if parts, err = broker.Unpack(d); err != nil {
+				errs[i] = broker.Permanent(err)
+				continue
+			}
 		}
-		msgs = append(msgs, m)
-		idx = append(idx, i)
+		for _, p := range parts {
+			m, err := decodeDelivery(tenantID, p, now)
+			if err != nil {
+				failItem(errs, i, p, broker.Permanent(err), len(parts) > 1 || broker.IsEnvelope(d))
+				continue
+			}
+			items = append(items, item{msg: m, delivery: i, part: p, enveloped: broker.IsEnvelope(d)})
+		}
 	}
-	if len(msgs) == 0 {
-		return errs
+	s.store(ctx, tenantID, items, errs)
+	return errs
+}
+
+// item is one message of a batch being stored: from delivery number delivery, itself (part) or one message of
+// that envelope.
+type item struct {
+	msg       Message
+	delivery  int
+	part      amqp.Delivery
+	enveloped bool
+}
+
+// failItem records that a message of delivery i can never be stored: the delivery's error when it is the
+// message, or one more failed message of the envelope; a transient error of the delivery stays (it is retried
+// whole).
+func failItem(errs []error, i int, part amqp.Delivery, err error, enveloped bool) {
+	if !enveloped {
+		errs[i] = err
+		return
+	}
+	switch e := errs[i].(type) {
+	case nil:
+		errs[i] = &broker.ItemsFailed{Items: []broker.FailedItem{{Delivery: part, Err: err}}}
+	case *broker.ItemsFailed:
+		e.Items = append(e.Items, broker.FailedItem{Delivery: part, Err: err})
+	}
+}
+
+// store inserts items in one statement and records each delivery's outcome in errs.
+func (s *Service) store(ctx context.Context, tenantID uuid.UUID, items []item, errs []error) {
+	if len(items) == 0 {
+		return
+	}
+	msgs := make([]Message, len(items))
+	for i, it := range items {
+		msgs[i] = it.msg
 	}
 	res, err := s.insert(ctx, tenantID, msgs)
 	if err != nil && isDataError(err) {
 		// PostgreSQL refuses a value of the data itself: no retry can store that message, and in a multi-row
 		// insert it would fail every other one. Store one by one, so that only the refused ones are dead-lettered.
-		if len(msgs) == 1 {
-			errs[idx[0]] = broker.Permanent(fmt.Errorf("store message: %w", err))
-			return errs
+		if len(items) == 1 {
+			failItem(errs, items[0].delivery, items[0].part, broker.Permanent(fmt.Errorf("store message: %w", err)), items[0].enveloped)
+			return
 		}
-		for _, i := range idx {
-			errs[i] = s.Handle(ctx, tenantID, ds[i:i+1])[0]
+		for _, it := range items {
+			s.store(ctx, tenantID, []item{it}, errs)
 		}
-		return errs
+		return
 	}
 	if err != nil {
 		err = fmt.Errorf("store %d messages: %w", len(msgs), err)
-		for _, i := range idx {
-			errs[i] = err
+		for _, it := range items {
+			errs[it.delivery] = err // transient: the whole delivery is tried again
 		}
-		return errs
+		return
 	}
 	inserted, _ := res.RowsAffected()
 	label := s.metrics.tenant(tenantID)
@@ -304,7 +360,6 @@ func (s *Service) Handle(ctx context.Context, tenantID uuid.UUID, ds []amqp.Deli
 	for _, m := range msgs {
 		s.metrics.latency.Observe(done.Sub(m.CreatedAt).Seconds())
 	}
-	return errs
 }
 
 // insertSQL stores a batch in one statement whose text does not depend on the batch: the rows travel as three
