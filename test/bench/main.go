@@ -7,7 +7,8 @@
 //
 // Scenarios: 1 publish → stored (one message per request), 2 the same through the batch endpoint, 3 the raw
 // RabbitMQ → PostgreSQL pipeline without the service (the ceiling 1 and 2 are compared with), 4 pagination
-// depth in a 1,000,000-row partition, 5 tenant scale (1,000 tenants: consumers live, memory, restart).
+// depth in a 1,000,000-row partition, 5 tenant scale (1,000 tenants: consumers live, memory, restart), 6 light
+// load (200 msg/s, open loop: the latency a message pays when nothing is busy).
 // The table is also written as JSON to test/output/bench.json.
 package main
 
@@ -53,8 +54,10 @@ type options struct {
 	rows         int
 	pageRequests int
 
-	scaleTenants int
-	scaleClients int
+	scaleTenants  int
+	scaleClients  int
+	lightRate     float64
+	lightDuration time.Duration
 
 	repeat       int
 	storeTimeout time.Duration
@@ -85,7 +88,9 @@ func (f envFlag) Set(v string) error {
 
 func parseFlags() options {
 	var o options
-	flag.StringVar(&o.list, "scenarios", "1,2,3,4,5", "scenarios to run, comma separated (1 publish, 2 batch publish, 3 raw pipeline, 4 pagination, 5 tenant scale)")
+	flag.StringVar(&o.list, "scenarios", "1,2,3,4,5,6", "scenarios to run, comma separated (1 publish, 2 batch publish, 3 raw pipeline, 4 pagination, 5 tenant scale, 6 light load)")
+	flag.Float64Var(&o.lightRate, "light-rate", 200, "messages per second in scenario 6, spread over -tenants")
+	flag.DurationVar(&o.lightDuration, "light-duration", 15*time.Second, "how long scenario 6 publishes")
 	flag.IntVar(&o.messages, "messages", 50000, "messages published in scenarios 1, 2 and 3")
 	flag.IntVar(&o.tenants, "tenants", 10, "tenants (queues in scenario 3) the messages are spread over")
 	flag.IntVar(&o.payload, "payload", 512, "payload size in bytes (a JSON object)")
@@ -117,8 +122,8 @@ func parseFlags() options {
 	o.scenarios = map[int]bool{}
 	for _, f := range strings.Split(o.list, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 5 {
-			fmt.Fprintf(os.Stderr, "bench: -scenarios: %q is not a scenario 1..5\n", f)
+		if err != nil || n < 1 || n > 6 {
+			fmt.Fprintf(os.Stderr, "bench: -scenarios: %q is not a scenario 1..6\n", f)
 			os.Exit(2)
 		}
 		o.scenarios[n] = true
@@ -154,7 +159,8 @@ type runner struct {
 	envs       []*benchEnv
 	servers    []*server
 
-	lastAttempt bool // a scenario reports what it measured, failures included, instead of asking for a rerun
+	lastAttempt bool    // a scenario reports what it measured, failures included, instead of asking for a rerun
+	pace        float64 // requests per second of an open-loop load (scenario 6); 0: closed loop
 }
 
 func main() {
@@ -206,7 +212,7 @@ func run() int {
 	r.cleanLeftovers(ctx)
 	defer r.cleanup()
 
-	needServer := opt.scenarios[1] || opt.scenarios[2] || opt.scenarios[4] || opt.scenarios[5]
+	needServer := opt.scenarios[1] || opt.scenarios[2] || opt.scenarios[4] || opt.scenarios[5] || opt.scenarios[6]
 	if needServer {
 		fmt.Printf("building the server (go build -o .dev/bench/server %s)\n", opt.serverPkg)
 		if err := r.buildServer(ctx); err != nil {
@@ -360,6 +366,8 @@ func (r *runner) scenario(id int) (func(context.Context, *Scenario) error, strin
 		return r.rawScenario, "raw pipeline: amqp091-go → quorum queues → COPY into PostgreSQL, no HTTP, no service"
 	case 4:
 		return r.paginationScenario, "pagination depth (GET /api/v1/messages)"
+	case 6:
+		return r.lightScenario, "light load (POST /api/v1/messages at a steady low rate)"
 	default:
 		return r.tenantScaleScenario, "tenant scale (POST /api/v1/tenants, consumers, memory, restart)"
 	}
@@ -388,9 +396,36 @@ func compareWithRaw(rep *Report) {
 				fmt.Sprintf("%.0f %%", 100**rate.Value / *raw))
 		}
 		if s.ID == 2 {
-			m.atLeast(70, "70 %")
+			m.atLeast(85, "85 %")
 		}
 	}
+	// What the broker and the database spend per stored message, against the raw pipeline's in the same run.
+	var rawCPU float64
+	for _, s := range rep.Scenarios {
+		if s.ID == 3 {
+			rawCPU = cpuPair(s)
+		}
+	}
+	for _, s := range rep.Scenarios {
+		if s.ID != 1 || s.Status != "ok" {
+			continue
+		}
+		if c := cpuPair(s); rawCPU > 0 && c > 0 {
+			s.add("cpu_vs_raw", "RabbitMQ + PostgreSQL CPU per message vs raw", c/rawCPU, "×",
+				fmt.Sprintf("%.2f ×", c/rawCPU)).atMost(2, "2 ×")
+		} else {
+			s.na("cpu_vs_raw", "RabbitMQ + PostgreSQL CPU per message vs raw", "n/a (run scenario 3)")
+		}
+	}
+}
+
+// cpuPair is a scenario's RabbitMQ plus PostgreSQL CPU per stored message, 0 when not measured.
+func cpuPair(s *Scenario) float64 {
+	b, p := s.metric("cpu_rabbitmq"), s.metric("cpu_postgres")
+	if b == nil || p == nil || b.Value == nil || p.Value == nil {
+		return 0
+	}
+	return *b.Value + *p.Value
 }
 
 func (r *runner) stopServers() {
