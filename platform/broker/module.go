@@ -15,7 +15,7 @@ const PublisherChannels = 4
 var Module = fx.Module("broker",
 	fx.Provide(
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Conn, error) {
-			conn, err := Dial(Options{URL: c.AMQPURL, ReconnectInterval: c.AMQPReconnectInterval,
+			conn, err := Dial(Options{URLs: c.AMQPURLList(), ReconnectInterval: c.AMQPReconnectInterval,
 				ConnectionName: "msgsvc-" + c.ReplicaID}, log)
 			if err != nil {
 				return nil, err
