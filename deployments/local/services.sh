@@ -73,7 +73,7 @@ load_settings() {
 	RABBITMQ_PROM_PORT="${RABBITMQ_PROM_PORT:-${rec[RABBITMQ_PROM_PORT]:-55676}}"
 	RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-${rec[RABBITMQ_DIST_PORT]:-55674}}"
 	ERL_EPMD_PORT="${ERL_EPMD_PORT:-${rec[ERL_EPMD_PORT]:-55675}}"
-	RABBITMQ_CLUSTER_PORT="${RABBITMQ_CLUSTER_PORT:-${rec[RABBITMQ_CLUSTER_PORT]:-55700}}"
+	RABBITMQ_CLUSTER_PORT="${RABBITMQ_CLUSTER_PORT:-${rec[RABBITMQ_CLUSTER_PORT]:-61700}}"
 	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_PROM_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT RABBITMQ_CLUSTER_PORT; do
 		[[ ${!k} =~ ^[0-9]+$ ]] && ((${!k} > 0 && ${!k} < 65536)) || die "$k=${!k} is not a valid port"
 	done
@@ -564,6 +564,10 @@ CLUSTER_SIZE=3
 
 # Node I listens on RABBITMQ_CLUSTER_PORT + 10*(I-1) + 0 (AMQP), +1 (management),
 # +2 (Prometheus), +3 (Erlang distribution); the cluster's epmd on RABBITMQ_CLUSTER_PORT + 30.
+# The default lies above Linux's ephemeral port range (32768-60999): while a
+# node is down (node-stop, node-kill), any outgoing connection on the machine
+# may take one of its ports as its source port, and the node cannot start again
+# until that connection closes (measured: a PostgreSQL client held one for minutes).
 cluster_node() {
 	local i="$1" p
 	[[ $i =~ ^[1-3]$ ]] || die "cluster node must be 1, 2 or 3, not '$i'"
@@ -674,9 +678,19 @@ EOF
 	mv -f "$CLUSTER_ENV_FILE.tmp" "$CLUSTER_ENV_FILE"
 }
 
+# Warn when the cluster's ports lie in the ephemeral port range (see cluster_node).
+cluster_warn_ephemeral() {
+	local lo hi
+	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || return 0
+	if ((RABBITMQ_CLUSTER_PORT + 30 >= lo && RABBITMQ_CLUSTER_PORT <= hi)); then
+		log "WARNING: RABBITMQ_CLUSTER_PORT=$RABBITMQ_CLUSTER_PORT overlaps the ephemeral port range $lo-$hi: a stopped or killed node may fail to start again (eaddrinuse) while another connection holds its port"
+	fi
+}
+
 cmd_cluster_up() {
 	local t0 i
 	t0=$(now)
+	cluster_warn_ephemeral
 	take_lock
 	ensure_packages
 	save_settings
