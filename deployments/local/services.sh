@@ -380,8 +380,9 @@ disk_free_limit.absolute = 50MB
 vm_memory_high_watermark.relative = 0.8
 log.console = false
 log.file.level = info
-${RMQ_EXTRA_CONF:-}
 EOF
+	# Cluster nodes add their peer discovery settings (see cluster_node_start).
+	[[ -z ${RMQ_EXTRA_CONF:-} ]] || printf '%s\n' "$RMQ_EXTRA_CONF" >>"$RMQ/rabbitmq.conf"
 }
 
 # Fingerprint of what a running node was started with; a change means restart.
