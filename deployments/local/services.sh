@@ -5,6 +5,8 @@
 #   services.sh up | down [--purge] | status | env
 #   services.sh pg-stop | pg-start
 #   services.sh rabbitmq-stop-app | rabbitmq-start-app | rabbitmqctl <args...>
+#   services.sh cluster-up | cluster-down [--purge] | cluster-status | cluster-env
+#   services.sh node-stop N | node-start N | node-kill N | node-ctl N <args...>
 set -euo pipefail
 
 # ---------------------------------------------------------------- locations --
@@ -71,9 +73,11 @@ load_settings() {
 	RABBITMQ_PROM_PORT="${RABBITMQ_PROM_PORT:-${rec[RABBITMQ_PROM_PORT]:-55676}}"
 	RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-${rec[RABBITMQ_DIST_PORT]:-55674}}"
 	ERL_EPMD_PORT="${ERL_EPMD_PORT:-${rec[ERL_EPMD_PORT]:-55675}}"
-	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_PROM_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT; do
+	RABBITMQ_CLUSTER_PORT="${RABBITMQ_CLUSTER_PORT:-${rec[RABBITMQ_CLUSTER_PORT]:-61700}}"
+	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_PROM_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT RABBITMQ_CLUSTER_PORT; do
 		[[ ${!k} =~ ^[0-9]+$ ]] && ((${!k} > 0 && ${!k} < 65536)) || die "$k=${!k} is not a valid port"
 	done
+	((RABBITMQ_CLUSTER_PORT + 30 < 65536)) || die "RABBITMQ_CLUSTER_PORT=$RABBITMQ_CLUSTER_PORT: the cluster needs it and the 30 ports above it"
 }
 
 save_settings() {
@@ -84,6 +88,7 @@ RABBITMQ_MGMT_PORT=$RABBITMQ_MGMT_PORT
 RABBITMQ_PROM_PORT=$RABBITMQ_PROM_PORT
 RABBITMQ_DIST_PORT=$RABBITMQ_DIST_PORT
 ERL_EPMD_PORT=$ERL_EPMD_PORT
+RABBITMQ_CLUSTER_PORT=$RABBITMQ_CLUSTER_PORT
 EOF
 	mv -f "$PORTS_FILE.tmp" "$PORTS_FILE"
 }
@@ -376,6 +381,8 @@ vm_memory_high_watermark.relative = 0.8
 log.console = false
 log.file.level = info
 EOF
+	# Cluster nodes add their peer discovery settings (see cluster_node_start).
+	[[ -z ${RMQ_EXTRA_CONF:-} ]] || printf '%s\n' "$RMQ_EXTRA_CONF" >>"$RMQ/rabbitmq.conf"
 }
 
 # Fingerprint of what a running node was started with; a change means restart.
@@ -547,6 +554,210 @@ rmq_kill_epmd() {
 	ERL_EPMD_PORT="$ERL_EPMD_PORT" "$epmd" -kill >/dev/null 2>&1 || true
 }
 
+# ------------------------------------------------------------------ cluster --
+# A 3-node RabbitMQ cluster apart from the single node above: own node names,
+# data dirs and ports, one shared Erlang cookie and epmd. Each function that
+# works on one node calls cluster_node I (in a subshell) to point the RabbitMQ
+# globals (RMQ, RMQ_NODE, ports) at node I, then reuses the single-node code.
+CLUSTER_DIR="$DEV/rabbitmq-cluster"
+CLUSTER_ENV_FILE="$DEV/cluster.env"
+CLUSTER_SIZE=3
+
+# Node I listens on RABBITMQ_CLUSTER_PORT + 10*(I-1) + 0 (AMQP), +1 (management),
+# +2 (Prometheus), +3 (Erlang distribution); the cluster's epmd on RABBITMQ_CLUSTER_PORT + 30.
+# The default lies above Linux's ephemeral port range (32768-60999): while a
+# node is down (node-stop, node-kill), any outgoing connection on the machine
+# may take one of its ports as its source port, and the node cannot start again
+# until that connection closes (measured: a PostgreSQL client held one for minutes).
+cluster_node() {
+	local i="$1" p
+	[[ $i =~ ^[1-3]$ ]] || die "cluster node must be 1, 2 or 3, not '$i'"
+	p=$((RABBITMQ_CLUSTER_PORT + (i - 1) * 10))
+	RMQ="$CLUSTER_DIR/n$i"
+	RMQ_NODE="msgsvc-$HASH-n$i@localhost"
+	RMQ_PID_FILE="$RMQ/rabbit.pid"
+	RMQ_WRAPPER_PID="$RMQ/wrapper.pid"
+	AMQP_PORT=$p
+	RABBITMQ_MGMT_PORT=$((p + 1))
+	RABBITMQ_PROM_PORT=$((p + 2))
+	RABBITMQ_DIST_PORT=$((p + 3))
+	ERL_EPMD_PORT=$((RABBITMQ_CLUSTER_PORT + 30))
+}
+
+cluster_node_name() { (cluster_node "$1" && printf '%s\n' "$RMQ_NODE"); }
+
+# Every node gets the same Erlang cookie, made once per checkout.
+cluster_cookie() {
+	local i
+	mkdir -p "$CLUSTER_DIR"
+	if [[ ! -s $CLUSTER_DIR/cookie ]]; then
+		(umask 077 && head -c 30 /dev/urandom | sha256sum | cut -c1-40 | tr 'a-f' 'A-F' >"$CLUSTER_DIR/cookie")
+	fi
+	for i in $(seq "$CLUSTER_SIZE"); do
+		install -d -m 700 "$CLUSTER_DIR/n$i/home"
+		if ! cmp -s "$CLUSTER_DIR/cookie" "$CLUSTER_DIR/n$i/home/.erlang.cookie"; then
+			rm -f "$CLUSTER_DIR/n$i/home/.erlang.cookie"
+			install -m 400 "$CLUSTER_DIR/cookie" "$CLUSTER_DIR/n$i/home/.erlang.cookie"
+		fi
+	done
+}
+
+# cluster_each FN: run FN I for every node at once, each in its own subshell; fail if one failed.
+cluster_each() {
+	local fn="$1" i pids=() rc=0
+	for i in $(seq "$CLUSTER_SIZE"); do
+		("$fn" "$i") &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do wait "$i" || rc=1; done
+	return "$rc"
+}
+
+cluster_node_start() {
+	cluster_node "$1"
+	if (($1 > 1)); then
+		# A blank node joins node 1 at its first boot (classic config peer discovery), retrying while node 1
+		# boots too; a node that is already a member ignores this.
+		RMQ_EXTRA_CONF="cluster_formation.peer_discovery_backend = classic_config
+cluster_formation.classic_config.nodes.1 = $(cluster_node_name 1)
+cluster_formation.classic_config.nodes.2 = $RMQ_NODE
+cluster_formation.discovery_retry_limit = 120
+cluster_formation.discovery_retry_interval = 1000
+cluster_formation.lock_retry_limit = 120
+cluster_formation.lock_retry_timeout = 1000"
+	fi
+	rmq_start
+}
+
+cluster_node_stop() {
+	cluster_node "$1"
+	rmq_stop
+}
+
+# cluster_node_join I: make node I a member of node 1's cluster. Once a member, a node rejoins by itself
+# when it restarts, so this does nothing then.
+cluster_node_join() {
+	local seed
+	seed="$(cluster_node_name 1)"
+	cluster_node "$1"
+	[[ $RMQ_NODE == "$seed" ]] && return 0
+	[[ $(rmq rabbitmqctl -q eval "lists:member('$seed', rabbit_mnesia:cluster_nodes(all))." 2>/dev/null) == true ]] && return 0
+	log "joining $RMQ_NODE to the cluster of $seed"
+	rmq_ctl_quiet stop_app || die "rabbitmqctl stop_app failed on $RMQ_NODE"
+	rmq_ctl_quiet reset || die "rabbitmqctl reset failed on $RMQ_NODE"
+	rmq_ctl_quiet join_cluster "$seed" || die "rabbitmqctl join_cluster $seed failed on $RMQ_NODE"
+	rmq_ctl_quiet start_app || die "rabbitmqctl start_app failed on $RMQ_NODE"
+	rmq_wait_ready "join_cluster"
+}
+
+# cluster_list amqp|management|node: the nodes' AMQP URLs, management URLs or names, comma-separated.
+cluster_list() {
+	local kind="$1" i out=() p
+	for i in $(seq "$CLUSTER_SIZE"); do
+		p=$((RABBITMQ_CLUSTER_PORT + (i - 1) * 10))
+		case "$kind" in
+		amqp) out+=("amqp://guest:guest@127.0.0.1:$p/") ;;
+		management) out+=("http://guest:guest@127.0.0.1:$((p + 1))") ;;
+		node) out+=("$(cluster_node_name "$i")") ;;
+		esac
+	done
+	local IFS=,
+	printf '%s\n' "${out[*]}"
+}
+
+write_cluster_env_file() {
+	local p=$RABBITMQ_CLUSTER_PORT
+	cat >"$CLUSTER_ENV_FILE.tmp" <<EOF
+DATABASE_URL=postgres://msgsvc:msgsvc@127.0.0.1:$PG_PORT/msgsvc?sslmode=disable
+AMQP_URLS=$(cluster_list amqp)
+RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:$((p + 1))
+RABBITMQ_PROMETHEUS_URL=http://127.0.0.1:$((p + 2))
+RABBITMQ_CLUSTER_MANAGEMENT_URLS=$(cluster_list management)
+RABBITMQ_CLUSTER_NODES=$(cluster_list node)
+SERVICES_SCRIPT=$SCRIPT
+EOF
+	mv -f "$CLUSTER_ENV_FILE.tmp" "$CLUSTER_ENV_FILE"
+}
+
+# Warn when the cluster's ports lie in the ephemeral port range (see cluster_node).
+cluster_warn_ephemeral() {
+	local lo hi
+	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || return 0
+	if ((RABBITMQ_CLUSTER_PORT + 30 >= lo && RABBITMQ_CLUSTER_PORT <= hi)); then
+		log "WARNING: RABBITMQ_CLUSTER_PORT=$RABBITMQ_CLUSTER_PORT overlaps the ephemeral port range $lo-$hi: a stopped or killed node may fail to start again (eaddrinuse) while another connection holds its port"
+	fi
+}
+
+cmd_cluster_up() {
+	local t0 i
+	t0=$(now)
+	cluster_warn_ephemeral
+	take_lock
+	ensure_packages
+	save_settings
+	pg_start
+	cluster_cookie
+	cluster_each cluster_node_start || die "a cluster node failed to start (logs: $CLUSTER_DIR/n*/log)"
+	for i in $(seq 2 "$CLUSTER_SIZE"); do
+		(cluster_node_join "$i") || die "node $i failed to join the cluster (logs: $CLUSTER_DIR/n$i/log)"
+	done
+	write_cluster_env_file
+	log "cluster-up: RabbitMQ nodes $(cluster_list node), AMQP on 127.0.0.1 ports $RABBITMQ_CLUSTER_PORT, $((RABBITMQ_CLUSTER_PORT + 10)), $((RABBITMQ_CLUSTER_PORT + 20)) ($(($(now) - t0))s)"
+	log "env file: $CLUSTER_ENV_FILE"
+}
+
+cluster_stop() {
+	[[ -d $CLUSTER_DIR ]] || return 0
+	cluster_each cluster_node_stop || die "a cluster node failed to stop"
+	(cluster_node 1 && rmq_kill_epmd)
+}
+
+cmd_cluster_down() {
+	local purge=0
+	case "${1:-}" in
+	"") ;;
+	--purge) purge=1 ;;
+	*) die "usage: $0 cluster-down [--purge]" ;;
+	esac
+	take_lock
+	cluster_stop
+	if ((purge)); then rm -rf "$CLUSTER_DIR" "$CLUSTER_ENV_FILE"; fi
+	log "cluster down"
+}
+
+cmd_cluster_status() {
+	local i ok=0
+	for i in $(seq "$CLUSTER_SIZE"); do
+		(
+			cluster_node "$i"
+			if rmq_node_pid >/dev/null && rmq_ready; then
+				echo "node $i: running ($RMQ_NODE, beam pid $(cat "$RMQ_PID_FILE" 2>/dev/null), AMQP 127.0.0.1:$AMQP_PORT, management 127.0.0.1:$RABBITMQ_MGMT_PORT)"
+			elif rmq_node_pid >/dev/null; then
+				echo "node $i: $RMQ_NODE is up but AMQP/management/Prometheus do not answer (booting or app stopped)"
+				exit 1
+			else
+				echo "node $i: stopped ($RMQ_NODE)"
+				exit 1
+			fi
+		) || ok=1
+	done
+	return "$ok"
+}
+
+# node-kill I: SIGKILL node I's Erlang VM: a crash, without a clean shutdown or a goodbye to clients and peers.
+cmd_node_kill() {
+	cluster_node "$1"
+	local beam
+	beam="$(cat "$RMQ_PID_FILE" 2>/dev/null || true)"
+	if ! [[ $beam =~ ^[0-9]+$ && -r /proc/$beam/environ ]] ||
+		! tr '\0' '\n' <"/proc/$beam/environ" | grep -qxF -- "RABBITMQ_NODENAME=$RMQ_NODE"; then
+		die "node $1 ($RMQ_NODE) is not running"
+	fi
+	kill -KILL "$beam"
+	while kill -0 "$beam" 2>/dev/null; do sleep 0.05; done
+	log "killed node $1 ($RMQ_NODE, beam pid $beam)"
+}
+
 # ------------------------------------------------------------- subcommands --
 write_env_file() {
 	cat >"$ENV_FILE.tmp" <<EOF
@@ -581,11 +792,12 @@ cmd_down() {
 	*) die "usage: $0 down [--purge]" ;;
 	esac
 	take_lock
+	cluster_stop
 	rmq_stop
 	pg_stop
 	if ((purge)); then
 		log "purging data"
-		rm -rf "$RMQ" "$ENV_FILE" "$PORTS_FILE" "$DEV/apt.log"
+		rm -rf "$RMQ" "$CLUSTER_DIR" "$ENV_FILE" "$CLUSTER_ENV_FILE" "$PORTS_FILE" "$DEV/apt.log"
 		if [[ -L $PG_LINK ]]; then rm -f "$PG_LINK"; fi
 		if ((EUID == 0)); then
 			rm -rf "${PG_DIR%/postgres}"
@@ -649,6 +861,14 @@ usage: $0 COMMAND
   rabbitmq-stop-app     rabbitmqctl stop_app (simulate a broker outage)
   rabbitmq-start-app    rabbitmqctl start_app, wait for AMQP, management and Prometheus
   rabbitmqctl ARGS...   rabbitmqctl against our node
+ A 3-node RabbitMQ cluster, apart from the node above (ports from RABBITMQ_CLUSTER_PORT):
+  cluster-up            start PostgreSQL and the 3 nodes, join them, write $CLUSTER_ENV_FILE
+  cluster-down [--purge]  stop the 3 nodes; --purge also deletes their data
+  cluster-status        show each node's state; exit 0 only if all 3 run
+  cluster-env           print the cluster env file path
+  node-stop N | node-start N | node-kill N
+                        stop node N (1-3) cleanly, start it again, or SIGKILL its Erlang VM
+  node-ctl N ARGS...    rabbitmqctl against node N
 EOF
 }
 
@@ -675,6 +895,27 @@ main() {
 	rabbitmq-stop-app) cmd_rmq_stop_app ;;
 	rabbitmq-start-app) cmd_rmq_start_app ;;
 	rabbitmqctl) rmq rabbitmqctl "$@" ;;
+	cluster-up) cmd_cluster_up ;;
+	cluster-down) cmd_cluster_down "$@" ;;
+	cluster-status) cmd_cluster_status ;;
+	cluster-env)
+		[[ -f $CLUSTER_ENV_FILE ]] || log "warning: $CLUSTER_ENV_FILE does not exist yet; run: $SCRIPT cluster-up"
+		printf '%s\n' "$CLUSTER_ENV_FILE"
+		;;
+	node-stop)
+		take_lock
+		(cluster_node_stop "${1:-}")
+		;;
+	node-start)
+		take_lock
+		(cluster_node_start "${1:-}")
+		;;
+	node-kill) cmd_node_kill "${1:-}" ;;
+	node-ctl)
+		cluster_node "${1:-}"
+		shift
+		rmq rabbitmqctl "$@"
+		;;
 	-h | --help | help) usage ;;
 	*)
 		usage

@@ -17,7 +17,8 @@ import (
 
 // Options configures the broker connection.
 type Options struct {
-	URL               string
+	// URLs are the AMQP URLs of the broker, one per node of a cluster, tried in this order.
+	URLs              []string
 	ReconnectInterval time.Duration
 	// ConnectionName is shown in RabbitMQ's management UI.
 	ConnectionName string
@@ -33,29 +34,61 @@ type Conn struct {
 	admin   *amqp.Connection
 }
 
-// Dial connects to RabbitMQ; it fails when the broker does not answer now.
+// Dial connects to RabbitMQ; it fails when no node of opts.URLs answers now.
 func Dial(opts Options, log *zap.Logger) (*Conn, error) {
 	log = log.Named("broker")
-	c, err := connect(opts.urls(), opts.ConnectionName, opts.ReconnectInterval, log)
+	c, err := dialReconnecting(opts.URLs, opts.ConnectionName, opts.ReconnectInterval, log)
 	if err != nil {
-		return nil, fmt.Errorf("broker: connect: %w", err)
+		return nil, err
 	}
 	return &Conn{Conn: c, opts: opts, log: log}, nil
 }
 
-// urls lists the brokers to connect to.
-func (o Options) urls() []string { return []string{o.URL} }
-
-// connect opens one reconnecting go-rabbitmq connection named name to the first of urls that answers. Every
-// connection the service opens for consuming and publishing is made here.
-func connect(urls []string, name string, reconnect time.Duration, log *zap.Logger) (*rabbitmq.Conn, error) {
+// dialReconnecting opens a go-rabbitmq connection named name to the first of urls that answers, in order.
+// When the connection is lost it reconnects by itself, every reconnectInterval or longer (backing off), again
+// to the first of urls that answers: the loss of a cluster node moves it to another node.
+func dialReconnecting(urls []string, name string, reconnectInterval time.Duration, log *zap.Logger) (*rabbitmq.Conn, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("broker: connect: no AMQP URL")
+	}
 	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": name}}
-	return rabbitmq.NewClusterConn(rabbitmq.NewStaticResolver(urls, false),
+	c, err := rabbitmq.NewClusterConn(rabbitmq.NewStaticResolver(urls, false),
 		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
-		rabbitmq.WithConnectionOptionsBaseReconnectInterval(reconnect),
+		rabbitmq.WithConnectionOptionsBaseReconnectInterval(reconnectInterval),
 		rabbitmq.WithConnectionOptionsConfig(cfg),
 	)
+	if err != nil {
+		return nil, fmt.Errorf("broker: connect: %w", err)
+	}
+	return c, nil
 }
+
+// dialFirst opens a plain amqp091 connection to the first of urls that answers, in order, within ctx's
+// deadline (5 s without one), shared between the URLs still to try. cfg.Dial is set here.
+func dialFirst(ctx context.Context, urls []string, cfg amqp.Config) (*amqp.Connection, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(5 * time.Second)
+	}
+	var errs []error
+	for i, u := range urls {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		cfg.Dial = amqp.DefaultDial(left / time.Duration(len(urls)-i))
+		conn, err := amqp.DialConfig(u, cfg)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, fmt.Errorf("node %d: %w", i+1, err))
+	}
+	if len(errs) == 0 {
+		errs = append(errs, context.DeadlineExceeded)
+	}
+	return nil, errors.Join(errs...)
+}
+
 
 // ChannelMax returns the channel_max the broker negotiates for a connection (2,047 by default).
 func (c *Conn) ChannelMax(ctx context.Context) (int, error) {
@@ -100,13 +133,7 @@ func (c *Conn) adminConn(ctx context.Context) (*amqp.Connection, error) {
 		return c.admin, nil
 	}
 	cfg := amqp.Config{Properties: amqp.Table{"connection_name": c.opts.ConnectionName + "-admin"}, Heartbeat: 10 * time.Second}
-	if dl, ok := ctx.Deadline(); ok {
-		timeout := time.Until(dl)
-		cfg.Dial = amqp.DefaultDial(timeout)
-	} else {
-		cfg.Dial = amqp.DefaultDial(5 * time.Second)
-	}
-	conn, err := amqp.DialConfig(c.opts.URL, cfg)
+	conn, err := dialFirst(ctx, c.opts.URLs, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}

@@ -20,7 +20,7 @@ const PublisherChannels = 4
 var Module = fx.Module("broker",
 	fx.Provide(
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Conn, error) {
-			conn, err := Dial(Options{URL: c.AMQPURL, ReconnectInterval: c.AMQPReconnectInterval,
+			conn, err := Dial(Options{URLs: c.AMQPURLList(), ReconnectInterval: c.AMQPReconnectInterval,
 				ConnectionName: "msgsvc-" + c.ReplicaID}, log)
 			if err != nil {
 				return nil, err
@@ -29,7 +29,7 @@ var Module = fx.Module("broker",
 			return conn, nil
 		},
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Publisher, error) {
-			p, err := NewPublisher(PublisherOptions{URLs: []string{c.AMQPURL}, Name: "msgsvc-" + c.ReplicaID + "-publish",
+			p, err := NewPublisher(PublisherOptions{URLs: c.AMQPURLList(), Name: "msgsvc-" + c.ReplicaID + "-publish",
 				Channels: PublisherChannels, Timeout: c.PublishConfirmTimeout, ReconnectMax: 16 * c.AMQPReconnectInterval}, log)
 			if err != nil {
 				return nil, err
@@ -44,7 +44,7 @@ var Module = fx.Module("broker",
 			if err != nil {
 				return nil, err
 			}
-			p, err := NewConsumerPool(Options{URL: c.AMQPURL, ReconnectInterval: c.AMQPReconnectInterval,
+			p, err := NewConsumerPool(Options{URLs: c.AMQPURLList(), ReconnectInterval: c.AMQPReconnectInterval,
 				ConnectionName: "msgsvc-" + c.ReplicaID}, PoolChannelsPerConn(channelMax, c.AMQPChannelsPerConnection), log)
 			if err != nil {
 				return nil, err

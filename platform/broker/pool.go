@@ -71,7 +71,7 @@ func PoolChannelsPerConn(channelMax, configured int) int {
 // perConn consumer channels each. It opens the first connection at once, so that an unreachable broker fails
 // the start.
 func NewConsumerPool(opts Options, perConn int, log *zap.Logger) (*ConsumerPool, error) {
-	p := &ConsumerPool{perConn: max(perConn, 1), name: opts.ConnectionName, urls: opts.urls(),
+	p := &ConsumerPool{perConn: max(perConn, 1), name: opts.ConnectionName, urls: opts.URLs,
 		reconnect: opts.ReconnectInterval, log: log.Named("broker.pool")}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -84,7 +84,7 @@ func NewConsumerPool(opts Options, perConn int, log *zap.Logger) (*ConsumerPool,
 // open dials one more connection; p.mu must be held.
 func (p *ConsumerPool) open() (*pooledConn, error) {
 	name := fmt.Sprintf("%s-consumer-%d", p.name, len(p.conns)+1)
-	c, err := connect(p.urls, name, p.reconnect, p.log)
+	c, err := dialReconnecting(p.urls, name, p.reconnect, p.log)
 	if err != nil {
 		return nil, fmt.Errorf("%w: consumer connection %s: %v", ErrUnavailable, name, err)
 	}

@@ -59,8 +59,11 @@ type Config struct {
 	// DBConnMaxLifetime recycles connections after this long (DB_CONN_MAX_LIFETIME).
 	DBConnMaxLifetime time.Duration
 
-	// AMQPURL is the RabbitMQ connection string (AMQP_URL).
+	// AMQPURL is the RabbitMQ connection string (AMQP_URL); when only AMQP_URLS is set, its first URL.
 	AMQPURL string
+	// AMQPURLs are the AMQP URLs of a RabbitMQ cluster's nodes, in the order they are tried (AMQP_URLS,
+	// comma-separated); nil when AMQP_URLS is unset. Dial AMQPURLList, which falls back to AMQPURL.
+	AMQPURLs []string
 	// RabbitMQManagementURL is the management API base URL, used to find orphan queues (RABBITMQ_MANAGEMENT_URL).
 	RabbitMQManagementURL string
 	// AMQPExchange is the direct exchange tenants' messages are published to (AMQP_EXCHANGE).
@@ -147,6 +150,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		DBMaxIdleConns:            r.int("DB_MAX_IDLE_CONNS", 40, 0, 10000),
 		DBConnMaxLifetime:         r.dur("DB_CONN_MAX_LIFETIME", 30*time.Minute),
 		AMQPURL:                   r.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/", "amqp", "amqps"),
+		AMQPURLs:                  r.urlList("AMQP_URLS", "amqp", "amqps"),
 		RabbitMQManagementURL:     r.optionalURL("RABBITMQ_MANAGEMENT_URL", "http", "https"),
 		AMQPExchange:              r.str("AMQP_EXCHANGE", "msgsvc.messages"),
 		AMQPQueueType:             r.oneOf("AMQP_QUEUE_TYPE", "quorum", "quorum", "classic"),
@@ -187,10 +191,41 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	if c.ReplicaTTL < 2*c.ReplicaHeartbeatInterval {
 		r.fail("REPLICA_TTL", fmt.Sprintf("%s must be at least twice REPLICA_HEARTBEAT_INTERVAL %s", c.ReplicaTTL, c.ReplicaHeartbeatInterval))
 	}
+	if len(c.AMQPURLs) > 0 {
+		if _, set := r.raw("AMQP_URL"); !set {
+			c.AMQPURL = c.AMQPURLs[0]
+		}
+		for _, u := range c.AMQPURLs {
+			if vhost(u) != vhost(c.AMQPURL) {
+				r.fail("AMQP_URLS", "every URL, and AMQP_URL when set, must name the same virtual host")
+				break
+			}
+		}
+	}
 	if c.ShutdownTimeout <= c.ConsumerDrainTimeout {
 		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))
 	}
 	return c, errors.Join(r.errs...)
+}
+
+// AMQPURLList returns the AMQP URLs to dial, in order: AMQPURLs when set, else AMQPURL alone.
+func (c Config) AMQPURLList() []string {
+	if len(c.AMQPURLs) > 0 {
+		return c.AMQPURLs
+	}
+	return []string{c.AMQPURL}
+}
+
+// vhost returns the virtual host an AMQP URL names ("/" when its path is empty or "/").
+func vhost(amqpURL string) string {
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		return ""
+	}
+	if v := strings.TrimPrefix(u.Path, "/"); v != "" {
+		return v
+	}
+	return "/"
 }
 
 type reader struct {
@@ -306,6 +341,15 @@ func (r *reader) url(name, def string, schemes ...string) string {
 	}
 	r.checkURL(name, v, schemes)
 	return v
+}
+
+// urlList reads a comma-separated list of URLs; like every URL, they may hold credentials and are never echoed.
+func (r *reader) urlList(name string, schemes ...string) []string {
+	list := r.list(name)
+	for i, v := range list {
+		r.checkURL(fmt.Sprintf("%s (URL %d)", name, i+1), v, schemes)
+	}
+	return list
 }
 
 func (r *reader) optionalURL(name string, schemes ...string) string {

@@ -82,6 +82,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"AMQP_QUEUE_TYPE":            {"AMQP_QUEUE_TYPE": "stream"},
 		"DATABASE_URL":               {"DATABASE_URL": "mysql://x@y/z"},
 		"AMQP_URL":                   {"AMQP_URL": "not a url"},
+		"AMQP_URLS":                  {"AMQP_URLS": "amqp://u:p@mq1/, https://u:p@mq2/"},
 		"METRICS_PER_TENANT":         {"METRICS_PER_TENANT": "maybe"},
 		"TENANT_DEFAULT_CONCURRENCY": {"TENANT_DEFAULT_CONCURRENCY": "200"},
 		"SHUTDOWN_TIMEOUT":           {"SHUTDOWN_TIMEOUT": "1s"},
@@ -114,4 +115,35 @@ func TestSecretsAreNotEchoed(t *testing.T) {
 	_, err := LoadFrom(env(map[string]string{"DATABASE_URL": "mysql://user:s3cret@y/z"}))
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "s3cret")
+}
+
+func TestAMQPURLs(t *testing.T) {
+	c, err := LoadFrom(env(map[string]string{"AMQP_URLS": " amqp://u:p@mq1:5672/v , amqp://u:p@mq2:5672/v,amqp://u:p@mq3:5672/v "}))
+	require.NoError(t, err)
+	want := []string{"amqp://u:p@mq1:5672/v", "amqp://u:p@mq2:5672/v", "amqp://u:p@mq3:5672/v"}
+	require.Equal(t, want, c.AMQPURLs)
+	require.Equal(t, want, c.AMQPURLList())
+	require.Equal(t, want[0], c.AMQPURL, "AMQP_URL defaults to the first node")
+
+	c, err = LoadFrom(env(map[string]string{"AMQP_URL": "amqp://u:p@mq:5672/v"}))
+	require.NoError(t, err)
+	require.Nil(t, c.AMQPURLs)
+	require.Equal(t, []string{"amqp://u:p@mq:5672/v"}, c.AMQPURLList(), "AMQP_URL alone still works")
+
+	c, err = LoadFrom(env(map[string]string{"AMQP_URL": "amqp://u:p@mq2:5672/v", "AMQP_URLS": "amqp://u:p@mq1:5672/v,amqp://u:p@mq2:5672/v"}))
+	require.NoError(t, err)
+	require.Equal(t, "amqp://u:p@mq2:5672/v", c.AMQPURL)
+	require.Len(t, c.AMQPURLList(), 2)
+}
+
+func TestAMQPURLsNameOneVirtualHostWithoutEchoingSecrets(t *testing.T) {
+	for _, kv := range []map[string]string{
+		{"AMQP_URLS": "amqp://u:s3cret@mq1/a,amqp://u:s3cret@mq2/b"},
+		{"AMQP_URLS": "amqp://u:s3cret@mq1/a", "AMQP_URL": "amqp://u:s3cret@mq1/"},
+		{"AMQP_URLS": "amqp://u:s3cret@mq1/a,mysql://u:s3cret@mq2/a"},
+	} {
+		_, err := LoadFrom(env(kv))
+		require.ErrorContains(t, err, "AMQP_URLS")
+		require.NotContains(t, err.Error(), "s3cret")
+	}
 }
