@@ -244,6 +244,8 @@ func TestRejectedByBrokerLandsInTable(t *testing.T) {
 	require.True(t, ok)
 	require.NoError(t, d.Reject(false))
 
+	cfg.ReconcileOrphanGrace = 0 // reconciliation deletes orphan queues at once, and must not take the shared one
+	cfg.ReconcileInterval = 200 * time.Millisecond
 	b := testenv.Start(t, cfg)
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		return len(listDeadLetters(t, b, tenant, "").Data) == 1
@@ -257,6 +259,10 @@ func TestRejectedByBrokerLandsInTable(t *testing.T) {
 		_, n, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.DeadQueueName(cfg.AMQPExchange))
 		return n == 0
 	}, "the shared dead-letter queue is not emptied")
+	time.Sleep(time.Second) // several reconciliations
+	ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.DeadQueueName(cfg.AMQPExchange))
+	require.True(t, ok, "reconciliation deleted the shared dead-letter queue")
+	require.Equal(t, 1, consumers)
 }
 
 // TestDeadLetterKeptWhileDatabaseRefuses: while the dead_letters table cannot be written, a poison message
