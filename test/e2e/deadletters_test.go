@@ -287,8 +287,10 @@ func TestDeadLetterKeptWhileDatabaseRefuses(t *testing.T) {
 	_, ready, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 	require.Zero(t, ready, "the delivery is held by the consumer")
 	require.NoError(t, a.Stop())
-	_, ready, _ = testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
-	require.Equal(t, 1, ready, "the stop gave the delivery back")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		_, ready, _ = testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
+		return ready == 1
+	}, "the stop did not give the delivery back")
 
 	_, err = db.Exec(context.Background(), "ALTER TABLE dead_letters_away RENAME TO dead_letters")
 	require.NoError(t, err)
