@@ -1697,9 +1697,13 @@ const docTemplate = `{
                     "example": true
                 },
                 "stored_last_minute": {
-                    "description": "StoredLastMinute counts the stored messages created in the last minute, on every replica (read from the\ndatabase); PublishRatePerSecond is it divided by 60. Messages still in the queue are not counted yet.",
+                    "description": "StoredLastMinute counts the stored messages created in the last minute, on every replica (read from the\ndatabase); PublishRatePerSecond is it divided by 60. Messages still in the queue are not counted yet.\nAbove 5,000 it is extrapolated from the time the newest 5,000 span (StoredLastMinuteEstimated).",
                     "type": "integer",
                     "example": 600
+                },
+                "stored_last_minute_estimated": {
+                    "type": "boolean",
+                    "example": false
                 },
                 "stored_messages": {
                     "description": "StoredMessages is exact up to 10,000 messages; above, PostgreSQL's statistics estimate it and\nStoredMessagesEstimated is true.",

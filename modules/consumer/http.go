@@ -77,13 +77,17 @@ func limitParam(r *http.Request, def, max int) (int, error) {
 // errDeadLetterNotFound answers a dead letter the tenant does not have.
 var errDeadLetterNotFound = problem.New(problem.KindNotFound, "dead-letter-not-found", "the tenant has no dead letter with this id")
 
-func (h *Handlers) messageID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
-	id, err := httpserver.ParseUUID("message_id", chi.URLParam(r, "message_id"))
+// tenantMessage reads the tenant (as tenant does) and the message id of a dead letter's path.
+func (h *Handlers) tenantMessage(w http.ResponseWriter, r *http.Request) (tenant, message uuid.UUID, ok bool) {
+	if tenant, ok = h.tenant(w, r); !ok {
+		return
+	}
+	message, err := httpserver.ParseUUID("message_id", chi.URLParam(r, "message_id"))
 	if err != nil {
 		problem.Write(w, r, err)
-		return uuid.Nil, false
+		return tenant, message, false
 	}
-	return id, true
+	return tenant, message, true
 }
 
 // list godoc
@@ -146,11 +150,7 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503			{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/dead-letters/{message_id} [get]
 func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
-	id, ok := h.tenant(w, r)
-	if !ok {
-		return
-	}
-	mid, ok := h.messageID(w, r)
+	id, mid, ok := h.tenantMessage(w, r)
 	if !ok {
 		return
 	}
@@ -182,11 +182,7 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503	{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/dead-letters/{message_id} [delete]
 func (h *Handlers) discard(w http.ResponseWriter, r *http.Request) {
-	id, ok := h.tenant(w, r)
-	if !ok {
-		return
-	}
-	mid, ok := h.messageID(w, r)
+	id, mid, ok := h.tenantMessage(w, r)
 	if !ok {
 		return
 	}
@@ -256,11 +252,7 @@ func (h *Handlers) replay(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503			{object}	problem.Details	"RabbitMQ or the database unavailable (the dead letter stays)"
 //	@Router			/api/v1/tenants/{id}/dead-letters/{message_id}/replay [post]
 func (h *Handlers) replayOne(w http.ResponseWriter, r *http.Request) {
-	id, ok := h.tenant(w, r)
-	if !ok {
-		return
-	}
-	mid, ok := h.messageID(w, r)
+	id, mid, ok := h.tenantMessage(w, r)
 	if !ok {
 		return
 	}

@@ -118,8 +118,10 @@ type Stats struct {
 	NewestMessageAt *time.Time `json:"newest_message_at" extensions:"x-nullable" format:"date-time" example:"2026-11-27T10:00:00.123456Z"`
 	// StoredLastMinute counts the stored messages created in the last minute, on every replica (read from the
 	// database); PublishRatePerSecond is it divided by 60. Messages still in the queue are not counted yet.
-	StoredLastMinute     int64   `json:"stored_last_minute" example:"600"`
-	PublishRatePerSecond float64 `json:"publish_rate_per_second" example:"10"`
+	// Above 5,000 it is extrapolated from the time the newest 5,000 span (StoredLastMinuteEstimated).
+	StoredLastMinute          int64   `json:"stored_last_minute" example:"600"`
+	StoredLastMinuteEstimated bool    `json:"stored_last_minute_estimated" example:"false"`
+	PublishRatePerSecond      float64 `json:"publish_rate_per_second" example:"10"`
 	// QueueMessages are ready in the tenant's queue (not counting deliveries being stored); QueueConsumers
 	// consume it, on every replica. Both exact, from RabbitMQ.
 	QueueMessages  int   `json:"queue_messages" example:"12"`
@@ -137,14 +139,24 @@ type Stats struct {
 // stored messages exactly.
 const exactCountBelow = 10_000
 
+// rateSample is how many of the newest messages the last minute's count reads at most: beyond it (more than
+// 83 messages per second) the rate is extrapolated from the time the newest rateSample messages span, so that
+// the cost stays bounded whatever the rate.
+const (
+	rateSample  = 5000
+	rateSampleS = "5000"
+)
+
 // statsSQL reads a tenant's figures in one round trip, each from an index: the live-tuple statistics of its
-// partition, its newest message (the keyset index's first entry), and the messages created in the last minute
-// (a range of that index).
+// partition, its newest message (the keyset index's first entry), and the newest messages of the last minute
+// (at most rateSample entries of that index).
 const statsSQL = `SELECT
   COALESCE(pg_stat_get_live_tuples(to_regclass($2::text)), 0),
   (SELECT created_at FROM messages WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1),
-  (SELECT count(*) FROM messages WHERE tenant_id = $1 AND created_at >= now() - interval '1 minute'),
-  now()`
+  last.n, last.oldest, now()
+FROM (SELECT count(*) AS n, min(created_at) AS oldest FROM (
+  SELECT created_at FROM messages WHERE tenant_id = $1 AND created_at >= now() - interval '1 minute'
+  ORDER BY created_at DESC, id DESC LIMIT ` + rateSampleS + `) r) last`
 
 // Stats returns the tenant's figures.
 func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerState) (Stats, error) {
@@ -162,9 +174,9 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 	if t.RateLimit != nil {
 		st.RateLimit = *t.RateLimit
 	}
-	var newest sql.NullTime
+	var newest, oldest sql.NullTime
 	if err := s.db.DB.QueryRowContext(ctx, statsSQL, pgx.QueryExecModeSimpleProtocol, tenantID, PartitionName(tenantID)).
-		Scan(&st.StoredMessages, &newest, &st.StoredLastMinute, &st.At); err != nil {
+		Scan(&st.StoredMessages, &newest, &st.StoredLastMinute, &oldest, &st.At); err != nil {
 		return Stats{}, problem.Dependency(err)
 	}
 	st.At = st.At.UTC()
@@ -173,6 +185,11 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 		st.NewestMessageAt = &n
 	}
 	st.PublishRatePerSecond = float64(st.StoredLastMinute) / 60
+	if span := st.At.Sub(oldest.Time).Seconds(); st.StoredLastMinute >= rateSample && oldest.Valid && span > 0 {
+		st.PublishRatePerSecond = float64(st.StoredLastMinute) / span
+		st.StoredLastMinute = int64(st.PublishRatePerSecond * 60)
+		st.StoredLastMinuteEstimated = true
+	}
 	if st.StoredMessages < exactCountBelow {
 		if err := s.db.DB.QueryRowContext(ctx, `SELECT count(*) FROM messages WHERE tenant_id = $1`, pgx.QueryExecModeSimpleProtocol, tenantID).Scan(&st.StoredMessages); err != nil {
 			return Stats{}, problem.Dependency(err)

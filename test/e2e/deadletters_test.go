@@ -258,6 +258,8 @@ func TestRejectedByBrokerLandsInTable(t *testing.T) {
 		t.Fatal("the message published directly was not delivered")
 	}
 
+	cfg.ReconcileOrphanGrace = 0 // reconciliation deletes orphan queues at once, and must not take the shared one
+	cfg.ReconcileInterval = 200 * time.Millisecond
 	b := testenv.Start(t, cfg)
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		return len(listDeadLetters(t, b, tenant, "").Data) == 1
@@ -271,6 +273,10 @@ func TestRejectedByBrokerLandsInTable(t *testing.T) {
 		_, n, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.DeadQueueName(cfg.AMQPExchange))
 		return n == 0
 	}, "the shared dead-letter queue is not emptied")
+	time.Sleep(time.Second) // several reconciliations
+	ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.DeadQueueName(cfg.AMQPExchange))
+	require.True(t, ok, "reconciliation deleted the shared dead-letter queue")
+	require.Equal(t, 1, consumers)
 }
 
 // TestDeadLetterKeptWhileDatabaseRefuses: while the dead_letters table cannot be written, a poison message
@@ -298,7 +304,7 @@ func TestDeadLetterKeptWhileDatabaseRefuses(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		_, ready, _ = testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 		return ready == 1
-	}, "the stop gave the delivery back")
+	}, "the stop did not give the delivery back")
 
 	_, err = db.Exec(context.Background(), "ALTER TABLE dead_letters_away RENAME TO dead_letters")
 	require.NoError(t, err)
@@ -340,4 +346,40 @@ func TestOldDeadLetterQueueMovesIntoTable(t *testing.T) {
 	require.Equal(t, id, p.Data[0].ID)
 	require.Equal(t, "undecodable", p.Data[0].Reason)
 	require.Equal(t, "old error", p.Data[0].LastError)
+}
+
+// TestReplayFailureKeepsDeadLetters: a replay that cannot publish (the tenant's queue is missing) answers 503
+// and keeps every row; once reconciliation declared the queue again, the replay moves them.
+func TestReplayFailureKeepsDeadLetters(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	a := testenv.Start(t, cfg)
+	db := a.DB()
+	tenant := a.CreateTenant("replayfail", 1)
+	tid := uuid.MustParse(tenant)
+	for range 3 {
+		publishDirect(t, cfg.AMQPURL, cfg.AMQPExchange, tenant, uuid.NewString(), []byte(`not json`), nil)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", tid) == 3
+	}, "three dead letters")
+
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	_, err := ch.QueueDelete(consumer.QueueName(tid), false, false, false)
+	require.NoError(t, err)
+	r := a.Do(http.MethodPost, "/api/v1/tenants/"+tenant+"/dead-letters/replay", nil)
+	require.Equal(t, http.StatusServiceUnavailable, r.Status, string(r.Body))
+	require.Equal(t, 3, testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", tid))
+
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
+		return ok && consumers == 1
+	}, "reconciliation declares the queue again")
+	r = a.Do(http.MethodPost, "/api/v1/tenants/"+tenant+"/dead-letters/replay", nil)
+	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+	require.EqualValues(t, 3, r.Map(t)["replayed"])
+	// Undecodable again: back in the table, once each.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND dead_lettered_at > now() - interval '5 seconds'", tid) == 3
+	}, "the replayed messages are dead-lettered again")
 }

@@ -117,6 +117,7 @@ type tenantStats struct {
 	StoredMessagesEstimated bool       `json:"stored_messages_estimated"`
 	NewestMessageAt         *time.Time `json:"newest_message_at"`
 	StoredLastMinute        int64      `json:"stored_last_minute"`
+	StoredLastMinuteEst     bool       `json:"stored_last_minute_estimated"`
 	PublishRatePerSecond    float64    `json:"publish_rate_per_second"`
 	QueueMessages           int        `json:"queue_messages"`
 	QueueConsumers          int        `json:"queue_consumers"`
@@ -185,6 +186,27 @@ func TestTenantStatsMoveAsMessagesFlow(t *testing.T) {
 	require.Equal(t, 4, st.Workers)
 	require.Equal(t, 50.0, st.RateLimit)
 	require.False(t, st.RateLimitDefault)
+
+	// A large, busy tenant: 20,000 messages, 7,000 of them from the last 56 seconds (125 per second). The
+	// stored count comes from PostgreSQL's statistics and the last minute from the time the newest 5,000 span
+	// until now (125 per second right after the insert, less as time passes); both say so.
+	big := a.CreateTenant("big", 1)
+	db := a.DB()
+	inserted := time.Now()
+	_, err := db.Exec(context.Background(), `INSERT INTO messages (id, tenant_id, payload, created_at)
+SELECT gen_random_uuid(), $1, '{"i":1}', CASE WHEN i <= 7000 THEN now() - i * interval '8 milliseconds'
+  ELSE now() - interval '2 minutes' - i * interval '1 millisecond' END
+FROM generate_series(1, 20000) AS i`, big)
+	require.NoError(t, err)
+	_, err = db.Exec(context.Background(), "SELECT pg_stat_force_next_flush()") // report the insert to the statistics now
+	require.NoError(t, err)
+	testenv.Eventually(t, 20*time.Second, func() bool { return getStats(t, a, big).StoredMessagesEstimated }, "stored count estimated")
+	st = getStats(t, a, big)
+	require.InDelta(t, 20000, st.StoredMessages, 2000)
+	require.True(t, st.StoredLastMinuteEst)
+	rate := 5000 / (40 + time.Since(inserted).Seconds()) // the newest 5,000 span 40 s before the insert
+	require.InEpsilon(t, rate, st.PublishRatePerSecond, 0.15)
+	require.InEpsilon(t, rate*60, float64(st.StoredLastMinute), 0.15)
 
 	require.Equal(t, http.StatusNotFound, a.Do(http.MethodGet, "/api/v1/tenants/"+uuid.NewString()+"/stats", nil).Status)
 	require.Equal(t, http.StatusBadRequest, a.Do(http.MethodGet, "/api/v1/tenants/nope/stats", nil).Status)
