@@ -89,7 +89,6 @@ func dialFirst(ctx context.Context, urls []string, cfg amqp.Config) (*amqp.Conne
 	return nil, errors.Join(errs...)
 }
 
-
 // ChannelMax returns the channel_max the broker negotiates for a connection (2,047 by default).
 func (c *Conn) ChannelMax(ctx context.Context) (int, error) {
 	conn, err := c.adminConn(ctx)
