@@ -141,17 +141,19 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 }
 
 // backlog publishes n messages straight to RabbitMQ for tenant the documented way (persistent, with a UUID
-// message_id, confirmed), with many confirms in flight at once.
-func backlog(t *testing.T, amqpURL, exchange, tenant string, n int) {
+// message_id, confirmed), one AMQP message each, with many confirms in flight at once, and returns their ids.
+func backlog(t *testing.T, amqpURL, exchange, tenant string, n int) []string {
 	t.Helper()
 	ch := testenv.AMQP(t, amqpURL)
 	require.NoError(t, ch.Confirm(false))
 	const window = 2000
 	pending := make([]*amqp.DeferredConfirmation, 0, window)
 	body := []byte(`{"event":"backlog","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	ids := make([]string, n)
 	for i := range n {
+		ids[i] = uuid.Must(uuid.NewV7()).String()
 		dc, err := ch.PublishWithDeferredConfirm(exchange, tenant, true, false, amqp.Publishing{
-			DeliveryMode: amqp.Persistent, ContentType: "application/json", MessageId: uuid.Must(uuid.NewV7()).String(),
+			DeliveryMode: amqp.Persistent, ContentType: "application/json", MessageId: ids[i],
 			Headers: amqp.Table{messaging.HeaderCreatedAt: time.Now().UnixMicro()}, Body: body})
 		require.NoError(t, err, "publish %d", i)
 		pending = append(pending, dc)
@@ -162,6 +164,7 @@ func backlog(t *testing.T, amqpURL, exchange, tenant string, n int) {
 			pending = pending[:0]
 		}
 	}
+	return ids
 }
 
 // TestBacklogDoesNotDelayOtherTenants gives tenant A a backlog of 50,000 messages and one worker, and checks

@@ -2,8 +2,6 @@ package faults
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
 	"syscall"
 	"testing"
 	"time"
@@ -15,30 +13,6 @@ import (
 	"github.com/acme/msgsvc/modules/consumer"
 	"github.com/acme/msgsvc/test/testenv"
 )
-
-// publishBatches publishes n messages to tenant through the batch endpoint and returns the accepted ids.
-func publishBatches(t *testing.T, baseURL, tenant string, n int) []string {
-	t.Helper()
-	var ids []string
-	for len(ids) < n {
-		size := min(1000, n-len(ids))
-		msgs := make([]map[string]any, size)
-		for i := range msgs {
-			msgs[i] = map[string]any{"payload": map[string]any{"i": len(ids) + i, "pad": "backlog"}}
-		}
-		body, _ := json.Marshal(map[string]any{"tenant_id": tenant, "messages": msgs})
-		status, raw, err := call(http.DefaultClient, http.MethodPost, baseURL+"/api/v1/messages/batch", body)
-		require.NoError(t, err)
-		require.Equal(t, http.StatusAccepted, status, string(raw))
-		var acc struct {
-			IDs []string `json:"ids"`
-		}
-		require.NoError(t, json.Unmarshal(raw, &acc))
-		require.Len(t, acc.IDs, size)
-		ids = append(ids, acc.IDs...)
-	}
-	return ids
-}
 
 // TestSIGTERMWithBacklog stops the service with SIGTERM while its consumers work through a backlog: it exits
 // with code 0 within SHUTDOWN_TIMEOUT, the batches in flight finish and are acked (what is stored is no longer
@@ -54,10 +28,12 @@ func TestSIGTERMWithBacklog(t *testing.T) {
 	first := startProc(t, "term-1", cfg)
 	tenants := []string{createTenant(t, first.URL, "term-a", 1), createTenant(t, first.URL, "term-b", 1)}
 
+	// Published straight to the queues, one AMQP message each (the service's own publishes would travel as
+	// envelopes of many messages), so that the queue's message count is a count of messages.
 	const perTenant = 10_000
 	acc := map[string]string{}
 	for _, tn := range tenants {
-		for _, id := range publishBatches(t, first.URL, tn, perTenant) {
+		for _, id := range backlog(t, cfg.AMQPURL, cfg.AMQPExchange, tn, perTenant) {
 			acc[id] = tn
 		}
 	}
