@@ -30,7 +30,11 @@ type Message struct {
 // Publisher publishes persistent messages in confirm mode over a pool of channels and waits for each confirm
 // with a deadline. It is safe for concurrent use; many confirms are in flight at once.
 type Publisher struct {
-	pubs    []*rabbitmq.Publisher
+	conn    *Conn
+	log     *zap.Logger
+	pubs    []atomic.Pointer[rabbitmq.Publisher]
+	fixing  []atomic.Bool // a replacement of pubs[i] is under way
+	closed  atomic.Bool
 	next    atomic.Uint64
 	timeout time.Duration
 
@@ -40,25 +44,15 @@ type Publisher struct {
 
 // NewPublisher opens channels confirming publishers on conn; each confirm is awaited at most timeout.
 func NewPublisher(conn *Conn, channels int, timeout time.Duration, log *zap.Logger) (*Publisher, error) {
-	p := &Publisher{timeout: timeout, returned: map[string]struct{}{}}
-	for range channels {
-		pub, err := rabbitmq.NewPublisher(conn.Conn,
-			rabbitmq.WithPublisherOptionsConfirm,
-			rabbitmq.WithPublisherOptionsLogger(Logger(log.Named("publisher"))),
-		)
+	p := &Publisher{conn: conn, log: log.Named("publisher"), timeout: timeout, returned: map[string]struct{}{},
+		pubs: make([]atomic.Pointer[rabbitmq.Publisher], channels), fixing: make([]atomic.Bool, channels)}
+	for i := range p.pubs {
+		pub, err := p.open()
 		if err != nil {
 			p.Close()
-			return nil, fmt.Errorf("broker: publisher: %w", err)
+			return nil, err
 		}
-		pub.NotifyReturn(func(r rabbitmq.Return) {
-			p.returnsMu.Lock()
-			if len(p.returned) > 10000 { // returns that arrived after their confirm was checked
-				clear(p.returned)
-			}
-			p.returned[r.MessageId] = struct{}{}
-			p.returnsMu.Unlock()
-		})
-		p.pubs = append(p.pubs, pub)
+		p.pubs[i].Store(pub)
 	}
 	return p, nil
 }
@@ -74,7 +68,8 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	pub := p.pubs[p.next.Add(1)%uint64(len(p.pubs))]
+	slot := int(p.next.Add(1) % uint64(len(p.pubs)))
+	pub := p.pubs[slot].Load()
 	confs := make([]*amqp.DeferredConfirmation, 0, len(ms))
 	for _, m := range ms {
 		opts := []func(*rabbitmq.PublishOptions){
@@ -104,6 +99,7 @@ func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
 			return fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.timeout, err)
 		}
 		if !ok {
+			p.replace(slot, pub)
 			return fmt.Errorf("%w: negative confirm (the channel closed or the broker nacked)", ErrUnavailable)
 		}
 		if ms[i].Mandatory && p.wasReturned(ms[i].MessageID) {
@@ -126,9 +122,57 @@ func (p *Publisher) wasReturned(id string) bool {
 	return false
 }
 
+// open opens one confirming channel of the pool.
+func (p *Publisher) open() (*rabbitmq.Publisher, error) {
+	pub, err := rabbitmq.NewPublisher(p.conn.Conn,
+		rabbitmq.WithPublisherOptionsConfirm,
+		rabbitmq.WithPublisherOptionsLogger(Logger(p.log)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("broker: publisher: %w", err)
+	}
+	pub.NotifyReturn(func(r rabbitmq.Return) {
+		p.returnsMu.Lock()
+		if len(p.returned) > 10000 { // returns that arrived after their confirm was checked
+			clear(p.returned)
+		}
+		p.returned[r.MessageId] = struct{}{}
+		p.returnsMu.Unlock()
+	})
+	return pub, nil
+}
+
+// replace swaps the pool's channel slot, which got a negative confirm, for a new channel, in the background.
+// RabbitMQ 3.10 nacks every publish on a channel that first published to a quorum queue within about 0.4 s of
+// the queue leader's node dying, until that node is back (measured); a new channel publishes normally.
+func (p *Publisher) replace(slot int, old *rabbitmq.Publisher) {
+	if !p.fixing[slot].CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer p.fixing[slot].Store(false)
+		if p.closed.Load() {
+			return
+		}
+		fresh, err := p.open()
+		if err != nil {
+			p.log.Warn("replacing a publisher channel after a negative confirm", zap.Error(err))
+			return
+		}
+		if !p.pubs[slot].CompareAndSwap(old, fresh) {
+			fresh.Close()
+			return
+		}
+		old.Close()
+	}()
+}
+
 // Close closes every publisher channel.
 func (p *Publisher) Close() {
-	for _, pub := range p.pubs {
-		pub.Close()
+	p.closed.Store(true)
+	for i := range p.pubs {
+		if pub := p.pubs[i].Load(); pub != nil {
+			pub.Close()
+		}
 	}
 }
