@@ -713,12 +713,8 @@ cluster_stop() {
 }
 
 cmd_cluster_down() {
-	local purge=0
-	case "${1:-}" in
-	"") ;;
-	--purge) purge=1 ;;
-	*) die "usage: $0 cluster-down [--purge]" ;;
-	esac
+	local purge
+	purge="$(purge_flag cluster-down "$@")"
 	take_lock
 	cluster_stop
 	if ((purge)); then rm -rf "$CLUSTER_DIR" "$CLUSTER_ENV_FILE"; fi
@@ -784,13 +780,18 @@ cmd_up() {
 	log "env file: $ENV_FILE"
 }
 
-cmd_down() {
-	local purge=0
-	case "${1:-}" in
-	"") ;;
-	--purge) purge=1 ;;
-	*) die "usage: $0 down [--purge]" ;;
+# purge_flag COMMAND [ARG]: 1 when ARG is --purge, 0 without ARG, else COMMAND's usage error.
+purge_flag() {
+	case "${2:-}" in
+	"") echo 0 ;;
+	--purge) echo 1 ;;
+	*) die "usage: $0 $1 [--purge]" ;;
 	esac
+}
+
+cmd_down() {
+	local purge
+	purge="$(purge_flag down "$@")"
 	take_lock
 	cluster_stop
 	rmq_stop

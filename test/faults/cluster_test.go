@@ -251,7 +251,8 @@ func TestClusterNodeKilledMidStream(t *testing.T) {
 		k.killed = time.Now()
 		// RabbitMQ 3.10 nacks every publish on a channel that first publishes to the queue within about 0.4 s of
 		// its leader's node dying, until that node is back (measured with plain amqp091 channels): a publisher
-		// whose channels all reopened that early must open new ones after a nack, or this waits in vain.
+		// whose channels all reopened that early must replace them after a nack (broker.Publisher does), or this
+		// waits in vain.
 		testenv.Eventually(t, 60*time.Second, func() bool {
 			return slices.ContainsFunc(st.snapshot(), func(a answer) bool {
 				return a.tenant == busy && a.status == http.StatusAccepted && a.start.After(k.killed)
