@@ -382,7 +382,13 @@ func (p *Publisher) replace(c *pubChan) {
 	if !c.replacing.CompareAndSwap(false, true) {
 		return
 	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
 	p.wg.Add(1)
+	p.mu.Unlock()
 	go func() {
 		defer p.wg.Done()
 		select {
