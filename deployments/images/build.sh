@@ -155,19 +155,22 @@ parallel() {
 build_bookworm() { base bookworm; }
 build_trixie() { base trixie; }
 
-suites=() derived_images=()
+# The two debootstraps in parallel; then, in parallel, the server images and the chain of the service's
+# builder, runtime and service images (the Go build is the longest step).
+suites=() servers=() chain=()
 for w in "${want[@]}"; do
   case $w in
-    rabbitmq) suites+=(trixie) derived_images+=("$w") ;;
-    postgres | prometheus | golang) suites+=(bookworm) derived_images+=("$w") ;;
-    static | msgsvc) ;;
+    rabbitmq) suites+=(trixie) servers+=("$w") ;;
+    postgres | prometheus) suites+=(bookworm) servers+=("$w") ;;
+    golang) suites+=(bookworm) chain+=("$w") ;;
+    static | msgsvc) chain+=("$w") ;;
     *) die "unknown image $w (postgres, rabbitmq, prometheus, golang, static, msgsvc)" ;;
   esac
 done
+build_chain() { for c in golang static msgsvc; do [[ " ${chain[*]} " != *" $c "* ]] || build_"$c"; done; }
+jobs=("${servers[@]}")
+[ ${#chain[@]} -eq 0 ] || jobs+=(chain)
 # shellcheck disable=SC2046 # one word per suite
 [ ${#suites[@]} -eq 0 ] || parallel $(printf '%s\n' "${suites[@]}" | sort -u)
-[ ${#derived_images[@]} -eq 0 ] || parallel "${derived_images[@]}"
-for w in "${want[@]}"; do
-  case $w in static | msgsvc) build_"$w" ;; esac
-done
+[ ${#jobs[@]} -eq 0 ] || parallel "${jobs[@]}"
 log "done in $((SECONDS - start))s: $(docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^msgsvc' | tr '\n' ' ')"

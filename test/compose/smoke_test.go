@@ -1,7 +1,7 @@
 // Package compose checks the Docker Compose stack from the outside, as a user would. `go tool task compose:smoke`
-// (deployments/images/smoke.sh) brings deployments/docker-compose.yml up on the local images, runs this test
-// against it and tears it down; without TEST_COMPOSE_MSGSVC_URL the test skips (fails with
-// TEST_REQUIRE_COMPOSE=1).
+// (deployments/images/smoke.sh) brings deployments/docker-compose.yml up on the local images, runs
+// TestComposeStackServesAUser against it and tears it down; without TEST_COMPOSE_MSGSVC_URL that test skips
+// (fails with TEST_REQUIRE_COMPOSE=1). The other tests check the compose files without Docker.
 package compose
 
 import (
