@@ -40,7 +40,7 @@ LABEL=org.acme.msgsvc.inputs
 die() { echo "images: $*" >&2; exit 1; }
 log() { echo "images: $*"; }
 
-[ "$(id -u)" -eq 0 ] || die "not root: debootstrap and chroot need root (run as root, or sudo go tool task images:local)"
+[ "$(id -u)" -eq 0 ] || die "not root: debootstrap needs root (run as root, or sudo go tool task images:local)"
 command -v debootstrap >/dev/null || die "debootstrap is missing (apt-get install debootstrap)"
 timeout 20 docker info >/dev/null 2>&1 || die "no Docker daemon answers (deployments/images/dockerd.sh starts one)"
 
@@ -87,9 +87,10 @@ base() {
 # (BuildKit's layer cache makes an unchanged rebuild take a second or two).
 derived() {
   local tag=$1 from=$2 ctx=$3 file=${4:-$3/Dockerfile} name start=$SECONDS
+  shift 4 || shift $#
   name=${tag#msgsvc-local/}; name=${name%%:*}
   DOCKER_BUILDKIT=1 timeout "$limit" "$client" build --progress=plain --build-arg BASE="$from" -f "$file" -t "$tag" \
-    "$ctx" >"$work/$name.log" 2>&1 ||
+    "$@" "$ctx" >"$work/$name.log" 2>&1 ||
     { tail -n 20 "$work/$name.log" >&2; die "$tag: docker build failed (log $work/$name.log)"; }
   log "$tag: built in $((SECONDS - start))s"
 }
@@ -99,11 +100,14 @@ build_rabbitmq() { derived $RABBITMQ_IMAGE msgsvc-local/debian:trixie $here/rabb
 build_prometheus() { derived $PROMETHEUS_IMAGE msgsvc-local/debian:bookworm $here/prometheus; }
 build_golang() {
   [ -n "$go_version" ] || die "no go in PATH: the builder image carries this machine's Go toolchain"
-  local ctx=$work/golang-context
+  # Its context is the whole Go root: skipped while the Go version, Dockerfile and CA certificates are the same.
+  local ctx=$work/golang-context hash
+  hash=$(echo "$go_version" | inputs_hash - $here/golang/Dockerfile /etc/ssl/certs/ca-certificates.crt)
+  if current "$GOLANG_IMAGE" "$hash"; then log "$GOLANG_IMAGE: up to date"; return; fi
   rm -rf "$ctx" && mkdir -p "$ctx"
   cp -al "$(go env GOROOT)" "$ctx/go" 2>/dev/null || cp -a "$(go env GOROOT)" "$ctx/go"
   cp /etc/ssl/certs/ca-certificates.crt "$ctx/" || die "/etc/ssl/certs/ca-certificates.crt is missing (apt-get install ca-certificates)"
-  derived "$GOLANG_IMAGE" msgsvc-local/debian:bookworm "$ctx" $here/golang/Dockerfile
+  derived "$GOLANG_IMAGE" msgsvc-local/debian:bookworm "$ctx" $here/golang/Dockerfile --label "$LABEL=$hash"
   rm -rf "$ctx"
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compose smoke test (`go tool task compose:smoke`, after images:local): brings deployments/docker-compose.yml
-# up with deployments/docker-compose.local.yml (the local images; no Grafana) as project msgsvc-smoke on free
-# host ports, waits for every health check, runs test/compose (create a tenant, publish, read it back, the
+# up with deployments/docker-compose.local.yml (the local images; no Grafana) and compose.smoke.yml (health
+# checks every 2-3 s) as project msgsvc-smoke on free host ports, waits for every health check, runs test/compose (create a tenant, publish, read it back, the
 # count in /metrics, Prometheus's targets up) and tears the stack down with its volumes.
 # SMOKE_TIMEOUT (seconds, default 300) bounds the wait for the health checks; on failure it prints the state
 # and the last log lines of every container.
@@ -34,7 +34,8 @@ MSGSVC_ADMIN_API_KEY="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 export MSGSVC_PORT PROMETHEUS_PORT POSTGRES_PORT RABBITMQ_AMQP_PORT RABBITMQ_UI_PORT RABBITMQ_METRICS_PORT \
   GRAFANA_PORT MSGSVC_ADMIN_API_KEY
 
-dc() { "${compose[@]}" -p $project -f deployments/docker-compose.yml -f deployments/docker-compose.local.yml "$@"; }
+files=(-f deployments/docker-compose.yml -f deployments/docker-compose.local.yml -f deployments/images/compose.smoke.yml)
+dc() { "${compose[@]}" -p $project "${files[@]}" "$@"; }
 
 report() {
   echo "--- compose:smoke failed; containers:" >&2
@@ -47,8 +48,7 @@ report() {
 cleanup() {
   status=$?
   [ $status -eq 0 ] || report
-  timeout 120 "${compose[@]}" -p $project -f deployments/docker-compose.yml -f deployments/docker-compose.local.yml \
-    down -v --remove-orphans -t 20 >/dev/null 2>&1 || echo "compose:smoke: 'down' failed; remove project $project by hand" >&2
+  timeout 120 "${compose[@]}" -p $project "${files[@]}" down -v --remove-orphans -t 20 >/dev/null 2>&1 || echo "compose:smoke: 'down' failed; remove project $project by hand" >&2
   exit $status
 }
 trap cleanup EXIT
@@ -57,8 +57,7 @@ start=$SECONDS
 dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true # leftovers of an interrupted run
 echo "compose:smoke: up (service on 127.0.0.1:$MSGSVC_PORT, Prometheus on 127.0.0.1:$PROMETHEUS_PORT)"
 # `up -d` waits for the depends_on health conditions itself; the timeout stops it from hanging.
-timeout "$wait_s" "${compose[@]}" -p $project -f deployments/docker-compose.yml -f deployments/docker-compose.local.yml \
-  up -d --no-build || die "the stack did not come up healthy within ${wait_s}s"
+timeout "$wait_s" "${compose[@]}" -p $project "${files[@]}" up -d --no-build || die "the stack did not come up healthy within ${wait_s}s"
 
 # Every container healthy (Prometheus last: it waits for the service).
 deadline=$((SECONDS + wait_s))
