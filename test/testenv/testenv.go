@@ -3,7 +3,8 @@
 //
 // Servers come from TEST_DATABASE_URL, TEST_AMQP_URL and TEST_RABBITMQ_MANAGEMENT_URL when set (this is what
 // `go tool task test` does, after starting throwaway local servers), else from testcontainers where a Docker
-// engine answers. With TEST_REQUIRE_SERVICES=1 a test fails instead of skipping when neither is available.
+// engine answers (always with TEST_CONTAINERS=1; TEST_POSTGRES_IMAGE and TEST_RABBITMQ_IMAGE choose the images,
+// as `go tool task test:containers` does). With TEST_REQUIRE_SERVICES=1 a test fails instead of skipping when neither is available.
 // Every test gets its own database and its own RabbitMQ virtual host, so tests never see each other's data.
 package testenv
 
@@ -25,6 +26,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcrabbit "github.com/testcontainers/testcontainers-go/modules/rabbitmq"
+	"github.com/testcontainers/testcontainers-go/wait"
 )
 
 // Servers are the database and broker servers shared by a test binary.
@@ -62,6 +64,9 @@ func find() (*Servers, error) {
 		ManagementURL: os.Getenv("TEST_RABBITMQ_MANAGEMENT_URL"),
 		Script:        os.Getenv("TEST_SERVICES_SCRIPT"),
 	}
+	if os.Getenv("TEST_CONTAINERS") == "1" {
+		return fromContainers()
+	}
 	if s.DatabaseURL != "" && s.AMQPURL != "" {
 		if s.ManagementURL == "" {
 			return nil, fmt.Errorf("TEST_RABBITMQ_MANAGEMENT_URL is required with TEST_AMQP_URL")
@@ -71,24 +76,59 @@ func find() (*Servers, error) {
 	return fromContainers()
 }
 
+// Images of the testcontainers path: the official ones unless TEST_POSTGRES_IMAGE or TEST_RABBITMQ_IMAGE name
+// others (`go tool task test:containers` passes the images:local ones, built from Debian packages).
+const (
+	defaultPostgresImage = "postgres:15-alpine"
+	defaultRabbitMQImage = "rabbitmq:4.1-management-alpine"
+	// ContainerLabel marks every container this package starts, so that a task can remove them when Ryuk,
+	// testcontainers' reaper, is disabled (TESTCONTAINERS_RYUK_DISABLED=true; its image needs a registry).
+	ContainerLabel = "org.acme.msgsvc.testenv"
+)
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// fromContainers starts PostgreSQL and RabbitMQ with testcontainers-go. Each wait is bounded, so a missing
+// image or a server that never comes up fails within minutes, naming which.
 func fromContainers() (*Servers, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if _, err := testcontainers.NewDockerProvider(); err != nil {
+	provider, err := testcontainers.NewDockerProvider()
+	if err != nil {
 		return nil, fmt.Errorf("no TEST_DATABASE_URL/TEST_AMQP_URL and no Docker: %w", err)
 	}
-	pg, err := tcpostgres.Run(ctx, "postgres:15-alpine", tcpostgres.WithDatabase("msgsvc"),
-		tcpostgres.WithUsername("msgsvc"), tcpostgres.WithPassword("msgsvc"), tcpostgres.BasicWaitStrategies())
+	defer provider.Close()
+	if err := provider.Health(ctx); err != nil {
+		return nil, fmt.Errorf("no TEST_DATABASE_URL/TEST_AMQP_URL and no Docker daemon answers: %w", err)
+	}
+	label := testcontainers.WithLabels(map[string]string{ContainerLabel: "1"})
+
+	pgImage := envOr("TEST_POSTGRES_IMAGE", defaultPostgresImage)
+	pg, err := tcpostgres.Run(ctx, pgImage, tcpostgres.WithDatabase("msgsvc"),
+		tcpostgres.WithUsername("msgsvc"), tcpostgres.WithPassword("msgsvc"), label,
+		testcontainers.WithWaitStrategy(
+			wait.ForLog("database system is ready to accept connections").WithOccurrence(2).WithStartupTimeout(2*time.Minute),
+			wait.ForListeningPort("5432/tcp").WithStartupTimeout(time.Minute)))
 	if err != nil {
-		return nil, fmt.Errorf("postgres container: %w", err)
+		return nil, fmt.Errorf("postgres container (%s): %w", pgImage, err)
 	}
 	dsn, err := pg.ConnectionString(ctx, "sslmode=disable")
 	if err != nil {
 		return nil, err
 	}
-	rb, err := tcrabbit.Run(ctx, "rabbitmq:3.13-management-alpine")
+
+	rbImage := envOr("TEST_RABBITMQ_IMAGE", defaultRabbitMQImage)
+	rb, err := tcrabbit.Run(ctx, rbImage, label,
+		testcontainers.WithWaitStrategy(
+			wait.ForLog(".*Server startup complete.*").AsRegexp().WithStartupTimeout(3*time.Minute),
+			wait.ForListeningPort("15672/tcp").WithStartupTimeout(time.Minute)))
 	if err != nil {
-		return nil, fmt.Errorf("rabbitmq container: %w", err)
+		return nil, fmt.Errorf("rabbitmq container (%s): %w", rbImage, err)
 	}
 	amqpURL, err := rb.AmqpURL(ctx)
 	if err != nil {
