@@ -180,7 +180,6 @@ func (r *Runtime) recordStart(tc *tenantConsumer, err error) {
 	}
 	r.metrics.startFailures.Inc()
 	tc.lastErr = err.Error()
-	tc.failedAt = time.Now()
 	if !was {
 		r.metrics.failing.Inc()
 	}
