@@ -26,6 +26,7 @@ type Metrics struct {
 	orphanCleanup prometheus.Gauge
 	owned         prometheus.Gauge
 	handovers     prometheus.Counter
+	withoutSAC    prometheus.Gauge
 }
 
 // NewMetrics registers the runtime's series on reg. With perTenant false the tenant label is "all".
@@ -57,7 +58,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 		Help: "Tenants placed on this replica at the last reconciliation."})
 	m.handovers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_handovers_total",
 		Help: "Consumers this replica drained and stopped because another replica owns their tenant now."})
-	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers)
+	m.withoutSAC = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "tenant_queues_without_single_active_consumer",
+		Help: "Tenant queues declared by an older version without x-single-active-consumer (seen through the management API)."})
+	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers, m.withoutSAC)
 	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.repairs)
 	return m
 }

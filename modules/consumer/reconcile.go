@@ -184,7 +184,7 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 	if r.opts.ManagementURL == "" {
 		return nil
 	}
-	names, err := r.listQueues(ctx)
+	names, noSAC, err := r.listQueues(ctx)
 	if err != nil {
 		if !r.mgmtDown {
 			r.log.Warn("RabbitMQ management API unreachable: orphan-queue cleanup is off until it answers",
@@ -199,6 +199,7 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 	}
 	r.mgmtDown = false
 	r.metrics.orphanCleanup.Set(1)
+	r.reportWithoutSingleActiveConsumer(noSAC)
 	now := time.Now()
 	seen := map[string]time.Time{}
 	for _, name := range names {
@@ -230,11 +231,29 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 	return nil
 }
 
-// listQueues returns the names of the queues in the connection's virtual host.
-func (r *Runtime) listQueues(ctx context.Context) ([]string, error) {
+// reportWithoutSingleActiveConsumer logs, once per queue and process, tenant queues declared before
+// x-single-active-consumer was added: RabbitMQ cannot add the argument to an existing queue, so they keep
+// working without the broker's guarantee that one consumer receives at a time (the placement alone keeps it,
+// except for up to a heartbeat interval during a handover).
+func (r *Runtime) reportWithoutSingleActiveConsumer(names []string) {
+	r.metrics.withoutSAC.Set(float64(len(names)))
+	for _, name := range names {
+		if r.warnedNoSAC[name] {
+			continue
+		}
+		r.warnedNoSAC[name] = true
+		r.log.Warn("tenant queue has no single active consumer (declared by an older version); it keeps working, "+
+			"but two replicas may consume it at once during a handover; delete it when empty to have it declared again",
+			zap.String("queue", name))
+	}
+}
+
+// listQueues returns the names of the queues in the connection's virtual host, and of those the tenant queues
+// (not dead-letter queues) declared without x-single-active-consumer.
+func (r *Runtime) listQueues(ctx context.Context) ([]string, []string, error) {
 	mgmt, err := url.Parse(r.opts.ManagementURL)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	vhost := "/"
 	if u, err := url.Parse(r.opts.AMQPURL); err == nil && strings.TrimPrefix(u.Path, "/") != "" {
@@ -242,10 +261,10 @@ func (r *Runtime) listQueues(ctx context.Context) ([]string, error) {
 	}
 	user := mgmt.User
 	mgmt.User = nil
-	endpoint := strings.TrimRight(mgmt.String(), "/") + "/api/queues/" + url.PathEscape(vhost) + "?columns=name"
+	endpoint := strings.TrimRight(mgmt.String(), "/") + "/api/queues/" + url.PathEscape(vhost) + "?columns=name,arguments"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if user != nil {
 		pass, _ := user.Password()
@@ -253,23 +272,28 @@ func (r *Runtime) listQueues(ctx context.Context) ([]string, error) {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("management API answered %s", resp.Status)
+		return nil, nil, fmt.Errorf("management API answered %s", resp.Status)
 	}
 	var qs []struct {
-		Name string `json:"name"`
+		Name      string         `json:"name"`
+		Arguments map[string]any `json:"arguments"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&qs); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	names := make([]string, len(qs))
+	var noSAC []string
 	for i, q := range qs {
 		names[i] = q.Name
+		if id, ok := parseQueueName(q.Name); ok && q.Name == QueueName(id) && q.Arguments["x-single-active-consumer"] != true {
+			noSAC = append(noSAC, q.Name)
+		}
 	}
-	return names, nil
+	return names, noSAC, nil
 }
 
 // redact removes the credentials from a URL for logging.

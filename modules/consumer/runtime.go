@@ -72,13 +72,14 @@ type Runtime struct {
 	closed    bool
 	started   bool
 
-	orphans   map[string]time.Time // queue name → when reconciliation first saw it without a tenant
-	mgmtDown  bool                 // the management API did not answer at the last reconciliation
-	kick      chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
-	stopLoop  chan struct{}
-	loopDone  chan struct{}
-	firstRun  chan struct{} // closed after the first reconciliation run
-	firstOnce sync.Once
+	orphans     map[string]time.Time // queue name → when reconciliation first saw it without a tenant
+	mgmtDown    bool                 // the management API did not answer at the last reconciliation
+	warnedNoSAC map[string]bool      // tenant queues without single active consumer already logged
+	kick        chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
+	stopLoop    chan struct{}
+	loopDone    chan struct{}
+	firstRun    chan struct{} // closed after the first reconciliation run
+	firstOnce   sync.Once
 }
 
 // NewRuntime returns a runtime; Start brings the consumers of the tenants it owns up. A nil place makes this
@@ -88,7 +89,7 @@ func NewRuntime(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publishe
 		place = alone(opts.ReplicaID)
 	}
 	r := &Runtime{conn: conn, pool: pool, place: place, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
-		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{},
+		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{})}
 	place.OnChange(r.Kick)
 	return r
@@ -205,7 +206,6 @@ func (r *Runtime) recordStart(tc *tenantConsumer, err error) {
 	}
 	r.metrics.startFailures.Inc()
 	tc.lastErr = err.Error()
-	tc.failedAt = time.Now()
 	if !was {
 		r.metrics.failing.Inc()
 	}

@@ -32,9 +32,8 @@ type tenantConsumer struct {
 	mu  sync.Mutex // serialises start, resize and stop
 	gen *generation
 
-	// lastErr is why the last start failed, "" after a success; failedAt is when. Both are guarded by rt.mu.
-	lastErr  string
-	failedAt time.Time
+	// lastErr is why the last start failed, "" after a success; guarded by rt.mu.
+	lastErr string
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.

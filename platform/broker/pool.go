@@ -26,9 +26,11 @@ type ConsumerPool struct {
 	reconnect time.Duration
 	log       *zap.Logger
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards conns and closed; never held while dialling
 	conns  []*pooledConn
 	closed bool
+
+	dialMu sync.Mutex // one dial at a time
 }
 
 type pooledConn struct {
@@ -73,53 +75,76 @@ func PoolChannelsPerConn(channelMax, configured int) int {
 func NewConsumerPool(opts Options, perConn int, log *zap.Logger) (*ConsumerPool, error) {
 	p := &ConsumerPool{perConn: max(perConn, 1), name: opts.ConnectionName, urls: opts.URLs,
 		reconnect: opts.ReconnectInterval, log: log.Named("broker.pool")}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, err := p.open(); err != nil {
+	if err := p.grow(); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// open dials one more connection; p.mu must be held.
-func (p *ConsumerPool) open() (*pooledConn, error) {
+// grow dials one more connection unless one with a free slot exists (another caller may have grown the pool
+// meanwhile). Dials are serialised, and p.mu is not held while one runs, so releases and acquires on the open
+// connections go on.
+func (p *ConsumerPool) grow() error {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
+	}
+	if p.free() != nil {
+		p.mu.Unlock()
+		return nil
+	}
 	name := fmt.Sprintf("%s-consumer-%d", p.name, len(p.conns)+1)
+	p.mu.Unlock()
 	c, err := dialReconnecting(p.urls, name, p.reconnect, p.log)
 	if err != nil {
-		return nil, fmt.Errorf("%w: consumer connection %s: %v", ErrUnavailable, name, err)
-	}
-	pc := &pooledConn{conn: c}
-	p.conns = append(p.conns, pc)
-	p.log.Info("consumer connection opened", zap.String("connection", name), zap.Int("connections", len(p.conns)),
-		zap.Int("channels_per_connection", p.perConn))
-	return pc, nil
-}
-
-// Acquire takes a channel slot on the first connection with one free, opening a new connection when none has.
-func (p *ConsumerPool) Acquire(ctx context.Context) (*Lease, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
+		return fmt.Errorf("%w: consumer connection %s: %v", ErrUnavailable, name, err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
+		_ = c.Close()
+		return fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
 	}
-	var pc *pooledConn
+	p.conns = append(p.conns, &pooledConn{conn: c})
+	p.log.Info("consumer connection opened", zap.String("connection", name), zap.Int("connections", len(p.conns)),
+		zap.Int("channels_per_connection", p.perConn))
+	return nil
+}
+
+// free returns the first connection with a free slot, or nil; p.mu must be held.
+func (p *ConsumerPool) free() *pooledConn {
 	for _, c := range p.conns {
 		if c.used < p.perConn {
-			pc = c
-			break
+			return c
 		}
 	}
-	if pc == nil {
-		var err error
-		if pc, err = p.open(); err != nil {
+	return nil
+}
+
+// Acquire takes a channel slot on the first connection with one free, opening a new connection when none has.
+func (p *ConsumerPool) Acquire(ctx context.Context) (*Lease, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
+		}
+		if pc := p.free(); pc != nil {
+			pc.used++
+			p.mu.Unlock()
+			return &Lease{Conn: pc.conn, pool: p, pc: pc}, nil
+		}
+		p.mu.Unlock()
+		if err := p.grow(); err != nil {
 			return nil, err
 		}
 	}
-	pc.used++
-	return &Lease{Conn: pc.conn, pool: p, pc: pc}, nil
 }
 
 // Stats returns the open connections and the consumer channels in use over them.
@@ -138,14 +163,15 @@ func (p *ConsumerPool) PerConn() int { return p.perConn }
 // Close closes every connection of the pool; close the consumers first.
 func (p *ConsumerPool) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.closed = true
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
 	var first error
-	for _, c := range p.conns {
+	for _, c := range conns {
 		if err := c.conn.Close(); err != nil && first == nil {
 			first = err
 		}
 	}
-	p.conns = nil
 	return first
 }

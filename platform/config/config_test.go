@@ -54,7 +54,7 @@ func TestOverrides(t *testing.T) {
 		"HTTP_READ_HEADER_TIMEOUT": "2s", "HTTP_READ_TIMEOUT": "3s", "HTTP_WRITE_TIMEOUT": "4s", "HTTP_IDLE_TIMEOUT": "5s",
 		"HTTP_MAX_HEADER_BYTES": "8192", "AUTH_MODE": "disabled", "ADMIN_API_KEYS": " k1-0123456789abcdef , k2-0123456789abcdef ",
 		"AUTH_CACHE_TTL": "1s", "RATE_LIMIT_DEFAULT": "12.5", "PPROF_ADDR": "127.0.0.1:6060",
-		"CONSUMER_LINGER": "3ms", "VIEW_REFRESH_INTERVAL": "4s", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "6s",
+		"CONSUMER_LINGER": "3ms", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "4s",
 	}))
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -70,7 +70,7 @@ func TestOverrides(t *testing.T) {
 		HTTPReadTimeout: 3 * time.Second, HTTPWriteTimeout: 4 * time.Second, HTTPIdleTimeout: 5 * time.Second,
 		HTTPMaxHeaderBytes: 8192, AuthMode: "disabled", AdminAPIKeys: []string{"k1-0123456789abcdef", "k2-0123456789abcdef"},
 		AuthCacheTTL: time.Second, RateLimitDefault: 12.5, PprofAddr: "127.0.0.1:6060",
-		ConsumerLinger: 3 * time.Millisecond, ViewRefreshInterval: 4 * time.Second, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 6 * time.Second,
+		ConsumerLinger: 3 * time.Millisecond, ViewRefreshInterval: 4 * time.Second, AMQPChannelsPerConnection: 500, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 4 * time.Second,
 	}, c)
 }
 
@@ -80,6 +80,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"DB_MAX_OPEN_CONNS":          {"DB_MAX_OPEN_CONNS": "0"},
 		"PUBLISH_CONFIRM_TIMEOUT":    {"PUBLISH_CONFIRM_TIMEOUT": "5"},
 		"AMQP_QUEUE_TYPE":            {"AMQP_QUEUE_TYPE": "stream"},
+		"REPLICA_TTL":                {"REPLICA_HEARTBEAT_INTERVAL": "5s", "REPLICA_TTL": "6s"},
 		"DATABASE_URL":               {"DATABASE_URL": "mysql://x@y/z"},
 		"AMQP_URL":                   {"AMQP_URL": "not a url"},
 		"AMQP_URLS":                  {"AMQP_URLS": "amqp://u:p@mq1/, https://u:p@mq2/"},

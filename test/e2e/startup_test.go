@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/fx"
 
@@ -85,4 +86,39 @@ func TestStartupWithATenantThatCannotConsume(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		return strings.Contains(scrape(t, a.URL), "msgsvc_consumers_failing 0")
 	}, "no tenant failing")
+}
+
+// TestQueueWithoutSingleActiveConsumerKeepsWorking starts the service on a tenant queue declared as an older
+// version did, without x-single-active-consumer: RabbitMQ cannot change an existing queue's arguments, so the
+// service consumes it as it is, says so once in the log and counts it.
+func TestQueueWithoutSingleActiveConsumerKeepsWorking(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = 300 * time.Millisecond
+	first := testenv.Start(t, cfg)
+	tenant := first.CreateTenant("old-queue", 1)
+	require.NoError(t, first.Stop())
+
+	// The queue as the version before this one declared it.
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	queue := consumer.QueueName(uuid.MustParse(tenant))
+	_, err := ch.QueueDelete(queue, false, false, false)
+	require.NoError(t, err)
+	_, err = ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum",
+		"x-dead-letter-exchange": cfg.AMQPExchange + ".dlx", "x-dead-letter-routing-key": tenant, "x-delivery-limit": int64(cfg.AMQPDeliveryLimit)})
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(queue, tenant, cfg.AMQPExchange, false, nil))
+
+	a := testenv.Start(t, cfg)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return len(a.Logs.FilterMessageSnippet("has no single active consumer").All()) == 1
+	}, "the old queue is reported")
+	require.Contains(t, scrape(t, a.URL), "msgsvc_tenant_queues_without_single_active_consumer 1")
+	id := a.Publish(tenant, map[string]bool{"old": true})
+	db := a.DB()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
+	}, "stored through the old queue")
+	time.Sleep(time.Second) // more reconciliation runs: still one log line
+	require.Len(t, a.Logs.FilterMessageSnippet("has no single active consumer").All(), 1)
 }
