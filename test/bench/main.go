@@ -226,7 +226,10 @@ func run() int {
 	for id := range opt.scenarios {
 		ids = append(ids, id)
 	}
-	sort.Ints(ids)
+	// Light load (6) goes first, on a quiet machine: after the throughput and pagination scenarios RabbitMQ and
+	// PostgreSQL keep busy for a while (their virtual hosts, queues and databases are being dropped), which
+	// shows in its tail latency (p99 150-200 ms measured after them, 8-20 ms alone).
+	sort.Slice(ids, func(i, j int) bool { return ids[i]%6 < ids[j]%6 })
 	failed := false
 	for _, id := range ids {
 		if ctx.Err() != nil {
