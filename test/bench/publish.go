@@ -191,28 +191,7 @@ func (r *runner) publishScenario(ctx context.Context, s *Scenario) error {
 	}
 	s.param("clients", r.opt.clients)
 	s.param("workers/tenant", r.opt.workers)
-	payloads := make([][]byte, r.opt.messages)
-	for i := range payloads {
-		var b bytes.Buffer
-		b.WriteString(`{"tenant_id":"` + run.tenants[i%len(run.tenants)].String() + `","payload":`)
-		b.Write(makePayload(i, r.opt.payload))
-		b.WriteString(`}`)
-		payloads[i] = b.Bytes()
-	}
-	job := func(ctx context.Context, i int) ([]uuid.UUID, error) {
-		status, out, err := r.do(ctx, http.MethodPost, run.srv.URL+"/api/v1/messages", payloads[i])
-		if err != nil {
-			return nil, err
-		}
-		if status != http.StatusAccepted {
-			return nil, fmt.Errorf("HTTP %d: %s", status, bytes.TrimSpace(out))
-		}
-		var a struct{ ID uuid.UUID }
-		if err := json.Unmarshal(out, &a); err != nil {
-			return nil, err
-		}
-		return []uuid.UUID{a.ID}, nil
-	}
+	job := r.publishJob(run, r.opt.messages)
 	profile := r.startProfile(ctx, run.srv, s)
 	err = r.measurePipeline(ctx, s, run, r.opt.messages, r.opt.clients, job)
 	profile()
@@ -225,16 +204,9 @@ func (r *runner) publishScenario(ctx context.Context, s *Scenario) error {
 	return nil
 }
 
-// lightScenario publishes at a fixed, light rate (open loop: each request at its scheduled time, whatever the
-// answers) to see what a message costs in latency when nothing is busy: batching must not add waiting.
-func (r *runner) lightScenario(ctx context.Context, s *Scenario) error {
-	run, err := r.prepareService(ctx, 6, s)
-	if err != nil {
-		return err
-	}
-	n := int(r.opt.lightRate * r.opt.lightDuration.Seconds())
-	s.param("rate", fmt.Sprintf("%.0f msg/s", r.opt.lightRate))
-	s.param("messages", fmtInt(float64(n)))
+// publishJob prepares n single-message publishes spread over the run's tenants; job i sends the i-th and
+// returns the accepted id.
+func (r *runner) publishJob(run *serviceRun, n int) func(ctx context.Context, i int) ([]uuid.UUID, error) {
 	payloads := make([][]byte, n)
 	for i := range payloads {
 		var b bytes.Buffer
@@ -243,7 +215,7 @@ func (r *runner) lightScenario(ctx context.Context, s *Scenario) error {
 		b.WriteString(`}`)
 		payloads[i] = b.Bytes()
 	}
-	job := func(ctx context.Context, i int) ([]uuid.UUID, error) {
+	return func(ctx context.Context, i int) ([]uuid.UUID, error) {
 		status, out, err := r.do(ctx, http.MethodPost, run.srv.URL+"/api/v1/messages", payloads[i])
 		if err != nil {
 			return nil, err
@@ -257,6 +229,19 @@ func (r *runner) lightScenario(ctx context.Context, s *Scenario) error {
 		}
 		return []uuid.UUID{a.ID}, nil
 	}
+}
+
+// lightScenario publishes at a fixed, light rate (open loop: each request at its scheduled time, whatever the
+// answers) to see what a message costs in latency when nothing is busy: batching must not add waiting.
+func (r *runner) lightScenario(ctx context.Context, s *Scenario) error {
+	run, err := r.prepareService(ctx, 6, s)
+	if err != nil {
+		return err
+	}
+	n := int(r.opt.lightRate * r.opt.lightDuration.Seconds())
+	s.param("rate", fmt.Sprintf("%.0f msg/s", r.opt.lightRate))
+	s.param("messages", fmtInt(float64(n)))
+	job := r.publishJob(run, n)
 	r.pace = r.opt.lightRate
 	defer func() { r.pace = 0 }()
 	if err := r.measurePipeline(ctx, s, run, n, 64, job); err != nil {
