@@ -135,7 +135,7 @@ func (r *runner) prepareService(ctx context.Context, id int, s *Scenario) (*serv
 	if err != nil {
 		return nil, err
 	}
-	tenants, _, err := r.createTenants(ctx, srv, "bench", r.opt.tenants, r.opt.workers, r.opt.tenants)
+	tenants, _, err := r.createTenants(ctx, srv, "bench", r.opt.tenants, r.opt.workers, r.opt.tenants, nil)
 	if err != nil {
 		return nil, err
 	}

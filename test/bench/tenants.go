@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -44,7 +42,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	for from := 0; from < o.scaleTenants; from += 1000 {
 		n := min(1000, o.scaleTenants-from)
 		b0 := time.Now()
-		l, err := r.createTenantsRetrying(ctx, srv, fmt.Sprintf("bench-scale-%d", from/1000), n, o.scaleClients, &retried)
+		_, l, err := r.createTenants(ctx, srv, fmt.Sprintf("bench-scale-%d", from/1000), n, 1, o.scaleClients, &retried)
 		if err != nil {
 			return err
 		}
@@ -184,55 +182,4 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	}
 	s.add("leave", "second replica stops (SIGTERM) → first consumes all", back.Seconds(), "s", fmtSeconds(back)).atMost(30, "30 s")
 	return nil
-}
-
-// createTenantsRetrying creates n tenants with clients concurrent requests, as a client would: a 503 (a
-// dependency was too slow, such as a quorum queue whose cluster did not form in time on an overloaded broker)
-// is retried after a pause, up to 5 times, and counted in retried. It returns each creation's latency,
-// retries included.
-func (r *runner) createTenantsRetrying(ctx context.Context, s *server, prefix string, n, clients int, retried *atomic.Int64) ([]time.Duration, error) {
-	lat := make([]time.Duration, n)
-	var (
-		next     atomic.Int64
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-	)
-	for range min(clients, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				t0 := time.Now()
-				var err error
-				for try := 0; ; try++ {
-					_, err = r.createTenant(ctx, s, fmt.Sprintf("%s-%04d", prefix, i), 1)
-					// createTenant reports a non-201 answer as "create tenant: HTTP <status>: <body>".
-					if err == nil || !strings.Contains(err.Error(), "HTTP 503") || try == 5 {
-						break
-					}
-					retried.Add(1)
-					time.Sleep(time.Second)
-				}
-				lat[i] = time.Since(t0)
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if firstErr == nil {
-		firstErr = ctx.Err()
-	}
-	return lat, firstErr
 }
