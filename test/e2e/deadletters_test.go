@@ -186,6 +186,24 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 	require.Empty(t, listDeadLetters(t, a, tenant, "").Data)
 }
 
+// takeDeliveries consumes n deliveries of queue on ch under consumer tag tag, unacknowledged (a consumer, since
+// quorum queues with single active consumer refuse basic.get); t fails when one does not come within wait.
+func takeDeliveries(t *testing.T, ch *amqp.Channel, queue, tag string, n int, wait time.Duration) []amqp.Delivery {
+	t.Helper()
+	deliveries, err := ch.Consume(queue, tag, false, false, false, false, nil)
+	require.NoError(t, err)
+	ds := make([]amqp.Delivery, 0, n)
+	for len(ds) < n {
+		select {
+		case d := <-deliveries:
+			ds = append(ds, d)
+		case <-time.After(wait):
+			t.Fatalf("%s: delivery %d of %d did not come", queue, len(ds)+1, n)
+		}
+	}
+	return ds
+}
+
 // TestReturnsDoNotCountAsFailures returns the same waiting messages to the tenant's queue 30 times (a client
 // that takes and gives them back, as a stop, a resize or a reconnection does): none is dead-lettered or lost,
 // whatever the broker counts (quorum queues count such returns in x-delivery-count and, before the service
@@ -207,19 +225,9 @@ func TestReturnsDoNotCountAsFailures(t *testing.T) {
 		// A consumer that takes all of them and gives them back (basic.get is refused on single active consumer
 		// queues): the consumer's cancel and a nack with requeue return them.
 		tag := fmt.Sprintf("returns-%d", round)
-		deliveries, err := ch.Consume(consumer.QueueName(tid), tag, false, false, false, false, nil)
-		require.NoError(t, err)
-		var last uint64
-		for i := range n {
-			select {
-			case d := <-deliveries:
-				last = d.DeliveryTag
-			case <-time.After(5 * time.Second):
-				t.Fatalf("round %d: message %d of %d is missing from the queue", round, i+1, n)
-			}
-		}
+		ds := takeDeliveries(t, ch, consumer.QueueName(tid), tag, n, 5*time.Second)
 		require.NoError(t, ch.Cancel(tag, false))
-		require.NoError(t, ch.Nack(last, true, true))
+		require.NoError(t, ch.Nack(ds[n-1].DeliveryTag, true, true))
 		testenv.Eventually(t, 5*time.Second, func() bool {
 			_, ready, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 			return ready == n
@@ -249,14 +257,7 @@ func TestRejectedByBrokerLandsInTable(t *testing.T) {
 	ch := testenv.AMQP(t, cfg.AMQPURL)
 	// A consumer, not basic.get: quorum queues with single active consumer refuse basic.get.
 	require.NoError(t, ch.Qos(1, 0, false))
-	deliveries, err := ch.Consume(consumer.QueueName(tid), "", false, false, false, false, nil)
-	require.NoError(t, err)
-	select {
-	case d := <-deliveries:
-		require.NoError(t, d.Reject(false))
-	case <-time.After(10 * time.Second):
-		t.Fatal("the message published directly was not delivered")
-	}
+	require.NoError(t, takeDeliveries(t, ch, consumer.QueueName(tid), "rejecting", 1, 10*time.Second)[0].Reject(false))
 
 	cfg.ReconcileOrphanGrace = 0 // reconciliation deletes orphan queues at once, and must not take the shared one
 	cfg.ReconcileInterval = 200 * time.Millisecond
