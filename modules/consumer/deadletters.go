@@ -757,11 +757,8 @@ ORDER BY dead_lettered_at, id LIMIT $5`, tenant, start, after.CreatedAt, after.I
 				Headers: headers, Body: d.body, Mandatory: true}
 			ids[i], times[i] = d.ID, d.DeadLetteredAt
 		}
-		// A mandatory publish to a missing queue is returned, but the publisher sees returns only on a best-effort
-		// basis: make sure the queue is there, so that no row goes for a message the broker dropped.
-		if st, err := s.conn.InspectQueue(ctx, QueueName(tenant)); err != nil || !st.Exists {
-			return moved, fmt.Errorf("replay: the tenant's queue is missing (reconciliation declares it again): %v", err)
-		}
+		// Mandatory: a publish to a missing queue is returned, and PublishAll answers ErrUnroutable for it, so no
+		// row goes for a message the broker dropped.
 		if err := s.publisher.PublishAll(ctx, msgs); err != nil {
 			return moved, fmt.Errorf("republish: %w", err)
 		}
