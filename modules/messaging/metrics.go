@@ -17,6 +17,7 @@ type Metrics struct {
 	latency     prometheus.Histogram
 	rateLimited *prometheus.CounterVec
 	perPublish  prometheus.Histogram
+	perInsert   prometheus.Histogram
 }
 
 // NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
@@ -40,7 +41,10 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	m.perPublish = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace,
 		Name: "messages_per_publish", Help: "Messages carried by one AMQP publish (several: an envelope of coalesced publishes or of a batch).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}})
-	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish)
+	m.perInsert = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace,
+		Name: "messages_per_insert", Help: "Messages carried by one insert statement of the consumers (the stores of several deliveries, of any tenants, go together while earlier inserts run).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048}})
+	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert)
 	return m
 }
 

@@ -22,7 +22,10 @@ var Module = fx.Module("messaging",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
 		func(db *bun.DB, p *broker.Publisher, c config.Config, dir events.TenantDirectory, m *Metrics, log *zap.Logger) *Service {
-			return NewService(db, p, c.AMQPExchange, dir, c.RateLimitDefault, m, log)
+			s := NewService(db, p, c.AMQPExchange, dir, c.RateLimitDefault, m, log)
+			s.coal.linger = c.PublishLinger
+			s.stores.maxRunning = c.StoreInsertsInFlight
+			return s
 		},
 		httpserver.AsRoutes(func(s *Service, c config.Config) *Handlers { return NewHandlers(s, c.HTTPMaxBatchBodyBytes) }),
 		httpserver.AsRoutes(NewLookupHandlers),

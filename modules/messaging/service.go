@@ -2,7 +2,6 @@ package messaging
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +29,7 @@ type Service struct {
 	dir       events.TenantDirectory
 	view      *view
 	coal      coalescers
+	stores    *storeBatcher
 	metrics   *Metrics
 	log       *zap.Logger
 }
@@ -39,7 +39,7 @@ type Service struct {
 // (0: unlimited).
 func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir events.TenantDirectory, defaultRateLimit float64, m *Metrics, log *zap.Logger) *Service {
 	return &Service{db: db, publisher: publisher, exchange: exchange, dir: dir, view: newView(defaultRateLimit),
-		coal: coalescers{tenants: map[uuid.UUID]*coalescer{}}, metrics: m, log: log.Named("messaging")}
+		coal: coalescers{tenants: map[uuid.UUID]*coalescer{}}, stores: newStoreBatcher(db, 2, m.perInsert), metrics: m, log: log.Named("messaging")}
 }
 
 // ErrTenantNotFound answers a message for a tenant that does not exist.
@@ -330,7 +330,7 @@ func (s *Service) store(ctx context.Context, tenantID uuid.UUID, items []item, e
 	for i, it := range items {
 		msgs[i] = it.msg
 	}
-	res, err := s.insert(ctx, tenantID, msgs)
+	inserted, err := s.stores.insert(ctx, tenantID, msgs)
 	if err != nil && isDataError(err) {
 		// PostgreSQL refuses a value of the data itself: no retry can store that message, and in a multi-row
 		// insert it would fail every other one. Store one by one, so that only the refused ones are dead-lettered.
@@ -350,7 +350,6 @@ func (s *Service) store(ctx context.Context, tenantID uuid.UUID, items []item, e
 		}
 		return
 	}
-	inserted, _ := res.RowsAffected()
 	label := s.metrics.tenant(tenantID)
 	s.metrics.stored.WithLabelValues(label).Add(float64(inserted))
 	if dup := int64(len(msgs)) - inserted; dup > 0 {
@@ -360,26 +359,6 @@ func (s *Service) store(ctx context.Context, tenantID uuid.UUID, items []item, e
 	for _, m := range msgs {
 		s.metrics.latency.Observe(done.Sub(m.CreatedAt).Seconds())
 	}
-}
-
-// insertSQL stores a batch in one statement whose text does not depend on the batch: the rows travel as three
-// array parameters, so pgx prepares it once per connection and PostgreSQL plans it once, and no payload is
-// ever formatted into SQL text. Rows already stored (a redelivery) are skipped.
-const insertSQL = `INSERT INTO messages (id, tenant_id, payload, created_at)
-SELECT m.id::uuid, $1::uuid, m.payload::jsonb, m.created_at::timestamptz
-FROM unnest($2::text[], $3::text[], $4::text[]) AS m(id, payload, created_at)
-ON CONFLICT (tenant_id, id) DO NOTHING`
-
-func (s *Service) insert(ctx context.Context, tenantID uuid.UUID, msgs []Message) (sql.Result, error) {
-	ids := make([]string, len(msgs))
-	payloads := make([]string, len(msgs))
-	created := make([]string, len(msgs))
-	for i, m := range msgs {
-		ids[i] = m.ID.String()
-		payloads[i] = string(m.Payload)
-		created[i] = m.CreatedAt.UTC().Format(time.RFC3339Nano)
-	}
-	return s.db.DB.ExecContext(ctx, insertSQL, tenantID.String(), ids, payloads, created)
 }
 
 // isDataError reports whether err is PostgreSQL refusing a value (SQLSTATE class 22, data exception: a number

@@ -79,6 +79,9 @@ type Config struct {
 	AMQPChannelsPerConnection int
 	// PublishConfirmTimeout is how long a publish waits for the broker's confirm (PUBLISH_CONFIRM_TIMEOUT).
 	PublishConfirmTimeout time.Duration
+	// PublishLinger is how long a busy tenant's next envelope waits for the publishers its last confirm just
+	// answered to come back (PUBLISH_LINGER); a tenant that had one message in flight never waits; 0 never waits.
+	PublishLinger time.Duration
 
 	// TenantDefaultConcurrency is the worker count of a tenant created without one (TENANT_DEFAULT_CONCURRENCY).
 	TenantDefaultConcurrency int
@@ -91,6 +94,12 @@ type Config struct {
 	// ConsumerLinger is how long a store worker of a busy tenant waits for more deliveries to fill its batch
 	// (CONSUMER_LINGER); 0 never waits.
 	ConsumerLinger time.Duration
+	// ConsumerAckDelay is how long the ack of stored deliveries waits to cover the next stored ones too, in one
+	// multiple ack (CONSUMER_ACK_DELAY); 0 acks at once.
+	ConsumerAckDelay time.Duration
+	// StoreInsertsInFlight is how many grouped inserts of the consumers run at once (STORE_INSERTS_IN_FLIGHT);
+	// the stores that come meanwhile, of any tenants, wait and go together as one insert.
+	StoreInsertsInFlight int
 	// StoreRetryInitial is the first backoff after a transient store failure (STORE_RETRY_INITIAL).
 	StoreRetryInitial time.Duration
 	// StoreRetryBudget is how long a worker retries one delivery before returning it to the queue (STORE_RETRY_BUDGET).
@@ -158,11 +167,14 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		AMQPReconnectInterval:     r.dur("AMQP_RECONNECT_INTERVAL", 100*time.Millisecond),
 		AMQPChannelsPerConnection: r.int("AMQP_CHANNELS_PER_CONNECTION", 0, 0, 65535),
 		PublishConfirmTimeout:     r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
+		PublishLinger:             r.durOrZero("PUBLISH_LINGER", time.Millisecond),
 		TenantDefaultConcurrency:  r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
 		TenantMaxConcurrency:      r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
 		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
 		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
-		ConsumerLinger:            r.dur("CONSUMER_LINGER", 2*time.Millisecond),
+		ConsumerLinger:            r.durOrZero("CONSUMER_LINGER", 2*time.Millisecond),
+		ConsumerAckDelay:          r.durOrZero("CONSUMER_ACK_DELAY", 0),
+		StoreInsertsInFlight:      r.int("STORE_INSERTS_IN_FLIGHT", 2, 1, 1000),
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
@@ -305,6 +317,14 @@ func (r *reader) dur(name string, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// durOrZero is dur for a wait that 0 turns off.
+func (r *reader) durOrZero(name string, def time.Duration) time.Duration {
+	if v, ok := r.raw(name); ok && v == "0" {
+		return 0
+	}
+	return r.dur(name, def)
 }
 
 func (r *reader) bool(name string, def bool) bool {

@@ -358,6 +358,10 @@ func (r *runner) measurePipeline(ctx context.Context, s *Scenario, run *serviceR
 	r.recordStorage(s, st, res.start, cpu0, cpu1)
 	skipped := after["msgsvc_messages_duplicates_total"] - before["msgsvc_messages_duplicates_total"]
 	s.add("dup_skipped", "redeliveries skipped (duplicates_total)", skipped, "", fmtInt(skipped))
+	if pubs := after["msgsvc_messages_per_publish_count"] - before["msgsvc_messages_per_publish_count"]; pubs > 0 {
+		per := (after["msgsvc_messages_per_publish_sum"] - before["msgsvc_messages_per_publish_sum"]) / pubs
+		s.add("per_publish", "mean messages per AMQP publish (envelope size)", per, "", fmt.Sprintf("%.1f", per))
+	}
 	return nil
 }
 
