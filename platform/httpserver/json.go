@@ -34,17 +34,14 @@ func DecodeJSONLimit(r *http.Request, dst any, limit int64) error {
 		return tooLarge(limit)
 	}
 	r.Body = http.MaxBytesReader(nil, r.Body, limit)
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return problem.New(problem.KindUnsupported, "unsupported-media-type", "the request body must be application/json")
-		}
-	} else {
+	if ct := r.Header.Get("Content-Type"); ct == "" {
 		return problem.New(problem.KindUnsupported, "unsupported-media-type", "the Content-Type header must be application/json")
+	} else if !isJSON(ct) {
+		return problem.New(problem.KindUnsupported, "unsupported-media-type", "the request body must be application/json")
 	}
 	// encoding/json would replace invalid UTF-8 with U+FFFD, silently changing what the client sent; JSON
 	// between systems must be UTF-8 (RFC 8259), so such a body is refused instead.
-	body, err := io.ReadAll(r.Body)
+	body, err := readBody(r)
 	if err != nil {
 		return decodeError(err)
 	}
@@ -56,14 +53,32 @@ func DecodeJSONLimit(r *http.Request, dst any, limit int64) error {
 	if err := dec.Decode(dst); err != nil {
 		return decodeError(err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return decodeError(err)
-		}
+	if len(bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n")) != 0 {
 		return problem.New(problem.KindInvalid, "malformed-json", "the request body must hold a single JSON value")
 	}
 	return nil
+}
+
+// isJSON reports whether a Content-Type is JSON: application/json or a +json type, with any parameters.
+func isJSON(ct string) bool {
+	if ct == "application/json" || ct == "application/json; charset=utf-8" {
+		return true // the common cases, without parsing
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// readBody reads the whole body: into a buffer of its announced length when there is one (one allocation;
+// net/http never gives more than Content-Length).
+func readBody(r *http.Request) ([]byte, error) {
+	if r.ContentLength <= 0 {
+		return io.ReadAll(r.Body)
+	}
+	body := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, body); err != nil {
+		return nil, err
+	}
+	return body, nil
 }
 
 func decodeError(err error) error {
