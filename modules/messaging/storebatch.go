@@ -11,10 +11,12 @@ import (
 	"github.com/uptrace/bun"
 )
 
-// Bounds of one grouped insert.
+// Bounds of one grouped insert, and of a store that may join one (a larger store goes alone, at once).
 const (
 	maxStoreRows    = 2000
 	maxStoreBytes   = 8 << 20
+	maxGroupedRows  = 256
+	maxGroupedBytes = 1 << 20
 	storeStmtBudget = 30 * time.Second // a grouped insert serves several callers, so no caller's context bounds it
 )
 
@@ -25,9 +27,10 @@ const (
 // (a WAL flush where fsync is on) whatever its row count, so many tenants' deliveries of a few messages each
 // cost as much as one tenant's batch.
 //
-// Tenants stay apart where it matters: a grouped insert that fails is run again tenant by tenant, so that one
-// tenant's failure (a refused value, a partition dropped by a deletion in flight) fails only that tenant's
-// stores, which then take the single-tenant path they always had.
+// Tenants stay apart where it matters: a store too big to join a group (maxGroupedRows, maxGroupedBytes) goes
+// alone, at once, so no tenant's big batch holds the small ones back; and a grouped insert that fails is run
+// again tenant by tenant, so that one tenant's failure (a refused value, a partition dropped by a deletion in
+// flight) fails only that tenant's stores, which then take the single-tenant path they always had.
 type storeBatcher struct {
 	db         *bun.DB
 	maxRunning int
@@ -59,6 +62,11 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 	r := &storeReq{tenantID: tenantID, msgs: msgs, done: make(chan storeRes, 1)}
 	for _, m := range msgs {
 		r.bytes += len(m.Payload)
+	}
+	if len(msgs) > maxGroupedRows || r.bytes > maxGroupedBytes {
+		n, err := b.insertOne(ctx, tenantID, msgs)
+		b.perInsert.Observe(float64(len(msgs)))
+		return n, err
 	}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
