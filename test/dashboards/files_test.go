@@ -1,7 +1,7 @@
 // Package dashboards checks the operability files under deployments/ against the real service and RabbitMQ:
 // every metric the Grafana dashboard queries must be one they export, with the labels the queries use; the
 // compose file configures the service with variables it really reads; Prometheus scrapes what the dashboard
-// needs; README.md lists every metric.
+// needs; platform/metrics/README.md lists every metric.
 package dashboards
 
 import (
