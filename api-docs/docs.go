@@ -1349,7 +1349,7 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpserver.Health"
+                            "$ref": "#/definitions/health.Liveness"
                         }
                     }
                 }
@@ -1391,7 +1391,7 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpserver.Readiness"
+                            "$ref": "#/definitions/health.Readiness"
                         }
                     },
                     "503": {
@@ -1469,7 +1469,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpserver.Health": {
+        "health.Liveness": {
             "type": "object",
             "properties": {
                 "status": {
@@ -1478,7 +1478,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpserver.Readiness": {
+        "health.Readiness": {
             "type": "object",
             "properties": {
                 "checks": {

@@ -23,13 +23,17 @@ type Handlers struct{ rt *Runtime }
 // NewHandlers returns the dead-letter API handlers.
 func NewHandlers(rt *Runtime) *Handlers { return &Handlers{rt: rt} }
 
-// Register implements httpserver.Routes.
+// Register implements httpserver.Routes. Every dead-letter route is an admin's: they sit in the group that
+// auth.AdminOnly guards.
 func (h *Handlers) Register(r chi.Router) {
-	r.Get("/api/v1/tenants/{id}/dead-letters", h.list)
-	r.Post("/api/v1/tenants/{id}/dead-letters/replay", h.replay)
-	r.Get("/api/v1/tenants/{id}/dead-letters/{message_id}", h.get)
-	r.Delete("/api/v1/tenants/{id}/dead-letters/{message_id}", h.discard)
-	r.Post("/api/v1/tenants/{id}/dead-letters/{message_id}/replay", h.replayOne)
+	r.Group(func(r chi.Router) {
+		r.Use(auth.AdminOnly)
+		r.Get("/api/v1/tenants/{id}/dead-letters", h.list)
+		r.Post("/api/v1/tenants/{id}/dead-letters/replay", h.replay)
+		r.Get("/api/v1/tenants/{id}/dead-letters/{message_id}", h.get)
+		r.Delete("/api/v1/tenants/{id}/dead-letters/{message_id}", h.discard)
+		r.Post("/api/v1/tenants/{id}/dead-letters/{message_id}/replay", h.replayOne)
+	})
 }
 
 // DeadLetterPage is a page of dead letters, newest first, the answer of the list endpoint.
@@ -40,12 +44,9 @@ type Replayed struct {
 	Replayed int `json:"replayed" example:"2"`
 }
 
+// tenant parses the {id} path parameter and answers 404 when there is no such tenant.
 func (h *Handlers) tenant(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
-	err := auth.RequireAdmin(r.Context())
-	var id uuid.UUID
-	if err == nil {
-		id, err = httpserver.ParseUUID("id", chi.URLParam(r, "id"))
-	}
+	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
 	if err == nil {
 		var ok bool
 		_, ok, err = h.rt.dir.Tenant(r.Context(), id)

@@ -51,29 +51,29 @@ type ConsumerState struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Register implements httpserver.Routes.
+// Register implements httpserver.Routes. Every route but GET /{id} is an admin's: they sit in the group that
+// auth.AdminOnly guards.
 func (h *Handlers) Register(r chi.Router) {
 	r.Route("/api/v1/tenants", func(r chi.Router) {
-		r.Post("/", h.create)
-		r.Get("/", h.list)
-		r.Get("/{id}", h.get)
-		r.Put("/{id}/config/concurrency", h.setConcurrency)
-		r.Put("/{id}/config/rate-limit", h.setRateLimit)
-		r.Post("/{id}/api-keys", h.issueKey)
-		r.Delete("/{id}/api-keys/{key_id}", h.revokeKey)
-		r.Delete("/{id}", h.delete)
+		r.Get("/{id}", h.get) // an admin, or the tenant's own key
+		r.Group(func(r chi.Router) {
+			r.Use(auth.AdminOnly)
+			r.Post("/", h.create)
+			r.Get("/", h.list)
+			r.Put("/{id}/config/concurrency", h.setConcurrency)
+			r.Put("/{id}/config/rate-limit", h.setRateLimit)
+			r.Post("/{id}/api-keys", h.issueKey)
+			r.Delete("/{id}/api-keys/{key_id}", h.revokeKey)
+			r.Delete("/{id}", h.delete)
+		})
 	})
 }
 
 // TenantPage is a page of tenants, the answer of the list endpoint.
 type TenantPage = pagination.Page[Tenant]
 
-// adminID checks that the caller is an admin and parses the {id} path parameter.
-func adminID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
-	if err := auth.RequireAdmin(r.Context()); err != nil {
-		problem.Write(w, r, err)
-		return uuid.Nil, false
-	}
+// pathID parses the {id} path parameter, answering 400 when it is not a UUID.
+func pathID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
 	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
 	if err != nil {
 		problem.Write(w, r, err)
@@ -102,10 +102,6 @@ func adminID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
 //	@Failure		503		{object}	problem.Details	"database or broker unavailable"
 //	@Router			/api/v1/tenants [post]
 func (h *Handlers) create(w http.ResponseWriter, r *http.Request) {
-	if err := auth.RequireAdmin(r.Context()); err != nil {
-		problem.Write(w, r, err)
-		return
-	}
 	var req CreateRequest
 	if err := httpserver.DecodeJSON(r, &req); err != nil {
 		problem.Write(w, r, err)
@@ -137,9 +133,8 @@ func (h *Handlers) create(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503	{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id} [get]
 func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
-	id, err := httpserver.ParseUUID("id", chi.URLParam(r, "id"))
-	if err != nil {
-		problem.Write(w, r, err)
+	id, ok := pathID(w, r)
+	if !ok {
 		return
 	}
 	if !auth.CanAccessTenant(r.Context(), id) {
@@ -176,10 +171,6 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants [get]
 func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
-	if err := auth.RequireAdmin(r.Context()); err != nil {
-		problem.Write(w, r, err)
-		return
-	}
 	limit, after, err := httpserver.PageParams(r)
 	if err != nil {
 		problem.Write(w, r, err)
@@ -214,7 +205,7 @@ func (h *Handlers) list(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/config/concurrency [put]
 func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
-	id, ok := adminID(w, r)
+	id, ok := pathID(w, r)
 	if !ok {
 		return
 	}
@@ -250,7 +241,7 @@ func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/config/rate-limit [put]
 func (h *Handlers) setRateLimit(w http.ResponseWriter, r *http.Request) {
-	id, ok := adminID(w, r)
+	id, ok := pathID(w, r)
 	if !ok {
 		return
 	}
@@ -284,7 +275,7 @@ func (h *Handlers) setRateLimit(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503	{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/api-keys [post]
 func (h *Handlers) issueKey(w http.ResponseWriter, r *http.Request) {
-	id, ok := adminID(w, r)
+	id, ok := pathID(w, r)
 	if !ok {
 		return
 	}
@@ -314,7 +305,7 @@ func (h *Handlers) issueKey(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503		{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id}/api-keys/{key_id} [delete]
 func (h *Handlers) revokeKey(w http.ResponseWriter, r *http.Request) {
-	id, ok := adminID(w, r)
+	id, ok := pathID(w, r)
 	if !ok {
 		return
 	}
@@ -342,7 +333,7 @@ func (h *Handlers) revokeKey(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503	{object}	problem.Details	"database unavailable"
 //	@Router			/api/v1/tenants/{id} [delete]
 func (h *Handlers) delete(w http.ResponseWriter, r *http.Request) {
-	id, ok := adminID(w, r)
+	id, ok := pathID(w, r)
 	if !ok {
 		return
 	}

@@ -37,12 +37,24 @@ func WithPrincipal(ctx context.Context, p Principal) context.Context {
 // ErrForbidden answers a tenant key used on an admin endpoint.
 var ErrForbidden = problem.New(problem.KindForbidden, "forbidden", "this endpoint needs an admin key")
 
-// RequireAdmin returns ErrForbidden unless the caller is an admin.
-func RequireAdmin(ctx context.Context) error {
-	if p, ok := FromContext(ctx); ok && p.Admin {
-		return nil
-	}
-	return ErrForbidden
+// AdminOnly is the middleware of the admin routes: it answers ErrForbidden (403) to every caller but an admin,
+// before the route's handler runs. Modules mount their admin routes in a group that uses it,
+//
+//	r.Group(func(r chi.Router) {
+//		r.Use(auth.AdminOnly)
+//		r.Post("/api/v1/tenants", h.create)
+//	})
+//
+// so that an admin route added to the group cannot forget the check. It runs after Middleware, which answers
+// 401 to a request without a valid key before any route is matched.
+func AdminOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p, ok := FromContext(r.Context()); !ok || !p.Admin {
+			problem.Write(w, r, ErrForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // CanAccessTenant reports whether the caller may act on tenant id: admins on every tenant, a tenant key on its

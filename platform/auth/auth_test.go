@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -84,12 +85,55 @@ func TestMiddleware(t *testing.T) {
 	ctx := WithPrincipal(context.Background(), got)
 	require.True(t, CanAccessTenant(ctx, tenant))
 	require.False(t, CanAccessTenant(ctx, uuid.New()))
-	require.ErrorIs(t, RequireAdmin(ctx), ErrForbidden)
-	require.NoError(t, RequireAdmin(WithPrincipal(context.Background(), Principal{Admin: true})))
 
 	a.ForgetTenant(tenant)
 	delete(keys.rows, id)
 	require.Equal(t, 401, call("/api/v1/messages", "Bearer "+key), "a forgotten, deleted key is refused")
+}
+
+// TestAdminGroup: a route registered in a group that uses AdminOnly, whose handler checks nothing itself,
+// refuses a tenant key with 403 (and a caller Middleware did not authenticate), serves an admin, and leaves
+// the routes outside the group alone.
+func TestAdminGroup(t *testing.T) {
+	r := chi.NewRouter()
+	served := 0
+	ok := func(w http.ResponseWriter, _ *http.Request) { served++ }
+	r.Get("/api/v1/tenants/{id}", ok)
+	r.Group(func(r chi.Router) {
+		r.Use(AdminOnly)
+		r.Get("/api/v1/tenants", ok)
+		r.Delete("/api/v1/tenants/{id}", ok)
+	})
+	call := func(method, path string, p *Principal) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, path, nil)
+		if p != nil {
+			req = req.WithContext(WithPrincipal(req.Context(), *p))
+		}
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		return rec
+	}
+	tenantKey := &Principal{TenantID: uuid.New(), KeyID: "AAAAAAAAAAAA"}
+	admin := &Principal{Admin: true}
+	id := "/api/v1/tenants/" + tenantKey.TenantID.String()
+
+	for _, c := range []struct {
+		method, path string
+		who          *Principal
+	}{{"GET", "/api/v1/tenants", tenantKey}, {"DELETE", id, tenantKey}, {"GET", "/api/v1/tenants", nil}, {"DELETE", id, nil}} {
+		rec := call(c.method, c.path, c.who)
+		require.Equal(t, http.StatusForbidden, rec.Code, "%s %s", c.method, c.path)
+		require.Equal(t, "application/problem+json", rec.Header().Get("Content-Type"))
+		require.Contains(t, rec.Body.String(), `"type":"https://msgsvc.dev/problems/forbidden"`)
+		require.Contains(t, rec.Body.String(), `"instance":"`+c.path+`"`)
+	}
+	require.Zero(t, served, "the handlers never ran for a caller that is not an admin")
+
+	require.Equal(t, http.StatusOK, call("GET", "/api/v1/tenants", admin).Code)
+	require.Equal(t, http.StatusOK, call("DELETE", id, admin).Code)
+	require.Equal(t, http.StatusOK, call("GET", id, tenantKey).Code, "a route outside the group is not guarded")
+	require.Equal(t, 3, served)
+	require.Equal(t, http.StatusMethodNotAllowed, call("PUT", id, tenantKey).Code, "routing answers before the guard")
 }
 
 func TestDisabled(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/config"
-	"github.com/acme/msgsvc/platform/httpserver"
+	"github.com/acme/msgsvc/platform/health"
 	"github.com/acme/msgsvc/platform/metrics"
 )
 
@@ -53,8 +53,8 @@ var Module = fx.Module("broker",
 			lc.Append(fx.StopHook(p.Close))
 			return p, nil
 		},
-		httpserver.AsCheck(func(conn *Conn) httpserver.Check {
-			return httpserver.Check{Name: "broker", Check: conn.Ping}
+		health.AsCheck(func(conn *Conn) health.Check {
+			return health.Check{Name: "broker", Check: conn.Ping}
 		}),
 	),
 )

@@ -9,7 +9,7 @@ import (
 
 	"github.com/acme/msgsvc/migrations"
 	"github.com/acme/msgsvc/platform/config"
-	"github.com/acme/msgsvc/platform/httpserver"
+	"github.com/acme/msgsvc/platform/health"
 )
 
 // Module provides *bun.DB, applies migrations at start and closes the pool at stop.
@@ -30,8 +30,8 @@ var Module = fx.Module("database",
 			})
 			return db, nil
 		},
-		httpserver.AsCheck(func(db *bun.DB) httpserver.Check {
-			return httpserver.Check{Name: "database", Check: func(ctx context.Context) error {
+		health.AsCheck(func(db *bun.DB) health.Check {
+			return health.Check{Name: "database", Check: func(ctx context.Context) error {
 				return Ready(ctx, db, migrations.FS)
 			}}
 		}),

@@ -7,16 +7,12 @@ import (
 
 	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/health"
 )
 
 // AsRoutes annotates a constructor so that its result joins the "routes" value group.
 func AsRoutes(f any) any {
 	return fx.Annotate(f, fx.As(new(Routes)), fx.ResultTags(`group:"routes"`))
-}
-
-// AsCheck annotates a constructor of a Check so that it joins the "readiness" value group.
-func AsCheck(f any) any {
-	return fx.Annotate(f, fx.ResultTags(`group:"readiness"`))
 }
 
 // Params are the Server's dependencies.
@@ -25,8 +21,8 @@ type Params struct {
 	Config   config.Config
 	Log      *zap.Logger
 	Registry *prometheus.Registry
-	Routes   []Routes            `group:"routes"`
-	Checks   []Check             `group:"readiness"`
+	Routes   []Routes `group:"routes"`
+	Checks   health.Checks
 	Auth     *auth.Authenticator `optional:"true"`
 }
 
@@ -40,7 +36,7 @@ var Module = fx.Module("httpserver",
 		if p.Auth != nil {
 			o.Authenticate = p.Auth.Middleware
 		}
-		return New(o, p.Log, p.Registry, p.Routes, p.Checks)
+		return New(o, p.Log, p.Registry, p.Routes, p.Checks.All)
 	}),
 	fx.Invoke(func(lc fx.Lifecycle, s *Server, c config.Config, log *zap.Logger) {
 		lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})

@@ -1,6 +1,6 @@
 // Package httpserver runs the HTTP API: a chi router with request ids, access logs, panic recovery into
-// problem responses, a body limit and Prometheus metrics, plus the health and readiness probes. Modules add
-// their routes through the "routes" value group and readiness checks through the "readiness" group.
+// problem responses, a body limit and Prometheus metrics, plus the liveness and readiness probes of
+// platform/health. Modules add their routes through the "routes" value group.
 package httpserver
 
 import (
@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/acme/msgsvc/platform/health"
 	"github.com/acme/msgsvc/platform/metrics"
 	"github.com/acme/msgsvc/platform/problem"
 )
@@ -24,12 +25,6 @@ import (
 // Routes is implemented by every module that serves HTTP; Register mounts its handlers under the API router.
 type Routes interface {
 	Register(r chi.Router)
-}
-
-// Check is a named readiness check; it answers nil when its dependency is usable.
-type Check struct {
-	Name  string
-	Check func(ctx context.Context) error
 }
 
 // Options configures a Server.
@@ -52,15 +47,15 @@ type Server struct {
 	log     *zap.Logger
 	router  chi.Router
 	srv     *http.Server
-	checks  []Check
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 	addr    net.Addr
 }
 
-// New builds the router with its middleware, the probes, /metrics and every module's routes.
-func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Routes, checks []Check) *Server {
-	s := &Server{opts: opts, log: log.Named("http"), checks: checks}
+// New builds the router with its middleware, the probes (readiness runs checks), /metrics and every module's
+// routes.
+func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Routes, checks []health.Check) *Server {
+	s := &Server{opts: opts, log: log.Named("http")}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metrics.Namespace, Name: "http_requests_total",
 		Help: "HTTP requests answered, by method, route pattern and status code.",
@@ -85,8 +80,7 @@ func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Route
 			Title: http.StatusText(405), Status: 405, Detail: r.Method + " is not allowed here", Instance: r.URL.Path,
 			RequestID: middleware.GetReqID(r.Context())})
 	})
-	r.Get("/healthz", healthz)
-	r.Get("/readyz", s.ready)
+	health.New(checks).Register(r)
 	r.Method(http.MethodGet, "/metrics", metrics.Handler(reg))
 	for _, rt := range routes {
 		rt.Register(r)
@@ -131,40 +125,6 @@ func (s *Server) Start(context.Context) error {
 func (s *Server) Stop(ctx context.Context) error {
 	s.log.Info("shutting down")
 	return s.srv.Shutdown(ctx)
-}
-
-// ready answers 200 when every readiness check passes, else 503 naming what is down.
-//
-//	@Summary		Readiness probe
-//	@ID				readyz
-//	@Description	Answers 200 only when PostgreSQL and RabbitMQ answer and every migration is applied, else 503 with a problem naming each check that is down in errors.
-//	@Tags			operations
-//	@Produce		json
-//	@Success		200	{object}	Readiness
-//	@Failure		503	{object}	problem.Details	"a dependency is down"
-//	@Router			/readyz [get]
-func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	status := map[string]string{}
-	var down []string
-	for _, c := range s.checks {
-		if err := c.Check(ctx); err != nil {
-			status[c.Name] = "down: " + err.Error()
-			down = append(down, c.Name)
-		} else {
-			status[c.Name] = "ok"
-		}
-	}
-	if len(down) > 0 {
-		d := problem.From(r, problem.New(problem.KindUnavailable, "not-ready", fmt.Sprintf("not ready: %v down", down)))
-		for _, name := range down {
-			d.Errors = append(d.Errors, problem.FieldError{Field: name, Detail: status[name]})
-		}
-		problem.WriteDetails(w, d)
-		return
-	}
-	WriteJSON(w, http.StatusOK, Readiness{Status: "ready", Checks: status})
 }
 
 // instrument logs each request and records its metrics under the matched route pattern.
