@@ -440,7 +440,7 @@ func cpuPair(s *Scenario) float64 {
 
 func (r *runner) stopServers() {
 	for _, s := range r.servers {
-		if _, err := s.stop(); err != nil {
+		if _, err := s.Stop(time.Minute); err != nil {
 			fmt.Fprintln(os.Stderr, "bench: stop server:", err)
 		}
 	}
