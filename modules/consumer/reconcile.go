@@ -2,12 +2,9 @@ package consumer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 )
 
@@ -251,45 +249,19 @@ func (r *Runtime) reportWithoutSingleActiveConsumer(names []string) {
 // listQueues returns the names of the queues in the connection's virtual host, and of those the tenant queues
 // (not dead-letter queues) declared without x-single-active-consumer.
 func (r *Runtime) listQueues(ctx context.Context) ([]string, []string, error) {
-	mgmt, err := url.Parse(r.opts.ManagementURL)
+	mgmt, err := broker.NewManagement(r.opts.ManagementURL, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	vhost := "/"
-	if u, err := url.Parse(r.opts.AMQPURL); err == nil && strings.TrimPrefix(u.Path, "/") != "" {
-		vhost = strings.TrimPrefix(u.Path, "/")
-	}
-	user := mgmt.User
-	mgmt.User = nil
-	endpoint := strings.TrimRight(mgmt.String(), "/") + "/api/queues/" + url.PathEscape(vhost) + "?columns=name,arguments"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+	qs, err := mgmt.Queues(ctx, config.VHost(r.opts.AMQPURL))
 	if err != nil {
-		return nil, nil, err
-	}
-	if user != nil {
-		pass, _ := user.Password()
-		req.SetBasicAuth(user.Username(), pass)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("management API answered %s", resp.Status)
-	}
-	var qs []struct {
-		Name      string         `json:"name"`
-		Arguments map[string]any `json:"arguments"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&qs); err != nil {
 		return nil, nil, err
 	}
 	names := make([]string, len(qs))
 	var noSAC []string
 	for i, q := range qs {
 		names[i] = q.Name
-		if id, ok := parseQueueName(q.Name); ok && q.Name == QueueName(id) && q.Arguments["x-single-active-consumer"] != true {
+		if id, ok := parseQueueName(q.Name); ok && q.Name == QueueName(id) && !q.SingleActiveConsumer() {
 			noSAC = append(noSAC, q.Name)
 		}
 	}

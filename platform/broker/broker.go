@@ -1,6 +1,7 @@
 // Package broker connects the service to RabbitMQ: a pool of reconnecting go-rabbitmq connections for
 // consumers (ConsumerPool, sized from the negotiated channel_max), a connection for the publishers and the
-// cluster relay, topology helpers over a separate administrative connection, and the readiness probe.
+// cluster relay, topology helpers over a separate administrative connection, the readiness probe, and the
+// client of RabbitMQ's management HTTP API (Management).
 package broker
 
 import (

@@ -208,7 +208,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 			c.AMQPURL = c.AMQPURLs[0]
 		}
 		for _, u := range c.AMQPURLs {
-			if vhost(u) != vhost(c.AMQPURL) {
+			if VHost(u) != VHost(c.AMQPURL) {
 				r.fail("AMQP_URLS", "every URL, and AMQP_URL when set, must name the same virtual host")
 				break
 			}
@@ -228,8 +228,9 @@ func (c Config) AMQPURLList() []string {
 	return []string{c.AMQPURL}
 }
 
-// vhost returns the virtual host an AMQP URL names ("/" when its path is empty or "/").
-func vhost(amqpURL string) string {
+// VHost returns the virtual host an AMQP URL names: its path without the leading slash, "/" (RabbitMQ's default
+// virtual host) when the path is empty or "/", "" when amqpURL does not parse.
+func VHost(amqpURL string) string {
 	u, err := url.Parse(amqpURL)
 	if err != nil {
 		return ""

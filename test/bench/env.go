@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/acme/msgsvc/platform/broker"
 )
 
 // services are the local PostgreSQL and RabbitMQ servers started by `services:up`, read from .dev/services.env.
@@ -83,11 +83,10 @@ func (r *runner) newEnv(ctx context.Context, scenario int) (*benchEnv, error) {
 	u.Path = "/" + e.DBName
 	e.DatabaseURL = u.String()
 
-	if err := r.mgmt(ctx, http.MethodPut, "/api/vhosts/"+url.PathEscape(e.VHost), map[string]any{}); err != nil {
+	if err := r.mgmt.CreateVHost(ctx, e.VHost); err != nil {
 		return nil, fmt.Errorf("create vhost %s: %w", e.VHost, err)
 	}
-	perm := map[string]string{"configure": ".*", "write": ".*", "read": ".*"}
-	if err := r.mgmt(ctx, http.MethodPut, "/api/permissions/"+url.PathEscape(e.VHost)+"/guest", perm); err != nil {
+	if err := r.mgmt.SetPermissions(ctx, e.VHost, r.mgmt.User(), broker.FullPermissions); err != nil {
 		return nil, fmt.Errorf("vhost %s permissions: %w", e.VHost, err)
 	}
 	a, err := url.Parse(r.svc.AMQPURL)
@@ -130,7 +129,7 @@ func (r *runner) dropEnv(e *benchEnv) error {
 		}
 	}
 	if !e.vhostDropped {
-		if err := r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(e.VHost), nil); err != nil && !isNotFound(err) {
+		if err := r.mgmt.DeleteVHost(ctx, e.VHost); err != nil && broker.ManagementStatus(err) != http.StatusNotFound {
 			errs = append(errs, fmt.Sprintf("delete vhost %s: %v", e.VHost, err))
 		} else {
 			e.vhostDropped = true
@@ -140,59 +139,6 @@ func (r *runner) dropEnv(e *benchEnv) error {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	return nil
-}
-
-type httpStatusError struct {
-	status int
-	body   string
-}
-
-func (e httpStatusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
-
-func isNotFound(err error) bool {
-	se, ok := err.(httpStatusError)
-	return ok && se.status == http.StatusNotFound
-}
-
-// mgmt calls the RabbitMQ management API.
-func (r *runner) mgmt(ctx context.Context, method, path string, body any) error {
-	_, err := r.mgmtGet(ctx, method, path, body)
-	return err
-}
-
-func (r *runner) mgmtGet(ctx context.Context, method, path string, body any) ([]byte, error) {
-	u, err := url.Parse(r.svc.ManagementURL)
-	if err != nil {
-		return nil, err
-	}
-	user := u.User
-	u.User = nil
-	var rd io.Reader
-	if body != nil {
-		raw, _ := json.Marshal(body)
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(u.String(), "/")+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	if user != nil {
-		pw, _ := user.Password()
-		req.SetBasicAuth(user.Username(), pw)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := r.adminHTTP.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode >= 300 {
-		return out, httpStatusError{resp.StatusCode, strings.TrimSpace(string(out))}
-	}
-	return out, nil
 }
 
 // cleanLeftovers drops databases and virtual hosts of earlier runs whose harness process is gone.
@@ -217,16 +163,14 @@ func (r *runner) cleanLeftovers(ctx context.Context) {
 			}
 		}
 	}
-	raw, err := r.mgmtGet(ctx, http.MethodGet, "/api/vhosts?columns=name", nil)
+	vhosts, err := r.mgmt.VHosts(ctx)
 	if err != nil {
 		return
 	}
-	var vhosts []struct{ Name string }
-	_ = json.Unmarshal(raw, &vhosts)
 	for _, v := range vhosts {
 		if strings.HasPrefix(v.Name, vhostPrefix) && !alive(v.Name, vhostPrefix) {
 			fmt.Printf("removing leftover vhost %s\n", v.Name)
-			_ = r.mgmt(ctx, http.MethodDelete, "/api/vhosts/"+url.PathEscape(v.Name), nil)
+			_ = r.mgmt.DeleteVHost(ctx, v.Name)
 		}
 	}
 }
@@ -238,7 +182,7 @@ func (r *runner) healthy(ctx context.Context) error {
 	if _, err := r.admin.Exec(cctx, "SELECT 1"); err != nil {
 		return fmt.Errorf("PostgreSQL: %w", err)
 	}
-	if _, err := r.mgmtGet(cctx, http.MethodGet, "/api/overview?columns=node", nil); err != nil {
+	if _, err := r.mgmt.Overview(cctx); err != nil {
 		return fmt.Errorf("RabbitMQ management: %w", err)
 	}
 	conn, err := amqp.DialConfig(r.svc.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})

@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/acme/msgsvc/platform/broker"
 )
 
 type options struct {
@@ -149,9 +151,9 @@ type runner struct {
 	opt        options
 	root       string
 	svc        services
-	admin      *pgxpool.Pool // the dev server's msgsvc database, for CREATE/DROP DATABASE only
-	adminHTTP  *http.Client
-	client     *http.Client // drives the service
+	admin      *pgxpool.Pool      // the dev server's msgsvc database, for CREATE/DROP DATABASE only
+	mgmt       *broker.Management // RabbitMQ management API, for the virtual hosts
+	client     *http.Client       // drives the service
 	binary     string
 	adminKey   string // ADMIN_API_KEYS of the server, fresh for every run
 	beam       int
@@ -177,7 +179,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	r := &runner{opt: opt, root: root, adminHTTP: &http.Client{Timeout: 5 * time.Minute}, adminKey: "bench-admin-" + rand.Text()}
+	r := &runner{opt: opt, root: root, adminKey: "bench-admin-" + rand.Text()}
 	conns := max(opt.clients, opt.batchClients, opt.scaleClients) + 16
 	r.client = &http.Client{
 		Timeout: 60 * time.Second,
@@ -190,6 +192,11 @@ func run() int {
 		},
 	}
 	if r.svc, err = readServicesEnv(root); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	// Deleting a virtual host with thousands of queues takes minutes.
+	if r.mgmt, err = broker.NewManagement(r.svc.ManagementURL, &http.Client{Timeout: 5 * time.Minute}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
@@ -433,7 +440,7 @@ func cpuPair(s *Scenario) float64 {
 
 func (r *runner) stopServers() {
 	for _, s := range r.servers {
-		if _, err := s.stop(); err != nil {
+		if _, err := s.Stop(time.Minute); err != nil {
 			fmt.Fprintln(os.Stderr, "bench: stop server:", err)
 		}
 	}

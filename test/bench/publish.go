@@ -165,8 +165,8 @@ func (r *runner) waitConsumers(ctx context.Context, srv *server, want int, since
 			fmt.Printf("   %5.1f s: %v of %d consumers running\n", time.Since(since).Seconds(), last, want)
 			said = time.Now()
 		}
-		if !srv.alive() {
-			return 0, srv.deadErr()
+		if !srv.Alive() {
+			return 0, srv.Exited()
 		}
 		if time.Now().After(deadline) {
 			return time.Since(since), fmt.Errorf("msgsvc_consumers_running = %v after %s, want %d", last, timeout, want)

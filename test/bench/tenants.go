@@ -108,7 +108,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 			fmt.Sprintf("%.1f %% of a core", b*1000/float64(o.scaleTenants)))
 	}
 
-	shutdown, err := srv.stop()
+	shutdown, err := srv.Stop(time.Minute)
 	if err != nil {
 		return err
 	}
@@ -119,8 +119,8 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	if err != nil {
 		return err
 	}
-	restart := srv.started
-	if err := srv.waitReady(ctx, 5*time.Minute); err != nil {
+	restart := srv.Started()
+	if err := srv.WaitReady(ctx, 5*time.Minute); err != nil {
 		return err
 	}
 	ready := time.Since(restart)
@@ -172,7 +172,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	}
 	// The second replica stops: its tenants go back to the first one.
 	left := time.Now()
-	if _, err := b.stop(); err != nil {
+	if _, err := b.Stop(time.Minute); err != nil {
 		return err
 	}
 	back, err = r.waitConsumers(ctx, srv, o.scaleTenants, left, 2*time.Minute)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/acme/msgsvc/modules/consumer"
 	"github.com/acme/msgsvc/modules/messaging"
+	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/test/testenv"
 )
 
@@ -349,9 +350,9 @@ func TestResizeLiveConsumer(t *testing.T) {
 	if !testenv.Wait(30*time.Second, func() bool {
 		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid) >= len(accepted)
 	}) {
-		t.Fatalf("not every accepted message stored: %d accepted, %d stored, queue %s", len(accepted),
-			testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid),
-			s.Management(t, http.MethodGet, "/api/queues/"+url.PathEscape(strings.TrimPrefix(mustURL(a.Config.AMQPURL).Path, "/"))+"/"+consumer.QueueName(tid), ""))
+		q, err := s.Management(t).Queue(context.Background(), config.VHost(a.Config.AMQPURL), consumer.QueueName(tid))
+		t.Fatalf("not every accepted message stored: %d accepted, %d stored, queue %+v (%v)", len(accepted),
+			testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid), q, err)
 	}
 	rows, err := db.Query(context.Background(), "SELECT id::text FROM messages WHERE tenant_id = $1", tid)
 	require.NoError(t, err)
@@ -369,12 +370,4 @@ func TestResizeLiveConsumer(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, 1, consumers, "one consumer after resizes; the queue was kept")
 	t.Logf("accepted and stored exactly once across resizes 2→6→1: %d messages", len(accepted))
-}
-
-func mustURL(s string) *url.URL {
-	u, err := url.Parse(s)
-	if err != nil {
-		panic(err)
-	}
-	return u
 }

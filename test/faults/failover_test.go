@@ -35,7 +35,8 @@ func TestReplicaKilledHandsItsTenantsOver(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	require.Positive(t, metric(t, b.URL, "msgsvc_messages_stored_total"), "replica B stores its share")
 	killed := time.Now()
-	b.signal(syscall.SIGKILL, 10*time.Second)
+	_, err := b.Signal(syscall.SIGKILL, 10*time.Second)
+	require.NoError(t, err)
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		return metric(t, a.URL, "msgsvc_consumers_running") == float64(len(tenants))
 	}, "replica A did not take B's tenants over within 30 s")

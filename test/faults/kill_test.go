@@ -26,8 +26,9 @@ func TestServiceKilledMidStream(t *testing.T) {
 	time.Sleep(10 * time.Second)
 	require.Positive(t, metric(t, first.URL, "msgsvc_messages_stored_total"), "the first process stores")
 	killed := time.Now()
-	first.signal(syscall.SIGKILL, 10*time.Second)
-	require.Equal(t, -1, first.exitCode(), "killed by a signal")
+	_, err := first.Signal(syscall.SIGKILL, 10*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, -1, first.ExitCode(), "killed by a signal")
 
 	second := startProc(t, "kill-2", cfg)
 	st.setURL(second.URL)

@@ -3,19 +3,16 @@ package faults
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -23,12 +20,7 @@ import (
 	"github.com/acme/msgsvc/test/testenv"
 )
 
-var (
-	binDir    string
-	buildOnce sync.Once
-	buildErr  error
-	binary    string
-)
+var binDir string
 
 func TestMain(m *testing.M) {
 	var err error
@@ -42,41 +34,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// serverBinary builds cmd/server once per test binary and returns its path.
-func serverBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binary = filepath.Join(binDir, "server")
-		out, err := exec.Command("go", "build", "-o", binary, "github.com/acme/msgsvc/cmd/server").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/server: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, buildErr)
-	return binary
-}
-
-// proc is the service running as a separate OS process.
-type proc struct {
-	t    *testing.T
-	name string
-	cmd  *exec.Cmd
-	URL  string
-
-	mu   sync.Mutex
-	logs bytes.Buffer
-
-	done     chan struct{} // closed when the process exited
-	exitedAt time.Time
-	state    *os.ProcessState
-}
-
 // env turns cfg into the service's environment variables; extra (NAME=value) override them.
 func env(cfg config.Config, extra ...string) []string {
 	e := []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + os.Getenv("HOME"),
-		"HTTP_ADDR=127.0.0.1:0",
 		"AUTH_MODE=" + cfg.AuthMode,
 		"ADMIN_API_KEYS=" + strings.Join(cfg.AdminAPIKeys, ","),
 		"LOG_LEVEL=info",
@@ -97,107 +57,14 @@ func env(cfg config.Config, extra ...string) []string {
 	return append(e, extra...)
 }
 
-// startProc runs the service binary with cfg (as environment variables) and waits until /readyz answers 200.
-func startProc(t *testing.T, name string, cfg config.Config, extra ...string) *proc {
+// startProc runs the service binary (built once per test binary) with cfg as environment variables and a
+// replica id of its own, and waits until /readyz answers 200; it is killed when t ends.
+func startProc(t *testing.T, name string, cfg config.Config, extra ...string) *testenv.Server {
 	t.Helper()
-	p := &proc{t: t, name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(serverBinary(t))
-	p.cmd.Env = env(cfg, append([]string{"REPLICA_ID=" + testenv.RandomName(name+"-")}, extra...)...)
-	stderr, err := p.cmd.StderrPipe()
-	require.NoError(t, err)
-	p.cmd.Stdout = io.Discard
-	require.NoError(t, p.cmd.Start())
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 4<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			p.mu.Lock()
-			p.logs.Write(line)
-			p.logs.WriteByte('\n')
-			p.mu.Unlock()
-			if bytes.Contains(line, []byte(`"msg":"listening"`)) {
-				var l struct {
-					Addr string `json:"addr"`
-				}
-				if json.Unmarshal(line, &l) == nil {
-					addr <- l.Addr
-				}
-			}
-		}
-		_ = p.cmd.Wait() // after the last read: Wait closes the pipe
-		p.mu.Lock()
-		p.state, p.exitedAt = p.cmd.ProcessState, time.Now()
-		p.mu.Unlock()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("last log lines of %s:\n%s", p.name, p.tail(40))
-		}
-	})
-	select {
-	case a := <-addr:
-		p.URL = "http://" + a
-	case <-p.done:
-		t.Fatalf("%s exited at start:\n%s", name, p.tail(40))
-	case <-time.After(90 * time.Second):
-		t.Fatalf("%s did not listen within 90s:\n%s", name, p.tail(40))
-	}
-	testenv.Eventually(t, 60*time.Second, func() bool { return testenv.Status(p.URL+"/readyz") == http.StatusOK },
-		"%s not ready", name)
-	return p
-}
-
-// signal sends sig and returns when the process exited, with how long that took (it fails t after timeout).
-func (p *proc) signal(sig syscall.Signal, timeout time.Duration) time.Duration {
-	p.t.Helper()
-	sent := time.Now()
-	require.NoError(p.t, p.cmd.Process.Signal(sig))
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.t.Fatalf("%s still running %s after %s:\n%s", p.name, timeout, sig, p.tail(40))
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.exitedAt.Sub(sent)
-}
-
-// exitCode returns the process's exit code, -1 when a signal killed it.
-func (p *proc) exitCode() int {
-	<-p.done
-	return p.state.ExitCode()
-}
-
-// logLines returns the log lines that contain s.
-func (p *proc) logLines(s string) []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(p.logs.String(), "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func (p *proc) tail(n int) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	lines := strings.Split(strings.TrimRight(p.logs.String(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	binary := filepath.Join(binDir, "server")
+	require.NoError(t, testenv.BuildServer(context.Background(), "", testenv.ServerPackage, binary))
+	return testenv.RunServer(t, testenv.ServerOptions{Name: name, Binary: binary,
+		Env: env(cfg, append([]string{"REPLICA_ID=" + testenv.RandomName(name+"-")}, extra...)...)})
 }
 
 // call sends an API request authenticated with the admin key, with a JSON body when body is not nil, and

@@ -47,12 +47,13 @@ func TestSIGTERMWithBacklog(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool { return storedOf(tenants[0]) > 0 && storedOf(tenants[1]) > 0 },
 		"consumers did not start storing")
 
-	elapsed := first.signal(syscall.SIGTERM, cfg.ShutdownTimeout+15*time.Second)
-	require.Equal(t, 0, first.exitCode(), "exit code after SIGTERM")
+	elapsed, err := first.Signal(syscall.SIGTERM, cfg.ShutdownTimeout+15*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 0, first.ExitCode(), "exit code after SIGTERM")
 	require.Less(t, elapsed, cfg.ShutdownTimeout, "stopped within SHUTDOWN_TIMEOUT")
-	require.Empty(t, first.logLines("drain timeout"), "in-flight work did not finish within the drain timeout")
-	require.NotEmpty(t, first.logLines("all consumers stopped"))
-	require.Empty(t, first.logLines(`"level":"error"`), "errors logged during the stop")
+	require.Empty(t, first.LogLines("drain timeout"), "in-flight work did not finish within the drain timeout")
+	require.NotEmpty(t, first.LogLines("all consumers stopped"))
+	require.Empty(t, first.LogLines(`"level":"error"`), "errors logged during the stop")
 
 	// Every message is in exactly one place: stored (and acked), or back in its queue.
 	var stored, queued int

@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +26,8 @@ import (
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcrabbit "github.com/testcontainers/testcontainers-go/modules/rabbitmq"
 	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/acme/msgsvc/platform/broker"
 )
 
 // Servers are the database and broker servers shared by a test binary.
@@ -180,63 +181,41 @@ func (s *Servers) NewDatabase(t testing.TB) string {
 // It returns the AMQP URL of the virtual host.
 func (s *Servers) NewVHost(t testing.TB) string {
 	t.Helper()
+	m := s.Management(t)
 	name := RandomName("t_")
-	s.Management(t, http.MethodPut, "/api/vhosts/"+name, "")
-	user := s.managementUser()
-	s.Management(t, http.MethodPut, "/api/permissions/"+name+"/"+user, `{"configure":".*","write":".*","read":".*"}`)
-	t.Cleanup(func() { s.managementDo(http.MethodDelete, "/api/vhosts/"+name, "") })
+	ctx, cancel := context.WithTimeout(context.Background(), managementTimeout)
+	defer cancel()
+	if err := m.CreateVHost(ctx, name); err != nil {
+		t.Fatalf("create virtual host: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), managementTimeout)
+		defer cancel()
+		_ = m.DeleteVHost(ctx, name)
+	})
+	if err := m.SetPermissions(ctx, name, m.User(), broker.FullPermissions); err != nil {
+		t.Fatalf("open virtual host %s to %s: %v", name, m.User(), err)
+	}
 	u, _ := url.Parse(s.AMQPURL)
 	u.Path = "/" + name
 	return u.String()
 }
 
-func (s *Servers) managementUser() string {
-	u, _ := url.Parse(s.ManagementURL)
-	return u.User.Username()
-}
+// managementTimeout bounds a management API call of the tests: deleting a virtual host with thousands of
+// queues takes minutes.
+const managementTimeout = 5 * time.Minute
 
-// Management calls the RabbitMQ management API and fails t unless it answers 2xx.
-func (s *Servers) Management(t testing.TB, method, path, body string) []byte {
+// managementClient serves the tests' management API calls; its transport is http.DefaultTransport.
+var managementClient = &http.Client{Timeout: managementTimeout}
+
+// Management returns a client of the servers' RabbitMQ management API, or fails t when its URL is unusable.
+func (s *Servers) Management(t testing.TB) *broker.Management {
 	t.Helper()
-	out, err := s.managementDo(method, path, body)
+	m, err := broker.NewManagement(s.ManagementURL, managementClient)
 	if err != nil {
-		t.Fatalf("management %s %s: %v", method, path, err)
+		t.Fatal(err)
 	}
-	return out
-}
-
-func (s *Servers) managementDo(method, path, body string) ([]byte, error) {
-	u, err := url.Parse(s.ManagementURL)
-	if err != nil {
-		return nil, err
-	}
-	pass, _ := u.User.Password()
-	user := u.User.Username()
-	u.User = nil
-	req, err := http.NewRequest(method, strings.TrimRight(u.String(), "/")+path, strings.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.SetBasicAuth(user, pass)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	if resp.StatusCode/100 != 2 {
-		return nil, fmt.Errorf("status %d: %s", resp.StatusCode, b.String())
-	}
-	return []byte(b.String()), nil
+	return m
 }
 
 // RunScript runs the local services script with args (for example rabbitmq-stop-app); it fails t when the
