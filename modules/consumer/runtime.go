@@ -172,7 +172,7 @@ func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 	defer r.mu.Unlock()
 	tc := r.consumers[id]
 	if tc == nil && create && !r.closed {
-		tc = &tenantConsumer{rt: r, id: id}
+		tc = &tenantConsumer{rt: r, id: id, log: r.log.With(zap.String("tenant_id", id.String()))}
 		r.consumers[id] = tc
 	}
 	return tc
@@ -209,7 +209,7 @@ func (r *Runtime) recordStart(tc *tenantConsumer, err error) {
 	if !was {
 		r.metrics.failing.Inc()
 	}
-	r.log.Warn("tenant consumer failed to start; reconciliation retries it", zap.String("tenant_id", tc.id.String()), zap.Error(err))
+	tc.log.Warn("tenant consumer failed to start; reconciliation retries it", zap.Error(err))
 }
 
 // Stop drains and stops the tenant's consumer and forgets it.
