@@ -35,9 +35,6 @@ func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir ev
 		coal: coalescers{tenants: map[uuid.UUID]*coalescer{}}, metrics: m, log: log.Named("messaging")}
 }
 
-// ErrTenantNotFound answers a message for a tenant that does not exist.
-var ErrTenantNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
-
 // LoadView fills the in-memory tenant view from the directory.
 func (s *Service) LoadView(ctx context.Context) error {
 	ts, err := s.dir.Tenants(ctx)
@@ -66,7 +63,7 @@ func (s *Service) RefreshView(ctx context.Context) error {
 // key gets the same answer as an unknown tenant.
 func (s *Service) checkTenant(ctx context.Context, id uuid.UUID) error {
 	if !auth.CanAccessTenant(ctx, id) {
-		return ErrTenantNotFound
+		return events.ErrTenantNotFound
 	}
 	if s.view.has(id) {
 		return nil
@@ -76,7 +73,7 @@ func (s *Service) checkTenant(ctx context.Context, id uuid.UUID) error {
 		return problem.Dependency(err)
 	}
 	if !ok {
-		return ErrTenantNotFound
+		return events.ErrTenantNotFound
 	}
 	s.view.add(t)
 	return nil
