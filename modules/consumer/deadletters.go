@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/uptrace/bun"
 	rabbitmq "github.com/wagslane/go-rabbitmq"
+	"go.uber.org/fx"
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
@@ -73,10 +74,23 @@ type DeadLetters struct {
 	bg       sync.WaitGroup
 }
 
+// DeadLettersParams are the dead-letter store's dependencies, as fx fills them.
+type DeadLettersParams struct {
+	fx.In
+
+	DB        *bun.DB
+	Conn      *broker.Conn
+	Publisher *broker.Publisher
+	Directory events.TenantDirectory
+	Options   Options
+	Metrics   *Metrics
+	Log       *zap.Logger
+}
+
 // NewDeadLetters returns the dead-letter store.
-func NewDeadLetters(db *bun.DB, conn *broker.Conn, p *broker.Publisher, dir events.TenantDirectory, opts Options, m *Metrics, log *zap.Logger) *DeadLetters {
-	return &DeadLetters{db: db, conn: conn, publisher: p, dir: dir, opts: opts, metrics: m, log: log.Named("deadletters"),
-		stopped: make(chan struct{})}
+func NewDeadLetters(p DeadLettersParams) *DeadLetters {
+	return &DeadLetters{db: p.DB, conn: p.Conn, publisher: p.Publisher, dir: p.Directory, opts: p.Options, metrics: p.Metrics,
+		log: p.Log.Named("deadletters"), stopped: make(chan struct{})}
 }
 
 // insertDeadSQL stores dead letters of any tenants in one statement; rows of tenants that no longer exist are
@@ -312,6 +326,3 @@ func (tc *tenantConsumer) deadLetter(g *generation, ds []rabbitmq.Delivery, rows
 		rt.metrics.deadLettered.WithLabelValues(label, r.reason).Inc()
 	}
 }
-
-// UseDeadLetters makes the runtime's consumers dead-letter into s.
-func (r *Runtime) UseDeadLetters(s *DeadLetters) { r.dead = s }

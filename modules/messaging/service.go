@@ -7,10 +7,12 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+	"go.uber.org/fx"
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/auth"
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/problem"
 )
@@ -27,12 +29,25 @@ type Service struct {
 	log       *zap.Logger
 }
 
-// NewService returns a Service publishing to exchange.
-// defaultRateLimit is each tenant's publish limit in messages per second per replica unless it has its own
-// (0: unlimited).
-func NewService(db *bun.DB, publisher *broker.Publisher, exchange string, dir events.TenantDirectory, defaultRateLimit float64, m *Metrics, log *zap.Logger) *Service {
-	return &Service{db: db, publisher: publisher, exchange: exchange, dir: dir, view: newView(defaultRateLimit),
-		coal: coalescers{tenants: map[uuid.UUID]*coalescer{}}, metrics: m, log: log.Named("messaging")}
+// ServiceParams are the Service's dependencies, as fx fills them; outside fx (in tests) a literal works too.
+type ServiceParams struct {
+	fx.In
+
+	DB        *bun.DB
+	Publisher *broker.Publisher
+	Directory events.TenantDirectory
+	// Config gives the exchange messages are published to (AMQPExchange) and each tenant's publish limit in
+	// messages per second per replica unless it has its own (RateLimitDefault; 0: unlimited).
+	Config  config.Config
+	Metrics *Metrics
+	Log     *zap.Logger
+}
+
+// NewService returns a Service publishing to the configured exchange.
+func NewService(p ServiceParams) *Service {
+	return &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
+		view: newView(p.Config.RateLimitDefault), coal: coalescers{tenants: map[uuid.UUID]*coalescer{}}, metrics: p.Metrics,
+		log: p.Log.Named("messaging")}
 }
 
 // LoadView fills the in-memory tenant view from the directory.
