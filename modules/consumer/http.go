@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/auth"
+	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
 	"github.com/acme/msgsvc/platform/pagination"
 	"github.com/acme/msgsvc/platform/problem"
@@ -53,7 +54,7 @@ func (h *Handlers) tenant(w http.ResponseWriter, r *http.Request) (uuid.UUID, bo
 		if err != nil {
 			err = problem.Dependency(err)
 		} else if !ok {
-			err = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
+			err = events.ErrTenantNotFound
 		}
 	}
 	if err != nil {

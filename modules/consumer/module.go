@@ -4,11 +4,8 @@ import (
 	"context"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/uptrace/bun"
 	"go.uber.org/fx"
-	"go.uber.org/zap"
 
-	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
@@ -20,14 +17,11 @@ import (
 var Module = fx.Module("consumer",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
-		func(db *bun.DB, conn *broker.Conn, p *broker.Publisher, dir events.TenantDirectory, c config.Config, m *Metrics, log *zap.Logger) *DeadLetters {
-			return NewDeadLetters(db, conn, p, dir, OptionsFrom(c), m, log)
-		},
-		func(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, place *cluster.Membership, c config.Config, m *Metrics, dl *DeadLetters, log *zap.Logger) *Runtime {
-			r := NewRuntime(conn, pool, p, h, dir, place, OptionsFrom(c), m, log)
-			r.UseDeadLetters(dl)
-			return r
-		},
+		OptionsFrom,
+		// The cluster's membership places the tenants on the replicas.
+		func(m *cluster.Membership) Placement { return m },
+		NewDeadLetters,
+		NewRuntime,
 		func(r *Runtime) events.ConsumerStates { return r },
 		httpserver.AsRoutes(NewHandlers),
 	),

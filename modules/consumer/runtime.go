@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/fx"
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
@@ -66,7 +67,7 @@ type Runtime struct {
 	opts      Options
 	log       *zap.Logger
 	metrics   *Metrics
-	dead      *DeadLetters // set by the module (UseDeadLetters)
+	dead      *DeadLetters
 
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
@@ -83,13 +84,31 @@ type Runtime struct {
 	firstOnce   sync.Once
 }
 
-// NewRuntime returns a runtime; Start brings the consumers of the tenants it owns up. A nil place makes this
-// replica own every tenant.
-func NewRuntime(conn *broker.Conn, pool *broker.ConsumerPool, p *broker.Publisher, h Handler, dir events.TenantDirectory, place Placement, opts Options, m *Metrics, log *zap.Logger) *Runtime {
+// RuntimeParams are the Runtime's dependencies, as fx fills them.
+type RuntimeParams struct {
+	fx.In
+
+	Conn      *broker.Conn
+	Pool      *broker.ConsumerPool
+	Publisher *broker.Publisher
+	Handler   Handler
+	Directory events.TenantDirectory
+	// Placement tells which tenants this replica owns; without one (nil) it owns every tenant.
+	Placement   Placement    `optional:"true"`
+	DeadLetters *DeadLetters // where the consumers dead-letter
+	Options     Options
+	Metrics     *Metrics
+	Log         *zap.Logger
+}
+
+// NewRuntime returns a runtime; Start brings the consumers of the tenants it owns up.
+func NewRuntime(p RuntimeParams) *Runtime {
+	place, opts := p.Placement, p.Options
 	if place == nil {
 		place = alone(opts.ReplicaID)
 	}
-	r := &Runtime{conn: conn, pool: pool, place: place, publisher: p, handler: h, dir: dir, opts: opts, metrics: m, log: log.Named("consumer"),
+	r := &Runtime{conn: p.Conn, pool: p.Pool, place: place, publisher: p.Publisher, handler: p.Handler, dir: p.Directory,
+		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{})}
 	place.OnChange(r.Kick)
@@ -173,7 +192,7 @@ func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 	defer r.mu.Unlock()
 	tc := r.consumers[id]
 	if tc == nil && create && !r.closed {
-		tc = &tenantConsumer{rt: r, id: id}
+		tc = &tenantConsumer{rt: r, id: id, log: r.log.With(zap.String("tenant_id", id.String()))}
 		r.consumers[id] = tc
 	}
 	return tc
@@ -210,7 +229,7 @@ func (r *Runtime) recordStart(tc *tenantConsumer, err error) {
 	if !was {
 		r.metrics.failing.Inc()
 	}
-	r.log.Warn("tenant consumer failed to start; reconciliation retries it", zap.String("tenant_id", tc.id.String()), zap.Error(err))
+	tc.log.Warn("tenant consumer failed to start; reconciliation retries it", zap.Error(err))
 }
 
 // Stop drains and stops the tenant's consumer and forgets it.

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/fx"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/acme/msgsvc/modules/consumer"
 	"github.com/acme/msgsvc/test/testenv"
@@ -196,4 +197,20 @@ func TestStopsUnderLoadKeepTheConnection(t *testing.T) {
 	}, "all %d messages stored", len(ids))
 	require.Empty(t, a.Logs.FilterMessageSnippet("reconnect").All(), "a connection or channel was lost during the stops")
 	require.Empty(t, a.Logs.FilterLevelExact(zapcore.ErrorLevel).All(), "errors were logged")
+
+	// The tenant consumer's log lines, its own and go-rabbitmq's, name the tenant once each.
+	consumerLogs := a.Logs.Filter(func(e observer.LoggedEntry) bool { return e.LoggerName == "consumer" })
+	for _, msg := range []string{"consumer started", "consumer stopped", "Processing messages on"} {
+		entries := consumerLogs.FilterMessageSnippet(msg).All()
+		require.NotEmpty(t, entries, "no %q line was logged", msg)
+		for _, e := range entries {
+			var named []string
+			for _, f := range e.Context {
+				if f.Key == "tenant_id" {
+					named = append(named, f.String)
+				}
+			}
+			require.Equal(t, []string{tenant}, named, "tenant_id of %q", e.Message)
+		}
+	}
 }

@@ -26,8 +26,9 @@ import (
 // batches finish and are acked, the deliveries not started yet are returned to the queue) and starts a new one
 // with the new size and prefetch. The queue itself is never touched.
 type tenantConsumer struct {
-	rt *Runtime
-	id uuid.UUID
+	rt  *Runtime
+	id  uuid.UUID
+	log *zap.Logger // the runtime's logger with tenant_id bound
 
 	mu  sync.Mutex // serialises start, resize and stop
 	gen *generation
@@ -90,7 +91,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		done: make(chan struct{}), stopped: make(chan struct{})}
 	g.acks = newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
 		if err := ch.Ack(tag, multiple); err != nil {
-			rt.log.Warn("could not ack stored deliveries; the broker will redeliver them", zap.String("tenant_id", tc.id.String()),
+			tc.log.Warn("could not ack stored deliveries; the broker will redeliver them",
 				zap.Uint64("delivery_tag", tag), zap.Bool("multiple", multiple), zap.Error(err))
 		}
 	}).withDelay(rt.opts.AckDelay, prefetch/2, func(send func()) {
@@ -108,7 +109,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(startLogger{Logger: broker.Logger(rt.log.With(zap.String("tenant_id", tc.id.String()))), consuming: consuming}),
+		rabbitmq.WithConsumerOptionsLogger(startLogger{Logger: broker.Logger(tc.log), consuming: consuming}),
 	)
 	if err != nil {
 		lease.Release()
@@ -145,7 +146,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
 	rt.metrics.restarts.WithLabelValues(reason).Inc()
-	rt.log.Info("consumer started", zap.String("tenant_id", tc.id.String()), zap.Int("workers", workers),
+	tc.log.Info("consumer started", zap.Int("workers", workers),
 		zap.Int("prefetch", prefetch), zap.String("reason", reason))
 	return nil
 }
@@ -169,8 +170,7 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	select {
 	case <-workersDone:
 	case <-ctx.Done():
-		rt.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it",
-			zap.String("tenant_id", tc.id.String()))
+		tc.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it")
 	}
 	// Acks still waiting behind a delivery held for the close go now, one by one.
 	g.chanMu.RLock()
@@ -192,7 +192,7 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	g.lease.Release()
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Sub(float64(g.workers))
 	rt.metrics.running.Dec()
-	rt.log.Info("consumer stopped", zap.String("tenant_id", tc.id.String()), zap.Int("workers", g.workers), zap.String("reason", reason))
+	tc.log.Info("consumer stopped", zap.Int("workers", g.workers), zap.String("reason", reason))
 }
 
 // ensure makes a generation with workers run: it starts one when none is alive and replaces one of another size.
@@ -343,14 +343,14 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			case errors.As(err, &failed):
 				// Messages of an envelope that can never be stored; the others are stored. Each failed one becomes
 				// a dead letter of its own, and the envelope is acked with them.
-				rt.log.Warn("messages of an envelope can never be stored; dead-lettering them", zap.String("tenant_id", tc.id.String()),
+				tc.log.Warn("messages of an envelope can never be stored; dead-lettering them",
 					zap.Int("messages", len(failed.Items)), zap.Error(err))
 				dead = append(dead, d)
 				for _, it := range failed.Items {
 					deadRows = append(deadRows, rowFor(tc.id, it.Delivery, ReasonUndecodable, it.Err.Error(), attempts(d.Delivery)+1))
 				}
 			case broker.IsPermanent(err):
-				rt.log.Warn("delivery can never be stored; dead-lettering it", zap.String("tenant_id", tc.id.String()),
+				tc.log.Warn("delivery can never be stored; dead-lettering it",
 					zap.String("message_id", d.MessageId), zap.Error(err))
 				dead = append(dead, d)
 				deadRows = append(deadRows, rowsFor(tc.id, d.Delivery, ReasonUndecodable, err.Error(), attempts(d.Delivery)+1)...)
@@ -374,13 +374,13 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			return
 		}
 		if time.Now().Add(backoff).After(deadline) {
-			rt.log.Warn("store keeps failing; putting the deliveries back with their attempts counted", zap.String("tenant_id", tc.id.String()),
+			tc.log.Warn("store keeps failing; putting the deliveries back with their attempts counted",
 				zap.Int("deliveries", len(remaining)), zap.Int("attempts", attempt), zap.Error(lastErr))
 			tc.exhausted(g, remaining, lastErr)
 			return
 		}
 		if attempt == 1 || attempt%10 == 0 {
-			rt.log.Warn("store failed; retrying with backoff", zap.String("tenant_id", tc.id.String()),
+			tc.log.Warn("store failed; retrying with backoff",
 				zap.Int("deliveries", len(remaining)), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(lastErr))
 		}
 		rt.metrics.retried.WithLabelValues(label).Add(float64(len(remaining)))
@@ -436,7 +436,7 @@ func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastE
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := rt.publisher.PublishAll(ctx, msgs); err != nil {
-		rt.log.Warn("could not republish deliveries for another try; returning them to the queue", zap.String("tenant_id", tc.id.String()),
+		tc.log.Warn("could not republish deliveries for another try; returning them to the queue",
 			zap.Int("deliveries", len(again)), zap.Error(err))
 		for _, d := range again {
 			tc.settle(g, d, func() error { return d.Nack(false, true) })
@@ -452,42 +452,6 @@ func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastE
 
 const maxBackoff = 5 * time.Second
 
-// rowsFor describes a delivery as dead letters: one row, or one per message of an envelope (so that each is
-// found, listed and replayed by its own id). An envelope that cannot be read is one row of its raw body.
-func rowsFor(tenant uuid.UUID, d amqp.Delivery, reason, lastErr string, attempts int) []deadRow {
-	if broker.IsEnvelope(d) {
-		if parts, err := broker.Unpack(d); err == nil {
-			rows := make([]deadRow, len(parts))
-			for i, p := range parts {
-				rows[i] = rowFor(tenant, p, reason, lastErr, attempts)
-			}
-			return rows
-		}
-	}
-	return []deadRow{rowFor(tenant, d, reason, lastErr, attempts)}
-}
-
-// deadLetter stores ds (described by rows, one or more per delivery) in the dead_letters table in one insert and acks them after the
-// commit. While the database refuses, it retries with backoff like a store; when the generation stops first,
-// it gives the deliveries back to the queue, so a dead letter is never lost nor dropped without its reason.
-func (tc *tenantConsumer) deadLetter(g *generation, ds []rabbitmq.Delivery, rows []deadRow) {
-	rt := tc.rt
-	label := rt.metrics.tenant(tc.id)
-	if !rt.dead.store(rows, g.stopped, g.stopping.Load) {
-		for _, d := range ds {
-			tc.settle(g, d, func() error { return d.Nack(false, true) })
-		}
-		rt.metrics.requeued.WithLabelValues(label, "stopping").Add(float64(len(ds)))
-		return
-	}
-	for _, d := range ds {
-		tc.settle(g, d, func() error { return d.Ack(false) })
-	}
-	for _, r := range rows {
-		rt.metrics.deadLettered.WithLabelValues(label, r.reason).Inc()
-	}
-}
-
 // settle acks, nacks or rejects d with fn unless the generation's channel is closed or closing (its close
 // returns d to the queue), and logs a failure: the channel closed (a broker restart), and the broker
 // redelivers the message, which idempotent storage absorbs.
@@ -498,7 +462,7 @@ func (tc *tenantConsumer) settle(g *generation, d rabbitmq.Delivery, fn func() e
 		return
 	}
 	if err := fn(); err != nil {
-		tc.rt.log.Warn("could not settle delivery; the broker will redeliver it", zap.String("tenant_id", tc.id.String()),
+		tc.log.Warn("could not settle delivery; the broker will redeliver it",
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}
 	g.acks.settled(d.Delivery)

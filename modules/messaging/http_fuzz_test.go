@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/auth"
+	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
 )
@@ -32,7 +33,8 @@ func (noTenants) Tenant(context.Context, uuid.UUID) (events.Tenant, bool, error)
 // handlers, an admin caller and small body limits, so that the fuzzer reaches them.
 func fuzzServer() http.Handler {
 	reg := prometheus.NewRegistry()
-	svc := NewService(nil, nil, "msgsvc.messages", noTenants{}, 0, NewMetrics(reg, true), zap.NewNop())
+	svc := NewService(ServiceParams{Directory: noTenants{}, Config: config.Config{AMQPExchange: "msgsvc.messages"},
+		Metrics: NewMetrics(reg, true), Log: zap.NewNop()})
 	admin := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			next.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), auth.Principal{Admin: true})))

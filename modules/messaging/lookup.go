@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/acme/msgsvc/platform/auth"
+	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/problem"
 )
 
@@ -168,7 +169,7 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 		return Stats{}, problem.Dependency(err)
 	}
 	if !ok {
-		return Stats{}, ErrTenantNotFound
+		return Stats{}, events.ErrTenantNotFound
 	}
 	st := Stats{TenantID: tenantID, Workers: t.Concurrency, RateLimit: s.view.defaultLimit, RateLimitDefault: t.RateLimit == nil}
 	if t.RateLimit != nil {

@@ -9,7 +9,6 @@ import (
 	"go.uber.org/fx"
 	"go.uber.org/zap"
 
-	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
@@ -21,12 +20,7 @@ import (
 var Module = fx.Module("messaging",
 	fx.Provide(
 		func(reg prometheus.Registerer, c config.Config) *Metrics { return NewMetrics(reg, c.MetricsPerTenant) },
-		func(db *bun.DB, p *broker.Publisher, c config.Config, dir events.TenantDirectory, m *Metrics, log *zap.Logger) *Service {
-			s := NewService(db, p, c.AMQPExchange, dir, c.RateLimitDefault, m, log)
-			s.coal.linger = c.PublishLinger
-			s.stores.maxRunning = c.StoreInsertsInFlight
-			return s
-		},
+		NewService,
 		httpserver.AsRoutes(func(s *Service, c config.Config) *Handlers { return NewHandlers(s, c.HTTPMaxBatchBodyBytes) }),
 		httpserver.AsRoutes(NewLookupHandlers),
 		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {

@@ -138,7 +138,7 @@ func (h *Handlers) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !auth.CanAccessTenant(r.Context(), id) {
-		problem.Write(w, r, ErrNotFound)
+		problem.Write(w, r, events.ErrTenantNotFound)
 		return
 	}
 	t, err := h.svc.Get(r.Context(), id)

@@ -26,12 +26,12 @@ func (r *Repository) Insert(ctx context.Context, tx bun.IDB, t *Tenant) error {
 	return err
 }
 
-// Get returns the tenant with id, or ErrNotFound.
+// Get returns the tenant with id, or events.ErrTenantNotFound.
 func (r *Repository) Get(ctx context.Context, id uuid.UUID) (Tenant, error) {
 	var t Tenant
 	err := r.db.NewSelect().Model(&t).Where("id = ?", id).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
-		return t, ErrNotFound
+		return t, events.ErrTenantNotFound
 	}
 	return t, err
 }
@@ -42,18 +42,18 @@ func (r *Repository) List(ctx context.Context, after *pagination.Cursor, limit i
 	return ts, pagination.Apply(r.db.NewSelect().Model(&ts), after, limit).Scan(ctx)
 }
 
-// SetConcurrency updates a tenant's worker count and returns the updated tenant, or ErrNotFound.
+// SetConcurrency updates a tenant's worker count and returns the updated tenant, or events.ErrTenantNotFound.
 func (r *Repository) SetConcurrency(ctx context.Context, id uuid.UUID, workers int) (Tenant, error) {
 	var t Tenant
 	err := r.db.NewUpdate().Model(&t).Set("concurrency_config = ?", workers).Set("updated_at = now()").
 		Where("id = ?", id).Returning("*").Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
-		return t, ErrNotFound
+		return t, events.ErrTenantNotFound
 	}
 	return t, err
 }
 
-// Delete removes the tenant's row; it returns ErrNotFound when there was none, so of concurrent deletes
+// Delete removes the tenant's row; it returns events.ErrTenantNotFound when there was none, so of concurrent deletes
 // exactly one succeeds.
 func (r *Repository) Delete(ctx context.Context, id uuid.UUID) error {
 	res, err := r.db.NewDelete().Model((*Tenant)(nil)).Where("id = ?", id).Exec(ctx)
@@ -61,7 +61,7 @@ func (r *Repository) Delete(ctx context.Context, id uuid.UUID) error {
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
+		return events.ErrTenantNotFound
 	}
 	return nil
 }
@@ -82,7 +82,7 @@ func (r *Repository) Tenants(ctx context.Context) ([]events.Tenant, error) {
 // Tenant implements events.TenantDirectory.
 func (r *Repository) Tenant(ctx context.Context, id uuid.UUID) (events.Tenant, bool, error) {
 	t, err := r.Get(ctx, id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, events.ErrTenantNotFound) {
 		return events.Tenant{}, false, nil
 	}
 	if err != nil {
@@ -133,13 +133,13 @@ func (r *Repository) KeyHash(ctx context.Context, keyID string) (uuid.UUID, []by
 	return row.TenantID, row.Hash, true, nil
 }
 
-// SetRateLimit updates a tenant's rate limit (nil: the default) and returns the updated tenant, or ErrNotFound.
+// SetRateLimit updates a tenant's rate limit (nil: the default) and returns the updated tenant, or events.ErrTenantNotFound.
 func (r *Repository) SetRateLimit(ctx context.Context, id uuid.UUID, limit *float64) (Tenant, error) {
 	var t Tenant
 	err := r.db.NewUpdate().Model(&t).Set("rate_limit = ?", limit).Set("updated_at = now()").
 		Where("id = ?", id).Returning("*").Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
-		return t, ErrNotFound
+		return t, events.ErrTenantNotFound
 	}
 	return t, err
 }

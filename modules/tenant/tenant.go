@@ -117,6 +117,3 @@ func (l Limits) validateConcurrency(field string, n *int, required bool) (int, e
 
 // ErrKeyNotFound is the answer for revoking a key the tenant does not have (or already revoked).
 var ErrKeyNotFound = problem.New(problem.KindNotFound, "api-key-not-found", "the tenant has no such active API key")
-
-// ErrNotFound is the answer for a tenant that does not exist.
-var ErrNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")

@@ -6,6 +6,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+
+	"github.com/acme/msgsvc/platform/problem"
 )
 
 // Tenant is the part of a tenant that subscribers of tenant events need.
@@ -75,3 +77,8 @@ type TenantDirectory interface {
 	// Tenant returns one tenant; ok is false when it does not exist.
 	Tenant(ctx context.Context, id uuid.UUID) (t Tenant, ok bool, err error)
 }
+
+// ErrTenantNotFound is the answer for a tenant that does not exist (404 tenant-not-found), the same in every
+// module: the tenant API, publishing and reading messages, and the dead-letter API. Another tenant's key gets
+// it too, so that a key cannot tell which tenants exist.
+var ErrTenantNotFound = problem.New(problem.KindNotFound, "tenant-not-found", "no tenant with this id")
