@@ -91,6 +91,32 @@ func deliveryCount(h amqp.Table) int64 {
 // Start declares the shared dead-letter queue, binds it for every tenant, consumes it, and moves what older
 // versions left in per-tenant dead-letter queues into the table (in the background).
 func (s *DeadLetters) Start(ctx context.Context) error {
+	if err := broker.Retry(ctx, s.log, "consuming the dead-letter queue", s.consume); err != nil {
+		return err
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			select {
+			case <-s.stopped:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		if err := s.adoptTenants(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("moving old dead-letter queues into the table failed; the next start retries", zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// consume declares the shared dead-letter queue and consumes it until Stop. When the consume fails at once
+// (RabbitMQ 3.10 closes the connection when it reaches a quorum queue another replica declared an instant
+// before), it consumes again, in the background, once the connection is back.
+func (s *DeadLetters) consume(ctx context.Context) error {
 	if err := s.conn.DeclareQueues(ctx, s.opts.deadQueue()); err != nil {
 		return fmt.Errorf("consumer: declare the dead-letter queue: %w", err)
 	}
@@ -106,17 +132,21 @@ func (s *DeadLetters) Start(ctx context.Context) error {
 		return fmt.Errorf("consumer: consume the dead-letter queue: %w", err)
 	}
 	s.mu.Lock()
+	if s.stopping.Load() { // Stop came first: it will not close this one
+		s.mu.Unlock()
+		c.Close()
+		return nil
+	}
 	s.c = c
 	s.mu.Unlock()
-	s.bg.Add(2)
+	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		if err := c.Run(s.handle); err != nil {
-			s.log.Warn("dead-letter queue consumer stopped", zap.Error(err))
+		err := c.Run(s.handle)
+		if err == nil || s.stopping.Load() {
+			return
 		}
-	}()
-	go func() {
-		defer s.bg.Done()
+		c.Close()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go func() {
@@ -126,9 +156,7 @@ func (s *DeadLetters) Start(ctx context.Context) error {
 			case <-ctx.Done():
 			}
 		}()
-		if err := s.adoptTenants(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("moving old dead-letter queues into the table failed; the next start retries", zap.Error(err))
-		}
+		_ = broker.Retry(ctx, s.log, "consuming the dead-letter queue (after: "+err.Error()+")", s.consume)
 	}()
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -80,6 +81,10 @@ func (r *Relay) send(ctx context.Context, name string, e any) error {
 
 // Start declares the fanout exchange and consumes this replica's queue.
 func (r *Relay) Start(ctx context.Context) error {
+	return broker.Retry(ctx, r.log, "cluster events: consuming this replica's queue", r.start)
+}
+
+func (r *Relay) start(ctx context.Context) error {
 	if err := r.conn.DeclareExchange(ctx, r.exchange, amqp.ExchangeFanout); err != nil {
 		return fmt.Errorf("cluster: declare exchange: %w", err)
 	}
@@ -97,11 +102,11 @@ func (r *Relay) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: consumer: %w", err)
 	}
-	r.consumer = c
 	errc := make(chan error, 1)
+	var started atomic.Bool
 	go func() {
 		err := c.Run(r.receive)
-		if err != nil {
+		if err != nil && started.Load() {
 			r.log.Error("cluster events: consuming this replica's queue failed; events from other replicas are not applied until a restart (the periodic reconciliation and view refresh still catch up)",
 				zap.String("queue", queue), zap.Error(err))
 		}
@@ -117,6 +122,8 @@ func (r *Relay) Start(ctx context.Context) error {
 	case <-ctx.Done():
 	case <-time.After(100 * time.Millisecond):
 	}
+	r.consumer = c
+	started.Store(true)
 	return nil
 }
 
