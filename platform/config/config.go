@@ -174,7 +174,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
 		ConsumerLinger:            r.durOrZero("CONSUMER_LINGER", 2*time.Millisecond),
 		ConsumerAckDelay:          r.durOrZero("CONSUMER_ACK_DELAY", 0),
-		StoreInsertsInFlight:      r.int("STORE_INSERTS_IN_FLIGHT", 2, 1, 1000),
+		StoreInsertsInFlight:      r.int("STORE_INSERTS_IN_FLIGHT", 1, 1, 1000),
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
