@@ -97,20 +97,26 @@ func (s *DeadLetters) Start(ctx context.Context) error {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := s.untilStopped()
 		defer cancel()
-		go func() {
-			select {
-			case <-s.stopped:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		if err := s.adoptTenants(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("moving old dead-letter queues into the table failed; the next start retries", zap.Error(err))
 		}
 	}()
 	return nil
+}
+
+// untilStopped is a context that ends with Stop.
+func (s *DeadLetters) untilStopped() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-s.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // consume declares the shared dead-letter queue and consumes it until Stop. When the consume fails at once
@@ -147,15 +153,8 @@ func (s *DeadLetters) consume(ctx context.Context) error {
 			return
 		}
 		c.Close()
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := s.untilStopped()
 		defer cancel()
-		go func() {
-			select {
-			case <-s.stopped:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		_ = broker.Retry(ctx, s.log, "consuming the dead-letter queue (after: "+err.Error()+")", s.consume)
 	}()
 	return nil
