@@ -1,9 +1,7 @@
 package consumer
 
 import (
-	"sync"
 	"testing"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
@@ -76,33 +74,4 @@ func TestAckerForgetsAnEarlierChannel(t *testing.T) {
 	require.Empty(t, *out, "deliveries of a closed channel cannot be acked")
 	a.stored(deliveries(cur, 1))
 	require.Equal(t, []sent{{"new", 1, true}}, *out)
-}
-
-func TestAckerWithDelayCoversLaterStoresInOneAck(t *testing.T) {
-	var mu sync.Mutex
-	var out []sent
-	a := newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		out = append(out, sent{ch.(*channelStub).name, tag, multiple})
-	}).withDelay(50*time.Millisecond, 4, func(f func()) { f() })
-	acks := func() []sent { mu.Lock(); defer mu.Unlock(); return append([]sent(nil), out...) }
-	ch := &channelStub{name: "c1"}
-	for _, d := range deliveries(ch, 1, 2, 3, 4, 5, 6, 7, 8) {
-		a.register(d, false)
-	}
-	a.stored(deliveries(ch, 1))
-	a.stored(deliveries(ch, 2))
-	require.Empty(t, acks(), "the due ack waits for the delay")
-	require.Eventually(t, func() bool { return len(acks()) == 1 }, 5*time.Second, time.Millisecond)
-	require.Equal(t, []sent{{"c1", 2, true}}, acks(), "one multiple ack covers both stores")
-
-	a.stored(deliveries(ch, 3, 4, 5, 6)) // maxDue stored deliveries wait: no delay
-	require.Equal(t, sent{"c1", 6, true}, acks()[1])
-
-	a.stored(deliveries(ch, 7))
-	a.flush() // a stopping generation sends what waits
-	require.Equal(t, sent{"c1", 7, true}, acks()[2])
-	time.Sleep(100 * time.Millisecond)
-	require.Len(t, acks(), 3, "the stopped timer sends nothing more")
 }

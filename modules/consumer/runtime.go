@@ -24,7 +24,6 @@ type Options struct {
 	PrefetchPerWorker int
 	BatchSize         int           // deliveries a worker stores in one insert at most
 	Linger            time.Duration // how long a worker of a busy tenant waits to fill its batch (0: never)
-	AckDelay          time.Duration // how long a due ack waits to cover later stored deliveries too (0: never)
 	RetryInitial      time.Duration
 	RetryBudget       time.Duration
 	DrainTimeout      time.Duration

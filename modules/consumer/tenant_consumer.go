@@ -94,12 +94,6 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 			tc.log.Warn("could not ack stored deliveries; the broker will redeliver them",
 				zap.Uint64("delivery_tag", tag), zap.Bool("multiple", multiple), zap.Error(err))
 		}
-	}).withDelay(rt.opts.AckDelay, prefetch/2, func(send func()) {
-		g.chanMu.RLock()
-		defer g.chanMu.RUnlock()
-		if !g.closed {
-			send()
-		}
 	})
 	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,

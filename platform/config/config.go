@@ -94,9 +94,6 @@ type Config struct {
 	// ConsumerLinger is how long a store worker of a busy tenant waits for more deliveries to fill its batch
 	// (CONSUMER_LINGER); 0 never waits.
 	ConsumerLinger time.Duration
-	// ConsumerAckDelay is how long the ack of stored deliveries waits to cover the next stored ones too, in one
-	// multiple ack (CONSUMER_ACK_DELAY); 0 acks at once.
-	ConsumerAckDelay time.Duration
 	// StoreInsertsInFlight is how many grouped inserts of the consumers run at once (STORE_INSERTS_IN_FLIGHT);
 	// the stores that come meanwhile, of any tenants, wait and go together as one insert.
 	StoreInsertsInFlight int
@@ -173,7 +170,6 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
 		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
 		ConsumerLinger:            r.durOrZero("CONSUMER_LINGER", 2*time.Millisecond),
-		ConsumerAckDelay:          r.durOrZero("CONSUMER_ACK_DELAY", 0),
 		StoreInsertsInFlight:      r.int("STORE_INSERTS_IN_FLIGHT", 1, 1, 1000),
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
