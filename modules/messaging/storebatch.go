@@ -64,9 +64,7 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 		r.bytes += len(m.Payload)
 	}
 	if len(msgs) > maxGroupedRows || r.bytes > maxGroupedBytes {
-		n, err := b.insertOne(ctx, tenantID, msgs)
-		b.perInsert.Observe(float64(len(msgs)))
-		return n, err
+		return b.insertOne(ctx, tenantID, msgs)
 	}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
@@ -129,7 +127,6 @@ func (b *storeBatcher) exec(batch []*storeReq, rows int) {
 	}
 	for _, r := range batch {
 		n, err := b.insertOne(ctx, r.tenantID, r.msgs)
-		b.perInsert.Observe(float64(len(r.msgs)))
 		r.done <- storeRes{inserted: n, err: err}
 	}
 }
@@ -142,16 +139,29 @@ SELECT m.id::uuid, $1::uuid, m.payload::jsonb, m.created_at::timestamptz
 FROM unnest($2::text[], $3::text[], $4::text[]) AS m(id, payload, created_at)
 ON CONFLICT (tenant_id, id) DO NOTHING`
 
-func (b *storeBatcher) insertOne(ctx context.Context, tenantID uuid.UUID, msgs []Message) (int64, error) {
-	ids := make([]string, len(msgs))
-	payloads := make([]string, len(msgs))
-	created := make([]string, len(msgs))
-	for i, m := range msgs {
-		ids[i] = m.ID.String()
-		payloads[i] = string(m.Payload)
-		created[i] = m.CreatedAt.UTC().Format(time.RFC3339Nano)
+// rowArrays are the array parameters of insertSQL and insertManySQL, one element per message.
+type rowArrays struct {
+	ids, payloads, created []string
+}
+
+func newRowArrays(rows int) rowArrays {
+	return rowArrays{ids: make([]string, 0, rows), payloads: make([]string, 0, rows), created: make([]string, 0, rows)}
+}
+
+func (a *rowArrays) add(msgs []Message) {
+	for _, m := range msgs {
+		a.ids = append(a.ids, m.ID.String())
+		a.payloads = append(a.payloads, string(m.Payload))
+		a.created = append(a.created, m.CreatedAt.UTC().Format(time.RFC3339Nano))
 	}
-	res, err := b.db.DB.ExecContext(ctx, insertSQL, tenantID.String(), ids, payloads, created)
+}
+
+// insertOne stores msgs of one tenant in one insert of their own.
+func (b *storeBatcher) insertOne(ctx context.Context, tenantID uuid.UUID, msgs []Message) (int64, error) {
+	b.perInsert.Observe(float64(len(msgs)))
+	a := newRowArrays(len(msgs))
+	a.add(msgs)
+	res, err := b.db.DB.ExecContext(ctx, insertSQL, tenantID.String(), a.ids, a.payloads, a.created)
 	if err != nil {
 		return 0, err
 	}
@@ -169,19 +179,15 @@ SELECT tenant_id, count(*) FROM ins GROUP BY tenant_id`
 
 func (b *storeBatcher) insertMany(ctx context.Context, batch []*storeReq, rows int) (map[uuid.UUID]int64, error) {
 	tenants := make([]string, 0, rows)
-	ids := make([]string, 0, rows)
-	payloads := make([]string, 0, rows)
-	created := make([]string, 0, rows)
+	a := newRowArrays(rows)
 	for _, r := range batch {
 		t := r.tenantID.String()
-		for _, m := range r.msgs {
+		for range r.msgs {
 			tenants = append(tenants, t)
-			ids = append(ids, m.ID.String())
-			payloads = append(payloads, string(m.Payload))
-			created = append(created, m.CreatedAt.UTC().Format(time.RFC3339Nano))
 		}
+		a.add(r.msgs)
 	}
-	res, err := b.db.DB.QueryContext(ctx, insertManySQL, tenants, ids, payloads, created)
+	res, err := b.db.DB.QueryContext(ctx, insertManySQL, tenants, a.ids, a.payloads, a.created)
 	if err != nil {
 		return nil, err
 	}
