@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 
@@ -28,19 +29,7 @@ func TestConcurrentPublishesShareEnvelopes(t *testing.T) {
 	tenant := a.CreateTenant("envelopes", 3)
 
 	const clients, each = 32, 25
-	ids := make(chan string, clients*each)
-	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				ids <- a.Publish(tenant, map[string]int{"client": c, "i": i})
-			}
-		}()
-	}
-	wg.Wait()
-	close(ids)
+	all := publishFromClients(a, clients, each, func(int, int) string { return tenant })
 
 	m := perPublishCount.FindStringSubmatch(scrape(t, a.URL))
 	require.NotNil(t, m, "msgsvc_messages_per_publish is exported")
@@ -49,13 +38,7 @@ func TestConcurrentPublishesShareEnvelopes(t *testing.T) {
 	t.Logf("%d messages in %d AMQP publishes", clients*each, publishes)
 
 	db := a.DB()
-	var all []uuid.UUID
-	for id := range ids {
-		all = append(all, uuid.MustParse(id))
-	}
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1)", all) == len(all)
-	}, "every accepted message is stored")
+	awaitStored(t, db, all, 30*time.Second, "every accepted message is stored")
 	require.Equal(t, len(all), testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", uuid.MustParse(tenant)),
 		"each once")
 	r := a.Do(http.MethodGet, "/api/v1/messages/"+all[len(all)/2].String()+"?tenant_id="+tenant, nil)
@@ -81,9 +64,7 @@ func TestEnvelopeWithAnUnstorableMessage(t *testing.T) {
 		amqp.Table{broker.HeaderEnvelope: int64(len(items))})
 
 	db := a.DB()
-	testenv.Eventually(t, 15*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1)", []uuid.UUID{good1, good2}) == 2
-	}, "the storable messages of the envelope are stored")
+	awaitStored(t, db, []uuid.UUID{good1, good2}, 15*time.Second, "the storable messages of the envelope are stored")
 	testenv.Eventually(t, 15*time.Second, func() bool {
 		return len(listDeadLetters(t, a, tenant, "").Data) == 1
 	}, "the unstorable message is dead-lettered")
@@ -101,4 +82,35 @@ func TestEnvelopeWithAnUnstorableMessage(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	_, ready, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(uuid.MustParse(tenant)))
 	require.Zero(t, ready, "the envelope was acked")
+}
+
+// publishFromClients publishes each messages from each of clients concurrent clients, client c's i-th to
+// tenantOf(c, i), and returns the ids answered 202.
+func publishFromClients(a *testenv.App, clients, each int, tenantOf func(c, i int) string) []uuid.UUID {
+	ids := make(chan string, clients*each)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				ids <- a.Publish(tenantOf(c, i), map[string]int{"client": c, "i": i})
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	var all []uuid.UUID
+	for id := range ids {
+		all = append(all, uuid.MustParse(id))
+	}
+	return all
+}
+
+// awaitStored waits until every message of ids is stored.
+func awaitStored(t *testing.T, db *pgx.Conn, ids []uuid.UUID, timeout time.Duration, msg string) {
+	t.Helper()
+	testenv.Eventually(t, timeout, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1)", ids) == len(ids)
+	}, msg)
 }

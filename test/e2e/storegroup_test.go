@@ -4,7 +4,6 @@ import (
 	"context"
 	"regexp"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,26 +49,8 @@ func TestStoresOfTenantsGroupedAndIsolated(t *testing.T) {
 		brokenIDs = append(brokenIDs, uuid.MustParse(a.Publish(broken, map[string]int{"i": i})))
 	}
 
-	ids := make(chan string, clients*each)
-	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				ids <- a.Publish(tenants[(c+i)%healthy], map[string]int{"client": c, "i": i})
-			}
-		}()
-	}
-	wg.Wait()
-	close(ids)
-	var all []uuid.UUID
-	for id := range ids {
-		all = append(all, uuid.MustParse(id))
-	}
-	testenv.Eventually(t, 60*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1)", all) == len(all)
-	}, "every message of the healthy tenants is stored while the broken tenant fails")
+	all := publishFromClients(a, clients, each, func(c, i int) string { return tenants[(c+i)%healthy] })
+	awaitStored(t, db, all, 60*time.Second, "every message of the healthy tenants is stored while the broken tenant fails")
 	require.Equal(t, len(all), testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id <> $1", brokenID), "each once")
 
 	metrics := scrape(t, a.URL)
@@ -86,7 +67,5 @@ func TestStoresOfTenantsGroupedAndIsolated(t *testing.T) {
 
 	_, err = db.Exec(context.Background(), "CREATE TABLE "+part+" PARTITION OF messages FOR VALUES IN ('"+broken+"')")
 	require.NoError(t, err)
-	testenv.Eventually(t, 60*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1)", brokenIDs) == len(brokenIDs)
-	}, "the broken tenant's messages are stored once its partition is back")
+	awaitStored(t, db, brokenIDs, 60*time.Second, "the broken tenant's messages are stored once its partition is back")
 }
