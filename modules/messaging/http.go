@@ -1,6 +1,7 @@
 package messaging
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -52,12 +53,14 @@ type MessagePage = pagination.Page[Message]
 //	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
 //	@Router			/api/v1/messages [post]
 func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start
+	defer cancel()
 	var req PublishRequest
 	if err := httpserver.DecodeJSON(r, &req); err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	a, err := h.svc.Publish(r.Context(), req, r.Header.Get("Idempotency-Key"))
+	a, err := h.svc.Publish(ctx, req, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		problem.Write(w, r, err)
 		return
@@ -86,12 +89,14 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 //	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
 //	@Router			/api/v1/messages/batch [post]
 func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start
+	defer cancel()
 	var req BatchRequest
 	if err := httpserver.DecodeJSONLimit(r, &req, h.maxBatchBytes); err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	a, err := h.svc.PublishBatch(r.Context(), req, r.Header.Get("Idempotency-Key"))
+	a, err := h.svc.PublishBatch(ctx, req, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		problem.Write(w, r, err)
 		return
