@@ -135,8 +135,11 @@ func checkIdempotencyKey(key string) error {
 // publish sends the messages to the tenant's queue and waits for every confirm, PUBLISH_CONFIRM_TIMEOUT at most
 // in all (less when ctx ends sooner: the HTTP handlers start it with the request).
 func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt time.Time, ids []uuid.UUID, payloads []json.RawMessage) error {
-	ctx, cancel := context.WithTimeout(ctx, s.publishTimeout)
-	defer cancel()
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > s.publishTimeout { // the handlers set it already
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.publishTimeout)
+		defer cancel()
+	}
 	if err := s.checkTenant(ctx, tenantID); err != nil {
 		return err
 	}
