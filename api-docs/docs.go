@@ -95,7 +95,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. An admin key or the tenant's own key (another tenant answers 404). With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.",
+                "description": "Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it, within PUBLISH_CONFIRM_TIMEOUT of the request's start. An admin key or the tenant's own key (another tenant answers 404). With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once. A message not yet handed to RabbitMQ when its request ends (client gone, deadline) is never sent.",
                 "consumes": [
                     "application/json"
                 ],
@@ -168,7 +168,7 @@ const docTemplate = `{
                         }
                     },
                     "503": {
-                        "description": "RabbitMQ did not confirm in time",
+                        "description": "broker-unavailable: no confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); publish-queue-full: PUBLISH_MAX_PENDING of the tenant's publishes wait. The detail says whether the message was not sent or may still be stored; retry with the same Idempotency-Key (Retry-After)",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -256,7 +256,7 @@ const docTemplate = `{
                         }
                     },
                     "503": {
-                        "description": "RabbitMQ did not confirm in time",
+                        "description": "broker-unavailable: not every confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm). Unless the detail says nothing was sent, some messages may be stored: retry with the same Idempotency-Key",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }

@@ -1,6 +1,7 @@
 package messaging
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -35,7 +36,7 @@ type MessagePage = pagination.Page[Message]
 //
 //	@Summary		Publish a message
 //	@ID				publishMessage
-//	@Description	Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it. An admin key or the tenant's own key (another tenant answers 404). With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once.
+//	@Description	Publishes the payload persistently to the tenant's queue and answers 202 only once RabbitMQ confirmed it, within PUBLISH_CONFIRM_TIMEOUT of the request's start. An admin key or the tenant's own key (another tenant answers 404). With an Idempotency-Key header the message id is derived from the tenant and the key, so a retried request is stored once. A message not yet handed to RabbitMQ when its request ends (client gone, deadline) is never sent.
 //	@Tags			messages
 //	@Accept			json
 //	@Produce		json
@@ -49,15 +50,17 @@ type MessagePage = pagination.Page[Message]
 //	@Failure		413				{object}	problem.Details	"body too large"
 //	@Failure		415				{object}	problem.Details	"not JSON"
 //	@Failure		429				{object}	problem.Details	"the tenant's rate limit is exceeded (Retry-After)"
-//	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
+//	@Failure		503				{object}	problem.Details	"broker-unavailable: no confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); publish-queue-full: PUBLISH_MAX_PENDING of the tenant's publishes wait. The detail says whether the message was not sent or may still be stored; retry with the same Idempotency-Key (Retry-After)"
 //	@Router			/api/v1/messages [post]
 func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start
+	defer cancel()
 	var req PublishRequest
 	if err := httpserver.DecodeJSON(r, &req); err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	a, err := h.svc.Publish(r.Context(), req, r.Header.Get("Idempotency-Key"))
+	a, err := h.svc.Publish(ctx, req, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		problem.Write(w, r, err)
 		return
@@ -83,15 +86,17 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 //	@Failure		413				{object}	problem.Details	"body too large (HTTP_MAX_BATCH_BODY_BYTES)"
 //	@Failure		415				{object}	problem.Details	"not JSON"
 //	@Failure		429				{object}	problem.Details	"the tenant's rate limit is exceeded (Retry-After)"
-//	@Failure		503				{object}	problem.Details	"RabbitMQ did not confirm in time"
+//	@Failure		503				{object}	problem.Details	"broker-unavailable: not every confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm). Unless the detail says nothing was sent, some messages may be stored: retry with the same Idempotency-Key"
 //	@Router			/api/v1/messages/batch [post]
 func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start
+	defer cancel()
 	var req BatchRequest
 	if err := httpserver.DecodeJSONLimit(r, &req, h.maxBatchBytes); err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	a, err := h.svc.PublishBatch(r.Context(), req, r.Header.Get("Idempotency-Key"))
+	a, err := h.svc.PublishBatch(ctx, req, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		problem.Write(w, r, err)
 		return

@@ -132,8 +132,14 @@ func checkIdempotencyKey(key string) error {
 	return nil
 }
 
-// publish sends the messages to the tenant's queue and waits for every confirm.
+// publish sends the messages to the tenant's queue and waits for every confirm, PUBLISH_CONFIRM_TIMEOUT at most
+// in all (less when ctx ends sooner: the HTTP handlers start it with the request).
 func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt time.Time, ids []uuid.UUID, payloads []json.RawMessage) error {
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > s.publishTimeout { // the handlers set it already
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.publishTimeout)
+		defer cancel()
+	}
 	if err := s.checkTenant(ctx, tenantID); err != nil {
 		return err
 	}
@@ -146,7 +152,7 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 	}
 	var err error
 	if len(items) == 1 {
-		err = s.send(ctx, tenantID, items)
+		err = s.coal.send(ctx, tenantID, items)
 	} else {
 		// A batch request goes as envelopes of its own, with their confirms in flight together.
 		var msgs []broker.Message
@@ -159,6 +165,9 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 		err = s.publisher.PublishAll(ctx, msgs)
 	}
 	switch {
+	case err == nil:
+		s.metrics.published.WithLabelValues(s.metrics.tenant(tenantID)).Add(float64(len(ids)))
+		return nil
 	case errors.Is(err, broker.ErrUnroutable):
 		s.metrics.pubFailed.WithLabelValues("unroutable").Add(float64(len(ids)))
 		// The queue is gone: the tenant was deleted elsewhere, or its queue is missing until reconciliation.
@@ -167,11 +176,25 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 			return cerr
 		}
 		return problem.Unavailable("queue-unavailable", "the tenant's queue is unavailable; retry later", err)
-	case err != nil:
+	case errors.Is(err, errPendingFull):
+		s.metrics.pubFailed.WithLabelValues("pending_limit").Add(float64(len(ids)))
+		return &problem.Error{Kind: problem.KindUnavailable, Slug: "publish-queue-full", RetryAfter: time.Second, Err: err,
+			Detail: "too many of the tenant's publishes wait for RabbitMQ (PUBLISH_MAX_PENDING); the message was not sent: retry after the time in Retry-After"}
+	case errors.Is(err, broker.ErrBlocked):
+		s.metrics.pubFailed.WithLabelValues("blocked").Add(float64(len(ids)))
+		detail := "RabbitMQ blocks publishing (a memory or disk alarm); the message was not sent: retry later"
+		if !isNotSent(err) {
+			detail = "RabbitMQ blocks publishing (a memory or disk alarm) and did not confirm the message; it may still be stored: retry with the same Idempotency-Key to store it once"
+		}
+		return &problem.Error{Kind: problem.KindUnavailable, Slug: "broker-blocked", RetryAfter: time.Second, Detail: detail, Err: err}
+	case isNotSent(err):
+		s.metrics.pubFailed.WithLabelValues("not_sent").Add(float64(len(ids)))
+		return problem.Unavailable("broker-unavailable",
+			"RabbitMQ did not take the message within PUBLISH_CONFIRM_TIMEOUT; it was not sent: retry later", err)
+	default:
 		s.metrics.pubFailed.WithLabelValues("broker").Add(float64(len(ids)))
 		s.log.Warn("publish failed", zap.String("tenant_id", tenantID.String()), zap.Int("messages", len(ids)), zap.Error(err))
-		return problem.Unavailable("broker-unavailable", "RabbitMQ did not confirm the message; retry later", err)
+		return problem.Unavailable("broker-unavailable",
+			"RabbitMQ did not confirm the message within PUBLISH_CONFIRM_TIMEOUT; it may still be stored: retry with the same Idempotency-Key to store it once", err)
 	}
-	s.metrics.published.WithLabelValues(s.metrics.tenant(tenantID)).Add(float64(len(ids)))
-	return nil
 }

@@ -24,10 +24,12 @@ type Service struct {
 	exchange  string
 	dir       events.TenantDirectory
 	view      *view
-	coal      coalescers
-	stores    *storeBatcher
-	metrics   *Metrics
-	log       *zap.Logger
+	coal      *coalescers
+	// publishTimeout bounds a publish request from its start to its answer (PUBLISH_CONFIRM_TIMEOUT).
+	publishTimeout time.Duration
+	stores         *storeBatcher
+	metrics        *Metrics
+	log            *zap.Logger
 }
 
 // ServiceParams are the Service's dependencies, as fx fills them; outside fx (in tests) a literal works too.
@@ -37,8 +39,10 @@ type ServiceParams struct {
 	DB        *bun.DB
 	Publisher *broker.Publisher
 	Directory events.TenantDirectory
-	// Config gives the exchange messages are published to (AMQPExchange) and each tenant's publish limit in
-	// messages per second per replica unless it has its own (RateLimitDefault; 0: unlimited).
+	// Config gives the exchange messages are published to (AMQPExchange), each tenant's publish limit in
+	// messages per second per replica unless it has its own (RateLimitDefault; 0: unlimited), how long a publish
+	// request may wait in all (PublishConfirmTimeout) and how many of a tenant's publishes may wait for RabbitMQ
+	// (PublishMaxPending).
 	Config  config.Config
 	Metrics *Metrics
 	Log     *zap.Logger
@@ -46,9 +50,15 @@ type ServiceParams struct {
 
 // NewService returns a Service publishing to the configured exchange.
 func NewService(p ServiceParams) *Service {
-	return &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
-		view: newView(p.Config.RateLimitDefault), coal: coalescers{tenants: map[uuid.UUID]*coalescer{}, linger: p.Config.PublishLinger},
+	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
+		view: newView(p.Config.RateLimitDefault), publishTimeout: p.Config.PublishConfirmTimeout,
 		stores: newStoreBatcher(p.DB, p.Config.StoreInsertsInFlight, p.Metrics.perInsert), metrics: p.Metrics, log: p.Log.Named("messaging")}
+	if s.publishTimeout <= 0 {
+		s.publishTimeout = 5 * time.Second
+	}
+	s.coal = newCoalescers(p.Config.PublishLinger, p.Config.PublishMaxPending, s.publishTimeout, s.publishEnvelope,
+		func(n int) { s.metrics.perPublish.Observe(float64(n)) })
+	return s
 }
 
 // LoadView fills the in-memory tenant view from the directory.

@@ -16,6 +16,16 @@ import (
 // ErrUnroutable means a mandatory publish reached no queue: the broker returned it.
 var ErrUnroutable = errors.New("no queue is bound for the routing key")
 
+// ErrNotSent is wrapped (beside ErrUnavailable) by a publish error when nothing of the publish was handed to
+// the connection: the broker cannot have the message, so sending it again cannot make a duplicate. An error
+// without it may come after the message was handed over: the broker may have it and store it later.
+var ErrNotSent = errors.New("not sent")
+
+// ErrBlocked is wrapped (beside ErrUnavailable) by a publish error when RabbitMQ blocks the publishing
+// connection (connection.blocked: a memory or disk alarm). Publishes then fail at once instead of waiting
+// for a broker that does not read them.
+var ErrBlocked = errors.New("RabbitMQ blocks publishing (a memory or disk alarm)")
+
 // Message is one publish: a persistent message with a message id and headers.
 type Message struct {
 	Exchange   string
@@ -70,8 +80,48 @@ type Publisher struct {
 
 // pubConn is one connection with its confirming channels.
 type pubConn struct {
-	conn  *amqp.Connection
-	chans []*pubChan
+	conn    *amqp.Connection
+	chans   []*pubChan
+	blocked chan amqp.Blocking // connection.blocked and connection.unblocked, read by watchBlocked
+
+	blockMu   sync.Mutex
+	blockedC  chan struct{} // closed while RabbitMQ blocks the connection; a fresh, open one while it does not
+	isBlocked bool
+}
+
+// blockSignal returns a channel that is closed while the connection is blocked (already closed when it is
+// blocked now).
+func (pc *pubConn) blockSignal() <-chan struct{} {
+	pc.blockMu.Lock()
+	defer pc.blockMu.Unlock()
+	return pc.blockedC
+}
+
+// setBlocked records a connection.blocked (on) or connection.unblocked (off).
+func (pc *pubConn) setBlocked(on bool) {
+	pc.blockMu.Lock()
+	defer pc.blockMu.Unlock()
+	switch {
+	case on && !pc.isBlocked:
+		close(pc.blockedC)
+	case !on && pc.isBlocked:
+		pc.blockedC = make(chan struct{})
+	}
+	pc.isBlocked = on
+}
+
+// watchBlocked follows the connection's blocked state until the connection closes (amqp091 then closes the
+// notification channel). amqp091 hands the notifications over synchronously, so they must always be read.
+func (p *Publisher) watchBlocked(pc *pubConn) {
+	defer p.wg.Done()
+	for b := range pc.blocked {
+		pc.setBlocked(b.Active)
+		if b.Active {
+			p.log.Warn("RabbitMQ blocks the publishing connection; publishes fail at once until it unblocks", zap.String("reason", b.Reason))
+		} else {
+			p.log.Info("RabbitMQ unblocked the publishing connection")
+		}
+	}
 }
 
 // pubChan is one confirming channel and the returns it received.
@@ -130,7 +180,7 @@ func (p *Publisher) dialURL(url string) (*pubConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc := &pubConn{conn: conn}
+	pc := &pubConn{conn: conn, blocked: conn.NotifyBlocked(make(chan amqp.Blocking, 4)), blockedC: make(chan struct{})}
 	for range p.opts.Channels {
 		c, err := openPubChan(conn)
 		if err != nil {
@@ -166,8 +216,9 @@ func (p *Publisher) install(pc *pubConn) {
 	}
 	p.conn = pc
 	close(p.ready)
-	p.wg.Add(1)
+	p.wg.Add(2)
 	p.mu.Unlock()
+	go p.watchBlocked(pc)
 	go func() {
 		defer p.wg.Done()
 		select {
@@ -211,14 +262,15 @@ func (p *Publisher) lost(pc *pubConn, cause *amqp.Error) {
 	}
 }
 
-// channel returns a channel of the current connection, waiting for a reconnect until ctx ends. A channel that
-// closed on its own (the connection is up) is reopened.
-func (p *Publisher) channel(ctx context.Context) (*pubChan, error) {
+// channel returns a channel of the current connection and the connection, waiting for a reconnect until ctx
+// ends. A channel that closed on its own (the connection is up) is reopened. While RabbitMQ blocks the
+// connection it fails at once with ErrBlocked: a publish would only wait.
+func (p *Publisher) channel(ctx context.Context) (*pubConn, *pubChan, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, fmt.Errorf("%w: publisher closed", ErrUnavailable)
+			return nil, nil, fmt.Errorf("%w: publisher closed", ErrUnavailable)
 		}
 		pc, ready := p.conn, p.ready
 		if pc == nil {
@@ -227,14 +279,20 @@ func (p *Publisher) channel(ctx context.Context) (*pubChan, error) {
 			case <-ready:
 				continue
 			case <-ctx.Done():
-				return nil, fmt.Errorf("%w: not connected: %v", ErrUnavailable, context.Cause(ctx))
+				return nil, nil, fmt.Errorf("%w: not connected: %v", ErrUnavailable, context.Cause(ctx))
 			}
+		}
+		select {
+		case <-pc.blockSignal():
+			p.mu.Unlock()
+			return nil, nil, fmt.Errorf("%w: %w", ErrUnavailable, ErrBlocked)
+		default:
 		}
 		i := int(p.next.Add(1) % uint64(len(pc.chans)))
 		c := pc.chans[i]
 		if !c.ch.IsClosed() {
 			p.mu.Unlock()
-			return c, nil
+			return pc, c, nil
 		}
 		if pc.conn.IsClosed() { // the watcher is about to reconnect
 			p.mu.Unlock()
@@ -242,7 +300,7 @@ func (p *Publisher) channel(ctx context.Context) (*pubChan, error) {
 			case <-time.After(10 * time.Millisecond):
 				continue
 			case <-ctx.Done():
-				return nil, fmt.Errorf("%w: not connected: %v", ErrUnavailable, context.Cause(ctx))
+				return nil, nil, fmt.Errorf("%w: not connected: %v", ErrUnavailable, context.Cause(ctx))
 			}
 		}
 		nc, err := openPubChan(pc.conn)
@@ -251,9 +309,9 @@ func (p *Publisher) channel(ctx context.Context) (*pubChan, error) {
 		}
 		p.mu.Unlock()
 		if err != nil {
-			return nil, fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
+			return nil, nil, fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
 		}
-		return nc, nil
+		return pc, nc, nil
 	}
 }
 
@@ -285,7 +343,8 @@ drain:
 }
 
 // Publish sends m and returns once the broker confirmed it; ErrUnroutable when the broker returned it; or an
-// error wrapping ErrUnavailable when the broker is down, nacks it or does not confirm within the timeout.
+// error wrapping ErrUnavailable when the broker is down, blocks publishing (ErrBlocked), nacks it or does not
+// confirm within the timeout.
 func (p *Publisher) Publish(ctx context.Context, m Message) error {
 	return p.PublishAll(ctx, []Message{m})
 }
@@ -293,13 +352,71 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 // PublishAll sends every message on one channel, with their confirms in flight together, and returns once the
 // broker confirmed them all (nil), or the first lasting failure. Messages whose publish failed with the
 // connection or channel are sent again after a reconnect, within the timeout. On failure some messages may
-// have been confirmed.
+// have been confirmed, unless the error wraps ErrNotSent.
+//
+// The caller's wait is bounded by ctx and the timeout even when the write itself cannot proceed (a broker that
+// stopped reading the socket): the write then finishes, or fails with the connection, in the background.
 func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
+	return p.publish(ctx, func() ([]Message, bool) { return ms, true })
+}
+
+// PublishBuilt publishes the message build returns, like Publish. build is called at most once, at the
+// handover: when a channel of an unblocked connection is at hand, before the timeout and ctx ended, just
+// before the message is written to the channel. Until then nothing is sent, and a publish that ends earlier
+// (the timeout, ctx, a blocked or lost connection) returns an error wrapping ErrNotSent without calling build.
+// When build answers false, nothing is sent either and the error wraps ErrNotSent. After build returned the
+// message, it is sent (again after a reconnect) until it is confirmed or the time is up, and a failure may come
+// after the broker took it.
+//
+// Unlike PublishAll it runs in the caller's goroutine (one hop less per publish): a write the broker does not
+// read (a full socket buffer) can hold it past ctx, until the write proceeds or the connection fails. A caller
+// that must answer on time waits apart, as the coalescer's requests do.
+func (p *Publisher) PublishBuilt(ctx context.Context, build func() (Message, bool)) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
-	todo := ms
+	var handover atomic.Int32
+	return p.sendAll(ctx, &handover, func() ([]Message, bool) {
+		m, ok := build()
+		return []Message{m}, ok
+	})
+}
+
+// Handover states of one publish (publish's handover).
+const (
+	handoverPending   int32 = iota // nothing was written yet
+	handoverDone                   // the messages were built and are being written
+	handoverAbandoned              // the caller gave up first: nothing may be written any more
+)
+
+// publish runs sendAll in the background and waits for it until ctx or the timeout ends; see PublishAll.
+func (p *Publisher) publish(ctx context.Context, build func() ([]Message, bool)) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	var handover atomic.Int32
+	done := make(chan error, 1)
+	go func() { done <- p.sendAll(ctx, &handover, build) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	select { // an answer that came together with the end of ctx wins
+	case err := <-done:
+		return err
+	default:
+	}
+	if handover.CompareAndSwap(handoverPending, handoverAbandoned) {
+		return fmt.Errorf("%w: %w: %v", ErrUnavailable, ErrNotSent, context.Cause(ctx))
+	}
+	return fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.opts.Timeout, context.Cause(ctx))
+}
+
+// sendAll gets a channel, builds the messages at the handover and publishes them, again after a channel or
+// connection failure, until they are all confirmed or ctx ends.
+func (p *Publisher) sendAll(ctx context.Context, handover *atomic.Int32, build func() ([]Message, bool)) error {
+	var todo []Message
 	var last error
-	for attempt := 0; len(todo) > 0; attempt++ {
+	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-ctx.Done():
@@ -307,26 +424,40 @@ func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
 			case <-time.After(min(time.Duration(attempt)*20*time.Millisecond, 200*time.Millisecond)):
 			}
 		}
-		c, err := p.channel(ctx)
+		pc, c, err := p.channel(ctx)
 		if err != nil {
+			if handover.Load() != handoverDone {
+				err = fmt.Errorf("%w: %w", err, ErrNotSent)
+			}
 			if last != nil {
 				return fmt.Errorf("%w (before: %v)", err, last)
 			}
 			return err
 		}
+		if attempt == 0 {
+			if ctx.Err() != nil || !handover.CompareAndSwap(handoverPending, handoverDone) {
+				return fmt.Errorf("%w: %w: %v", ErrUnavailable, ErrNotSent, context.Cause(ctx))
+			}
+			ms, ok := build()
+			if !ok {
+				return fmt.Errorf("%w: %w: nothing left to send", ErrUnavailable, ErrNotSent)
+			}
+			todo = ms
+		}
 		var retry []Message
-		retry, last, err = p.publishOn(ctx, c, todo)
+		retry, last, err = p.publishOn(ctx, pc, c, todo)
 		if err != nil {
 			return err
 		}
-		todo = retry
+		if todo = retry; len(todo) == 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // publishOn publishes ms on c and waits for their confirms. It returns the messages to send again (the channel
 // failed under them) with the reason, or a lasting error.
-func (p *Publisher) publishOn(ctx context.Context, c *pubChan, ms []Message) (retry []Message, why error, err error) {
+func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms []Message) (retry []Message, why error, err error) {
 	for _, m := range ms {
 		if err := amqp.Table(m.Headers).Validate(); err != nil {
 			return nil, nil, fmt.Errorf("publish: headers: %w", err)
@@ -348,6 +479,7 @@ func (p *Publisher) publishOn(ctx context.Context, c *pubChan, ms []Message) (re
 		}
 		confs[i] = dc
 	}
+	blocked := pc.blockSignal()
 	for i, dc := range confs {
 		if dc == nil {
 			break
@@ -356,6 +488,14 @@ func (p *Publisher) publishOn(ctx context.Context, c *pubChan, ms []Message) (re
 		case <-dc.Done():
 		case <-ctx.Done():
 			return nil, nil, fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.opts.Timeout, context.Cause(ctx))
+		case <-blocked:
+			select {
+			case <-dc.Done(): // the confirm came too
+			default:
+				// RabbitMQ blocked the connection before this confirm: it may still confirm (and store) the
+				// message later.
+				return nil, nil, fmt.Errorf("%w: %w: waiting for a confirm", ErrUnavailable, ErrBlocked)
+			}
 		}
 		if ms[i].Mandatory && c.claimReturn(ms[i].MessageID) {
 			return nil, nil, ErrUnroutable

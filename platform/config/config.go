@@ -77,8 +77,12 @@ type Config struct {
 	// AMQPChannelsPerConnection caps the consumer channels on one AMQP connection; 0 takes the negotiated
 	// channel_max less 10% headroom (AMQP_CHANNELS_PER_CONNECTION).
 	AMQPChannelsPerConnection int
-	// PublishConfirmTimeout is how long a publish waits for the broker's confirm (PUBLISH_CONFIRM_TIMEOUT).
+	// PublishConfirmTimeout is the longest a publish request waits, from its start to its answer: queueing behind
+	// the tenant's earlier publishes, a reconnect and the broker's confirm together (PUBLISH_CONFIRM_TIMEOUT).
 	PublishConfirmTimeout time.Duration
+	// PublishMaxPending is how many of one tenant's publishes may wait for the tenant's publish in flight; the
+	// next ones are answered 503 at once (PUBLISH_MAX_PENDING).
+	PublishMaxPending int
 	// PublishLinger is how long a busy tenant's next envelope waits for the publishers its last confirm just
 	// answered to come back (PUBLISH_LINGER); a tenant that had one message in flight never waits; 0 never waits.
 	PublishLinger time.Duration
@@ -165,6 +169,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		AMQPChannelsPerConnection: r.int("AMQP_CHANNELS_PER_CONNECTION", 0, 0, 65535),
 		PublishConfirmTimeout:     r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
 		PublishLinger:             r.durOrZero("PUBLISH_LINGER", time.Millisecond),
+		PublishMaxPending:         r.int("PUBLISH_MAX_PENDING", 1024, 1, 1<<20),
 		TenantDefaultConcurrency:  r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
 		TenantMaxConcurrency:      r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
 		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
