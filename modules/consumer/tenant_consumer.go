@@ -94,7 +94,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 			tc.log.Warn("could not ack stored deliveries; the broker will redeliver them",
 				zap.Uint64("delivery_tag", tag), zap.Bool("multiple", multiple), zap.Error(err))
 		}
-	})
+	}, g.whileOpen)
 	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
 		rabbitmq.WithConsumerOptionsQueueNoDeclare,
 		rabbitmq.WithConsumerOptionsConcurrency(1),
@@ -460,6 +460,16 @@ func (tc *tenantConsumer) settle(g *generation, d rabbitmq.Delivery, fn func() e
 			zap.String("message_id", d.MessageId), zap.Error(err))
 	}
 	g.acks.settled(d.Delivery)
+}
+
+// whileOpen runs fn unless the generation's channel is closed or closing, ordered before its close like every
+// settlement (the acker's timer sends through it).
+func (g *generation) whileOpen(fn func()) {
+	g.chanMu.RLock()
+	defer g.chanMu.RUnlock()
+	if !g.closed {
+		fn()
+	}
 }
 
 // ackStored hands stored deliveries to the generation's acker, which acks them (coalesced) unless the channel is
