@@ -325,8 +325,9 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 	pause := rt.opts.RetryInitial   // before another try after a transient failure
 	var spent time.Duration         // of the retry budget, by failures that count
 	for attempt := 1; ; attempt++ {
-		// Nobody stores while the database is unusable; a stop meanwhile returns the deliveries uncounted.
-		if !tc.awaitDatabase(g) {
+		// Nobody stores while the database is unusable; a stop meanwhile returns the deliveries uncounted, as
+		// does a stop during a backoff.
+		if !tc.awaitDatabase(g) || attempt > 1 && g.stopping.Load() {
 			tc.requeueStopping(g, remaining)
 			return
 		}
