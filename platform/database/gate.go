@@ -17,10 +17,14 @@ type GateOptions struct {
 	Probe func(ctx context.Context) error
 	// ProbeTimeout bounds one probe (default 2 s).
 	ProbeTimeout time.Duration
-	// MinBackoff and MaxBackoff bound the wait before a probe (defaults 100 ms and 5 s). The wait doubles after
-	// each probe and each reopening and starts again at MinBackoff once a worker reports a success, so a
-	// database that answers probes but still fails stores (a full disk) is probed ever less often.
+	// MinBackoff and MaxBackoff bound the waits between probes while the database does not answer (defaults
+	// 100 ms and 1 s): the wait doubles after each failed probe, so the consumers resume within about
+	// MaxBackoff of the database's return.
 	MinBackoff, MaxBackoff time.Duration
+	// MaxRelapse bounds the wait before the first probe of a closing (default 30 s). It starts at MinBackoff and
+	// doubles each time the gate closes again after a probe had opened it and before any store succeeded, so a
+	// database that answers probes but still fails stores (a full disk) is tried ever less often.
+	MaxRelapse time.Duration
 	// After waits; tests replace it (default time.After).
 	After func(time.Duration) <-chan time.Time
 	Log   *zap.Logger
@@ -39,7 +43,7 @@ type Gate struct {
 	mu       sync.Mutex
 	ready    chan struct{} // closed while the gate is open
 	probing  bool
-	backoff  time.Duration
+	relapse  time.Duration // the wait before a closing's first probe
 	failures uint64
 	closed   bool          // Close was called
 	quit     chan struct{} // closed by Close
@@ -55,7 +59,10 @@ func NewGate(o GateOptions) *Gate {
 		o.MinBackoff = 100 * time.Millisecond
 	}
 	if o.MaxBackoff < o.MinBackoff {
-		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
+		o.MaxBackoff = max(time.Second, o.MinBackoff)
+	}
+	if o.MaxRelapse < o.MinBackoff {
+		o.MaxRelapse = max(30*time.Second, o.MinBackoff)
 	}
 	if o.After == nil {
 		o.After = time.After
@@ -68,7 +75,7 @@ func NewGate(o GateOptions) *Gate {
 	}
 	ready := make(chan struct{})
 	close(ready)
-	return &Gate{o: o, ready: ready, backoff: o.MinBackoff, quit: make(chan struct{})}
+	return &Gate{o: o, ready: ready, relapse: o.MinBackoff, quit: make(chan struct{})}
 }
 
 // ProbeDB returns a probe that asks db for one row with a writable primary's answer: a standby in recovery
@@ -149,7 +156,7 @@ func (g *Gate) Succeeded() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.probing {
-		g.backoff = g.o.MinBackoff
+		g.relapse = g.o.MinBackoff
 	}
 }
 
@@ -172,11 +179,10 @@ func (g *Gate) Close() {
 // answers.
 func (g *Gate) probe() {
 	defer g.done.Done()
+	g.mu.Lock()
+	wait := g.relapse
+	g.mu.Unlock()
 	for attempt := 1; ; attempt++ {
-		g.mu.Lock()
-		wait := g.backoff
-		g.backoff = min(g.backoff*2, g.o.MaxBackoff)
-		g.mu.Unlock()
 		select {
 		case <-g.o.After(wait):
 		case <-g.quit:
@@ -190,16 +196,19 @@ func (g *Gate) probe() {
 			g.open("the database answers", attempt)
 			return
 		}
+		wait = min(wait*2, g.o.MaxBackoff)
 		if attempt == 1 || attempt%10 == 0 {
 			g.o.Log.Warn("database probe failed; probing again with backoff", zap.Int("attempt", attempt),
-				zap.Duration("backoff", min(wait*2, g.o.MaxBackoff)), zap.Error(fmt.Errorf("probe: %w", err)))
+				zap.Duration("backoff", wait), zap.Error(fmt.Errorf("probe: %w", err)))
 		}
 	}
 }
 
+// open opens the gate; until a store succeeds, its next closing waits longer before its first probe.
 func (g *Gate) open(why string, probes int) {
 	g.mu.Lock()
 	g.probing = false
+	g.relapse = min(g.relapse*2, g.o.MaxRelapse)
 	close(g.ready)
 	g.mu.Unlock()
 	g.o.Log.Info("database available again: consumers resume", zap.String("why", why), zap.Int("probes", probes))

@@ -21,7 +21,7 @@ type fakeGate struct {
 
 func newFakeGate(t *testing.T) *fakeGate {
 	f := &fakeGate{waits: make(chan time.Duration, 100), ticks: make(chan time.Time), probes: make(chan chan error)}
-	f.Gate = NewGate(GateOptions{MinBackoff: time.Second, MaxBackoff: 4 * time.Second,
+	f.Gate = NewGate(GateOptions{MinBackoff: time.Second, MaxBackoff: 4 * time.Second, MaxRelapse: 16 * time.Second,
 		After: func(d time.Duration) <-chan time.Time { f.waits <- d; return f.ticks },
 		Probe: func(ctx context.Context) error {
 			answer := make(chan error)
@@ -84,6 +84,17 @@ func TestGateBackoffKeepsGrowingUntilAStoreSucceeds(t *testing.T) {
 	<-f.Ready()
 	f.Fail(errors.New("disk full"))
 	f.probe(t, 2*time.Second, nil)
+	<-f.Ready()
+	f.Fail(errors.New("disk full"))
+	f.probe(t, 4*time.Second, nil)
+	<-f.Ready()
+	f.Fail(errors.New("disk full"))
+	f.probe(t, 8*time.Second, nil)
+	<-f.Ready()
+	// Past MaxBackoff, but once the database stops answering the probes come at most MaxBackoff apart.
+	f.Fail(errors.New("disk full"))
+	f.probe(t, 16*time.Second, errors.New("down now"))
+	f.probe(t, 4*time.Second, nil)
 	<-f.Ready()
 	// A store succeeded: the next outage is noticed fast again.
 	f.Succeeded()

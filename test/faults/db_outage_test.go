@@ -65,9 +65,11 @@ func TestDatabaseOutageIsNeverAPoisonMessage(t *testing.T) {
 		"the database gate did not close while the database refused connections")
 	time.Sleep(time.Until(outageBegan.Add(12 * time.Second)))
 	restore()
-	outage := time.Since(outageBegan)
+	restored := time.Now()
+	outage := restored.Sub(outageBegan)
 	testenv.Eventually(t, 15*time.Second, func() bool { return metric(t, a.URL, "msgsvc_database_available") == 1 },
 		"the database gate did not open once the database took connections again")
+	reopened := time.Since(restored)
 	time.Sleep(2 * time.Second)
 	st.halt()
 
@@ -80,8 +82,9 @@ func TestDatabaseOutageIsNeverAPoisonMessage(t *testing.T) {
 	require.Zero(t, metric(t, a.URL, "msgsvc_messages_requeued_total", `reason="retry_budget"`), "retry budget spent on an outage")
 	require.Positive(t, metric(t, a.URL, "msgsvc_database_unavailable_errors_total"))
 	t.Logf("database refused connections for %s (retry budget %s × delivery limit %d): %s; answers %s; "+
-		"failures classified as unavailable %.0f", outage.Round(time.Millisecond), cfg.StoreRetryBudget, cfg.AMQPDeliveryLimit,
-		o, statuses(answers), metric(t, a.URL, "msgsvc_database_unavailable_errors_total"))
+		"failures classified as unavailable %.0f; gate open again %s after the database (as polled)",
+		outage.Round(time.Millisecond), cfg.StoreRetryBudget, cfg.AMQPDeliveryLimit, o, statuses(answers),
+		metric(t, a.URL, "msgsvc_database_unavailable_errors_total"), reopened.Round(time.Millisecond))
 	for _, e := range a.Logs.FilterMessage("store failed; retrying with backoff").All() {
 		t.Logf("store failure: %v", e.ContextMap())
 	}
