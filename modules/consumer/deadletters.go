@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/database"
 	"github.com/acme/msgsvc/platform/events"
 )
 
@@ -63,6 +64,7 @@ type DeadLetters struct {
 	opts      Options
 	metrics   *Metrics
 	log       *zap.Logger
+	gate      *database.Gate // whether the database can be used; nil: always
 
 	// The consumer of the shared dead-letter queue.
 	mu       sync.Mutex
@@ -85,12 +87,15 @@ type DeadLettersParams struct {
 	Options   Options
 	Metrics   *Metrics
 	Log       *zap.Logger
+
+	// Gate closes while the database is unusable; stores of dead letters wait for it. Optional.
+	Gate *database.Gate `optional:"true"`
 }
 
 // NewDeadLetters returns the dead-letter store.
 func NewDeadLetters(p DeadLettersParams) *DeadLetters {
 	return &DeadLetters{db: p.DB, conn: p.Conn, publisher: p.Publisher, dir: p.Directory, opts: p.Options, metrics: p.Metrics,
-		log: p.Log.Named("deadletters"), stopped: make(chan struct{})}
+		log: p.Log.Named("deadletters"), gate: p.Gate, stopped: make(chan struct{})}
 }
 
 // insertDeadSQL stores dead letters of any tenants in one statement; rows of tenants that no longer exist are
@@ -152,10 +157,15 @@ func (s *DeadLetters) insertRows(ctx context.Context, rows []deadRow) error {
 }
 
 // store stores rows for a consumer, retrying with backoff while the database refuses, until it succeeds (true)
-// or the generation stops (false; an insert running then is cancelled).
+// or the generation stops (false; an insert running then is cancelled). While the database is unavailable
+// (database.Classify), it reports it to the gate and waits for the gate, like a store.
 func (s *DeadLetters) store(rows []deadRow, stopped <-chan struct{}, stopping func() bool) bool {
 	backoff := s.opts.RetryInitial
 	for attempt := 1; ; attempt++ {
+		select {
+		case <-s.gate.Ready():
+		case <-stopped:
+		}
 		if stopping() {
 			return false
 		}
@@ -166,6 +176,10 @@ func (s *DeadLetters) store(rows []deadRow, stopped <-chan struct{}, stopping fu
 		if attempt == 1 || attempt%10 == 0 {
 			s.log.Warn("could not store dead letters; retrying with backoff", zap.String("tenant_id", rows[0].tenant.String()),
 				zap.Int("messages", len(rows)), zap.Int("attempt", attempt), zap.Error(err))
+		}
+		if database.Classify(err) == database.Unavailable {
+			s.gate.Fail(err)
+			continue
 		}
 		select {
 		case <-time.After(backoff):

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/database"
 	"github.com/acme/msgsvc/platform/events"
 )
 
@@ -67,6 +68,7 @@ type Runtime struct {
 	log       *zap.Logger
 	metrics   *Metrics
 	dead      *DeadLetters
+	gate      *database.Gate // whether the database can be used; nil: always
 
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
@@ -98,6 +100,9 @@ type RuntimeParams struct {
 	Options     Options
 	Metrics     *Metrics
 	Log         *zap.Logger
+
+	// Gate closes while the database is unusable; workers wait for it. Without one (nil) they never wait.
+	Gate *database.Gate `optional:"true"`
 }
 
 // NewRuntime returns a runtime; Start brings the consumers of the tenants it owns up.
@@ -107,7 +112,7 @@ func NewRuntime(p RuntimeParams) *Runtime {
 		place = alone(opts.ReplicaID)
 	}
 	r := &Runtime{conn: p.Conn, pool: p.Pool, place: place, publisher: p.Publisher, handler: p.Handler, dir: p.Directory,
-		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, log: p.Log.Named("consumer"),
+		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{})}
 	place.OnChange(r.Kick)

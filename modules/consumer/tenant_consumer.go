@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/platform/database"
 )
 
 // tenantConsumer supervises the consumer of one tenant's queue on this replica.
@@ -305,9 +306,14 @@ func (tc *tenantConsumer) requeueWaiting(g *generation) {
 }
 
 // process stores a batch: each stored delivery is acked after the commit; one that can never be stored is
-// dead-lettered at once; transient failures are retried with exponential backoff for the retry budget, then
-// the delivery is republished to the tenant's queue with its attempts counted (HeaderAttempts), or
-// dead-lettered with the last error when they reach the delivery limit.
+// dead-lettered at once. Other failures are classified (database.Classify): while the database is unavailable
+// (unreachable, refusing, shutting down, read-only, out of disk, timed out) the worker reports it to the
+// service's database gate and waits for the gate to open, then tries the same batch again, neither counting an
+// attempt nor spending the retry budget; a failure of the moment (a deadlock, a lock wait) is retried with
+// backoff, also uncounted. Only a failure about the data itself spends the retry budget, with exponential
+// backoff; then the delivery is republished to the tenant's queue with its attempts counted (HeaderAttempts),
+// or dead-lettered with the last error when they reach the delivery limit. When the generation stops first,
+// the deliveries go back to the queue uncounted.
 func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 	rt := tc.rt
 	label := rt.metrics.tenant(tc.id)
@@ -315,19 +321,29 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 
 	remaining := batch
 	ds := make([]amqp.Delivery, 0, len(batch))
-	backoff := rt.opts.RetryInitial
-	deadline := time.Now().Add(rt.opts.RetryBudget)
+	backoff := rt.opts.RetryInitial // before another try after a failure that counts
+	pause := rt.opts.RetryInitial   // before another try after a transient failure
+	var spent time.Duration         // of the retry budget, by failures that count
 	for attempt := 1; ; attempt++ {
+		// Nobody stores while the database is unusable; a stop meanwhile returns the deliveries uncounted, as
+		// does a stop during a backoff.
+		if !tc.awaitDatabase(g) || attempt > 1 && g.stopping.Load() {
+			tc.requeueStopping(g, remaining)
+			return
+		}
 		ds = ds[:0]
 		for _, d := range remaining {
 			ds = append(ds, d.Delivery)
 		}
+		began := time.Now()
 		g.storing.Add(1)
 		errs := rt.handler.Handle(context.Background(), tc.id, ds)
 		g.storing.Add(-1)
+		took := time.Since(began)
 		var retry, dead []rabbitmq.Delivery
 		var deadRows []deadRow
 		var lastErr error
+		class := database.OK // the batch's failure: Unavailable over Transient over Data
 		var failed *broker.ItemsFailed
 		stored := make([]amqp.Delivery, 0, len(remaining))
 		for i, d := range remaining {
@@ -349,8 +365,14 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 				dead = append(dead, d)
 				deadRows = append(deadRows, rowsFor(tc.id, d.Delivery, ReasonUndecodable, err.Error(), attempts(d.Delivery)+1)...)
 			default:
-				retry, lastErr = append(retry, d), err
+				retry = append(retry, d)
+				if c := database.Classify(err); lastErr == nil || worse(c, class) {
+					class, lastErr = c, err
+				}
 			}
+		}
+		if len(stored) > 0 {
+			rt.gate.Succeeded()
 		}
 		tc.ackStored(g, stored)
 		if len(dead) > 0 {
@@ -361,28 +383,83 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 		}
 		remaining = retry
 		if g.stopping.Load() {
-			for _, d := range remaining {
-				tc.settle(g, d, func() error { return d.Nack(false, true) })
-				rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
-			}
+			tc.requeueStopping(g, remaining)
 			return
 		}
-		if time.Now().Add(backoff).After(deadline) {
+		if attempt == 1 || attempt%10 == 0 {
+			tc.log.Warn("store failed; retrying with backoff", zap.Int("deliveries", len(remaining)), zap.Int("attempt", attempt),
+				zap.Stringer("failure", class), zap.Bool("counts", class.Counts()), zap.Error(lastErr))
+		}
+		rt.metrics.retried.WithLabelValues(label).Add(float64(len(remaining)))
+		switch class {
+		case database.Unavailable:
+			// The gate's one probe finds out when the database is back; the next round waits for it.
+			rt.gate.Fail(lastErr)
+			continue
+		case database.Transient:
+			select {
+			case <-time.After(pause):
+			case <-g.stopped:
+			}
+			pause = min(pause*2, maxBackoff)
+			continue
+		}
+		spent += took
+		if spent+backoff > rt.opts.RetryBudget {
+			if !rt.gate.Available() {
+				continue // the database went away meanwhile: no attempt counts until it is back
+			}
 			tc.log.Warn("store keeps failing; putting the deliveries back with their attempts counted",
 				zap.Int("deliveries", len(remaining)), zap.Int("attempts", attempt), zap.Error(lastErr))
 			tc.exhausted(g, remaining, lastErr)
 			return
 		}
-		if attempt == 1 || attempt%10 == 0 {
-			tc.log.Warn("store failed; retrying with backoff",
-				zap.Int("deliveries", len(remaining)), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(lastErr))
-		}
-		rt.metrics.retried.WithLabelValues(label).Add(float64(len(remaining)))
 		select {
 		case <-time.After(backoff):
 		case <-g.stopped:
 		}
+		spent += backoff
 		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// worse reports whether failure class a says more about the database than b: a batch with one delivery that
+// failed because the database is unavailable is retried as a whole, uncounted.
+func worse(a, b database.Class) bool {
+	rank := func(c database.Class) int {
+		switch c {
+		case database.Unavailable:
+			return 3
+		case database.Transient:
+			return 2
+		case database.Data:
+			return 1
+		}
+		return 0
+	}
+	return rank(a) > rank(b)
+}
+
+// awaitDatabase waits until the database gate is open (true) or the generation stops first (false).
+func (tc *tenantConsumer) awaitDatabase(g *generation) bool {
+	select {
+	case <-tc.rt.gate.Ready():
+		return true
+	default:
+	}
+	select {
+	case <-tc.rt.gate.Ready():
+		return true
+	case <-g.stopped:
+		return false
+	}
+}
+
+// requeueStopping returns ds to the queue uncounted, as the generation stops.
+func (tc *tenantConsumer) requeueStopping(g *generation, ds []rabbitmq.Delivery) {
+	for _, d := range ds {
+		tc.settle(g, d, func() error { return d.Nack(false, true) })
+		tc.rt.metrics.requeued.WithLabelValues(tc.rt.metrics.tenant(tc.id), "stopping").Inc()
 	}
 }
 
