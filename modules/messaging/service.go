@@ -42,13 +42,23 @@ type ServiceParams struct {
 	Config  config.Config
 	Metrics *Metrics
 	Log     *zap.Logger
+	// Lifecycle, when given, closes the grouped inserts' pool (see storeBatcher) when the application stops.
+	Lifecycle fx.Lifecycle `optional:"true"`
 }
 
 // NewService returns a Service publishing to the configured exchange.
 func NewService(p ServiceParams) *Service {
-	return &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
+	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
 		view: newView(p.Config.RateLimitDefault), coal: coalescers{tenants: map[uuid.UUID]*coalescer{}, linger: p.Config.PublishLinger},
-		stores: newStoreBatcher(p.DB, p.Config.StoreInsertsInFlight, p.Metrics.perInsert), metrics: p.Metrics, log: p.Log.Named("messaging")}
+		metrics: p.Metrics, log: p.Log.Named("messaging")}
+	grouped, err := openGroupedPool(p.Config.DatabaseURL, p.Config.StoreInsertsInFlight, p.Config.DBConnMaxLifetime)
+	if err != nil { // DATABASE_URL was parsed when the database was opened: not expected
+		s.log.Error("grouped inserts run on the shared pool, without their lock and statement bounds", zap.Error(err))
+	} else if p.Lifecycle != nil {
+		p.Lifecycle.Append(fx.StopHook(grouped.Close))
+	}
+	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Metrics.perInsert)
+	return s
 }
 
 // LoadView fills the in-memory tenant view from the directory.
