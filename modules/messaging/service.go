@@ -57,7 +57,8 @@ func NewService(p ServiceParams) *Service {
 	} else if p.Lifecycle != nil {
 		p.Lifecycle.Append(fx.StopHook(grouped.Close))
 	}
-	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Metrics.perInsert)
+	// A store that goes alone takes at most the consumers' retry budget: no attempt outlasts the budget.
+	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget, p.Metrics.perInsert)
 	return s
 }
 

@@ -20,8 +20,9 @@ const (
 	maxStoreBytes   = 8 << 20
 	maxGroupedRows  = 256
 	maxGroupedBytes = 1 << 20
-	// storeStmtBudget bounds a store that goes alone, from the moment it starts (its caller's context may end it
-	// sooner): such a store holds a connection of the shared pool, never a grouped insert's slot.
+	// storeStmtBudget bounds a store that goes alone, from the moment it starts, unless the batcher is given
+	// another bound (the consumers' retry budget; its caller's context may end it sooner): such a store holds a
+	// connection of the shared pool, never a grouped insert's slot.
 	storeStmtBudget = 30 * time.Second
 	// groupLockTimeout and groupStmtTimeout bound a grouped insert, which serves several tenants, by the session
 	// settings lock_timeout and statement_timeout of the connections it runs on: a lock on one tenant's partition
@@ -47,7 +48,7 @@ const (
 //   - The runner's statements (grouped, or one store when nothing else waits) run on their own small pool whose
 //     sessions wait at most groupLockTimeout for a lock and run at most groupStmtTimeout. When such a statement
 //     fails, for whatever reason, the group is split at once: every store in it goes alone, concurrently, each
-//     bounded by its own caller's context (and storeStmtBudget), on the shared pool. So one tenant's locked or
+//     bounded by its own caller's context (and alonePer), on the shared pool. So one tenant's locked or
 //     slow partition, a refused value or a partition dropped by a deletion in flight fails or delays only that
 //     tenant's stores; the others are stored a lock timeout later.
 //   - A tenant whose store failed goes alone, one store at a time, until one succeeds: while its partition is
@@ -57,6 +58,7 @@ type storeBatcher struct {
 	db         *bun.DB // stores that go alone
 	grouped    *sql.DB // the runner's statements: sessions with lock_timeout and statement_timeout
 	maxRunning int
+	alonePer   time.Duration // the longest a store that goes alone may take
 	perInsert  prometheus.Observer
 
 	mu      sync.Mutex
@@ -84,14 +86,18 @@ type aloneTenant struct {
 	since time.Time
 }
 
-// newStoreBatcher returns a batcher whose stores that go alone use db, and whose runner's statements use
-// grouped, a pool of at least maxRunning connections opened by openGroupedPool (db itself, unbounded, when nil).
-func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, perInsert prometheus.Observer) *storeBatcher {
+// newStoreBatcher returns a batcher whose stores that go alone use db and take at most alonePer each
+// (storeStmtBudget when 0), and whose runner's statements use grouped, a pool of at least maxRunning
+// connections opened by openGroupedPool (db itself, unbounded, when nil).
+func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.Duration, perInsert prometheus.Observer) *storeBatcher {
 	if grouped == nil && db != nil {
 		grouped = db.DB
 	}
-	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), perInsert: perInsert,
-		alone: map[uuid.UUID]*aloneTenant{}}
+	if alonePer <= 0 {
+		alonePer = storeStmtBudget
+	}
+	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), alonePer: alonePer,
+		perInsert: perInsert, alone: map[uuid.UUID]*aloneTenant{}}
 }
 
 // groupedRuntimeParams are the session settings of the grouped pool's connections, sent in the startup
@@ -239,7 +245,7 @@ func (b *storeBatcher) goAlone(tenantID uuid.UUID) {
 }
 
 // insertAlone stores msgs of a tenant in a statement of its own on the shared pool, bounded by ctx and
-// storeStmtBudget. A tenant that goes alone waits for its turn first (one store at a time); a failure makes the
+// b.alonePer. A tenant that goes alone waits for its turn first (one store at a time); a failure makes the
 // tenant go alone, a success ends it.
 func (b *storeBatcher) insertAlone(ctx context.Context, tenantID uuid.UUID, msgs []Message) (int64, error) {
 	b.mu.Lock()
@@ -253,7 +259,7 @@ func (b *storeBatcher) insertAlone(ctx context.Context, tenantID uuid.UUID, msgs
 			return 0, context.Cause(ctx)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, storeStmtBudget)
+	ctx, cancel := context.WithTimeout(ctx, b.alonePer)
 	defer cancel()
 	n, err := b.insertOne(ctx, b.db.DB, tenantID, msgs)
 	b.mu.Lock()
