@@ -58,7 +58,7 @@ func NewService(p ServiceParams) *Service {
 		p.Lifecycle.Append(fx.StopHook(grouped.Close))
 	}
 	// A store that goes alone takes at most the consumers' retry budget: no attempt outlasts the budget.
-	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget, p.Metrics.perInsert)
+	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget, p.Metrics.perInsert, p.Metrics.stores)
 	return s
 }
 

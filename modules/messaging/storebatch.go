@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
+
+	"github.com/acme/msgsvc/platform/metrics"
 )
 
 // Bounds of one grouped insert, and of a store that may join one (a larger store goes alone, at once).
@@ -60,11 +62,27 @@ type storeBatcher struct {
 	maxRunning int
 	alonePer   time.Duration // the longest a store that goes alone may take
 	perInsert  prometheus.Observer
+	metrics    storeMetrics
 
 	mu      sync.Mutex
 	waiting []*storeReq
 	running int
 	alone   map[uuid.UUID]*aloneTenant // tenants whose last store failed; they go alone until one succeeds
+}
+
+// storeMetrics are the batcher's series besides messages_per_insert.
+type storeMetrics struct {
+	split prometheus.Counter // grouped inserts that failed and were split into stores that go alone
+	alone prometheus.Gauge   // tenants that go alone now
+}
+
+func newStoreMetrics() storeMetrics {
+	return storeMetrics{
+		split: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "store_groups_split_total",
+			Help: "Grouped inserts of the consumers that failed (a lock or statement timeout, an error) and were split: each store went alone."}),
+		alone: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "store_tenants_alone",
+			Help: "Tenants whose last store failed: their stores go alone, one at a time, until one succeeds."}),
+	}
 }
 
 type storeReq struct {
@@ -89,7 +107,7 @@ type aloneTenant struct {
 // newStoreBatcher returns a batcher whose stores that go alone use db and take at most alonePer each
 // (storeStmtBudget when 0), and whose runner's statements use grouped, a pool of at least maxRunning
 // connections opened by openGroupedPool (db itself, unbounded, when nil).
-func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.Duration, perInsert prometheus.Observer) *storeBatcher {
+func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.Duration, perInsert prometheus.Observer, m storeMetrics) *storeBatcher {
 	if grouped == nil && db != nil {
 		grouped = db.DB
 	}
@@ -97,7 +115,7 @@ func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.
 		alonePer = storeStmtBudget
 	}
 	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), alonePer: alonePer,
-		perInsert: perInsert, alone: map[uuid.UUID]*aloneTenant{}}
+		perInsert: perInsert, metrics: m, alone: map[uuid.UUID]*aloneTenant{}}
 }
 
 // groupedRuntimeParams are the session settings of the grouped pool's connections, sent in the startup
@@ -218,6 +236,7 @@ func (b *storeBatcher) exec(batch []*storeReq, rows int) {
 		}
 		return
 	}
+	b.metrics.split.Inc()
 	b.mu.Lock()
 	for _, r := range batch {
 		b.goAlone(r.tenantID)
@@ -242,6 +261,7 @@ func (b *storeBatcher) goAlone(tenantID uuid.UUID) {
 		}
 	}
 	b.alone[tenantID] = &aloneTenant{turn: make(chan struct{}, 1), since: now}
+	b.metrics.alone.Set(float64(len(b.alone)))
 }
 
 // insertAlone stores msgs of a tenant in a statement of its own on the shared pool, bounded by ctx and
@@ -265,8 +285,9 @@ func (b *storeBatcher) insertAlone(ctx context.Context, tenantID uuid.UUID, msgs
 	b.mu.Lock()
 	if err != nil {
 		b.goAlone(tenantID)
-	} else {
+	} else if b.alone[tenantID] != nil {
 		delete(b.alone, tenantID)
+		b.metrics.alone.Set(float64(len(b.alone)))
 	}
 	b.mu.Unlock()
 	return n, err

@@ -21,6 +21,15 @@ import (
 	"github.com/acme/msgsvc/platform/database"
 )
 
+// value reads a counter's or gauge's value.
+func value(c prometheus.Collector) float64 {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, _ := reg.Gather()
+	m := mfs[0].GetMetric()[0]
+	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+}
+
 func req(tenant uuid.UUID, rows int) *storeReq {
 	return &storeReq{tenantID: tenant, msgs: make([]Message, rows), done: make(chan storeRes, 1)}
 }
@@ -29,7 +38,7 @@ func req(tenant uuid.UUID, rows int) *storeReq {
 // put in a grouped insert; its waiting stores are answered "go alone" and leave the queue.
 func TestTakeHandsBackTheStoresOfTenantsThatGoAlone(t *testing.T) {
 	blocked, a, c := uuid.New(), uuid.New(), uuid.New()
-	b := newStoreBatcher(nil, nil, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}))
+	b := newStoreBatcher(nil, nil, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
 	b.goAlone(blocked)
 	r1, r2, r3, r4 := req(blocked, 1), req(a, 2), req(blocked, 3), req(c, 4)
 	b.waiting = []*storeReq{r1, r2, r3, r4}
@@ -54,7 +63,7 @@ func TestTakeHandsBackTheStoresOfTenantsThatGoAlone(t *testing.T) {
 
 // TestTakeStopsAtTheStatementBound: a grouped insert carries at most maxStoreRows rows; the rest wait.
 func TestTakeStopsAtTheStatementBound(t *testing.T) {
-	b := newStoreBatcher(nil, nil, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}))
+	b := newStoreBatcher(nil, nil, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
 	for range 10 {
 		b.waiting = append(b.waiting, req(uuid.New(), maxGroupedRows))
 	}
@@ -166,7 +175,7 @@ func testHeldPartition(t *testing.T, tc heldPartitionCase) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = grouped.Close() })
-	b := newStoreBatcher(db, grouped, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}))
+	b := newStoreBatcher(db, grouped, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
 
 	holder, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
@@ -253,8 +262,11 @@ func testHeldPartition(t *testing.T, tc heldPartitionCase) {
 	b.mu.Lock()
 	alone := len(b.alone)
 	b.mu.Unlock()
-	if alone != 0 {
-		t.Fatalf("%d tenants still go alone after every store succeeded", alone)
+	if alone != 0 || value(b.metrics.alone) != 0 {
+		t.Fatalf("%d tenants still go alone after every store succeeded (gauge %v)", alone, value(b.metrics.alone))
+	}
+	if split := value(b.metrics.split); split < 1 {
+		t.Fatalf("store_groups_split_total = %v, want the held tenant's groups counted", split)
 	}
 	for _, id := range append([]uuid.UUID{held}, others...) {
 		want := rounds * perStore
