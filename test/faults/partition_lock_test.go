@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -148,6 +149,16 @@ func TestPartitionLockHoldsOnlyItsTenant(t *testing.T) {
 	}, "the locked tenant's messages are stored after the lock ends")
 	t.Logf("locked tenant: %d messages published during the %s lock, all stored %s after it ended",
 		len(want), lockFor, time.Since(unlockedAt).Round(time.Millisecond))
+	failed := 0 // "store failed; retrying", "store keeps failing; putting the deliveries back"
+	for _, l := range p.LogLines(locked) {
+		if strings.Contains(l, `"msg":"store `) && strings.Contains(l, "fail") {
+			failed++
+		}
+	}
+	t.Logf("during the lock: %v grouped inserts split, %d failures of the locked tenant's stores logged (they outlasted their bound and were retried)",
+		metric(t, p.URL, "msgsvc_store_groups_split_total"), failed)
+	require.Positive(t, failed, "the lock must outlast a store's bound (STORE_RETRY_BUDGET) for the test to cover the retries")
+	require.Zero(t, metric(t, p.URL, "msgsvc_store_tenants_alone"), "every tenant is back on the grouped inserts")
 	rows, err := db.Query(ctx, "SELECT id::text FROM messages WHERE tenant_id = $1", lockedID)
 	require.NoError(t, err)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
