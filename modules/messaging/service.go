@@ -57,8 +57,10 @@ func NewService(p ServiceParams) *Service {
 	} else if p.Lifecycle != nil {
 		p.Lifecycle.Append(fx.StopHook(grouped.Close))
 	}
-	// A store that goes alone takes at most the consumers' retry budget: no attempt outlasts the budget.
-	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget, p.Metrics.perInsert, p.Metrics.stores)
+	// A store that goes alone takes at most the consumers' retry budget: no attempt outlasts the budget. The
+	// tenants that go alone (their stores failed: a locked partition, say) hold at most half the pool.
+	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget,
+		p.Config.DBMaxOpenConns/2, p.Metrics.perInsert, p.Metrics.stores)
 	return s
 }
 

@@ -55,12 +55,15 @@ const (
 //     tenant's stores; the others are stored a lock timeout later.
 //   - A tenant whose store failed goes alone, one store at a time, until one succeeds: while its partition is
 //     locked it never takes the grouped slot again, and it holds one connection of the shared pool, however
-//     many workers it has. Its stores wait on its own turn, not on a shared queue.
+//     many workers it has. Its stores wait on its own turn, not on a shared queue. Tenants that go alone hold
+//     at most aloneSlots connections together (half the pool), so that a lock on every partition at once (a
+//     lock on messages itself) leaves the pool to reads, tenant changes and readiness.
 type storeBatcher struct {
 	db         *bun.DB // stores that go alone
 	grouped    *sql.DB // the runner's statements: sessions with lock_timeout and statement_timeout
 	maxRunning int
 	alonePer   time.Duration // the longest a store that goes alone may take
+	aloneSlots chan struct{} // connections that the stores of tenants that go alone may hold together
 	perInsert  prometheus.Observer
 	metrics    storeMetrics
 
@@ -105,9 +108,11 @@ type aloneTenant struct {
 }
 
 // newStoreBatcher returns a batcher whose stores that go alone use db and take at most alonePer each
-// (storeStmtBudget when 0), and whose runner's statements use grouped, a pool of at least maxRunning
-// connections opened by openGroupedPool (db itself, unbounded, when nil).
-func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.Duration, perInsert prometheus.Observer, m storeMetrics) *storeBatcher {
+// (storeStmtBudget when 0), of which the tenants that go alone run at most aloneSlots at once, and whose
+// runner's statements use grouped, a pool of at least maxRunning connections opened by openGroupedPool (db
+// itself, unbounded, when nil).
+func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.Duration, aloneSlots int,
+	perInsert prometheus.Observer, m storeMetrics) *storeBatcher {
 	if grouped == nil && db != nil {
 		grouped = db.DB
 	}
@@ -115,7 +120,7 @@ func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.
 		alonePer = storeStmtBudget
 	}
 	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), alonePer: alonePer,
-		perInsert: perInsert, metrics: m, alone: map[uuid.UUID]*aloneTenant{}}
+		aloneSlots: make(chan struct{}, max(aloneSlots, 1)), perInsert: perInsert, metrics: m, alone: map[uuid.UUID]*aloneTenant{}}
 }
 
 // groupedRuntimeParams are the session settings of the grouped pool's connections, sent in the startup
@@ -265,8 +270,8 @@ func (b *storeBatcher) goAlone(tenantID uuid.UUID) {
 }
 
 // insertAlone stores msgs of a tenant in a statement of its own on the shared pool, bounded by ctx and
-// b.alonePer. A tenant that goes alone waits for its turn first (one store at a time); a failure makes the
-// tenant go alone, a success ends it.
+// b.alonePer. A tenant that goes alone waits for its turn first (one store at a time), then for one of
+// b.aloneSlots; a failure makes the tenant go alone, a success ends it.
 func (b *storeBatcher) insertAlone(ctx context.Context, tenantID uuid.UUID, msgs []Message) (int64, error) {
 	b.mu.Lock()
 	a := b.alone[tenantID]
@@ -275,6 +280,12 @@ func (b *storeBatcher) insertAlone(ctx context.Context, tenantID uuid.UUID, msgs
 		select {
 		case a.turn <- struct{}{}:
 			defer func() { <-a.turn }()
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		}
+		select {
+		case b.aloneSlots <- struct{}{}:
+			defer func() { <-b.aloneSlots }()
 		case <-ctx.Done():
 			return 0, context.Cause(ctx)
 		}

@@ -38,7 +38,7 @@ func req(tenant uuid.UUID, rows int) *storeReq {
 // put in a grouped insert; its waiting stores are answered "go alone" and leave the queue.
 func TestTakeHandsBackTheStoresOfTenantsThatGoAlone(t *testing.T) {
 	blocked, a, c := uuid.New(), uuid.New(), uuid.New()
-	b := newStoreBatcher(nil, nil, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+	b := newStoreBatcher(nil, nil, 1, 0, 1, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
 	b.goAlone(blocked)
 	r1, r2, r3, r4 := req(blocked, 1), req(a, 2), req(blocked, 3), req(c, 4)
 	b.waiting = []*storeReq{r1, r2, r3, r4}
@@ -63,7 +63,7 @@ func TestTakeHandsBackTheStoresOfTenantsThatGoAlone(t *testing.T) {
 
 // TestTakeStopsAtTheStatementBound: a grouped insert carries at most maxStoreRows rows; the rest wait.
 func TestTakeStopsAtTheStatementBound(t *testing.T) {
-	b := newStoreBatcher(nil, nil, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+	b := newStoreBatcher(nil, nil, 1, 0, 1, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
 	for range 10 {
 		b.waiting = append(b.waiting, req(uuid.New(), maxGroupedRows))
 	}
@@ -175,7 +175,7 @@ func testHeldPartition(t *testing.T, tc heldPartitionCase) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = grouped.Close() })
-	b := newStoreBatcher(db, grouped, 1, 0, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+	b := newStoreBatcher(db, grouped, 1, 0, 2, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
 
 	holder, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
