@@ -240,7 +240,7 @@ func testHeldPartition(t *testing.T, tc heldPartitionCase) {
 	}
 	// The held tenant goes alone, one store at a time: it holds one connection, whatever its workers.
 	var busy int
-	if err := holder.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
 		WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'INSERT INTO messages%'`).Scan(&busy); err != nil {
 		t.Fatal(err)
 	}
@@ -280,5 +280,76 @@ func testHeldPartition(t *testing.T, tc heldPartitionCase) {
 		if n != want {
 			t.Fatalf("tenant %s: %d rows stored, want %d", id, n, want)
 		}
+	}
+}
+
+// TestTenantsThatGoAloneHoldAtMostTheirSlots locks messages itself, so that every tenant's store waits: the
+// grouped insert is split, every tenant goes alone, and together they hold no more connections than their
+// slots (the rest of the pool stays free); once the lock ends, every store completes.
+func TestTenantsThatGoAloneHoldAtMostTheirSlots(t *testing.T) {
+	db, dbURL := storeDB(t)
+	ctx := context.Background()
+	tenants := []uuid.UUID{uuid.New(), uuid.New(), uuid.New(), uuid.New()}
+	for _, id := range tenants {
+		if err := CreatePartition(ctx, db, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grouped, err := openGroupedPool(dbURL, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = grouped.Close() })
+	const slots = 2
+	b := newStoreBatcher(db, grouped, 1, 0, slots, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+
+	holder, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	execSQL(t, holder, "BEGIN")
+	execSQL(t, holder, "LOCK TABLE messages IN SHARE MODE")
+	done := make(chan error, 2*len(tenants))
+	for _, id := range tenants {
+		for range 2 {
+			go func() {
+				_, err := b.insert(context.Background(), id, []Message{{ID: uuid.New(), Payload: []byte(`{}`), CreatedAt: time.Now()}})
+				done <- err
+			}()
+		}
+	}
+	waiting := func() (n int) { // asked outside the holder's transaction, which would see a snapshot
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// PostgreSQL says nothing when a store reaches its lock: look until every tenant goes alone.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b.mu.Lock()
+		alone := len(b.alone)
+		b.mu.Unlock()
+		if alone == len(tenants) && len(b.aloneSlots) == slots && waiting() == slots {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d tenants go alone, %d slots taken, %d inserts wait on the lock", alone, len(tenants), len(b.aloneSlots), waiting())
+		}
+	}
+	// The stores that wait for a slot hold no connection.
+	if n := waiting(); n > slots {
+		t.Fatalf("%d inserts wait on the lock, want at most %d", n, slots)
+	}
+	execSQL(t, holder, "COMMIT")
+	for range 2 * len(tenants) {
+		if err := <-done; err != nil {
+			t.Fatalf("a store after the lock ended: %v", err)
+		}
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM messages").Scan(&n); err != nil || n != 2*len(tenants) {
+		t.Fatalf("%d rows stored (%v), want %d", n, err, 2*len(tenants))
 	}
 }
