@@ -18,6 +18,7 @@ type Metrics struct {
 	rateLimited *prometheus.CounterVec
 	perPublish  prometheus.Histogram
 	perInsert   prometheus.Histogram
+	stores      storeMetrics
 }
 
 // NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
@@ -44,7 +45,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	m.perInsert = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace,
 		Name: "messages_per_insert", Help: "Messages carried by one insert statement of the consumers (the stores of several deliveries, of any tenants, go together while earlier inserts run).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048}})
-	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert)
+	m.stores = newStoreMetrics()
+	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert,
+		m.stores.split, m.stores.alone)
 	return m
 }
 

@@ -46,18 +46,30 @@ type ServiceParams struct {
 	Config  config.Config
 	Metrics *Metrics
 	Log     *zap.Logger
+	// Lifecycle, when given, closes the grouped inserts' pool (see storeBatcher) when the application stops.
+	Lifecycle fx.Lifecycle `optional:"true"`
 }
 
 // NewService returns a Service publishing to the configured exchange.
 func NewService(p ServiceParams) *Service {
 	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
 		view: newView(p.Config.RateLimitDefault), publishTimeout: p.Config.PublishConfirmTimeout,
-		stores: newStoreBatcher(p.DB, p.Config.StoreInsertsInFlight, p.Metrics.perInsert), metrics: p.Metrics, log: p.Log.Named("messaging")}
+		metrics: p.Metrics, log: p.Log.Named("messaging")}
 	if s.publishTimeout <= 0 {
 		s.publishTimeout = 5 * time.Second
 	}
 	s.coal = newCoalescers(p.Config.PublishLinger, p.Config.PublishMaxPending, s.publishTimeout, s.publishEnvelope,
 		func(n int) { s.metrics.perPublish.Observe(float64(n)) })
+	grouped, err := openGroupedPool(p.Config.DatabaseURL, p.Config.StoreInsertsInFlight, p.Config.DBConnMaxLifetime)
+	if err != nil { // DATABASE_URL was parsed when the database was opened: not expected
+		s.log.Error("grouped inserts run on the shared pool, without their lock and statement bounds", zap.Error(err))
+	} else if p.Lifecycle != nil {
+		p.Lifecycle.Append(fx.StopHook(grouped.Close))
+	}
+	// A store that goes alone takes at most the consumers' retry budget: no attempt outlasts the budget. The
+	// tenants that go alone (their stores failed: a locked partition, say) hold at most half the pool.
+	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget,
+		p.Config.DBMaxOpenConns/2, p.Metrics.perInsert, p.Metrics.stores)
 	return s
 }
 

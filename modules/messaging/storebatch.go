@@ -2,13 +2,18 @@ package messaging
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
+
+	"github.com/acme/msgsvc/platform/metrics"
 )
 
 // Bounds of one grouped insert, and of a store that may join one (a larger store goes alone, at once).
@@ -17,7 +22,19 @@ const (
 	maxStoreBytes   = 8 << 20
 	maxGroupedRows  = 256
 	maxGroupedBytes = 1 << 20
-	storeStmtBudget = 30 * time.Second // a grouped insert serves several callers, so no caller's context bounds it
+	// storeStmtBudget bounds a store that goes alone, from the moment it starts, unless the batcher is given
+	// another bound (the consumers' retry budget; its caller's context may end it sooner): such a store holds a
+	// connection of the shared pool, never a grouped insert's slot.
+	storeStmtBudget = 30 * time.Second
+	// groupLockTimeout and groupStmtTimeout bound a grouped insert, which serves several tenants, by the session
+	// settings lock_timeout and statement_timeout of the connections it runs on: a lock on one tenant's partition
+	// (a CREATE INDEX, an operator's transaction), or a partition that is slow, holds the others' stores that long
+	// at most, and then the group is split.
+	groupLockTimeout = 200 * time.Millisecond
+	groupStmtTimeout = 2 * time.Second
+	// maxAloneTenants is how many tenants may go alone before those not storing for a minute are forgotten (a
+	// tenant deleted while its store failed would otherwise stay listed).
+	maxAloneTenants = 1024
 )
 
 // storeBatcher is group commit for the consumers' inserts, across tenants: while maxRunning inserts run, the
@@ -27,18 +44,48 @@ const (
 // (a WAL flush where fsync is on) whatever its row count, so many tenants' deliveries of a few messages each
 // cost as much as one tenant's batch.
 //
-// Tenants stay apart where it matters: a store too big to join a group (maxGroupedRows, maxGroupedBytes) goes
-// alone, at once, so no tenant's big batch holds the small ones back; and a grouped insert that fails is run
-// again tenant by tenant, so that one tenant's failure (a refused value, a partition dropped by a deletion in
-// flight) fails only that tenant's stores, which then take the single-tenant path they always had.
+// No tenant's store holds another's:
+//   - A store too big to join a group (maxGroupedRows, maxGroupedBytes) goes alone, at once, so no tenant's
+//     big batch holds the small ones back.
+//   - The runner's statements (grouped, or one store when nothing else waits) run on their own small pool whose
+//     sessions wait at most groupLockTimeout for a lock and run at most groupStmtTimeout. When such a statement
+//     fails, for whatever reason, the group is split at once: every store in it goes alone, concurrently, each
+//     bounded by its own caller's context (and alonePer), on the shared pool. So one tenant's locked or
+//     slow partition, a refused value or a partition dropped by a deletion in flight fails or delays only that
+//     tenant's stores; the others are stored a lock timeout later.
+//   - A tenant whose store failed goes alone, one store at a time, until one succeeds: while its partition is
+//     locked it never takes the grouped slot again, and it holds one connection of the shared pool, however
+//     many workers it has. Its stores wait on its own turn, not on a shared queue. Tenants that go alone hold
+//     at most aloneSlots connections together (half the pool), so that a lock on every partition at once (a
+//     lock on messages itself) leaves the pool to reads, tenant changes and readiness.
 type storeBatcher struct {
-	db         *bun.DB
+	db         *bun.DB // stores that go alone
+	grouped    *sql.DB // the runner's statements: sessions with lock_timeout and statement_timeout
 	maxRunning int
+	alonePer   time.Duration // the longest a store that goes alone may take
+	aloneSlots chan struct{} // connections that the stores of tenants that go alone may hold together
 	perInsert  prometheus.Observer
+	metrics    storeMetrics
 
 	mu      sync.Mutex
 	waiting []*storeReq
 	running int
+	alone   map[uuid.UUID]*aloneTenant // tenants whose last store failed; they go alone until one succeeds
+}
+
+// storeMetrics are the batcher's series besides messages_per_insert.
+type storeMetrics struct {
+	split prometheus.Counter // grouped inserts that failed and were split into stores that go alone
+	alone prometheus.Gauge   // tenants that go alone now
+}
+
+func newStoreMetrics() storeMetrics {
+	return storeMetrics{
+		split: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "store_groups_split_total",
+			Help: "Grouped inserts of the consumers that failed (a lock or statement timeout, an error) and were split: each store went alone."}),
+		alone: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "store_tenants_alone",
+			Help: "Tenants whose last store failed: their stores go alone, one at a time, until one succeeds."}),
+	}
 }
 
 type storeReq struct {
@@ -51,10 +98,55 @@ type storeReq struct {
 type storeRes struct {
 	inserted int64
 	err      error
+	alone    bool // not stored: go alone (the group failed, or the tenant goes alone)
 }
 
-func newStoreBatcher(db *bun.DB, maxRunning int, perInsert prometheus.Observer) *storeBatcher {
-	return &storeBatcher{db: db, maxRunning: max(maxRunning, 1), perInsert: perInsert}
+// aloneTenant is the turn of a tenant that goes alone: one store at a time.
+type aloneTenant struct {
+	turn  chan struct{}
+	since time.Time
+}
+
+// newStoreBatcher returns a batcher whose stores that go alone use db and take at most alonePer each
+// (storeStmtBudget when 0), of which the tenants that go alone run at most aloneSlots at once, and whose
+// runner's statements use grouped, a pool of at least maxRunning connections opened by openGroupedPool (db
+// itself, unbounded, when nil).
+func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.Duration, aloneSlots int,
+	perInsert prometheus.Observer, m storeMetrics) *storeBatcher {
+	if grouped == nil && db != nil {
+		grouped = db.DB
+	}
+	if alonePer <= 0 {
+		alonePer = storeStmtBudget
+	}
+	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), alonePer: alonePer,
+		aloneSlots: make(chan struct{}, max(aloneSlots, 1)), perInsert: perInsert, metrics: m, alone: map[uuid.UUID]*aloneTenant{}}
+}
+
+// groupedRuntimeParams are the session settings of the grouped pool's connections, sent in the startup
+// message, so that bounding a grouped insert costs no round trip (no BEGIN, SET LOCAL, COMMIT around it).
+func groupedRuntimeParams() map[string]string {
+	return map[string]string{
+		"lock_timeout":      fmt.Sprintf("%dms", groupLockTimeout.Milliseconds()),
+		"statement_timeout": fmt.Sprintf("%dms", groupStmtTimeout.Milliseconds()),
+	}
+}
+
+// openGroupedPool opens the pool of the grouped inserts: size connections to url (DATABASE_URL) whose sessions
+// have groupedRuntimeParams. It does not connect.
+func openGroupedPool(url string, size int, lifetime time.Duration) (*sql.DB, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("open the grouped inserts' pool: parse DATABASE_URL: %w", err)
+	}
+	for k, v := range groupedRuntimeParams() {
+		cfg.RuntimeParams[k] = v
+	}
+	db := stdlib.OpenDB(*cfg)
+	db.SetMaxOpenConns(max(size, 1))
+	db.SetMaxIdleConns(max(size, 1))
+	db.SetConnMaxLifetime(lifetime)
+	return db, nil
 }
 
 // insert stores msgs of a tenant, skipping those already stored, and returns how many rows it inserted.
@@ -63,10 +155,11 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 	for _, m := range msgs {
 		r.bytes += len(m.Payload)
 	}
-	if len(msgs) > maxGroupedRows || r.bytes > maxGroupedBytes {
-		return b.insertOne(ctx, tenantID, msgs)
-	}
 	b.mu.Lock()
+	if len(msgs) > maxGroupedRows || r.bytes > maxGroupedBytes || b.alone[tenantID] != nil {
+		b.mu.Unlock()
+		return b.insertAlone(ctx, tenantID, msgs)
+	}
 	b.waiting = append(b.waiting, r)
 	start := b.running < b.maxRunning
 	if start {
@@ -78,57 +171,137 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 	}
 	select {
 	case res := <-r.done:
+		if res.alone {
+			return b.insertAlone(ctx, tenantID, msgs)
+		}
 		return res.inserted, res.err
 	case <-ctx.Done():
 		return 0, context.Cause(ctx)
 	}
 }
 
-// run sends what waits, one statement at a time, until nothing waits.
+// run sends what waits, one statement at a time, until nothing waits. A store of a tenant that goes alone is
+// handed back to its caller instead.
 func (b *storeBatcher) run() {
 	for {
 		b.mu.Lock()
-		n, rows, size := 0, 0, 0
-		for n < len(b.waiting) {
-			r := b.waiting[n]
-			if n > 0 && (rows+len(r.msgs) > maxStoreRows || size+r.bytes > maxStoreBytes) {
-				break
-			}
-			n++
-			rows += len(r.msgs)
-			size += r.bytes
-		}
-		if n == 0 {
+		batch, rows := b.take()
+		if len(batch) == 0 {
 			b.running--
 			b.mu.Unlock()
 			return
 		}
-		batch := b.waiting[:n:n]
-		b.waiting = b.waiting[n:]
 		b.mu.Unlock()
 		b.exec(batch, rows)
 	}
 }
 
+// take removes the next statement's stores from the waiting ones and returns them with their row count; the
+// stores of tenants that go alone are answered so. b.mu is held.
+func (b *storeBatcher) take() ([]*storeReq, int) {
+	n, rows, size := 0, 0, 0
+	var batch []*storeReq
+	for n < len(b.waiting) {
+		r := b.waiting[n]
+		if len(b.alone) > 0 && b.alone[r.tenantID] != nil {
+			r.done <- storeRes{alone: true}
+			n++
+			continue
+		}
+		if len(batch) > 0 && (rows+len(r.msgs) > maxStoreRows || size+r.bytes > maxStoreBytes) {
+			break
+		}
+		batch = append(batch, r)
+		n++
+		rows += len(r.msgs)
+		size += r.bytes
+	}
+	b.waiting = b.waiting[n:]
+	return batch, rows
+}
+
+// exec runs one statement for batch on the grouped pool; when it fails, every store of the batch goes alone.
 func (b *storeBatcher) exec(batch []*storeReq, rows int) {
-	ctx, cancel := context.WithTimeout(context.Background(), storeStmtBudget)
+	ctx, cancel := context.WithTimeout(context.Background(), groupStmtTimeout+time.Second) // the server's bound, and the network's
 	defer cancel()
-	if len(batch) > 1 {
-		counts, err := b.insertMany(ctx, batch, rows)
-		if err == nil {
-			b.perInsert.Observe(float64(rows))
-			for _, r := range batch {
-				n := min(counts[r.tenantID], int64(len(r.msgs))) // several stores of a tenant share its count
-				counts[r.tenantID] -= n
-				r.done <- storeRes{inserted: n}
+	var counts map[uuid.UUID]int64
+	var err error
+	if len(batch) == 1 {
+		var n int64
+		n, err = b.insertOne(ctx, b.grouped, batch[0].tenantID, batch[0].msgs)
+		counts = map[uuid.UUID]int64{batch[0].tenantID: n}
+	} else {
+		counts, err = b.insertMany(ctx, batch, rows)
+	}
+	if err == nil {
+		for _, r := range batch {
+			n := min(counts[r.tenantID], int64(len(r.msgs))) // several stores of a tenant share its count
+			counts[r.tenantID] -= n
+			r.done <- storeRes{inserted: n}
+		}
+		return
+	}
+	b.metrics.split.Inc()
+	b.mu.Lock()
+	for _, r := range batch {
+		b.goAlone(r.tenantID)
+	}
+	b.mu.Unlock()
+	for _, r := range batch {
+		r.done <- storeRes{alone: true}
+	}
+}
+
+// goAlone lists tenantID among the tenants that go alone. b.mu is held.
+func (b *storeBatcher) goAlone(tenantID uuid.UUID) {
+	if b.alone[tenantID] != nil {
+		return
+	}
+	now := time.Now()
+	if len(b.alone) >= maxAloneTenants {
+		for id, a := range b.alone {
+			if len(a.turn) == 0 && now.Sub(a.since) > time.Minute {
+				delete(b.alone, id)
 			}
-			return
 		}
 	}
-	for _, r := range batch {
-		n, err := b.insertOne(ctx, r.tenantID, r.msgs)
-		r.done <- storeRes{inserted: n, err: err}
+	b.alone[tenantID] = &aloneTenant{turn: make(chan struct{}, 1), since: now}
+	b.metrics.alone.Set(float64(len(b.alone)))
+}
+
+// insertAlone stores msgs of a tenant in a statement of its own on the shared pool, bounded by ctx and
+// b.alonePer. A tenant that goes alone waits for its turn first (one store at a time), then for one of
+// b.aloneSlots; a failure makes the tenant go alone, a success ends it.
+func (b *storeBatcher) insertAlone(ctx context.Context, tenantID uuid.UUID, msgs []Message) (int64, error) {
+	b.mu.Lock()
+	a := b.alone[tenantID]
+	b.mu.Unlock()
+	if a != nil {
+		select {
+		case a.turn <- struct{}{}:
+			defer func() { <-a.turn }()
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		}
+		select {
+		case b.aloneSlots <- struct{}{}:
+			defer func() { <-b.aloneSlots }()
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		}
 	}
+	ctx, cancel := context.WithTimeout(ctx, b.alonePer)
+	defer cancel()
+	n, err := b.insertOne(ctx, b.db.DB, tenantID, msgs)
+	b.mu.Lock()
+	if err != nil {
+		b.goAlone(tenantID)
+	} else if b.alone[tenantID] != nil {
+		delete(b.alone, tenantID)
+		b.metrics.alone.Set(float64(len(b.alone)))
+	}
+	b.mu.Unlock()
+	return n, err
 }
 
 // insertSQL stores a batch in one statement whose text does not depend on the batch: the rows travel as three
@@ -156,12 +329,12 @@ func (a *rowArrays) add(msgs []Message) {
 	}
 }
 
-// insertOne stores msgs of one tenant in one insert of their own.
-func (b *storeBatcher) insertOne(ctx context.Context, tenantID uuid.UUID, msgs []Message) (int64, error) {
+// insertOne stores msgs of one tenant in one insert of their own, on db.
+func (b *storeBatcher) insertOne(ctx context.Context, db *sql.DB, tenantID uuid.UUID, msgs []Message) (int64, error) {
 	b.perInsert.Observe(float64(len(msgs)))
 	a := newRowArrays(len(msgs))
 	a.add(msgs)
-	res, err := b.db.DB.ExecContext(ctx, insertSQL, tenantID.String(), a.ids, a.payloads, a.created)
+	res, err := db.ExecContext(ctx, insertSQL, tenantID.String(), a.ids, a.payloads, a.created)
 	if err != nil {
 		return 0, err
 	}
@@ -187,7 +360,8 @@ func (b *storeBatcher) insertMany(ctx context.Context, batch []*storeReq, rows i
 		}
 		a.add(r.msgs)
 	}
-	res, err := b.db.DB.QueryContext(ctx, insertManySQL, tenants, a.ids, a.payloads, a.created)
+	b.perInsert.Observe(float64(rows))
+	res, err := b.grouped.QueryContext(ctx, insertManySQL, tenants, a.ids, a.payloads, a.created)
 	if err != nil {
 		return nil, err
 	}

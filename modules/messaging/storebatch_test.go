@@ -1,0 +1,355 @@
+package messaging
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/migrations"
+	"github.com/acme/msgsvc/platform/database"
+)
+
+// value reads a counter's or gauge's value.
+func value(c prometheus.Collector) float64 {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, _ := reg.Gather()
+	m := mfs[0].GetMetric()[0]
+	return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+}
+
+func req(tenant uuid.UUID, rows int) *storeReq {
+	return &storeReq{tenantID: tenant, msgs: make([]Message, rows), done: make(chan storeRes, 1)}
+}
+
+// TestTakeHandsBackTheStoresOfTenantsThatGoAlone: a tenant that goes alone (its last store failed) is never
+// put in a grouped insert; its waiting stores are answered "go alone" and leave the queue.
+func TestTakeHandsBackTheStoresOfTenantsThatGoAlone(t *testing.T) {
+	blocked, a, c := uuid.New(), uuid.New(), uuid.New()
+	b := newStoreBatcher(nil, nil, 1, 0, 1, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+	b.goAlone(blocked)
+	r1, r2, r3, r4 := req(blocked, 1), req(a, 2), req(blocked, 3), req(c, 4)
+	b.waiting = []*storeReq{r1, r2, r3, r4}
+	batch, rows := b.take()
+	if len(batch) != 2 || batch[0] != r2 || batch[1] != r4 || rows != 6 {
+		t.Fatalf("take = %d stores, %d rows; want the two stores of the other tenants, 6 rows", len(batch), rows)
+	}
+	for _, r := range []*storeReq{r1, r3} {
+		select {
+		case res := <-r.done:
+			if !res.alone {
+				t.Fatalf("blocked tenant's store answered %+v, want alone", res)
+			}
+		default:
+			t.Fatal("blocked tenant's store was not answered")
+		}
+	}
+	if len(b.waiting) != 0 {
+		t.Fatalf("%d stores still wait", len(b.waiting))
+	}
+}
+
+// TestTakeStopsAtTheStatementBound: a grouped insert carries at most maxStoreRows rows; the rest wait.
+func TestTakeStopsAtTheStatementBound(t *testing.T) {
+	b := newStoreBatcher(nil, nil, 1, 0, 1, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+	for range 10 {
+		b.waiting = append(b.waiting, req(uuid.New(), maxGroupedRows))
+	}
+	batch, rows := b.take()
+	if want := maxStoreRows / maxGroupedRows; len(batch) != want || rows != want*maxGroupedRows || len(b.waiting) != 10-want {
+		t.Fatalf("take = %d stores, %d rows, %d left; want %d stores", len(batch), rows, len(b.waiting), want)
+	}
+}
+
+// storeDB is a fresh migrated database on TEST_DATABASE_URL, or a skipped test (a failed one with
+// TEST_REQUIRE_SERVICES=1).
+func storeDB(t *testing.T) (*bun.DB, string) {
+	t.Helper()
+	admin := os.Getenv("TEST_DATABASE_URL")
+	if admin == "" {
+		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
+			t.Fatal("TEST_DATABASE_URL is required")
+		}
+		t.Skip("TEST_DATABASE_URL is not set")
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	nb := make([]byte, 8)
+	for i := range nb {
+		nb[i] = byte(rand.N(256))
+	}
+	name := "t_store_" + hex.EncodeToString(nb)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		if c, err := pgx.Connect(ctx, admin); err == nil {
+			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			_ = c.Close(ctx)
+		}
+	})
+	u, _ := url.Parse(admin)
+	u.Path = "/" + name
+	db, err := database.Open(database.Options{URL: u.String(), MaxOpenConns: 10, MaxIdleConns: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if _, err := database.Migrate(ctx, db, migrations.FS, zap.NewNop()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return db, u.String()
+}
+
+// heldPartitionCase holds one tenant's partition (hold), and releases it (release, given the holding session).
+type heldPartitionCase struct {
+	name    string
+	hold    func(t *testing.T, s *pgx.Conn, partition string)
+	release func(t *testing.T, s *pgx.Conn)
+}
+
+// TestGroupedStoresGoOnWhileOnePartitionIsHeld: while one tenant's partition is locked (as a CREATE INDEX without
+// CONCURRENTLY would), or slow, other tenants' stores, grouped with its own, are all stored while it is held;
+// the held tenant's stores wait (holding at most one connection) and are all stored once it is released.
+func TestGroupedStoresGoOnWhileOnePartitionIsHeld(t *testing.T) {
+	cases := []heldPartitionCase{{
+		name: "locked",
+		hold: func(t *testing.T, s *pgx.Conn, partition string) {
+			execSQL(t, s, "BEGIN")
+			execSQL(t, s, fmt.Sprintf(`LOCK TABLE %q IN SHARE MODE`, partition))
+		},
+		release: func(t *testing.T, s *pgx.Conn) { execSQL(t, s, "COMMIT") },
+	}, {
+		// Each row into the partition takes as long as the flag is down: slow, without waiting on any lock.
+		name: "slow",
+		hold: func(t *testing.T, s *pgx.Conn, partition string) {
+			execSQL(t, s, `CREATE TABLE slow_flag (up boolean)`)
+			execSQL(t, s, `CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	WHILE NOT EXISTS (SELECT 1 FROM slow_flag) LOOP PERFORM pg_sleep(0.02); END LOOP;
+	RETURN NEW;
+END $$`)
+			execSQL(t, s, fmt.Sprintf(`CREATE TRIGGER slow BEFORE INSERT ON %q FOR EACH ROW EXECUTE FUNCTION slow_row()`, partition))
+		},
+		release: func(t *testing.T, s *pgx.Conn) { execSQL(t, s, `INSERT INTO slow_flag VALUES (true)`) },
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { testHeldPartition(t, tc) })
+	}
+}
+
+func execSQL(t *testing.T, c *pgx.Conn, sql string) {
+	t.Helper()
+	if _, err := c.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func testHeldPartition(t *testing.T, tc heldPartitionCase) {
+	db, dbURL := storeDB(t)
+	ctx := context.Background()
+	held, others := uuid.New(), []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+	for _, id := range append([]uuid.UUID{held}, others...) {
+		if err := CreatePartition(ctx, db, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grouped, err := openGroupedPool(dbURL, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = grouped.Close() })
+	b := newStoreBatcher(db, grouped, 1, 0, 2, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+
+	holder, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	tc.hold(t, holder, PartitionName(held))
+	released := false
+	defer func() {
+		if !released {
+			tc.release(t, holder)
+		}
+	}()
+
+	msgs := func(n int) []Message {
+		ms := make([]Message, n)
+		for i := range ms {
+			ms[i] = Message{ID: uuid.Must(uuid.NewV7()), Payload: []byte(`{"n":1}`), CreatedAt: time.Now()}
+		}
+		return ms
+	}
+	// The held tenant's three workers store (as the consumers do, without a deadline), together with the
+	// others' stores: every grouped insert of the first round holds rows of both.
+	const heldStores, rounds, perStore = 3, 10, 4
+	heldDone := make(chan error, heldStores)
+	for range heldStores {
+		go func() {
+			_, err := b.insert(context.Background(), held, msgs(perStore))
+			heldDone <- err
+		}()
+	}
+	// The others' stores must all be stored while the held partition is still held: on the old code they waited
+	// behind a grouped insert for its 30 s budget.
+	othersCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for round := range rounds {
+		var wg sync.WaitGroup
+		errs := make(chan error, len(others))
+		for _, id := range others {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n, err := b.insert(othersCtx, id, msgs(perStore))
+				if err == nil && n != perStore {
+					err = fmt.Errorf("inserted %d rows, want %d", n, perStore)
+				}
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: another tenant's store while %s's partition is %s: %v", round, held, tc.name, err)
+			}
+		}
+	}
+	select {
+	case err := <-heldDone:
+		t.Fatalf("the held tenant's store returned while its partition is held: %v", err)
+	default:
+	}
+	// The held tenant goes alone, one store at a time: it holds one connection, whatever its workers.
+	var busy int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'INSERT INTO messages%'`).Scan(&busy); err != nil {
+		t.Fatal(err)
+	}
+	if busy > 1 {
+		t.Fatalf("%d connections run the held tenant's inserts, want at most 1", busy)
+	}
+
+	tc.release(t, holder)
+	released = true
+	for range heldStores {
+		if err := <-heldDone; err != nil {
+			t.Fatalf("the held tenant's store after its partition was released: %v", err)
+		}
+	}
+	// And it joins the grouped inserts again.
+	if _, err := b.insert(ctx, held, msgs(perStore)); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	alone := len(b.alone)
+	b.mu.Unlock()
+	if alone != 0 || value(b.metrics.alone) != 0 {
+		t.Fatalf("%d tenants still go alone after every store succeeded (gauge %v)", alone, value(b.metrics.alone))
+	}
+	if split := value(b.metrics.split); split < 1 {
+		t.Fatalf("store_groups_split_total = %v, want the held tenant's groups counted", split)
+	}
+	for _, id := range append([]uuid.UUID{held}, others...) {
+		want := rounds * perStore
+		if id == held {
+			want = (heldStores + 1) * perStore
+		}
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM messages WHERE tenant_id = ?", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Fatalf("tenant %s: %d rows stored, want %d", id, n, want)
+		}
+	}
+}
+
+// TestTenantsThatGoAloneHoldAtMostTheirSlots locks messages itself, so that every tenant's store waits: the
+// grouped insert is split, every tenant goes alone, and together they hold no more connections than their
+// slots (the rest of the pool stays free); once the lock ends, every store completes.
+func TestTenantsThatGoAloneHoldAtMostTheirSlots(t *testing.T) {
+	db, dbURL := storeDB(t)
+	ctx := context.Background()
+	tenants := []uuid.UUID{uuid.New(), uuid.New(), uuid.New(), uuid.New()}
+	for _, id := range tenants {
+		if err := CreatePartition(ctx, db, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grouped, err := openGroupedPool(dbURL, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = grouped.Close() })
+	const slots = 2
+	b := newStoreBatcher(db, grouped, 1, 0, slots, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+
+	holder, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	execSQL(t, holder, "BEGIN")
+	execSQL(t, holder, "LOCK TABLE messages IN SHARE MODE")
+	done := make(chan error, 2*len(tenants))
+	for _, id := range tenants {
+		for range 2 {
+			go func() {
+				_, err := b.insert(context.Background(), id, []Message{{ID: uuid.New(), Payload: []byte(`{}`), CreatedAt: time.Now()}})
+				done <- err
+			}()
+		}
+	}
+	waiting := func() (n int) { // asked outside the holder's transaction, which would see a snapshot
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// PostgreSQL says nothing when a store reaches its lock: look until every tenant goes alone.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b.mu.Lock()
+		alone := len(b.alone)
+		b.mu.Unlock()
+		if alone == len(tenants) && len(b.aloneSlots) == slots && waiting() == slots {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d tenants go alone, %d slots taken, %d inserts wait on the lock", alone, len(tenants), len(b.aloneSlots), waiting())
+		}
+	}
+	// The stores that wait for a slot hold no connection.
+	if n := waiting(); n > slots {
+		t.Fatalf("%d inserts wait on the lock, want at most %d", n, slots)
+	}
+	execSQL(t, holder, "COMMIT")
+	for range 2 * len(tenants) {
+		if err := <-done; err != nil {
+			t.Fatalf("a store after the lock ended: %v", err)
+		}
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM messages").Scan(&n); err != nil || n != 2*len(tenants) {
+		t.Fatalf("%d rows stored (%v), want %d", n, err, 2*len(tenants))
+	}
+}
