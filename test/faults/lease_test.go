@@ -158,6 +158,18 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// awaitRejoin waits until A, its fault mended, heartbeats again and consumes the tenants placed on it, and B
+// only its own, and returns how long that took.
+func (p *leasePair) awaitRejoin() time.Duration {
+	p.t.Helper()
+	began := time.Now()
+	testenv.Eventually(p.t, 30*time.Second, func() bool {
+		return metric(p.t, p.a.URL, "msgsvc_consumers_running") == float64(len(p.ofA)) &&
+			metric(p.t, p.b.URL, "msgsvc_consumers_running") == float64(len(p.ofB))
+	}, "replica A did not take its tenants back")
+	return time.Since(began)
+}
+
 // finish stops the stream and checks that every message answered 202 (and each probe) is stored exactly once.
 func (p *leasePair) finish(st *stream, probes map[string]string) outcome {
 	p.t.Helper()
@@ -174,8 +186,8 @@ func (p *leasePair) finish(st *stream, probes map[string]string) outcome {
 // TestReplicaCutOffFromPostgresHandsItsTenantsOver runs two replicas and takes PostgreSQL away from replica A
 // only (its role made NOLOGIN and its sessions ended; A keeps RabbitMQ). A's lease runs out, so it stops its
 // consumers before B counts it dead; B takes A's tenants over: each of them stores a message published through
-// B within REPLICA_TTL plus a reconciliation interval of the cut, and every message answered 202 is stored
-// exactly once. Before ownership was a lease, A went on consuming while storing nothing (0 of 9 tenants stored
+// B within REPLICA_TTL plus a reconciliation interval of the cut. Once A may log in again, it takes its tenants
+// back, and every message answered 202 is stored exactly once. Before ownership was a lease, A went on consuming while storing nothing (0 of 9 tenants stored
 // within 60 s).
 func TestReplicaCutOffFromPostgresHandsItsTenantsOver(t *testing.T) {
 	s := testenv.Get(t)
@@ -209,16 +221,20 @@ func TestReplicaCutOffFromPostgresHandsItsTenantsOver(t *testing.T) {
 	t.Logf("replica A cut off from PostgreSQL: all %d of its tenants stored a message published through B %s after the cut (bound %s)",
 		len(p.ofA), took.Round(10*time.Millisecond), bound)
 	require.Zero(t, metric(t, p.a.URL, "msgsvc_consumers_running"), "replica A still runs consumers without its lease")
-	time.Sleep(time.Second)
+
+	_, err = admin.Exec(context.Background(), "ALTER ROLE "+role+" LOGIN")
+	require.NoError(t, err)
+	back := p.awaitRejoin()
 	o := p.finish(st, probes)
-	t.Logf("%s; answers %s", o, statuses(st.snapshot()))
+	t.Logf("A rejoined %s after its role could log in again; %s; answers %s", back.Round(10*time.Millisecond), o, statuses(st.snapshot()))
 }
 
 // TestReplicaCutOffFromRabbitMQHandsItsTenantsOver runs two replicas, each with a RabbitMQ user of its own, and
 // takes RabbitMQ away from replica A only (its user's permissions cleared and its connections closed; A keeps
 // PostgreSQL). After REPLICA_BROKER_GRACE without its consumer connections, A stops heartbeating and owns
 // nothing; B takes A's tenants over: each of them stores a message published through B within the grace plus
-// REPLICA_TTL plus a reconciliation interval of the cut, and every message answered 202 is stored exactly once.
+// REPLICA_TTL plus a reconciliation interval of the cut. Once A's user is let in again, A heartbeats again and
+// takes its tenants back, and every message answered 202 is stored exactly once.
 // Before, A went on heartbeating and nobody consumed its tenants (0 of 13 stored within 60 s).
 func TestReplicaCutOffFromRabbitMQHandsItsTenantsOver(t *testing.T) {
 	s := testenv.Get(t)
@@ -250,7 +266,9 @@ func TestReplicaCutOffFromRabbitMQHandsItsTenantsOver(t *testing.T) {
 	t.Logf("replica A cut off from RabbitMQ: all %d of its tenants stored a message published through B %s after the cut (bound %s)",
 		len(p.ofA), took.Round(10*time.Millisecond), bound)
 	require.Zero(t, metric(t, p.a.URL, "msgsvc_consumers_running"), "replica A still runs consumers without its lease")
-	time.Sleep(time.Second)
+
+	s.RunScript(t, "rabbitmqctl", "-q", "set_permissions", "-p", vhost, userA, ".*", ".*", ".*")
+	back := p.awaitRejoin()
 	o := p.finish(st, probes)
-	t.Logf("%s; answers %s", o, statuses(st.snapshot()))
+	t.Logf("A rejoined %s after its user was allowed in again; %s; answers %s", back.Round(10*time.Millisecond), o, statuses(st.snapshot()))
 }
