@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
@@ -18,13 +19,15 @@ import (
 // pool's connections (broker.PoolHealth).
 var Module = fx.Module("cluster",
 	// *bun.DB is not used but orders the hooks: the heartbeats need the schema its start migrates.
-	fx.Provide(func(lc fx.Lifecycle, _ *bun.DB, c config.Config, health *broker.PoolHealth, log *zap.Logger) (*Membership, error) {
+	fx.Provide(func(lc fx.Lifecycle, _ *bun.DB, c config.Config, health *broker.PoolHealth, reg prometheus.Registerer,
+		log *zap.Logger) (*Membership, error) {
 		beats, err := NewHeartbeats(c.DatabaseURL)
 		if err != nil {
 			return nil, err
 		}
 		m := NewMembership(beats, health, MembershipOptions{Self: c.ReplicaID, Interval: c.ReplicaHeartbeatInterval,
 			TTL: c.ReplicaTTL, Margin: c.ReplicaLeaseMargin(), BrokerGrace: c.ReplicaBrokerGrace}, log)
+		registerMetrics(reg, m)
 		lc.Append(fx.Hook{OnStart: m.Start, OnStop: m.Leave})
 		return m, nil
 	}),

@@ -164,7 +164,8 @@ func (p *leasePair) awaitRejoin() time.Duration {
 	p.t.Helper()
 	began := time.Now()
 	testenv.Eventually(p.t, 30*time.Second, func() bool {
-		return metric(p.t, p.a.URL, "msgsvc_consumers_running") == float64(len(p.ofA)) &&
+		return metric(p.t, p.a.URL, "msgsvc_replica_lease_held") == 1 &&
+			metric(p.t, p.a.URL, "msgsvc_consumers_running") == float64(len(p.ofA)) &&
 			metric(p.t, p.b.URL, "msgsvc_consumers_running") == float64(len(p.ofB))
 	}, "replica A did not take its tenants back")
 	return time.Since(began)
@@ -220,6 +221,7 @@ func TestReplicaCutOffFromPostgresHandsItsTenantsOver(t *testing.T) {
 	took := p.awaitStored(probes, cut, bound)
 	t.Logf("replica A cut off from PostgreSQL: all %d of its tenants stored a message published through B %s after the cut (bound %s)",
 		len(p.ofA), took.Round(10*time.Millisecond), bound)
+	require.Zero(t, metric(t, p.a.URL, "msgsvc_replica_lease_held"), "replica A says it holds its lease")
 	require.Zero(t, metric(t, p.a.URL, "msgsvc_consumers_running"), "replica A still runs consumers without its lease")
 
 	_, err = admin.Exec(context.Background(), "ALTER ROLE "+role+" LOGIN")
@@ -265,6 +267,7 @@ func TestReplicaCutOffFromRabbitMQHandsItsTenantsOver(t *testing.T) {
 	took := p.awaitStored(probes, cut, bound)
 	t.Logf("replica A cut off from RabbitMQ: all %d of its tenants stored a message published through B %s after the cut (bound %s)",
 		len(p.ofA), took.Round(10*time.Millisecond), bound)
+	require.Zero(t, metric(t, p.a.URL, "msgsvc_replica_lease_held"), "replica A says it holds its lease")
 	require.Zero(t, metric(t, p.a.URL, "msgsvc_consumers_running"), "replica A still runs consumers without its lease")
 
 	s.RunScript(t, "rabbitmqctl", "-q", "set_permissions", "-p", vhost, userA, ".*", ".*", ".*")
