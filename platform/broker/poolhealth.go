@@ -15,7 +15,8 @@ import (
 // for a reconnect's dial in progress, so a sweep that has not finished within stuckAfter counts as down too,
 // since the sweep began. Nothing is learned from log text.
 type PoolHealth struct {
-	pool       *ConsumerPool
+	closed     func() bool // whether a pooled connection is closed; may block during a reconnect's dial
+	now        func() time.Time
 	every      time.Duration
 	stuckAfter time.Duration
 
@@ -29,7 +30,11 @@ type PoolHealth struct {
 
 // NewPoolHealth returns a watcher of p's connections sweeping every every; Start starts it.
 func NewPoolHealth(p *ConsumerPool, every time.Duration) *PoolHealth {
-	return &PoolHealth{pool: p, every: every, stuckAfter: max(2*every, time.Second),
+	return newPoolHealth(p.anyClosed, every, time.Now)
+}
+
+func newPoolHealth(closed func() bool, every time.Duration, now func() time.Time) *PoolHealth {
+	return &PoolHealth{closed: closed, now: now, every: every, stuckAfter: max(2*every, time.Second),
 		stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -64,17 +69,11 @@ func (h *PoolHealth) run() {
 
 // sweep asks each pooled connection whether it is closed.
 func (h *PoolHealth) sweep() {
-	began := time.Now()
+	began := h.now()
 	h.mu.Lock()
 	h.sweepFrom = began
 	h.mu.Unlock()
-	closed := false
-	for _, c := range h.pool.connections() {
-		if c.IsClosed() {
-			closed = true
-			break
-		}
-	}
+	closed := h.closed()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.sweepFrom = time.Time{}
@@ -92,19 +91,24 @@ func (h *PoolHealth) Down() (since time.Time, down bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	since, down = h.downSince, !h.downSince.IsZero()
-	if !h.sweepFrom.IsZero() && time.Since(h.sweepFrom) >= h.stuckAfter && (!down || h.sweepFrom.Before(since)) {
+	if !h.sweepFrom.IsZero() && h.now().Sub(h.sweepFrom) >= h.stuckAfter && (!down || h.sweepFrom.Before(since)) {
 		since, down = h.sweepFrom, true
 	}
 	return since, down
 }
 
-// connections returns the pool's open connections.
-func (p *ConsumerPool) connections() []*rabbitmq.Conn {
+// anyClosed reports whether one of the pool's connections is closed (lost, and not reconnected yet).
+func (p *ConsumerPool) anyClosed() bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	conns := make([]*rabbitmq.Conn, len(p.conns))
 	for i, c := range p.conns {
 		conns[i] = c.conn
 	}
-	return conns
+	p.mu.Unlock()
+	for _, c := range conns {
+		if c.IsClosed() {
+			return true
+		}
+	}
+	return false
 }
