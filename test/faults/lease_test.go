@@ -14,6 +14,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
+	"go.uber.org/fx"
 
 	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
@@ -274,4 +276,38 @@ func TestReplicaCutOffFromRabbitMQHandsItsTenantsOver(t *testing.T) {
 	back := p.awaitRejoin()
 	o := p.finish(st, probes)
 	t.Logf("A rejoined %s after its user was allowed in again; %s; answers %s", back.Round(10*time.Millisecond), o, statuses(st.snapshot()))
+}
+
+// TestStarvedPoolDoesNotExpireAHealthyReplica holds the only connection of the service's database pool
+// (DB_MAX_OPEN_CONNS=1), as stores waiting on a lock would hold them all, for twice REPLICA_TTL. The heartbeat
+// has a connection of its own: the replica's row stays younger than the TTL throughout and it keeps its lease,
+// so the other replicas never take its tenants over while it is healthy.
+func TestStarvedPoolDoesNotExpireAHealthyReplica(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.DBMaxOpenConns, cfg.DBMaxIdleConns = 1, 1
+	cfg.ReplicaHeartbeatInterval, cfg.ReplicaTTL, cfg.ConsumerDrainTimeout = leaseInterval, leaseTTL, leaseDrain
+	var db *bun.DB
+	a := testenv.Start(t, cfg, fx.Populate(&db))
+	ctx := context.Background()
+	check, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	require.NoError(t, err)
+	defer check.Close(ctx)
+	age := func() time.Duration {
+		var d time.Duration
+		require.NoError(t, check.QueryRow(ctx, "SELECT now() - heartbeat_at FROM replicas WHERE id = $1", cfg.ReplicaID).Scan(&d))
+		return d
+	}
+	require.Less(t, age(), leaseTTL)
+
+	held, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer held.Close()
+	var oldest time.Duration
+	for end := time.Now().Add(2 * leaseTTL); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		oldest = max(oldest, age())
+		require.Less(t, oldest, leaseTTL, "the heartbeat waited for the starved pool: the others count this replica dead")
+		require.Equal(t, 1.0, metric(t, a.URL, "msgsvc_replica_lease_held"), "the replica gave its lease up")
+	}
+	t.Logf("pool starved for %s: the oldest heartbeat seen was %s old (TTL %s)", 2*leaseTTL, oldest.Round(time.Millisecond), leaseTTL)
 }
