@@ -173,6 +173,11 @@ func weight(replica string, key uuid.UUID) uint64 {
 // Start writes the first heartbeat, reads the live set and beats every interval until Leave. A first heartbeat
 // that fails is retried at the next interval; until one succeeds, this replica owns nothing.
 func (m *Membership) Start(ctx context.Context) error {
+	// A first heartbeat that fails for longer than the lease renews a lapsed lease when it works (see lease);
+	// the time spent before, in migrations for example, does not count.
+	m.mu.Lock()
+	m.lease.start = m.now()
+	m.mu.Unlock()
 	m.tick(ctx)
 	m.mu.Lock()
 	m.started = true
