@@ -25,6 +25,9 @@ const reconcileParallelism = 16
 // OrphanGrace, so that a creation in progress is left alone) are deleted.
 func (r *Runtime) Reconcile(ctx context.Context) error {
 	r.metrics.reconciles.Inc()
+	// First, whatever the database answers: a replica whose lease ran out (cut off from PostgreSQL) owns
+	// nothing, and its consumers must stop before the others take its tenants over.
+	r.stopDisowned(ctx)
 	tenants, err := r.dir.Tenants(ctx)
 	if err != nil {
 		return err
@@ -113,6 +116,31 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("orphan queues: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// stopDisowned drains and stops, all at once, the running consumers of tenants this replica does not own.
+func (r *Runtime) stopDisowned(ctx context.Context) {
+	r.mu.Lock()
+	ids := make([]uuid.UUID, 0, len(r.consumers))
+	for id := range r.consumers {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		if r.place.Owns(id) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.log.Info("tenant not owned by this replica; draining its consumer", zap.String("tenant_id", id.String()),
+				zap.String("owner", r.place.Owner(id)))
+			r.metrics.handovers.Inc()
+			r.Stop(ctx, id, "handover")
+		}()
+	}
+	wg.Wait()
 }
 
 func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broker.QueueState) error {

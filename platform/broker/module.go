@@ -16,7 +16,7 @@ import (
 // PublisherChannels is the number of confirming channels on the publishing connection.
 const PublisherChannels = 4
 
-// Module provides *Conn, *ConsumerPool and *Publisher and closes them at stop, after every consumer stopped.
+// Module provides *Conn, *ConsumerPool, *PoolHealth and *Publisher and closes them at stop, after every consumer stopped.
 var Module = fx.Module("broker",
 	fx.Provide(
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Conn, error) {
@@ -52,6 +52,12 @@ var Module = fx.Module("broker",
 			registerPoolMetrics(reg, p)
 			lc.Append(fx.StopHook(p.Close))
 			return p, nil
+		},
+		// Whether the consumer connections are up, for the cluster membership (REPLICA_BROKER_GRACE).
+		func(lc fx.Lifecycle, p *ConsumerPool, c config.Config) *PoolHealth {
+			h := NewPoolHealth(p, min(max(c.ReplicaBrokerGrace/4, 100*time.Millisecond), time.Second))
+			lc.Append(fx.StartStopHook(h.Start, h.Stop))
+			return h
 		},
 		health.AsCheck(func(conn *Conn) health.Check {
 			return health.Check{Name: "broker", Check: conn.Ping}

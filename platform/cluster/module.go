@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
@@ -14,12 +15,21 @@ import (
 // events, so that a local event reaches the other replicas after it took effect here.
 //
 // It also provides the replica Membership, which the consumer runtime uses to place tenants; it joins at start
-// and leaves at stop.
+// and leaves at stop. Its heartbeats use a database connection of their own, and it watches the consumer
+// pool's connections (broker.PoolHealth).
 var Module = fx.Module("cluster",
-	fx.Provide(func(lc fx.Lifecycle, db *bun.DB, c config.Config, log *zap.Logger) *Membership {
-		m := NewMembership(db, c.ReplicaID, c.ReplicaHeartbeatInterval, c.ReplicaTTL, log)
+	// *bun.DB is not used but orders the hooks: the heartbeats need the schema its start migrates.
+	fx.Provide(func(lc fx.Lifecycle, _ *bun.DB, c config.Config, health *broker.PoolHealth, reg prometheus.Registerer,
+		log *zap.Logger) (*Membership, error) {
+		beats, err := NewHeartbeats(c.DatabaseURL)
+		if err != nil {
+			return nil, err
+		}
+		m := NewMembership(beats, health, MembershipOptions{Self: c.ReplicaID, Interval: c.ReplicaHeartbeatInterval,
+			TTL: c.ReplicaTTL, Margin: c.ReplicaLeaseMargin(), BrokerGrace: c.ReplicaBrokerGrace}, log)
+		registerMetrics(reg, m)
 		lc.Append(fx.Hook{OnStart: m.Start, OnStop: m.Leave})
-		return m
+		return m, nil
 	}),
 	fx.Invoke(func(lc fx.Lifecycle, conn *broker.Conn, p *broker.Publisher, bus *events.Bus, c config.Config, log *zap.Logger) {
 		r := NewRelay(conn, p, bus, c.AMQPExchange+".events", c.ReplicaID, log)

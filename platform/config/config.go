@@ -125,8 +125,12 @@ type Config struct {
 	// set (REPLICA_HEARTBEAT_INTERVAL).
 	ReplicaHeartbeatInterval time.Duration
 	// ReplicaTTL is how long a replica without a heartbeat counts as alive; its tenants move after it
-	// (REPLICA_TTL).
+	// (REPLICA_TTL). A replica that cannot renew its heartbeat stops owning tenants ReplicaLeaseMargin before
+	// the TTL runs out.
 	ReplicaTTL time.Duration
+	// ReplicaBrokerGrace is how long a replica's consumer connections to RabbitMQ may stay down before it stops
+	// heartbeating, so that its tenants move to replicas that can consume them (REPLICA_BROKER_GRACE).
+	ReplicaBrokerGrace time.Duration
 	// PprofAddr, when set, serves net/http/pprof on this address, apart from the API (PPROF_ADDR).
 	PprofAddr string
 	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
@@ -185,7 +189,8 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ShutdownTimeout:           r.dur("SHUTDOWN_TIMEOUT", 30*time.Second),
 		ReplicaID:                 r.str("REPLICA_ID", fmt.Sprintf("%s-%d", host, os.Getpid())),
 		ReplicaHeartbeatInterval:  r.dur("REPLICA_HEARTBEAT_INTERVAL", 2*time.Second),
-		ReplicaTTL:                r.dur("REPLICA_TTL", 10*time.Second),
+		ReplicaTTL:                r.dur("REPLICA_TTL", 20*time.Second),
+		ReplicaBrokerGrace:        r.dur("REPLICA_BROKER_GRACE", 15*time.Second),
 		PprofAddr:                 r.str("PPROF_ADDR", ""),
 		MetricsPerTenant:          r.bool("METRICS_PER_TENANT", true),
 	}
@@ -201,8 +206,11 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 	if c.AuthMode == "enabled" && len(c.AdminAPIKeys) == 0 {
 		r.fail("ADMIN_API_KEYS", "at least one admin key is required unless AUTH_MODE=disabled")
 	}
-	if c.ReplicaTTL < 2*c.ReplicaHeartbeatInterval {
-		r.fail("REPLICA_TTL", fmt.Sprintf("%s must be at least twice REPLICA_HEARTBEAT_INTERVAL %s", c.ReplicaTTL, c.ReplicaHeartbeatInterval))
+	if least := c.ReplicaLeaseMargin() + 2*c.ReplicaHeartbeatInterval; c.ReplicaTTL < least {
+		r.fail("REPLICA_TTL", fmt.Sprintf("%s must be at least CONSUMER_DRAIN_TIMEOUT %s plus 3 × REPLICA_HEARTBEAT_INTERVAL %s (%s): "+
+			"a replica that cannot renew its heartbeat stops its consumers CONSUMER_DRAIN_TIMEOUT plus one interval "+
+			"before the others may take them over, and must still have two heartbeats to renew it",
+			c.ReplicaTTL, c.ConsumerDrainTimeout, c.ReplicaHeartbeatInterval, least))
 	}
 	if len(c.AMQPURLs) > 0 {
 		if _, set := r.raw("AMQP_URL"); !set {
@@ -219,6 +227,14 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))
 	}
 	return c, errors.Join(r.errs...)
+}
+
+// ReplicaLeaseMargin is how long before its REPLICA_TTL runs out a replica that could not renew its heartbeat
+// stops owning tenants: CONSUMER_DRAIN_TIMEOUT, within which its consumers drain and stop, plus one
+// REPLICA_HEARTBEAT_INTERVAL for the stop to begin. So its consumers are gone before the others, which count it
+// live until the TTL, take its tenants over.
+func (c Config) ReplicaLeaseMargin() time.Duration {
+	return c.ConsumerDrainTimeout + c.ReplicaHeartbeatInterval
 }
 
 // AMQPURLList returns the AMQP URLs to dial, in order: AMQPURLs when set, else AMQPURL alone.

@@ -54,7 +54,8 @@ func TestOverrides(t *testing.T) {
 		"HTTP_READ_HEADER_TIMEOUT": "2s", "HTTP_READ_TIMEOUT": "3s", "HTTP_WRITE_TIMEOUT": "4s", "HTTP_IDLE_TIMEOUT": "5s",
 		"HTTP_MAX_HEADER_BYTES": "8192", "AUTH_MODE": "disabled", "ADMIN_API_KEYS": " k1-0123456789abcdef , k2-0123456789abcdef ",
 		"AUTH_CACHE_TTL": "1s", "RATE_LIMIT_DEFAULT": "12.5", "PPROF_ADDR": "127.0.0.1:6060",
-		"CONSUMER_LINGER": "3ms", "PUBLISH_LINGER": "0", "STORE_INSERTS_IN_FLIGHT": "3", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "4s",
+		"CONSUMER_LINGER": "3ms", "PUBLISH_LINGER": "0", "STORE_INSERTS_IN_FLIGHT": "3", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "6s",
+		"REPLICA_BROKER_GRACE": "5s",
 	}))
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -70,7 +71,8 @@ func TestOverrides(t *testing.T) {
 		HTTPReadTimeout: 3 * time.Second, HTTPWriteTimeout: 4 * time.Second, HTTPIdleTimeout: 5 * time.Second,
 		HTTPMaxHeaderBytes: 8192, AuthMode: "disabled", AdminAPIKeys: []string{"k1-0123456789abcdef", "k2-0123456789abcdef"},
 		AuthCacheTTL: time.Second, RateLimitDefault: 12.5, PprofAddr: "127.0.0.1:6060",
-		ConsumerLinger: 3 * time.Millisecond, PublishLinger: 0, StoreInsertsInFlight: 3, ViewRefreshInterval: 4 * time.Second, AMQPChannelsPerConnection: 500, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 4 * time.Second,
+		ConsumerLinger: 3 * time.Millisecond, PublishLinger: 0, StoreInsertsInFlight: 3, ViewRefreshInterval: 4 * time.Second, AMQPChannelsPerConnection: 500, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 6 * time.Second,
+		ReplicaBrokerGrace: 5 * time.Second,
 	}, c)
 }
 
@@ -81,6 +83,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"PUBLISH_CONFIRM_TIMEOUT":    {"PUBLISH_CONFIRM_TIMEOUT": "5"},
 		"AMQP_QUEUE_TYPE":            {"AMQP_QUEUE_TYPE": "stream"},
 		"REPLICA_TTL":                {"REPLICA_HEARTBEAT_INTERVAL": "5s", "REPLICA_TTL": "6s"},
+		"REPLICA_BROKER_GRACE":       {"REPLICA_BROKER_GRACE": "0"},
 		"DATABASE_URL":               {"DATABASE_URL": "mysql://x@y/z"},
 		"AMQP_URL":                   {"AMQP_URL": "not a url"},
 		"AMQP_URLS":                  {"AMQP_URLS": "amqp://u:p@mq1/, https://u:p@mq2/"},
@@ -147,4 +150,14 @@ func TestAMQPURLsNameOneVirtualHostWithoutEchoingSecrets(t *testing.T) {
 		require.ErrorContains(t, err, "AMQP_URLS")
 		require.NotContains(t, err.Error(), "s3cret")
 	}
+}
+
+// TestReplicaTTLLeavesRoomForTheLease checks that REPLICA_TTL must cover the lease margin (the drain and an
+// interval) and two heartbeats, and that the error says why.
+func TestReplicaTTLLeavesRoomForTheLease(t *testing.T) {
+	_, err := LoadFrom(env(map[string]string{"CONSUMER_DRAIN_TIMEOUT": "10s", "REPLICA_HEARTBEAT_INTERVAL": "2s", "REPLICA_TTL": "15s"}))
+	require.ErrorContains(t, err, "REPLICA_TTL: 15s must be at least CONSUMER_DRAIN_TIMEOUT 10s plus 3 × REPLICA_HEARTBEAT_INTERVAL 2s (16s)")
+	c, err := LoadFrom(env(map[string]string{"CONSUMER_DRAIN_TIMEOUT": "10s", "REPLICA_HEARTBEAT_INTERVAL": "2s", "REPLICA_TTL": "16s"}))
+	require.NoError(t, err)
+	require.Equal(t, 12*time.Second, c.ReplicaLeaseMargin())
 }

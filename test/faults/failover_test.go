@@ -18,7 +18,8 @@ import (
 func TestReplicaKilledHandsItsTenantsOver(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
-	membership := []string{"REPLICA_HEARTBEAT_INTERVAL=1s", "REPLICA_TTL=5s"}
+	// REPLICA_TTL must cover the drain and three heartbeat intervals.
+	membership := []string{"REPLICA_HEARTBEAT_INTERVAL=1s", "REPLICA_TTL=5s", "CONSUMER_DRAIN_TIMEOUT=2s"}
 	a := startProc(t, "share-a", cfg, membership...)
 	b := startProc(t, "share-b", cfg, membership...)
 	tenants := make([]string, 8)
