@@ -47,8 +47,13 @@ type generation struct {
 	storing atomic.Int32           // workers inside a store call now
 	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
 	// delivery handed over after that is returned to the queue instead of being stored on a closing channel.
-	stopping    atomic.Bool
-	stopped     chan struct{} // closed when stopping is set; cuts waits and retry backoffs short
+	stopping atomic.Bool
+	stopped  chan struct{} // closed when stopping is set; cuts waits and retry backoffs short
+	// storeCtx is the context of the workers' stores; the stop cancels it at the drain deadline and then waits
+	// for the workers to return, so that no store of this generation runs once its channel closed (and the
+	// broker gave its deliveries to the next consumer).
+	storeCtx    context.Context
+	cancelStore context.CancelCauseFunc
 	workersDone sync.WaitGroup
 	done        chan struct{} // closed when go-rabbitmq's Run returned
 	err         error         // Run's error, valid after done
@@ -89,6 +94,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	consuming := newSignal()
 	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
+	g.storeCtx, g.cancelStore = context.WithCancelCause(context.Background())
 	g.acks = newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
 		if err := ch.Ack(tag, multiple); err != nil {
 			tc.log.Warn("could not ack stored deliveries; the broker will redeliver them",
@@ -122,6 +128,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 			failed <- g.err
 			close(g.stopped)
 			g.workersDone.Wait()
+			g.cancelStore(errStopped)
 			g.c.Close()
 			g.lease.Release()
 		}
@@ -145,7 +152,10 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	return nil
 }
 
-// stopGen drains and closes the running generation; tc.mu must be held.
+// stopGen drains and closes the running generation; tc.mu must be held. In-flight stores get DrainTimeout to
+// finish; then they are cancelled, and the channel closes only once every worker returned (or ctx ended): the
+// broker gives the deliveries to the next consumer (a new generation, another replica) only after that, so a
+// one-worker tenant never has two stores at once.
 func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	g := tc.gen
 	if g == nil {
@@ -153,7 +163,8 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	}
 	tc.gen = nil
 	rt := tc.rt
-	ctx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
+	defer g.cancelStore(errStopped)
+	drainCtx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
 	defer cancel()
 	if !g.stopping.Swap(true) {
 		close(g.stopped)
@@ -163,9 +174,18 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	go func() { g.workersDone.Wait(); close(workersDone) }()
 	select {
 	case <-workersDone:
-	case <-ctx.Done():
-		tc.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it")
+	case <-drainCtx.Done():
+		tc.log.Warn("drain timeout: cancelling the stores in flight; the broker redelivers their deliveries",
+			zap.Duration("drain_timeout", rt.opts.DrainTimeout))
+		g.cancelStore(errDrainTimeout)
+		select {
+		case <-workersDone:
+		case <-ctx.Done():
+			tc.log.Error("a store did not return after its cancellation; closing the consumer with it still running",
+				zap.Error(context.Cause(ctx)))
+		}
 	}
+	ctx = drainCtx
 	// Acks still waiting behind a delivery held for the close go now, one by one.
 	g.chanMu.RLock()
 	if !g.closed {
@@ -323,7 +343,7 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 			ds = append(ds, d.Delivery)
 		}
 		g.storing.Add(1)
-		errs := rt.handler.Handle(context.Background(), tc.id, ds)
+		errs := rt.handler.Handle(g.storeCtx, tc.id, ds)
 		g.storing.Add(-1)
 		var retry, dead []rabbitmq.Delivery
 		var deadRows []deadRow
@@ -475,6 +495,12 @@ func (tc *tenantConsumer) ackStored(g *generation, ds []amqp.Delivery) {
 	}
 	g.acks.stored(ds)
 }
+
+// The causes of a generation's store context's cancellation.
+var (
+	errStopped      = errors.New("consumer generation stopped")
+	errDrainTimeout = errors.New("consumer drain timeout: store cancelled")
+)
 
 // startWait bounds how long a start waits to learn whether the consumer consumes.
 const startWait = 10 * time.Second
