@@ -3,7 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
-	"strings"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,12 +35,18 @@ type tenantConsumer struct {
 
 	// lastErr is why the last start failed, "" after a success; guarded by rt.mu.
 	lastErr string
+	// suspect is set when the broker answered the tenant's consume by closing the whole connection (RabbitMQ 3.10
+	// does so on a consume of a quorum queue that is not running yet, 541 INTERNAL_ERROR): the tenant's next
+	// consumes take a connection of their own (an isolated lease) until one succeeds, so that its queue cannot
+	// keep a shared connection, and every other consumer on it, cycling.
+	suspect atomic.Bool
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.
 type generation struct {
 	c       *rabbitmq.Consumer
 	lease   *broker.Lease // the channel slot c holds on a pooled connection
+	started time.Time     // when its start returned
 	workers int
 	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
 	acks    *acker                 // coalesces the acks of stored deliveries into multiple acks
@@ -67,13 +73,24 @@ type generation struct {
 	closed bool
 }
 
+// alive reports whether the generation consumes: its Run did not return and its connection did not drop (a
+// generation of a dropped connection never consumes again; it is replaced).
 func (g *generation) alive() bool {
 	select {
 	case <-g.done:
 		return false
+	case <-g.lease.Lost():
+		return false
 	default:
 		return true
 	}
+}
+
+// startedBefore reports whether a live generation runs that started before t.
+func (tc *tenantConsumer) startedBefore(t time.Time) bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.gen != nil && tc.gen.alive() && tc.gen.started.Before(t)
 }
 
 // running reports whether a live generation consumes.
@@ -83,15 +100,26 @@ func (tc *tenantConsumer) running() bool {
 	return tc.gen != nil && tc.gen.alive()
 }
 
-// start runs a new generation with workers workers; tc.mu must be held and no generation running.
+// start runs a new generation with workers workers; tc.mu must be held and no generation running. It returns
+// once the consumer consumes (the broker counts a consumer on the queue), or its consume failed, or ctx ended or
+// startWait passed (it goes on starting, and reconciliation looks at it again if it fails). At most
+// startParallelism consumes run at once in the runtime, whatever starts them (reconciliation, events, the
+// restart of the consumers of a dropped connection).
 func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string) error {
 	rt := tc.rt
 	prefetch := workers * rt.opts.PrefetchPerWorker
-	lease, err := rt.pool.Acquire(ctx)
+	if err := rt.starts.acquire(ctx); err != nil {
+		return err
+	}
+	defer rt.starts.release()
+	acquire := rt.pool.Acquire
+	if tc.suspect.Load() {
+		acquire = rt.pool.AcquireIsolated
+	}
+	lease, err := acquire(ctx)
 	if err != nil {
 		return err
 	}
-	consuming := newSignal()
 	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
 	g.storeCtx, g.cancelStore = context.WithCancelCause(context.Background())
@@ -109,7 +137,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(startLogger{Logger: broker.Logger(tc.log), consuming: consuming}),
+		rabbitmq.WithConsumerOptionsLogger(broker.Logger(tc.log)),
 	)
 	if err != nil {
 		lease.Release()
@@ -124,6 +152,11 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	go func() {
 		defer close(g.done)
 		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
+		if closedConnection(g.err) {
+			tc.suspect.Store(true)
+			tc.log.Warn("the broker closed the consumer's whole connection in answer to its consume; the tenant's "+
+				"consumer starts on a connection of its own until it consumes", zap.Error(g.err))
+		}
 		if g.err != nil && !g.stopping.Swap(true) {
 			failed <- g.err
 			close(g.stopped)
@@ -134,22 +167,99 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		}
 	}()
 	// Run blocks while the consumer lives and returns early only when the first consume fails (a missing
-	// queue, a refused consume, the broker down); go-rabbitmq says it consumes in its log (startLogger).
+	// queue, a refused consume, the broker down); that it consumes, the broker says: the queue counts a
+	// consumer (this one; while a handover goes on, possibly the old owner's).
+	consuming := make(chan struct{})
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	go tc.awaitConsumer(probeCtx, consuming)
 	select {
 	case err := <-failed:
 		return err
-	case <-consuming.C:
+	case <-lease.Lost():
+		tc.stopLost(g)
+		return fmt.Errorf("consumer connection dropped while the consume started (the queue may not be usable yet): %w",
+			broker.ErrUnavailable)
+	case <-consuming:
 	case <-ctx.Done():
 		// Still starting: it goes on, and reconciliation looks at it again if it fails.
 	case <-time.After(startWait):
 	}
+	if lease.Isolated() {
+		tc.suspect.Store(false)
+	}
+	g.started = time.Now()
 	tc.gen = g
+	go tc.watchConnection(g)
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
 	rt.metrics.restarts.WithLabelValues(reason).Inc()
 	tc.log.Info("consumer started", zap.Int("workers", workers),
-		zap.Int("prefetch", prefetch), zap.String("reason", reason))
+		zap.Int("prefetch", prefetch), zap.String("reason", reason), zap.Bool("isolated", lease.Isolated()))
 	return nil
+}
+
+// awaitConsumer closes consuming once the broker counts a consumer on the tenant's queue, polling until ctx ends.
+func (tc *tenantConsumer) awaitConsumer(ctx context.Context, consuming chan<- struct{}) {
+	for {
+		st, err := tc.rt.conn.InspectQueue(ctx, QueueName(tc.id))
+		if err == nil && st.Consumers > 0 {
+			close(consuming)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(consumerProbeInterval):
+		}
+	}
+}
+
+// closedConnection reports whether err is the broker closing the whole connection in answer to this consumer's
+// own command (an AMQP 0-9-1 hard error), not the connection dropping under it (amqp.ErrClosed, or 320
+// CONNECTION_FORCED when an operator or a broker shutdown closed it), nor a channel error (404, 405, ...).
+func closedConnection(err error) bool {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || !ae.Server {
+		return false
+	}
+	switch ae.Code {
+	case amqp.FrameError, amqp.SyntaxError, amqp.CommandInvalid, amqp.ChannelError, amqp.UnexpectedFrame,
+		amqp.ResourceError, amqp.NotAllowed, amqp.NotImplemented, amqp.InternalError:
+		return true
+	}
+	return false
+}
+
+// consumerProbeInterval is how often a start asks the broker whether its consumer is registered.
+const consumerProbeInterval = 25 * time.Millisecond
+
+// stopLost closes a generation that never became tc.gen because its connection dropped while it started.
+func (tc *tenantConsumer) stopLost(g *generation) {
+	if g.stopping.Swap(true) {
+		return // Run failed, and its goroutine closes the consumer and releases the lease
+	}
+	close(g.stopped)
+	g.workersDone.Wait()
+	g.cancelStore(errStopped)
+	g.chanMu.Lock()
+	g.closed = true
+	g.chanMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	g.c.CloseWithContext(ctx)
+	g.lease.Release()
+}
+
+// watchConnection waits until the generation's connection drops or the generation stops; when the connection
+// dropped, the runtime replaces the generation (paced with every other start). go-rabbitmq would not: the
+// pool's connections never reconnect by themselves.
+func (tc *tenantConsumer) watchConnection(g *generation) {
+	select {
+	case <-g.stopped:
+	case <-g.lease.Lost():
+		tc.rt.replaceLost(tc, g)
+	}
 }
 
 // stopGen drains and closes the running generation; tc.mu must be held. In-flight stores get DrainTimeout to
@@ -195,7 +305,9 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	g.chanMu.Lock() // waits for a running handOver and settlements
 	g.closed = true
 	g.chanMu.Unlock()
-	if g.alive() {
+	select {
+	case <-g.done:
+	default:
 		g.c.CloseWithContext(ctx)
 	}
 	// Deliveries handed over after the workers left were not acked; the closed channel returned them.
@@ -504,28 +616,3 @@ var (
 
 // startWait bounds how long a start waits to learn whether the consumer consumes.
 const startWait = 10 * time.Second
-
-// signal is closed once.
-type signal struct {
-	C    chan struct{}
-	once sync.Once
-}
-
-func newSignal() *signal { return &signal{C: make(chan struct{})} }
-
-func (s *signal) fire() { s.once.Do(func() { close(s.C) }) }
-
-// startLogger is a consumer's logger that also tells when go-rabbitmq started consuming: it logs "Processing
-// messages on N goroutines" right after a successful basic.consume, and has no other way to say so (Run blocks
-// for the consumer's life).
-type startLogger struct {
-	rabbitmq.Logger
-	consuming *signal
-}
-
-func (l startLogger) Infof(f string, v ...any) {
-	if strings.HasPrefix(f, "Processing messages on") {
-		l.consuming.fire()
-	}
-	l.Logger.Infof(f, v...)
-}
