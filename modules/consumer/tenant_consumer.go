@@ -168,7 +168,10 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	}()
 	// Run blocks while the consumer lives and returns early only when the first consume fails (a missing
 	// queue, a refused consume, the broker down); that it consumes, the broker says: the queue counts a
-	// consumer (this one; while a handover goes on, possibly the old owner's).
+	// consumer. That is this one when the queue had none (a start, a restart after a dropped connection); while
+	// a handover goes on it may be the old owner's (a quorum queue counts only its single active consumer, so a
+	// waiting one cannot be seen), and the start returns at once: a consume that fails later ends the
+	// generation, which reconciliation starts again.
 	consuming := make(chan struct{})
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
