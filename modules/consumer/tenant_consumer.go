@@ -235,7 +235,7 @@ func closedConnection(err error) bool {
 }
 
 // consumerProbeInterval is how often a start asks the broker whether its consumer is registered.
-const consumerProbeInterval = 25 * time.Millisecond
+const consumerProbeInterval = 10 * time.Millisecond
 
 // stopLost closes a generation that never became tc.gen because its connection dropped while it started.
 func (tc *tenantConsumer) stopLost(g *generation) {
