@@ -27,6 +27,11 @@ type Metrics struct {
 	owned         prometheus.Gauge
 	handovers     prometheus.Counter
 	withoutSAC    prometheus.Gauge
+	// startsInFlight is how many consumes run now; startConcurrency how many ran, this one included, as each
+	// began; restartsLost counts consumers started again because their connection dropped.
+	startsInFlight   prometheus.Gauge
+	startConcurrency prometheus.Histogram
+	restartsLost     prometheus.Counter
 }
 
 // NewMetrics registers the runtime's series on reg. With perTenant false the tenant label is "all".
@@ -60,6 +65,14 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 		Help: "Consumers this replica drained and stopped because another replica owns their tenant now."})
 	m.withoutSAC = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "tenant_queues_without_single_active_consumer",
 		Help: "Tenant queues declared by an older version without x-single-active-consumer (seen through the management API)."})
+	m.startsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_starts_in_flight",
+		Help: "Tenant consumers starting now (channel, qos and consume until the broker counts the consumer); at most 16."})
+	m.startConcurrency = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "consumer_start_concurrency",
+		Help:    "Tenant consumers starting at once, this one included, observed as each start begins.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}})
+	m.restartsLost = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_connection_lost_restarts_total",
+		Help: "Tenant consumers started again by the runtime because their pooled connection dropped."})
+	reg.MustRegister(m.startsInFlight, m.startConcurrency, m.restartsLost)
 	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers, m.withoutSAC)
 	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.repairs)
 	return m

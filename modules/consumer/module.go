@@ -65,7 +65,8 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 	})
 	// TenantDeleted is local to the replica that deleted the tenant and follows TenantDeleting, which reached the
 	// other replicas before it: their consumers are draining. The queues go once no consumer is left on them,
-	// so that no replica has its consumer cancelled mid-batch by a missing queue.
+	// so that no replica has its consumer cancelled mid-batch by a missing queue (the messaging module waited
+	// the same way before it dropped the partition, so this wait is short).
 	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantDeleted) error {
 		r.AwaitNoConsumers(ctx, e.TenantID)
 		return r.DeleteTopology(ctx, e.TenantID)

@@ -67,6 +67,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	for i, t := range mine {
 		names[i] = QueueName(t.ID)
 	}
+	inspected := time.Now()
 	states, inspectErrs, err := r.conn.InspectQueues(ctx, names)
 	if err != nil {
 		wg.Wait()
@@ -79,7 +80,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 			defer func() { <-sem; wg.Done() }()
 			err := inspectErrs[i]
 			if err == nil {
-				err = r.reconcileTenant(ctx, t, states[i])
+				err = r.reconcileTenant(ctx, t, states[i], inspected)
 			}
 			if err != nil {
 				if tc := r.consumer(t.ID, true); tc != nil && !tc.running() {
@@ -143,7 +144,8 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 	wg.Wait()
 }
 
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broker.QueueState) error {
+// reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected.
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broker.QueueState, inspected time.Time) error {
 	if r.isClosed() {
 		return nil
 	}
@@ -181,6 +183,13 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broke
 	case r.Workers(t.ID) != t.Concurrency:
 		r.metrics.repairs.WithLabelValues("concurrency").Inc()
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
+	case st.Consumers == 0 && tc.startedBefore(inspected):
+		// The broker counts no consumer though this one runs: the broker cancelled it (its channel closed on its
+		// own). go-rabbitmq does not re-consume on a pooled connection; start it again.
+		r.log.Warn("tenant queue has no consumer though its consumer runs; starting it again", zap.String("tenant_id", t.ID.String()))
+		r.metrics.repairs.WithLabelValues("consumer_cancelled").Inc()
+		tc.stop(ctx, "consumer cancelled")
+		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
 	}
 	return nil
 }

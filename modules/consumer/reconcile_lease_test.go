@@ -22,7 +22,9 @@ type revocablePlacement struct {
 	revoked atomic.Bool
 }
 
-func (p *revocablePlacement) Owns(id uuid.UUID) bool { return !p.revoked.Load() && p.Placement.Owns(id) }
+func (p *revocablePlacement) Owns(id uuid.UUID) bool {
+	return !p.revoked.Load() && p.Placement.Owns(id)
+}
 
 // failingDirectory fails to list the tenants once broken, as when the database refuses this replica.
 type failingDirectory struct {

@@ -70,6 +70,8 @@ type Runtime struct {
 	dead      *DeadLetters
 	gate      *database.Gate // whether the database can be used; nil: always
 
+	starts *pacer // bounds the consumes running at once
+
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
 	closed    bool
@@ -114,9 +116,82 @@ func NewRuntime(p RuntimeParams) *Runtime {
 	r := &Runtime{conn: p.Conn, pool: p.Pool, place: place, publisher: p.Publisher, handler: p.Handler, dir: p.Directory,
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
-		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{})}
+		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
+		starts: newPacer(startParallelism, p.Metrics)}
 	place.OnChange(r.Kick)
 	return r
+}
+
+// startParallelism bounds how many consumes (channel, qos and basic.consume, until the broker counts the
+// consumer) run at once on this replica: after a pooled connection dropped, its ~1,800 consumers start again
+// this many at a time rather than all together.
+const startParallelism = reconcileParallelism
+
+// pacer is a semaphore that counts how many hold it, for the metrics.
+type pacer struct {
+	slots   chan struct{}
+	metrics *Metrics
+}
+
+func newPacer(n int, m *Metrics) *pacer { return &pacer{slots: make(chan struct{}, n), metrics: m} }
+
+// acquire takes a slot, or returns ctx's error when it ends first.
+func (p *pacer) acquire(ctx context.Context) error {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	n := len(p.slots)
+	p.metrics.startsInFlight.Set(float64(n))
+	p.metrics.startConcurrency.Observe(float64(n))
+	return nil
+}
+
+func (p *pacer) release() {
+	<-p.slots
+	p.metrics.startsInFlight.Set(float64(len(p.slots)))
+}
+
+// replaceLost starts the tenant's consumer again after its connection dropped (paced by start, like every
+// start), retrying with backoff while the tenant is still this replica's and nothing else replaced it.
+func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
+	r.metrics.restartsLost.Inc()
+	backoff := r.opts.RetryInitial
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-r.stopLoop:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, maxBackoff)
+		}
+		if r.consumer(tc.id, false) != tc {
+			return // stopped meanwhile
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.opts.DrainTimeout+startWait)
+		tc.mu.Lock()
+		if tc.gen != nil && tc.gen != g {
+			tc.mu.Unlock()
+			cancel()
+			return // already replaced (reconciliation, a resize)
+		}
+		workers := g.workers
+		if tc.gen == g {
+			tc.stopGen(ctx, "connection lost")
+		}
+		var err error
+		if r.place.Owns(tc.id) && !r.isClosed() {
+			err = tc.start(ctx, workers, "connection lost")
+		}
+		tc.mu.Unlock()
+		cancel()
+		r.recordStart(tc, err)
+		if err == nil {
+			return
+		}
+	}
 }
 
 // Kick asks for a reconciliation run now, as when the set of live replicas changed.

@@ -3,7 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
-	"strings"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,20 +36,31 @@ type tenantConsumer struct {
 
 	// lastErr is why the last start failed, "" after a success; guarded by rt.mu.
 	lastErr string
+	// suspect is set when the broker answered the tenant's consume by closing the whole connection (RabbitMQ 3.10
+	// does so on a consume of a quorum queue that is not running yet, 541 INTERNAL_ERROR): the tenant's next
+	// consumes take a connection of their own (an isolated lease) until one succeeds, so that its queue cannot
+	// keep a shared connection, and every other consumer on it, cycling.
+	suspect atomic.Bool
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.
 type generation struct {
 	c       *rabbitmq.Consumer
 	lease   *broker.Lease // the channel slot c holds on a pooled connection
+	started time.Time     // when its start returned
 	workers int
 	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
 	acks    *acker                 // coalesces the acks of stored deliveries into multiple acks
 	storing atomic.Int32           // workers inside a store call now
 	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
 	// delivery handed over after that is returned to the queue instead of being stored on a closing channel.
-	stopping    atomic.Bool
-	stopped     chan struct{} // closed when stopping is set; cuts waits and retry backoffs short
+	stopping atomic.Bool
+	stopped  chan struct{} // closed when stopping is set; cuts waits and retry backoffs short
+	// storeCtx is the context of the workers' stores; the stop cancels it at the drain deadline and then waits
+	// for the workers to return, so that no store of this generation runs once its channel closed (and the
+	// broker gave its deliveries to the next consumer).
+	storeCtx    context.Context
+	cancelStore context.CancelCauseFunc
 	workersDone sync.WaitGroup
 	done        chan struct{} // closed when go-rabbitmq's Run returned
 	err         error         // Run's error, valid after done
@@ -63,13 +74,24 @@ type generation struct {
 	closed bool
 }
 
+// alive reports whether the generation consumes: its Run did not return and its connection did not drop (a
+// generation of a dropped connection never consumes again; it is replaced).
 func (g *generation) alive() bool {
 	select {
 	case <-g.done:
 		return false
+	case <-g.lease.Lost():
+		return false
 	default:
 		return true
 	}
+}
+
+// startedBefore reports whether a live generation runs that started before t.
+func (tc *tenantConsumer) startedBefore(t time.Time) bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.gen != nil && tc.gen.alive() && tc.gen.started.Before(t)
 }
 
 // running reports whether a live generation consumes.
@@ -79,17 +101,29 @@ func (tc *tenantConsumer) running() bool {
 	return tc.gen != nil && tc.gen.alive()
 }
 
-// start runs a new generation with workers workers; tc.mu must be held and no generation running.
+// start runs a new generation with workers workers; tc.mu must be held and no generation running. It returns
+// once the consumer consumes (the broker counts a consumer on the queue), or its consume failed, or ctx ended or
+// startWait passed (it goes on starting, and reconciliation looks at it again if it fails). At most
+// startParallelism consumes run at once in the runtime, whatever starts them (reconciliation, events, the
+// restart of the consumers of a dropped connection).
 func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string) error {
 	rt := tc.rt
 	prefetch := workers * rt.opts.PrefetchPerWorker
-	lease, err := rt.pool.Acquire(ctx)
+	if err := rt.starts.acquire(ctx); err != nil {
+		return err
+	}
+	defer rt.starts.release()
+	acquire := rt.pool.Acquire
+	if tc.suspect.Load() {
+		acquire = rt.pool.AcquireIsolated
+	}
+	lease, err := acquire(ctx)
 	if err != nil {
 		return err
 	}
-	consuming := newSignal()
 	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
+	g.storeCtx, g.cancelStore = context.WithCancelCause(context.Background())
 	g.acks = newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
 		if err := ch.Ack(tag, multiple); err != nil {
 			tc.log.Warn("could not ack stored deliveries; the broker will redeliver them",
@@ -104,7 +138,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(startLogger{Logger: broker.Logger(tc.log), consuming: consuming}),
+		rabbitmq.WithConsumerOptionsLogger(broker.Logger(tc.log)),
 	)
 	if err != nil {
 		lease.Release()
@@ -119,34 +153,123 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	go func() {
 		defer close(g.done)
 		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
+		if closedConnection(g.err) {
+			tc.suspect.Store(true)
+			tc.log.Warn("the broker closed the consumer's whole connection in answer to its consume; the tenant's "+
+				"consumer starts on a connection of its own until it consumes", zap.Error(g.err))
+		}
 		if g.err != nil && !g.stopping.Swap(true) {
 			failed <- g.err
 			close(g.stopped)
 			g.workersDone.Wait()
+			g.cancelStore(errStopped)
 			g.c.Close()
 			g.lease.Release()
 		}
 	}()
 	// Run blocks while the consumer lives and returns early only when the first consume fails (a missing
-	// queue, a refused consume, the broker down); go-rabbitmq says it consumes in its log (startLogger).
+	// queue, a refused consume, the broker down); that it consumes, the broker says: the queue counts a
+	// consumer. That is this one when the queue had none (a start, a restart after a dropped connection); while
+	// a handover goes on it may be the old owner's (a quorum queue counts only its single active consumer, so a
+	// waiting one cannot be seen), and the start returns at once: a consume that fails later ends the
+	// generation, which reconciliation starts again.
+	consuming := make(chan struct{})
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	go tc.awaitConsumer(probeCtx, consuming)
 	select {
 	case err := <-failed:
 		return err
-	case <-consuming.C:
+	case <-lease.Lost():
+		tc.stopLost(g)
+		return fmt.Errorf("consumer connection dropped while the consume started (the queue may not be usable yet): %w",
+			broker.ErrUnavailable)
+	case <-consuming:
 	case <-ctx.Done():
 		// Still starting: it goes on, and reconciliation looks at it again if it fails.
 	case <-time.After(startWait):
 	}
+	if lease.Isolated() {
+		tc.suspect.Store(false)
+	}
+	g.started = time.Now()
 	tc.gen = g
+	go tc.watchConnection(g)
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
 	rt.metrics.restarts.WithLabelValues(reason).Inc()
 	tc.log.Info("consumer started", zap.Int("workers", workers),
-		zap.Int("prefetch", prefetch), zap.String("reason", reason))
+		zap.Int("prefetch", prefetch), zap.String("reason", reason), zap.Bool("isolated", lease.Isolated()))
 	return nil
 }
 
-// stopGen drains and closes the running generation; tc.mu must be held.
+// awaitConsumer closes consuming once the broker counts a consumer on the tenant's queue, polling until ctx ends.
+func (tc *tenantConsumer) awaitConsumer(ctx context.Context, consuming chan<- struct{}) {
+	for {
+		st, err := tc.rt.conn.InspectQueue(ctx, QueueName(tc.id))
+		if err == nil && st.Consumers > 0 {
+			close(consuming)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(consumerProbeInterval):
+		}
+	}
+}
+
+// closedConnection reports whether err is the broker closing the whole connection in answer to this consumer's
+// own command (an AMQP 0-9-1 hard error), not the connection dropping under it (amqp.ErrClosed, or 320
+// CONNECTION_FORCED when an operator or a broker shutdown closed it), nor a channel error (404, 405, ...).
+func closedConnection(err error) bool {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || !ae.Server {
+		return false
+	}
+	switch ae.Code {
+	case amqp.FrameError, amqp.SyntaxError, amqp.CommandInvalid, amqp.ChannelError, amqp.UnexpectedFrame,
+		amqp.ResourceError, amqp.NotAllowed, amqp.NotImplemented, amqp.InternalError:
+		return true
+	}
+	return false
+}
+
+// consumerProbeInterval is how often a start asks the broker whether its consumer is registered.
+const consumerProbeInterval = 10 * time.Millisecond
+
+// stopLost closes a generation that never became tc.gen because its connection dropped while it started.
+func (tc *tenantConsumer) stopLost(g *generation) {
+	if g.stopping.Swap(true) {
+		return // Run failed, and its goroutine closes the consumer and releases the lease
+	}
+	close(g.stopped)
+	g.workersDone.Wait()
+	g.cancelStore(errStopped)
+	g.chanMu.Lock()
+	g.closed = true
+	g.chanMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	g.c.CloseWithContext(ctx)
+	g.lease.Release()
+}
+
+// watchConnection waits until the generation's connection drops or the generation stops; when the connection
+// dropped, the runtime replaces the generation (paced with every other start). go-rabbitmq would not: the
+// pool's connections never reconnect by themselves.
+func (tc *tenantConsumer) watchConnection(g *generation) {
+	select {
+	case <-g.stopped:
+	case <-g.lease.Lost():
+		tc.rt.replaceLost(tc, g)
+	}
+}
+
+// stopGen drains and closes the running generation; tc.mu must be held. In-flight stores get DrainTimeout to
+// finish; then they are cancelled, and the channel closes only once every worker returned (or ctx ended): the
+// broker gives the deliveries to the next consumer (a new generation, another replica) only after that, so a
+// one-worker tenant never has two stores at once.
 func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	g := tc.gen
 	if g == nil {
@@ -154,7 +277,8 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	}
 	tc.gen = nil
 	rt := tc.rt
-	ctx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
+	defer g.cancelStore(errStopped)
+	drainCtx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
 	defer cancel()
 	if !g.stopping.Swap(true) {
 		close(g.stopped)
@@ -164,9 +288,18 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	go func() { g.workersDone.Wait(); close(workersDone) }()
 	select {
 	case <-workersDone:
-	case <-ctx.Done():
-		tc.log.Warn("drain timeout: closing the consumer with work in flight; the broker redelivers it")
+	case <-drainCtx.Done():
+		tc.log.Warn("drain timeout: cancelling the stores in flight; the broker redelivers their deliveries",
+			zap.Duration("drain_timeout", rt.opts.DrainTimeout))
+		g.cancelStore(errDrainTimeout)
+		select {
+		case <-workersDone:
+		case <-ctx.Done():
+			tc.log.Error("a store did not return after its cancellation; closing the consumer with it still running",
+				zap.Error(context.Cause(ctx)))
+		}
 	}
+	ctx = drainCtx
 	// Acks still waiting behind a delivery held for the close go now, one by one.
 	g.chanMu.RLock()
 	if !g.closed {
@@ -176,7 +309,9 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	g.chanMu.Lock() // waits for a running handOver and settlements
 	g.closed = true
 	g.chanMu.Unlock()
-	if g.alive() {
+	select {
+	case <-g.done:
+	default:
 		g.c.CloseWithContext(ctx)
 	}
 	// Deliveries handed over after the workers left were not acked; the closed channel returned them.
@@ -337,7 +472,7 @@ func (tc *tenantConsumer) process(g *generation, batch []rabbitmq.Delivery) {
 		}
 		began := time.Now()
 		g.storing.Add(1)
-		errs := rt.handler.Handle(context.Background(), tc.id, ds)
+		errs := rt.handler.Handle(g.storeCtx, tc.id, ds)
 		g.storing.Add(-1)
 		took := time.Since(began)
 		var retry, dead []rabbitmq.Delivery
@@ -563,30 +698,11 @@ func (tc *tenantConsumer) ackStored(g *generation, ds []amqp.Delivery) {
 	g.acks.stored(ds)
 }
 
+// The causes of a generation's store context's cancellation.
+var (
+	errStopped      = errors.New("consumer generation stopped")
+	errDrainTimeout = errors.New("consumer drain timeout: store cancelled")
+)
+
 // startWait bounds how long a start waits to learn whether the consumer consumes.
 const startWait = 10 * time.Second
-
-// signal is closed once.
-type signal struct {
-	C    chan struct{}
-	once sync.Once
-}
-
-func newSignal() *signal { return &signal{C: make(chan struct{})} }
-
-func (s *signal) fire() { s.once.Do(func() { close(s.C) }) }
-
-// startLogger is a consumer's logger that also tells when go-rabbitmq started consuming: it logs "Processing
-// messages on N goroutines" right after a successful basic.consume, and has no other way to say so (Run blocks
-// for the consumer's life).
-type startLogger struct {
-	rabbitmq.Logger
-	consuming *signal
-}
-
-func (l startLogger) Infof(f string, v ...any) {
-	if strings.HasPrefix(f, "Processing messages on") {
-		l.consuming.fire()
-	}
-	l.Logger.Infof(f, v...)
-}

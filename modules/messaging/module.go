@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 	"go.uber.org/fx"
@@ -31,9 +32,17 @@ var Module = fx.Module("messaging",
 	fx.Invoke(func(lc fx.Lifecycle, p *Partitions) { lc.Append(fx.Hook{OnStart: p.Start, OnStop: p.Stop}) }),
 )
 
+// Consumers is what the messaging module needs of the consumer runtime when a tenant is deleted; the consumer
+// runtime provides it.
+type Consumers interface {
+	// AwaitNoConsumers returns once no replica consumes the tenant's queue (every consumer of it drained and
+	// stopped), or when waiting longer would not help (the drain's bound passed, the queue is gone).
+	AwaitNoConsumers(ctx context.Context, id uuid.UUID)
+}
+
 // Subscribe registers the messaging module on the tenant events, loads the tenant view at start and refreshes it
 // from the database every VIEW_REFRESH_INTERVAL.
-func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, c config.Config) {
+func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consumers Consumers, c config.Config) {
 	events.Subscribe(bus, "messaging.partition", func(ctx context.Context, e events.TenantCreating) error {
 		return CreatePartition(ctx, e.Tx, e.Tenant.ID)
 	})
@@ -54,6 +63,10 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, c confi
 		if events.IsRemote(ctx) {
 			return nil
 		}
+		// The replica that owns the tenant learns of the deletion through the relay and drains its consumer
+		// after this replica's own consumer drained: a store it still runs must find the partition, or it
+		// fails (and is retried or dead-lettered) for a tenant that is going anyway.
+		consumers.AwaitNoConsumers(ctx, e.TenantID)
 		return DropPartition(ctx, db, e.TenantID)
 	})
 	var refresh *periodic.Loop

@@ -65,6 +65,9 @@ var Module = fx.Module("broker",
 	),
 )
 
+const poolLostHelp = "Consumer pool connections that dropped, by kind (shared, or isolated: one consumer's own); " +
+	"the pool replaces them and their consumers start again, paced."
+
 // registerPoolMetrics exports the consumer pool's connections and channels in use, read at scrape time.
 func registerPoolMetrics(reg prometheus.Registerer, p *ConsumerPool) {
 	reg.MustRegister(
@@ -74,5 +77,14 @@ func registerPoolMetrics(reg prometheus.Registerer, p *ConsumerPool) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "amqp_channels",
 			Help: "AMQP channels in use on this replica's connections, by role.", ConstLabels: prometheus.Labels{"role": "consumer"}},
 			func() float64 { _, n := p.Stats(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "amqp_pool_connections_lost_total",
+			Help: poolLostHelp, ConstLabels: prometheus.Labels{"kind": "shared"}},
+			func() float64 { return float64(p.Lost()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "amqp_pool_connections_lost_total",
+			Help: poolLostHelp, ConstLabels: prometheus.Labels{"kind": "isolated"}},
+			func() float64 { return float64(p.LostIsolated()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "amqp_pool_isolated_connections",
+			Help: "Consumer pool connections of one consumer each, for tenants whose consume made their connection drop."},
+			func() float64 { return float64(p.Isolated()) }),
 	)
 }

@@ -3,9 +3,12 @@ package broker
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	rabbitmq "github.com/wagslane/go-rabbitmq"
 	"go.uber.org/zap"
 )
@@ -14,11 +17,19 @@ import (
 // channels being closed and reopened (a consumer's restart, a broker reconnect) never hit the ceiling.
 const ChannelHeadroom = 0.1
 
-// ConsumerPool spreads consumers over reconnecting AMQP connections: each consumer takes one channel slot on a
-// connection with a free one, and a new connection opens when every open one has PerConn slots taken. So the
-// number of tenants one replica consumes has no per-connection ceiling (RabbitMQ's channel_max, 2,047 by
-// default). Connections are never closed before the pool is; a reconnecting connection keeps its slots, as
-// go-rabbitmq reopens their channels. It is safe for concurrent use.
+// ConsumerPool spreads consumers over AMQP connections and supervises them: each consumer takes one channel slot
+// on a connection with a free one, and a new connection opens when every open one has PerConn slots taken. So
+// the number of tenants one replica consumes has no per-connection ceiling (RabbitMQ's channel_max, 2,047 by
+// default).
+//
+// The pool, not go-rabbitmq, owns reconnects: a pooled connection that drops is retired at once (Lease.Lost is
+// closed for each of its consumers, which their owner closes and starts again on another lease, paced), and a
+// new one is dialled when a consumer next needs a slot, with a backoff after a failed dial. go-rabbitmq's own
+// reconnect of the connection and of its consumers' channels never runs on a pooled connection (its interval
+// is set beyond any process's life), so the consumers of a dropped connection never re-consume on their own,
+// all at once. A consumer that may itself make its connection drop (RabbitMQ 3.10 closes the whole connection
+// on a consume of a quorum queue that is not running yet) takes an isolated lease, on a connection of its own.
+// It is safe for concurrent use.
 type ConsumerPool struct {
 	perConn   int
 	name      string
@@ -26,19 +37,39 @@ type ConsumerPool struct {
 	reconnect time.Duration
 	log       *zap.Logger
 
-	mu     sync.Mutex // guards conns and closed; never held while dialling
-	conns  []*pooledConn
-	closed bool
+	mu      sync.Mutex // guards conns, closed, dialled and the dial backoff; never held while dialling
+	conns   []*pooledConn
+	closed  bool
+	dialled int // connections dialled so far, for their names
 
-	dialMu sync.Mutex // one dial at a time
+	dialMu      sync.Mutex // one dial at a time
+	dialErr     error      // the last dial's failure, answered until retryAt
+	retryAt     time.Time
+	dialBackoff time.Duration
+
+	lost      atomic.Int64 // shared connections lost (not closed by the pool)
+	lostIso   atomic.Int64 // isolated connections lost
+	dials     atomic.Int64 // connections dialled successfully
+	isolatedN atomic.Int64 // isolated connections open now
 }
 
 type pooledConn struct {
-	conn *rabbitmq.Conn
-	used int
+	conn     *rabbitmq.Conn
+	name     string
+	used     int
+	isolated bool          // one consumer's own connection, closed when it is released
+	lost     chan struct{} // closed when the connection dropped or was closed
+	gone     bool          // lost was closed; guarded by the pool's mu
 }
 
-// Lease is one channel slot on a pooled connection, held by one consumer until Release.
+// neverReconnect is the reconnect interval of go-rabbitmq's connection manager on a pooled connection: the pool
+// replaces a dropped connection itself, so the library's reconnect (and its consumers' channel re-opens, which
+// wait as long) never runs.
+const neverReconnect = 1000 * time.Hour
+
+// Lease is one channel slot on a pooled connection, held by one consumer until Release. When the connection
+// drops, Lost is closed: the consumer must be closed (it will not consume again by itself) and started again on
+// a new lease.
 type Lease struct {
 	// Conn is the connection the consumer opens its channel on.
 	Conn *rabbitmq.Conn
@@ -47,12 +78,25 @@ type Lease struct {
 	once sync.Once
 }
 
+// Lost is closed when the lease's connection dropped (or the pool closed).
+func (l *Lease) Lost() <-chan struct{} { return l.pc.lost }
+
+// Isolated reports whether the lease has a connection of its own.
+func (l *Lease) Isolated() bool { return l.pc.isolated }
+
 // Release returns the slot to the pool; call it after the consumer closed. It may be called more than once.
 func (l *Lease) Release() {
 	l.once.Do(func() {
 		l.pool.mu.Lock()
 		l.pc.used--
+		retire := l.pc.isolated && l.pc.used == 0 && !l.pc.gone
+		if retire {
+			l.pool.removeLocked(l.pc)
+		}
 		l.pool.mu.Unlock()
+		if retire {
+			l.pool.retire(l.pc)
+		}
 	})
 }
 
@@ -81,43 +125,125 @@ func NewConsumerPool(opts Options, perConn int, log *zap.Logger) (*ConsumerPool,
 	return p, nil
 }
 
-// grow dials one more connection unless one with a free slot exists (another caller may have grown the pool
-// meanwhile). Dials are serialised, and p.mu is not held while one runs, so releases and acquires on the open
-// connections go on.
+// grow dials one more shared connection unless one with a free slot exists (another caller may have grown the
+// pool meanwhile).
 func (p *ConsumerPool) grow() error {
+	_, err := p.dial(false)
+	return err
+}
+
+// dial opens one more connection, shared or isolated. Dials are serialised, and p.mu is not held while one
+// runs, so releases and acquires on the open connections go on. After a failed dial, dials fail at once with
+// its error until a backoff passed (AMQP_RECONNECT_INTERVAL, doubling up to 16 times it): the consumers of a
+// dropped connection asking for new slots while the broker is down cost one dial per backoff, not one each.
+func (p *ConsumerPool) dial(isolated bool) (*pooledConn, error) {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
+		return nil, fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
 	}
-	if p.free() != nil {
+	if !isolated && p.free() != nil {
 		p.mu.Unlock()
-		return nil
+		return nil, nil
 	}
-	name := fmt.Sprintf("%s-consumer-%d", p.name, len(p.conns)+1)
+	if time.Now().Before(p.retryAt) {
+		err := p.dialErr
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.dialled++
+	name := fmt.Sprintf("%s-consumer-%d", p.name, p.dialled)
+	if isolated {
+		name = fmt.Sprintf("%s-consumer-isolated-%d", p.name, p.dialled)
+	}
 	p.mu.Unlock()
-	c, err := dialReconnecting(p.urls, name, p.reconnect, p.log)
-	if err != nil {
-		return fmt.Errorf("%w: consumer connection %s: %v", ErrUnavailable, name, err)
-	}
+	pc := &pooledConn{name: name, isolated: isolated, lost: make(chan struct{})}
+	c, err := dialPooled(p.urls, name, p.log, func() { p.lose(pc) })
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
-		_ = c.Close()
-		return fmt.Errorf("%w: consumer pool closed", ErrUnavailable)
+	if err != nil {
+		p.dialBackoff = min(max(2*p.dialBackoff, p.reconnect), 16*p.reconnect)
+		p.retryAt = time.Now().Add(p.dialBackoff)
+		p.dialErr = fmt.Errorf("%w: consumer connection %s: %v", ErrUnavailable, name, err)
+		return nil, p.dialErr
 	}
-	p.conns = append(p.conns, &pooledConn{conn: c})
-	p.log.Info("consumer connection opened", zap.String("connection", name), zap.Int("connections", len(p.conns)),
-		zap.Int("channels_per_connection", p.perConn))
-	return nil
+	p.dialBackoff, p.retryAt, p.dialErr = 0, time.Time{}, nil
+	p.dials.Add(1)
+	pc.conn = c
+	if p.closed || pc.gone {
+		go func() { _ = c.Close() }()
+		return nil, fmt.Errorf("%w: consumer connection %s closed as it opened", ErrUnavailable, name)
+	}
+	p.conns = append(p.conns, pc)
+	if isolated {
+		p.isolatedN.Add(1)
+		p.log.Info("isolated consumer connection opened", zap.String("connection", name))
+	} else {
+		p.log.Info("consumer connection opened", zap.String("connection", name), zap.Int("connections", len(p.conns)),
+			zap.Int("channels_per_connection", p.perConn))
+	}
+	return pc, nil
+}
+
+// lose retires a connection that dropped: no new lease goes to it, its leases' Lost is closed, and go-rabbitmq's
+// connection manager of it is closed. It runs on amqp091's shutdown, so it does not block.
+func (p *ConsumerPool) lose(pc *pooledConn) {
+	p.mu.Lock()
+	if pc.gone {
+		p.mu.Unlock()
+		return
+	}
+	if pc.conn == nil {
+		// Still being dialled: the dial sees gone and fails; nothing holds a lease on it.
+		pc.gone = true
+		p.mu.Unlock()
+		return
+	}
+	p.removeLocked(pc)
+	closed := p.closed
+	p.mu.Unlock()
+	if !closed {
+		if pc.isolated {
+			p.lostIso.Add(1)
+		} else {
+			p.lost.Add(1)
+		}
+		p.log.Warn("consumer connection lost; its consumers start again on another one, paced",
+			zap.String("connection", pc.name), zap.Int("consumers", pc.used))
+	}
+	p.retire(pc)
+}
+
+// removeLocked takes pc out of the pool and marks it gone; p.mu must be held.
+func (p *ConsumerPool) removeLocked(pc *pooledConn) {
+	pc.gone = true
+	for i, c := range p.conns {
+		if c == pc {
+			p.conns = append(p.conns[:i:i], p.conns[i+1:]...)
+			if pc.isolated {
+				p.isolatedN.Add(-1)
+			}
+			break
+		}
+	}
+}
+
+// retire closes a connection taken out of the pool (removeLocked) and tells its leases.
+func (p *ConsumerPool) retire(pc *pooledConn) {
+	close(pc.lost)
+	go func() {
+		if pc.conn != nil {
+			_ = pc.conn.Close()
+		}
+	}()
 }
 
 // free returns the first connection with a free slot, or nil; p.mu must be held.
 func (p *ConsumerPool) free() *pooledConn {
 	for _, c := range p.conns {
-		if c.used < p.perConn {
+		if !c.isolated && c.used < p.perConn {
 			return c
 		}
 	}
@@ -147,6 +273,38 @@ func (p *ConsumerPool) Acquire(ctx context.Context) (*Lease, error) {
 	}
 }
 
+// AcquireIsolated takes the one slot of a new connection of its own, for a consumer that may make its
+// connection drop; the connection closes when the lease is released.
+func (p *ConsumerPool) AcquireIsolated(ctx context.Context) (*Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	pc, err := p.dial(true)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.gone {
+		return nil, fmt.Errorf("%w: consumer connection %s lost as it opened", ErrUnavailable, pc.name)
+	}
+	pc.used++
+	return &Lease{Conn: pc.conn, pool: p, pc: pc}, nil
+}
+
+// Lost returns how many shared connections dropped (a broker restart, a connection closed by an operator or by
+// the broker) since the pool opened.
+func (p *ConsumerPool) Lost() int64 { return p.lost.Load() }
+
+// LostIsolated returns how many isolated connections dropped since the pool opened.
+func (p *ConsumerPool) LostIsolated() int64 { return p.lostIso.Load() }
+
+// Dials returns how many connections the pool opened, shared and isolated.
+func (p *ConsumerPool) Dials() int64 { return p.dials.Load() }
+
+// Isolated returns how many isolated connections are open now.
+func (p *ConsumerPool) Isolated() int64 { return p.isolatedN.Load() }
+
 // Stats returns the open connections and the consumer channels in use over them.
 func (p *ConsumerPool) Stats() (connections, channels int) {
 	p.mu.Lock()
@@ -166,12 +324,51 @@ func (p *ConsumerPool) Close() error {
 	p.closed = true
 	conns := p.conns
 	p.conns = nil
+	for _, c := range conns {
+		c.gone = true
+	}
 	p.mu.Unlock()
 	var first error
 	for _, c := range conns {
+		close(c.lost)
 		if err := c.conn.Close(); err != nil && first == nil {
 			first = err
 		}
 	}
 	return first
+}
+
+// dialPooled opens a go-rabbitmq connection named name to the first of urls that answers, whose library
+// reconnect never runs (neverReconnect); onLost is called once its socket closes, whatever closed it.
+func dialPooled(urls []string, name string, log *zap.Logger, onLost func()) (*rabbitmq.Conn, error) {
+	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": name},
+		Dial: func(network, addr string) (net.Conn, error) {
+			c, err := amqp.DefaultDial(5*time.Second)(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &watchedConn{Conn: c, onClose: onLost}, nil
+		}}
+	c, err := rabbitmq.NewClusterConn(rabbitmq.NewStaticResolver(urls, false),
+		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
+		rabbitmq.WithConnectionOptionsBaseReconnectInterval(neverReconnect),
+		rabbitmq.WithConnectionOptionsConfig(cfg),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("broker: connect: %w", err)
+	}
+	return c, nil
+}
+
+// watchedConn is a connection's socket that tells when it closes: amqp091 closes it when the connection shuts
+// down, for whatever reason (the broker closed it, the network failed, the client closed it).
+type watchedConn struct {
+	net.Conn
+	onClose func()
+	once    sync.Once
+}
+
+func (c *watchedConn) Close() error {
+	c.once.Do(c.onClose)
+	return c.Conn.Close()
 }

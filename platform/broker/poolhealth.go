@@ -97,12 +97,30 @@ func (h *PoolHealth) Down() (since time.Time, down bool) {
 	return since, down
 }
 
-// anyClosed reports whether one of the pool's connections is closed (lost, and not reconnected yet).
+// anyClosed reports whether the pool cannot keep its connections up: its last dial failed (the broker
+// unreachable, or refusing this replica's user) and no dial succeeded since, or a pooled connection is closed.
+// The pool retires a dropped connection at once and dials only when a consumer needs a slot, so after a failed
+// dial a sweep whose backoff passed dials once itself: a replica whose consumers all stopped (it gave its
+// tenants away) still learns that the broker is back.
 func (p *ConsumerPool) anyClosed() bool {
 	p.mu.Lock()
-	conns := make([]*rabbitmq.Conn, len(p.conns))
-	for i, c := range p.conns {
-		conns[i] = c.conn
+	failing, retry := p.dialErr != nil, !time.Now().Before(p.retryAt)
+	p.mu.Unlock()
+	if failing {
+		if !retry {
+			return true
+		}
+		// A new connection joins the pool, or one with a free slot exists and is checked below.
+		if _, err := p.dial(false); err != nil {
+			return true
+		}
+	}
+	p.mu.Lock()
+	conns := make([]*rabbitmq.Conn, 0, len(p.conns))
+	for _, c := range p.conns {
+		if c.conn != nil {
+			conns = append(conns, c.conn)
+		}
 	}
 	p.mu.Unlock()
 	for _, c := range conns {

@@ -105,7 +105,8 @@ type Config struct {
 	StoreRetryInitial time.Duration
 	// StoreRetryBudget is how long a worker retries one delivery before returning it to the queue (STORE_RETRY_BUDGET).
 	StoreRetryBudget time.Duration
-	// ConsumerDrainTimeout bounds how long a stopping consumer waits for in-flight work (CONSUMER_DRAIN_TIMEOUT).
+	// ConsumerDrainTimeout is how long a stopping consumer waits for its in-flight stores before it cancels
+	// them; it closes only once they returned (CONSUMER_DRAIN_TIMEOUT).
 	ConsumerDrainTimeout time.Duration
 	// ReconcileInterval is the period of the reconciliation loop (RECONCILE_INTERVAL).
 	ReconcileInterval time.Duration

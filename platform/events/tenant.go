@@ -63,8 +63,8 @@ type TenantDeleting struct {
 	TenantID uuid.UUID `json:"tenant_id"`
 }
 
-// TenantDeleted is published after TenantDeleting, on the replica that deleted the tenant only: the tenant's
-// stored messages (its partition) are removed, and its queues once no replica consumes them any more.
+// TenantDeleted is published after TenantDeleting, on the replica that deleted the tenant only: once no replica
+// consumes the tenant's queue any more, its stored messages (its partition) and its queues are removed.
 type TenantDeleted struct {
 	TenantID uuid.UUID `json:"tenant_id"`
 }

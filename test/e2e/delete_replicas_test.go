@@ -17,24 +17,35 @@ import (
 	"github.com/acme/msgsvc/test/testenv"
 )
 
-// pausingHandler stores like the real handler after a pause, and counts the batches in flight.
+// pausingHandler stores like the real handler after a pause, and counts the batches in flight and the
+// deliveries whose store failed.
 type pausingHandler struct {
 	inner    consumer.Handler
 	pause    time.Duration
 	inFlight atomic.Int64
+	failed   atomic.Int64
+	lastErr  atomic.Value // error
 }
 
 func (h *pausingHandler) Handle(ctx context.Context, tenant uuid.UUID, ds []amqp.Delivery) []error {
 	h.inFlight.Add(1)
 	defer h.inFlight.Add(-1)
 	time.Sleep(h.pause)
-	return h.inner.Handle(ctx, tenant, ds)
+	errs := h.inner.Handle(ctx, tenant, ds)
+	for _, err := range errs {
+		if err != nil {
+			h.failed.Add(1)
+			h.lastErr.Store(err)
+		}
+	}
+	return errs
 }
 
 // TestDeleteWaitsForOtherReplicasConsumers deletes a tenant through one replica while the replica that owns
-// it stores a batch of it. The queues go only after the owner's consumer drained and stopped: it finishes its
-// batch and stops without a warning (no cancelled consumer, no settlement on a missing queue, no store retried
-// against a vanished tenant).
+// it stores a batch of it, with publishes still coming. The partition and the queues go only after the
+// owner's consumer drained and stopped: it finishes its batch, every store of it succeeds (none into a dropped
+// partition, so nothing retried or dead-lettered for it), and it stops without a warning (no cancelled
+// consumer, no settlement on a missing queue, no store retried against a vanished tenant).
 func TestDeleteWaitsForOtherReplicasConsumers(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
@@ -68,14 +79,35 @@ func TestDeleteWaitsForOtherReplicasConsumers(t *testing.T) {
 		other.Publish(tenant, map[string]int{"i": i})
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { return hOwner.inFlight.Load() > 0 }, "the owner stores a batch")
+	// Traffic goes on until the deletion answered (later publishes get 404).
+	deleted := make(chan struct{})
+	trafficDone := make(chan struct{})
+	go func() {
+		defer close(trafficDone)
+		for i := 0; ; i++ {
+			select {
+			case <-deleted:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			other.Do(http.MethodPost, "/api/v1/messages", map[string]any{"tenant_id": tenant, "payload": map[string]int{"j": i}})
+		}
+	}()
 
 	require.Equal(t, http.StatusNoContent, other.Do(http.MethodDelete, "/api/v1/tenants/"+tenant, nil).Status)
+	close(deleted)
+	<-trafficDone
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		ok, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 		return !ok
 	}, "the tenant's queue is deleted")
 	require.Zero(t, rtOwner.Workers(tid), "the owner's consumer stopped before the queue went")
 	time.Sleep(time.Second) // whatever B would still log about it
+	require.Zero(t, hOwner.failed.Load(), "stores of the owner failed (into a dropped partition?): %v", hOwner.lastErr.Load())
+	for _, r := range []*testenv.App{owner, other} {
+		require.NotContains(t, string(r.Do(http.MethodGet, "/metrics", nil).Body), "msgsvc_messages_dead_lettered_total{",
+			"a delivery of the deleted tenant was dead-lettered")
+	}
 
 	for _, e := range owner.Logs.All() {
 		if e.Level < zapcore.WarnLevel {

@@ -43,6 +43,8 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		// The messaging module's lookups declare the ConsumerState they need (dead letters, queue depth); the
 		// consumer runtime is it.
 		fx.Provide(func(r *consumer.Runtime) messaging.ConsumerState { return r }),
+		// The messaging module drops a deleted tenant's partition once no replica consumes its queue.
+		fx.Provide(func(r *consumer.Runtime) messaging.Consumers { return r }),
 		cluster.Module,
 		swagger.Module,
 		fx.Options(extra...),
