@@ -86,6 +86,9 @@ const fmt = {
   rate: (t) => (t.rate_limit === undefined || t.rate_limit === null ? "default" : t.rate_limit === 0 ? "unlimited" : `${fmt.num(t.rate_limit)}/s`),
 };
 
+// limitText says a stats answer's rate limit, and whether it is the service's default.
+function limitText(s) { return s.rate_limit_default ? `default (${fmt.rate(s)})` : fmt.rate(s); }
+
 function isAdmin() { return !sessionStorage.getItem(TENANT); }
 
 // ---- page lifecycle: one view at a time; its timers stop when another view starts ----
@@ -278,7 +281,7 @@ async function renderTenants(main) {
     return h("tr", { "data-tenant-id": t.id },
       h("td", {}, h("a", { href: `#/tenants/${t.id}` }, t.name)),
       h("td", { class: "num", "data-col": "workers" }, fmt.num(t.concurrency_config)),
-      h("td", { class: "num", "data-col": "rate" }, fmt.rate(t)),
+      h("td", { class: "num", "data-col": "rate" }, s.rate_limit === undefined ? fmt.rate(t) : limitText(s)),
       h("td", { class: "num", "data-col": "depth" }, s.queue_messages < 0 ? "?" : fmt.num(s.queue_messages)),
       h("td", { class: "num", "data-col": "consumers" }, fmt.num(s.queue_consumers)),
       h("td", { class: "num", "data-col": "stored" }, fmt.num(s.stored_last_minute)),
@@ -344,7 +347,7 @@ async function renderTenant(main, id) {
       stat("Consumers", fmt.num(s.queue_consumers), "consumers"),
       stat("Dead letters", fmt.num(s.dead_letters), "dead_letters"),
       stat("Workers", fmt.num(s.workers), "workers"),
-      stat("Rate limit", s.rate_limit_default ? `${fmt.rate(s)} (default)` : fmt.rate(s), "rate_limit", true),
+      stat("Rate limit", limitText(s), "rate_limit", true),
       stat("Owner replica", c.replica || "none", "replica", true),
       stat("Newest message", fmt.time(s.newest_message_at), "newest", true));
     view.workers = s.workers;
