@@ -111,8 +111,25 @@ func TestConsoleOperatorFlow(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, cookies)
 
+	// A refused request shows the problem's title and detail.
+	require.Empty(t, pageErrors.take())
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.CSS(`#create-form input[name="name"]`), "too many workers"),
+		chromedp.SetValue(chromedp.CSS(`#create-form input[name="workers"]`), "900"),
+		chromedp.Click(chromedp.CSS(`#create-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#tenants-answer .answer.err")),
+	))
+	refused, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#tenants-answer")))
+	require.NoError(t, err)
+	require.Contains(t, refused, "400 Bad Request")
+	require.Contains(t, refused, "concurrency_config")
+	for _, e := range pageErrors.take() { // Chromium logs the refused request, and nothing else
+		require.Contains(t, e, "400", e)
+	}
+
 	// Create a tenant through the form; its first key is shown.
 	name := testenv.RandomName("console-")
+	require.NoError(t, chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`document.querySelector("#create-form").reset()`)))
 	require.NoError(t, chromedp.Do(ctx,
 		chromedp.SendKeys(chromedp.CSS(`#create-form input[name="name"]`), name),
 		chromedp.SetValue(chromedp.CSS(`#create-form input[name="workers"]`), "2"),

@@ -53,7 +53,9 @@ async function api(method, path, body, key = sessionStorage.getItem(KEY)) {
   }
   if (!resp.ok) {
     if (parsed && typeof parsed === "object") {
-      throw new Problem(resp.status, parsed.title || `HTTP ${resp.status}`, parsed.detail || "", parsed);
+      const fields = Array.isArray(parsed.errors) ? parsed.errors.map((e) => `${e.field}: ${e.detail}`) : [];
+      const detail = [parsed.detail, ...fields].filter(Boolean).join("; ");
+      throw new Problem(resp.status, parsed.title || `HTTP ${resp.status}`, detail, parsed);
     }
     throw new Problem(resp.status, `HTTP ${resp.status} ${resp.statusText}`, typeof parsed === "string" ? parsed.slice(0, 300) : "", parsed);
   }
@@ -140,6 +142,13 @@ async function route() {
     else if (isAdmin()) await renderTenants(main);
     else location.hash = `#/tenants/${sessionStorage.getItem(TENANT)}`;
   } catch (err) {
+    if (err instanceof Problem && err.status === 401) { // the key was revoked, or its tenant deleted
+      sessionStorage.clear();
+      header();
+      renderSignIn(main);
+      showError(err);
+      return;
+    }
     main.replaceChildren(h("p", { class: "muted" }, "This page could not be loaded."));
     showError(err);
   }
