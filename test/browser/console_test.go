@@ -212,6 +212,9 @@ func TestConsoleOperatorFlow(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, deadShown)
 	shoot(t, ctx, "console-tenant-key.png")
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(390, 844)))
+	shoot(t, ctx, "console-tenant-phone.png")
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1280, 1000)))
 	require.Empty(t, pageErrors.take())
 	require.NoError(t, chromedp.Do(ctx,
 		chromedp.Navigate(a.URL+"/console/#/tenants/"+other),

@@ -450,13 +450,13 @@ async function renderTenant(main, id) {
     h("section", { class: "panel" },
       h("div", { class: "panel-head" }, h("h2", { class: "grow" }, "Newest messages"), find),
       h("div", { class: "panel-body" }, findOut),
-      h("div", { class: "scroll" }, h("table", { id: "messages" },
+      h("div", { class: "scroll" }, h("table", { id: "messages", class: "stack" },
         h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", { class: "hide-narrow" }, "Published"), h("th", {}, "Payload"))), msgBody)),
       h("div", { class: "pager" }, msgPrev, msgNext, h("span", { class: "grow" }), msgInfo)),
     admin ? h("section", { class: "panel" },
       h("div", { class: "panel-head" }, h("h2", { class: "grow" }, "Dead letters"), reason, replayAll),
       h("div", { class: "panel-body" }, dlOut),
-      h("div", { class: "scroll" }, h("table", { id: "dead" },
+      h("div", { class: "scroll" }, h("table", { id: "dead", class: "stack" },
         h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Reason"), h("th", {}, "Last error"), h("th", {}, "Payload"), h("th", {}, ""))), dlBody)),
       h("div", { class: "pager" }, dlPrev, dlNext))
       : h("p", { class: "note" }, "Dead letters are an admin's: sign in with an admin key to see and replay them."));
