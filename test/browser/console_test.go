@@ -230,7 +230,22 @@ func TestConsoleOperatorFlow(t *testing.T) {
 	r := a.Do(http.MethodGet, "/api/v1/tenants/"+tenant, nil)
 	require.Equal(t, http.StatusOK, r.Status)
 	require.EqualValues(t, 4, r.Map(t)["concurrency_config"])
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#tenant-rate")),
+		chromedp.WaitVisible(chromedp.CSS(`#dialog input[name="rate"]`)),
+		chromedp.SetValue(chromedp.CSS(`#dialog input[name="rate"]`), "50"),
+		chromedp.Click(chromedp.CSS(`#dialog button[type="submit"]`)),
+	))
+	waitText(t, ctx, `[data-stat="rate_limit"] .v`, "50/s")
 	require.Empty(t, pageErrors.take())
+
+	// Ten more messages put the first on the second page, which the API's cursor reaches.
+	batch := make([]map[string]any, 10)
+	for i := range batch {
+		batch[i] = map[string]any{"payload": map[string]int{"line": i}}
+	}
+	r = a.Do(http.MethodPost, "/api/v1/messages/batch", map[string]any{"tenant_id": tenant, "messages": batch})
+	require.Equal(t, http.StatusAccepted, r.Status, string(r.Body))
 
 	// Sign in as the tenant: its own page, no dead letters, and another tenant's page is a problem, not data.
 	require.NoError(t, chromedp.Do(ctx,
@@ -239,6 +254,9 @@ func TestConsoleOperatorFlow(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS("#key"), tenantKey),
 		chromedp.SendKeys(chromedp.CSS("#tenant"), tenant),
 		chromedp.Click(chromedp.CSS(`#signin-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#messages-body")),
+		chromedp.Poll[chromedp.Void](`document.querySelectorAll("#messages-body tr[data-message-id]").length === 10 && !document.querySelector("#messages-next").disabled`, chromedp.WithPollingTimeout(15*time.Second)),
+		chromedp.Click(chromedp.CSS("#messages-next")),
 		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`#messages-body tr[data-message-id="%s"]`, id))),
 	))
 	deadShown, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!document.querySelector("#dead")`))
