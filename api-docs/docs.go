@@ -10,6 +10,10 @@ const docTemplate = `{
         "description": "{{escape .Description}}",
         "title": "{{.Title}}",
         "contact": {},
+        "license": {
+            "name": "Proprietary",
+            "url": "https://msgsvc.dev/license"
+        },
         "version": "{{.Version}}"
     },
     "host": "{{.Host}}",
@@ -942,8 +946,7 @@ const docTemplate = `{
                     },
                     {
                         "type": "string",
-                        "example": "undecodable",
-                        "description": "Only this reason",
+                        "description": "Only this reason, e.g. undecodable",
                         "name": "reason",
                         "in": "query"
                     }
@@ -1336,6 +1339,7 @@ const docTemplate = `{
         },
         "/healthz": {
             "get": {
+                "security": [],
                 "description": "Answers 200 while the process runs; it checks no dependency.",
                 "produces": [
                     "application/json"
@@ -1351,12 +1355,19 @@ const docTemplate = `{
                         "schema": {
                             "$ref": "#/definitions/health.Liveness"
                         }
+                    },
+                    "400": {
+                        "description": "a malformed HTTP request (Go's HTTP server answers it before any handler, on every route)",
+                        "schema": {
+                            "type": "string"
+                        }
                     }
                 }
             }
         },
         "/metrics": {
             "get": {
+                "security": [],
                 "description": "The service's metrics (msgsvc_*), Go runtime and process metrics, in the Prometheus text exposition format.",
                 "produces": [
                     "text/plain"
@@ -1372,12 +1383,19 @@ const docTemplate = `{
                         "schema": {
                             "type": "string"
                         }
+                    },
+                    "400": {
+                        "description": "a malformed HTTP request (Go's HTTP server answers it before any handler, on every route)",
+                        "schema": {
+                            "type": "string"
+                        }
                     }
                 }
             }
         },
         "/readyz": {
             "get": {
+                "security": [],
                 "description": "Answers 200 only when PostgreSQL and RabbitMQ answer and every migration is applied, else 503 with a problem naming each check that is down in errors.",
                 "produces": [
                     "application/json"
@@ -1392,6 +1410,12 @@ const docTemplate = `{
                         "description": "OK",
                         "schema": {
                             "$ref": "#/definitions/health.Readiness"
+                        }
+                    },
+                    "400": {
+                        "description": "a malformed HTTP request (Go's HTTP server answers it before any handler, on every route)",
+                        "schema": {
+                            "type": "string"
                         }
                     },
                     "503": {

@@ -4,6 +4,8 @@
 //	@version					1.0
 //	@description				Per-tenant message streams from an HTTP API, through RabbitMQ, into PostgreSQL.
 //	@description				Errors are RFC 9457 problem details (application/problem+json).
+//	@license.name				Proprietary
+//	@license.url				https://msgsvc.dev/license
 //	@BasePath					/
 //	@tag.name					tenants
 //	@tag.description			Tenants: each has its own partition, queues and worker pool.

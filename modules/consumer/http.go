@@ -103,7 +103,7 @@ func (h *Handlers) tenantMessage(w http.ResponseWriter, r *http.Request) (tenant
 //	@Param			id		path		string	true	"Tenant id (UUID)"	format(uuid)
 //	@Param			limit	query		int		false	"Page size"			minimum(1)	maximum(100)	default(20)
 //	@Param			cursor	query		string	false	"next_cursor of the previous page, or an RFC 3339 time (dead-lettered before it)"
-//	@Param			reason	query		string	false	"Only this reason"	example(undecodable)
+//	@Param			reason	query		string	false	"Only this reason, e.g. undecodable"
 //	@Success		200		{object}	pagination.Page[consumer.DeadLetter]
 //	@Failure		400		{object}	problem.Details	"malformed id, limit, cursor or reason"
 //	@Failure		401		{object}	problem.Details	"missing or unknown API key"

@@ -74,6 +74,8 @@ func (p *Probes) Register(r chi.Router) {
 //	@Tags			operations
 //	@Produce		json
 //	@Success		200	{object}	Liveness
+//	@Failure		400	{string}	string	"a malformed HTTP request (Go's HTTP server answers it before any handler, on every route)"
+//	@Security
 //	@Router			/healthz [get]
 func (p *Probes) Live(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, Liveness{Status: "ok"})
@@ -88,6 +90,8 @@ func (p *Probes) Live(w http.ResponseWriter, _ *http.Request) {
 //	@Produce		json
 //	@Success		200	{object}	Readiness
 //	@Failure		503	{object}	problem.Details	"a dependency is down"
+//	@Failure		400	{string}	string	"a malformed HTTP request (Go's HTTP server answers it before any handler, on every route)"
+//	@Security
 //	@Router			/readyz [get]
 func (p *Probes) Ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)

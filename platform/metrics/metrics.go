@@ -29,6 +29,8 @@ func NewRegistry() *prometheus.Registry {
 //	@Tags			operations
 //	@Produce		plain
 //	@Success		200	{string}	string	"Prometheus text exposition format"
+//	@Failure		400	{string}	string	"a malformed HTTP request (Go's HTTP server answers it before any handler, on every route)"
+//	@Security
 //	@Router			/metrics [get]
 func Handler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})

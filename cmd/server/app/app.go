@@ -12,6 +12,7 @@ import (
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/platform/config"
+	"github.com/acme/msgsvc/platform/console"
 	"github.com/acme/msgsvc/platform/database"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/httpserver"
@@ -47,6 +48,7 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		fx.Provide(func(r *consumer.Runtime) messaging.Consumers { return r }),
 		cluster.Module,
 		swagger.Module,
+		console.Module,
 		fx.Options(extra...),
 		httpserver.Module,
 	)
