@@ -30,11 +30,11 @@ func TestConnectionsClosedTwiceMidStream(t *testing.T) {
 	st := startStream(t, a.URL, tenants, 8, 5*time.Millisecond)
 	var closes []time.Time
 	for range 2 {
-		time.Sleep(3 * time.Second)
+		time.Sleep(2 * time.Second)
 		closes = append(closes, time.Now())
 		s.RunScript(t, "rabbitmqctl", "close_all_connections", "-p", vhost, "test: connection blip")
 	}
-	time.Sleep(4 * time.Second)
+	time.Sleep(2 * time.Second) // the window in which `during` counts publishes after the second close
 	st.halt()
 
 	answers := st.snapshot()

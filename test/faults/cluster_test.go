@@ -275,7 +275,7 @@ func TestClusterNodeKilledMidStream(t *testing.T) {
 		return k
 	}
 
-	time.Sleep(5 * time.Second)
+	// kill waits for a 202 of the last second first: the stream runs.
 	first := kill("connected node and queue leader", 1, 2)
 	// The service moved to node 2 (the next URL). Make a node it is not connected to lead the queue, then kill that.
 	connected := cl.connectedNodes(2)
@@ -291,7 +291,7 @@ func TestClusterNodeKilledMidStream(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	second := kill("queue leader only", target, via)
 	require.Equal(t, connected, cl.connectedNodes(via), "killing a node the service is not connected to moved its connections")
-	time.Sleep(5 * time.Second)
+	time.Sleep(2 * time.Second)
 	st.halt()
 
 	answers := st.snapshot()

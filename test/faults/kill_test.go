@@ -23,7 +23,7 @@ func TestServiceKilledMidStream(t *testing.T) {
 		createTenant(t, first.URL, "kill-c", 1)}
 
 	st := startStream(t, first.URL, tenants, 4, 20*time.Millisecond)
-	time.Sleep(10 * time.Second)
+	time.Sleep(3 * time.Second) // a few hundred messages on their way: stored, unacked, queued, in prefetch
 	require.Positive(t, metric(t, first.URL, "msgsvc_messages_stored_total"), "the first process stores")
 	killed := time.Now()
 	_, err := first.Signal(syscall.SIGKILL, 10*time.Second)
@@ -35,7 +35,7 @@ func TestServiceKilledMidStream(t *testing.T) {
 	back := time.Now()
 	testenv.Eventually(t, 30*time.Second, func() bool { return st.count(http.StatusAccepted, back) > 0 },
 		"publishing did not resume on the restarted process")
-	time.Sleep(10 * time.Second)
+	time.Sleep(3 * time.Second)
 	st.halt()
 
 	answers := st.snapshot()

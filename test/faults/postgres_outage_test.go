@@ -66,7 +66,7 @@ func TestPostgresStoppedDuringConsumption(t *testing.T) {
 		}
 	})
 	st := startStream(t, a.URL, tenants, 4, 20*time.Millisecond)
-	time.Sleep(8 * time.Second)
+	time.Sleep(3 * time.Second)
 
 	retryLog := "store failed; retrying with backoff"
 	failedBefore, logsBefore := h.failed.Load(), a.Logs.FilterMessage(retryLog).Len()
@@ -84,7 +84,7 @@ func TestPostgresStoppedDuringConsumption(t *testing.T) {
 	started := time.Now()
 	testenv.Eventually(t, 30*time.Second, func() bool { return testenv.Status(a.URL+"/readyz") == http.StatusOK },
 		"/readyz did not return to 200 after the database restarted")
-	time.Sleep(8 * time.Second)
+	time.Sleep(3 * time.Second)
 	st.halt()
 
 	answers := st.snapshot()

@@ -271,15 +271,20 @@ const maxOutput = 32 << 20
 
 // output keeps a process's output in memory and appends it to a file when one is open.
 type output struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	file *os.File
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	file  *os.File
+	limit int // the bound of buf; 0 is maxOutput
 }
 
 func (o *output) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.buf.Len()+len(p) > maxOutput {
+	limit := o.limit
+	if limit == 0 {
+		limit = maxOutput
+	}
+	if o.buf.Len()+len(p) > limit {
 		keep := o.buf.Bytes()[o.buf.Len()/2:]
 		if i := bytes.IndexByte(keep, '\n'); i >= 0 {
 			keep = keep[i+1:]
