@@ -66,15 +66,19 @@ func TestDeleteWaitsForOtherReplicasConsumers(t *testing.T) {
 	var owner, other *testenv.App
 	var hOwner *pausingHandler
 	var rtOwner *consumer.Runtime
+	// Both replicas must agree on the owner: a replica that does not see the other yet owns every tenant, and
+	// the tenant would move once it does.
 	testenv.Eventually(t, 20*time.Second, func() bool {
+		aOwns, bOwns := rtA.Owns(tid), rtB.Owns(tid)
+		owner = nil
 		switch {
-		case rtA.Workers(tid) > 0:
+		case aOwns && !bOwns && rtA.Workers(tid) > 0 && rtB.Workers(tid) == 0:
 			owner, other, hOwner, rtOwner = a, b, hA, rtA
-		case rtB.Workers(tid) > 0:
+		case bOwns && !aOwns && rtB.Workers(tid) > 0 && rtA.Workers(tid) == 0:
 			owner, other, hOwner, rtOwner = b, a, hB, rtB
 		}
 		return owner != nil
-	}, "a replica consumes the tenant")
+	}, "the replica both agree owns the tenant consumes it, the other does not")
 	for i := range 200 {
 		other.Publish(tenant, map[string]int{"i": i})
 	}
