@@ -55,6 +55,7 @@ func NewService(p ServiceParams) *Service {
 	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
 		view: newView(p.Config.RateLimitDefault), publishTimeout: p.Config.PublishConfirmTimeout,
 		metrics: p.Metrics, log: p.Log.Named("messaging")}
+	s.view.self, s.view.period = p.Config.ReplicaID, p.Config.RateLimitExchangeInterval
 	if s.publishTimeout <= 0 {
 		s.publishTimeout = 5 * time.Second
 	}
