@@ -29,6 +29,9 @@ func setRateLimit(t *testing.T, a *testenv.App, tenant string, perSecond float64
 // counts the publishes accepted (202) among those sent between from and to after the start.
 type offeredLoad struct {
 	accepted, refused, failed atomic.Int64
+
+	mu       sync.Mutex
+	bySecond map[int]int // accepted publishes by the second after the start they were sent in
 }
 
 func (l *offeredLoad) run(t *testing.T, tenant string, perSecond int, from, to time.Duration, pick func(i int) *testenv.App) {
@@ -61,6 +64,12 @@ func (l *offeredLoad) run(t *testing.T, tenant string, perSecond int, from, to t
 				case !counted:
 				case resp.StatusCode == http.StatusAccepted:
 					l.accepted.Add(1)
+					l.mu.Lock()
+					if l.bySecond == nil {
+						l.bySecond = map[int]int{}
+					}
+					l.bySecond[int(at/time.Second)]++
+					l.mu.Unlock()
 				case resp.StatusCode == http.StatusTooManyRequests:
 					l.refused.Add(1)
 				default:
@@ -117,4 +126,54 @@ func TestRateLimitHoldsForTheCluster(t *testing.T) {
 	require.LessOrEqual(t, float64(evenLoad.accepted.Load()), 1.3*limit, "traffic spread over the replicas is held to about the limit")
 	require.GreaterOrEqual(t, float64(evenLoad.accepted.Load()), 0.8*limit, "traffic spread over the replicas still gets about the limit")
 	require.GreaterOrEqual(t, float64(oneLoad.accepted.Load()), 0.9*limit, "traffic that all reaches one replica gets about the whole limit")
+}
+
+// TestRateLimitFollowsAReplicaJoiningAndLeaving offers a tenant limited to clusterLimit messages per second twice
+// its limit for 18 s, spread evenly over the live replicas: replica A alone, then B joins (from 4 s), then B
+// leaves (at 11 s). Over the 16 s after 2 s of warm-up the cluster holds about the limit (≤ 1.3 ×), and once
+// B's last report has expired (3 s after it left), A alone gets about the whole limit again (≥ 0.9 ×).
+func TestRateLimitFollowsAReplicaJoiningAndLeaving(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	a := testenv.Start(t, cfg)
+	tenant := a.CreateTenant("joining", 1)
+	setRateLimit(t, a, tenant, clusterLimit)
+
+	var live atomic.Pointer[[]*testenv.App]
+	live.Store(&[]*testenv.App{a})
+	const warm, end = 2 * time.Second, 18 * time.Second
+	var load offeredLoad
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		load.run(t, tenant, 2*clusterLimit, warm, end, func(i int) *testenv.App {
+			apps := *live.Load()
+			return apps[i%len(apps)]
+		})
+	}()
+	start := time.Now()
+
+	time.Sleep(4 * time.Second)
+	cfgB := cfg
+	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	b := testenv.Start(t, cfgB)
+	live.Store(&[]*testenv.App{a, b})
+	joined := time.Since(start)
+	time.Sleep(11*time.Second - joined)
+	live.Store(&[]*testenv.App{a})
+	time.Sleep(200 * time.Millisecond) // the publishes sent to B return
+	require.NoError(t, b.Stop())
+	<-done
+
+	load.mu.Lock()
+	defer load.mu.Unlock()
+	t.Logf("B joined at %s and left at 11 s; %s; accepted by second: %v", joined.Round(100*time.Millisecond), &load, load.bySecond)
+	require.Zero(t, load.failed.Load())
+	limit := float64(clusterLimit) * (end - warm).Seconds()
+	require.LessOrEqual(t, float64(load.accepted.Load()), 1.3*limit, "the cluster holds about the limit while a replica joins and leaves")
+	var alone int
+	for sec := 14; sec < 18; sec++ {
+		alone += load.bySecond[sec]
+	}
+	require.GreaterOrEqual(t, float64(alone), 0.9*clusterLimit*4, "after B left, A alone gets about the whole limit")
 }
