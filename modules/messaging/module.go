@@ -88,6 +88,7 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consume
 			if c.RateLimitExchangeInterval > 0 {
 				exchange = periodic.Start(c.RateLimitExchangeInterval, func(ctx context.Context) error {
 					d := s.view.exchange(time.Now())
+					s.metrics.ratePeers.Set(float64(s.view.peers()))
 					if len(d.Demand) == 0 {
 						return nil // the others count a replica that reports nothing as having no demand
 					}

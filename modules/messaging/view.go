@@ -208,6 +208,13 @@ func (v *view) exchange(now time.Time) events.TenantDemand {
 	return out
 }
 
+// peers is how many other replicas' demand reports were current at the last exchange.
+func (v *view) peers() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.reports)
+}
+
 // heard records another replica's demand report received at now and rescales the tenants it names.
 func (v *view) heard(d events.TenantDemand, now time.Time) {
 	if d.Replica == v.self {

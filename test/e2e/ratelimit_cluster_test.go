@@ -122,6 +122,10 @@ func TestRateLimitHoldsForTheCluster(t *testing.T) {
 	wg.Wait()
 	t.Logf("even split over two replicas: %s; all to one replica: %s", &evenLoad, &oneLoad)
 	require.Zero(t, evenLoad.failed.Load()+oneLoad.failed.Load())
+	for _, app := range []*testenv.App{a, b} {
+		r := app.Do(http.MethodGet, "/metrics", nil)
+		require.Contains(t, string(r.Body), "\nmsgsvc_rate_limit_peers 1\n", "each replica counts the other's demand reports")
+	}
 	limit := float64(clusterLimit) * window.Seconds()
 	require.LessOrEqual(t, float64(evenLoad.accepted.Load()), 1.3*limit, "traffic spread over the replicas is held to about the limit")
 	require.GreaterOrEqual(t, float64(evenLoad.accepted.Load()), 0.8*limit, "traffic spread over the replicas still gets about the limit")
