@@ -833,7 +833,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Token bucket per replica: messages_per_second, with a burst of one second's worth (at least 1). 0 means unlimited; null restores RATE_LIMIT_DEFAULT. Publishing over the limit answers 429 with Retry-After. Admin key required.",
+                "description": "Cluster-wide: messages_per_second for all replicas together, each replica applying its share of the tenant's demand, with a burst of one second's worth (at least 1). 0 means unlimited; null restores RATE_LIMIT_DEFAULT. Publishing over the limit answers 429 with Retry-After. Admin key required.",
                 "consumes": [
                     "application/json"
                 ],
@@ -1968,7 +1968,7 @@ const docTemplate = `{
                     "example": "Acme Corp"
                 },
                 "rate_limit": {
-                    "description": "RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
+                    "description": "RateLimit is the tenant's own publish limit in messages per second for the whole cluster (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
                     "type": "number",
                     "example": 100
                 },
@@ -2006,7 +2006,7 @@ const docTemplate = `{
             "type": "object",
             "properties": {
                 "messages_per_second": {
-                    "description": "MessagesPerSecond is the tenant's publish limit per replica; 0 means unlimited, null restores the default.",
+                    "description": "MessagesPerSecond is the tenant's publish limit for the whole cluster; 0 means unlimited, null restores the default.",
                     "type": "number",
                     "example": 100
                 }
@@ -2034,7 +2034,7 @@ const docTemplate = `{
                     "example": "Acme Corp"
                 },
                 "rate_limit": {
-                    "description": "RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
+                    "description": "RateLimit is the tenant's own publish limit in messages per second for the whole cluster (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
                     "type": "number",
                     "example": 100
                 },
@@ -2075,7 +2075,7 @@ const docTemplate = `{
                     "example": "Acme Corp"
                 },
                 "rate_limit": {
-                    "description": "RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
+                    "description": "RateLimit is the tenant's own publish limit in messages per second for the whole cluster (0: unlimited); null\nfollows RATE_LIMIT_DEFAULT.",
                     "type": "number",
                     "example": 100
                 },

@@ -19,6 +19,7 @@ type Metrics struct {
 	perPublish  prometheus.Histogram
 	perInsert   prometheus.Histogram
 	stores      storeMetrics
+	ratePeers   prometheus.Gauge
 }
 
 // NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
@@ -46,7 +47,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 		Name: "messages_per_insert", Help: "Messages carried by one insert statement of the consumers (the stores of several deliveries, of any tenants, go together while earlier inserts run).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048}})
 	m.stores = newStoreMetrics()
-	reg.MustRegister(m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert,
+	m.ratePeers = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace,
+		Name: "rate_limit_peers", Help: "Other replicas whose publish demand reports currently divide the tenants' rate limits with this one."})
+	reg.MustRegister(m.ratePeers, m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert,
 		m.stores.split, m.stores.alone)
 	return m
 }

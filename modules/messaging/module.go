@@ -3,6 +3,7 @@ package messaging
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,7 +70,13 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consume
 		consumers.AwaitNoConsumers(ctx, e.TenantID)
 		return DropPartition(ctx, db, e.TenantID)
 	})
-	var refresh *periodic.Loop
+	events.Subscribe(bus, "messaging.view", func(ctx context.Context, e events.TenantDemand) error {
+		if events.IsRemote(ctx) {
+			s.view.heard(e, time.Now())
+		}
+		return nil
+	})
+	var refresh, exchange *periodic.Loop
 	lc.Append(fx.Hook{
 		OnStart: func(ctx context.Context) error {
 			if err := s.LoadView(ctx); err != nil {
@@ -78,8 +85,26 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consume
 			refresh = periodic.Start(c.ViewRefreshInterval, s.RefreshView, func(err error) {
 				s.log.Warn("tenant view refresh failed; next run will retry", zap.Error(err))
 			})
+			if c.RateLimitExchangeInterval > 0 {
+				exchange = periodic.Start(c.RateLimitExchangeInterval, func(ctx context.Context) error {
+					d := s.view.exchange(time.Now())
+					s.metrics.ratePeers.Set(float64(s.view.peers()))
+					if len(d.Demand) == 0 {
+						return nil // the others count a replica that reports nothing as having no demand
+					}
+					return events.Publish(ctx, bus, d) // the cluster relay sends it to the other replicas
+				}, func(err error) {
+					s.log.Warn("reporting publish demand to the other replicas failed; next run will retry", zap.Error(err))
+				})
+			}
 			return nil
 		},
-		OnStop: func(context.Context) error { refresh.Stop(); return nil },
+		OnStop: func(context.Context) error {
+			refresh.Stop()
+			if exchange != nil {
+				exchange.Stop()
+			}
+			return nil
+		},
 	})
 }

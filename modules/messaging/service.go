@@ -40,7 +40,8 @@ type ServiceParams struct {
 	Publisher *broker.Publisher
 	Directory events.TenantDirectory
 	// Config gives the exchange messages are published to (AMQPExchange), each tenant's publish limit in
-	// messages per second per replica unless it has its own (RateLimitDefault; 0: unlimited), how long a publish
+	// messages per second for the cluster unless it has its own (RateLimitDefault; 0: unlimited), this replica's
+	// name and how often it exchanges demand with the others (ReplicaID, RateLimitExchangeInterval), how long a publish
 	// request may wait in all (PublishConfirmTimeout) and how many of a tenant's publishes may wait for RabbitMQ
 	// (PublishMaxPending).
 	Config  config.Config
@@ -55,6 +56,7 @@ func NewService(p ServiceParams) *Service {
 	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
 		view: newView(p.Config.RateLimitDefault), publishTimeout: p.Config.PublishConfirmTimeout,
 		metrics: p.Metrics, log: p.Log.Named("messaging")}
+	s.view.self, s.view.period = p.Config.ReplicaID, p.Config.RateLimitExchangeInterval
 	if s.publishTimeout <= 0 {
 		s.publishTimeout = 5 * time.Second
 	}

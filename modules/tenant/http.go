@@ -226,7 +226,7 @@ func (h *Handlers) setConcurrency(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		Set a tenant's publish rate limit
 //	@ID				setTenantRateLimit
-//	@Description	Token bucket per replica: messages_per_second, with a burst of one second's worth (at least 1). 0 means unlimited; null restores RATE_LIMIT_DEFAULT. Publishing over the limit answers 429 with Retry-After. Admin key required.
+//	@Description	Cluster-wide: messages_per_second for all replicas together, each replica applying its share of the tenant's demand, with a burst of one second's worth (at least 1). 0 means unlimited; null restores RATE_LIMIT_DEFAULT. Publishing over the limit answers 429 with Retry-After. Admin key required.
 //	@Tags			tenants
 //	@Accept			json
 //	@Produce		json

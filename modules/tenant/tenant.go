@@ -26,7 +26,7 @@ type Tenant struct {
 	ConcurrencyConfig int       `bun:"concurrency_config" json:"concurrency_config" example:"5"`
 	CreatedAt         time.Time `bun:"created_at" json:"created_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
 	UpdatedAt         time.Time `bun:"updated_at" json:"updated_at" format:"date-time" example:"2026-11-27T10:00:00Z"`
-	// RateLimit is the tenant's own publish limit in messages per second per replica (0: unlimited); null
+	// RateLimit is the tenant's own publish limit in messages per second for the whole cluster (0: unlimited); null
 	// follows RATE_LIMIT_DEFAULT.
 	RateLimit *float64 `bun:"rate_limit" json:"rate_limit" example:"100"`
 }
@@ -49,7 +49,7 @@ type IssuedKey struct {
 
 // RateLimitRequest is the body of PUT /api/v1/tenants/{id}/config/rate-limit.
 type RateLimitRequest struct {
-	// MessagesPerSecond is the tenant's publish limit per replica; 0 means unlimited, null restores the default.
+	// MessagesPerSecond is the tenant's publish limit for the whole cluster; 0 means unlimited, null restores the default.
 	MessagesPerSecond *float64 `json:"messages_per_second" example:"100"`
 }
 

@@ -41,9 +41,13 @@ type Config struct {
 	// AuthCacheTTL is how long a tenant key lookup is remembered; a revoked key stops working within it
 	// on every replica (AUTH_CACHE_TTL).
 	AuthCacheTTL time.Duration
-	// RateLimitDefault is each tenant's publish rate limit in messages per second per replica, 0 for none,
-	// unless the tenant has its own (RATE_LIMIT_DEFAULT).
+	// RateLimitDefault is each tenant's publish rate limit in messages per second for the whole cluster, 0 for
+	// none, unless the tenant has its own (RATE_LIMIT_DEFAULT).
 	RateLimitDefault float64
+	// RateLimitExchangeInterval is how often each replica reports its tenants' publish demand to the others
+	// and re-divides each tenant's limit by demand; 0 turns the exchange off, and each replica then applies
+	// the whole limit on its own (RATE_LIMIT_EXCHANGE_INTERVAL).
+	RateLimitExchangeInterval time.Duration
 
 	// LogLevel is one of debug, info, warn, error (LOG_LEVEL).
 	LogLevel string
@@ -158,6 +162,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		AdminAPIKeys:              r.list("ADMIN_API_KEYS"),
 		AuthCacheTTL:              r.dur("AUTH_CACHE_TTL", 5*time.Second),
 		RateLimitDefault:          r.float("RATE_LIMIT_DEFAULT", 0, 0, 1e9),
+		RateLimitExchangeInterval: r.durOrZero("RATE_LIMIT_EXCHANGE_INTERVAL", time.Second),
 		LogLevel:                  r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                 r.oneOf("LOG_FORMAT", "json", "json", "console"),
 		DatabaseURL:               r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),
