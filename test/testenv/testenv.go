@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
+	tcexec "github.com/testcontainers/testcontainers-go/exec"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcrabbit "github.com/testcontainers/testcontainers-go/modules/rabbitmq"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -37,6 +39,8 @@ type Servers struct {
 	ManagementURL string // RabbitMQ management API base URL with credentials
 	// Script is deployments/local/services.sh when the servers are local processes; it can stop and start them.
 	Script string
+	// rabbitmqctl runs rabbitmqctl inside the RabbitMQ container when the servers are containers.
+	rabbitmqctl func(ctx context.Context, args ...string) ([]byte, error)
 }
 
 var (
@@ -141,7 +145,18 @@ func fromContainers() (*Servers, error) {
 	}
 	u, _ := url.Parse(httpURL)
 	u.User = url.UserPassword(rb.AdminUsername, rb.AdminPassword)
-	return &Servers{DatabaseURL: dsn, AMQPURL: amqpURL, ManagementURL: u.String()}, nil
+	ctl := func(ctx context.Context, args ...string) ([]byte, error) {
+		code, r, err := rb.Exec(ctx, append([]string{"rabbitmqctl"}, args...), tcexec.Multiplexed())
+		if err != nil {
+			return nil, err
+		}
+		out, _ := io.ReadAll(r)
+		if code != 0 {
+			return out, fmt.Errorf("rabbitmqctl exited with %d", code)
+		}
+		return out, nil
+	}
+	return &Servers{DatabaseURL: dsn, AMQPURL: amqpURL, ManagementURL: u.String(), rabbitmqctl: ctl}, nil
 }
 
 // RandomName returns prefix followed by 12 random hex digits.
@@ -219,9 +234,17 @@ func (s *Servers) Management(t testing.TB) *broker.Management {
 }
 
 // RunScript runs the local services script with args (for example rabbitmq-stop-app); it fails t when the
-// servers are not local processes.
+// servers are not local processes, except for `rabbitmqctl ...`, which runs in the RabbitMQ container then.
 func (s *Servers) RunScript(t testing.TB, args ...string) {
 	t.Helper()
+	if s.Script == "" && s.rabbitmqctl != nil && len(args) > 0 && args[0] == "rabbitmqctl" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if out, err := s.rabbitmqctl(ctx, args[1:]...); err != nil {
+			t.Fatalf("rabbitmqctl %v in the RabbitMQ container: %v\n%s", args[1:], err, out)
+		}
+		return
+	}
 	if s.Script == "" {
 		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
 			t.Fatalf("TEST_SERVICES_SCRIPT is not set; cannot run %v", args)
