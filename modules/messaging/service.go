@@ -28,8 +28,10 @@ type Service struct {
 	// publishTimeout bounds a publish request from its start to its answer (PUBLISH_CONFIRM_TIMEOUT).
 	publishTimeout time.Duration
 	stores         *storeBatcher
-	metrics        *Metrics
-	log            *zap.Logger
+	// retentionDefault is a tenant's retention unless it has its own (RETENTION_DEFAULT; 0: forever).
+	retentionDefault time.Duration
+	metrics          *Metrics
+	log              *zap.Logger
 }
 
 // ServiceParams are the Service's dependencies, as fx fills them; outside fx (in tests) a literal works too.
@@ -42,7 +44,7 @@ type ServiceParams struct {
 	// Config gives the exchange messages are published to (AMQPExchange), each tenant's publish limit in
 	// messages per second per replica unless it has its own (RateLimitDefault; 0: unlimited), how long a publish
 	// request may wait in all (PublishConfirmTimeout) and how many of a tenant's publishes may wait for RabbitMQ
-	// (PublishMaxPending).
+	// (PublishMaxPending), and the retention of a tenant without its own (RetentionDefault).
 	Config  config.Config
 	Metrics *Metrics
 	Log     *zap.Logger
@@ -54,7 +56,7 @@ type ServiceParams struct {
 func NewService(p ServiceParams) *Service {
 	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
 		view: newView(p.Config.RateLimitDefault), publishTimeout: p.Config.PublishConfirmTimeout,
-		metrics: p.Metrics, log: p.Log.Named("messaging")}
+		retentionDefault: p.Config.RetentionDefault, metrics: p.Metrics, log: p.Log.Named("messaging")}
 	if s.publishTimeout <= 0 {
 		s.publishTimeout = 5 * time.Second
 	}

@@ -44,6 +44,18 @@ type Config struct {
 	// RateLimitDefault is each tenant's publish rate limit in messages per second per replica, 0 for none,
 	// unless the tenant has its own (RATE_LIMIT_DEFAULT).
 	RateLimitDefault float64
+	// RetentionDefault is how long a tenant's messages are kept unless it has a retention of its own, 0 for
+	// forever (RETENTION_DEFAULT).
+	RetentionDefault time.Duration
+	// RetentionInterval is how often each replica sweeps the expired messages and dead letters of the tenants
+	// it owns (RETENTION_INTERVAL).
+	RetentionInterval time.Duration
+	// RetentionBatch is how many rows one delete of a sweep removes, each in its own short transaction
+	// (RETENTION_BATCH).
+	RetentionBatch int
+	// DeadLetterRetention is how long dead letters are kept after they were dead-lettered, 0 for forever
+	// (DEAD_LETTER_RETENTION).
+	DeadLetterRetention time.Duration
 
 	// LogLevel is one of debug, info, warn, error (LOG_LEVEL).
 	LogLevel string
@@ -158,6 +170,10 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		AdminAPIKeys:              r.list("ADMIN_API_KEYS"),
 		AuthCacheTTL:              r.dur("AUTH_CACHE_TTL", 5*time.Second),
 		RateLimitDefault:          r.float("RATE_LIMIT_DEFAULT", 0, 0, 1e9),
+		RetentionDefault:          r.durOrZero("RETENTION_DEFAULT", 0),
+		RetentionInterval:         r.dur("RETENTION_INTERVAL", time.Minute),
+		RetentionBatch:            r.int("RETENTION_BATCH", 1000, 1, 100000),
+		DeadLetterRetention:       r.durOrZero("DEAD_LETTER_RETENTION", 30*24*time.Hour),
 		LogLevel:                  r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                 r.oneOf("LOG_FORMAT", "json", "json", "console"),
 		DatabaseURL:               r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),
