@@ -72,7 +72,7 @@ type CreateRequest struct {
 	// ConcurrencyConfig is the tenant's worker count, 1 to TENANT_MAX_CONCURRENCY (100 by default); omitted means
 	// TENANT_DEFAULT_CONCURRENCY (3 by default).
 	ConcurrencyConfig *int `json:"concurrency_config,omitempty" minimum:"1" example:"5"`
-	// MaxAgeSeconds is the tenant's retention in seconds, 0 (forever) to MaxRetentionSeconds; omitted or null
+	// MaxAgeSeconds is the tenant's retention in seconds, 0 (forever) to 3153600000 (100 years); omitted or null
 	// means RETENTION_DEFAULT.
 	MaxAgeSeconds *int64 `json:"max_age_seconds,omitempty" minimum:"0" maximum:"3153600000" example:"604800"`
 }
