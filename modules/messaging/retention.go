@@ -51,6 +51,10 @@ type SweeperOptions struct {
 	DeadLetters time.Duration
 	// Batch is how many rows one delete removes (RETENTION_BATCH).
 	Batch int
+	// Share is the most of its time a sweep spends deleting, 0 to 1 (RETENTION_SWEEP_SHARE): after a batch that
+	// took d it pauses d × (1/Share − 1), so that it yields to the stores, and more so while PostgreSQL is slow.
+	// 0 or 1: no pause.
+	Share float64
 }
 
 // Sweeper deletes expired messages and dead letters of the tenants this replica owns, in batches of at most
@@ -184,10 +188,12 @@ func (s *Sweeper) sweepTenant(ctx context.Context, t events.Tenant) (lag, size f
 	return lag, size, nil
 }
 
-// deleteBatches runs q (one bounded delete, its own transaction) until it deletes less than a batch.
+// deleteBatches runs q (one bounded delete, its own transaction) until it deletes less than a batch, pausing
+// between batches to keep to Share.
 func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float64) (int64, error) {
 	var total int64
 	for {
+		began := time.Now()
 		res, err := s.db.DB.ExecContext(ctx, q, pgx.QueryExecModeSimpleProtocol, ageSeconds)
 		if err != nil {
 			return total, err
@@ -196,6 +202,12 @@ func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float6
 		total += n
 		if n < int64(s.opts.Batch) {
 			return total, nil
+		}
+		if sh := s.opts.Share; sh > 0 && sh < 1 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(float64(time.Since(began)) * (1/sh - 1))):
+			}
 		}
 		if err := ctx.Err(); err != nil {
 			return total, err

@@ -53,6 +53,9 @@ type Config struct {
 	// RetentionBatch is how many rows one delete of a sweep removes, each in its own short transaction
 	// (RETENTION_BATCH).
 	RetentionBatch int
+	// RetentionSweepShare is the most of its time a sweep spends deleting: after each batch it pauses so long
+	// that the batches take at most this share (RETENTION_SWEEP_SHARE).
+	RetentionSweepShare float64
 	// DeadLetterRetention is how long dead letters are kept after they were dead-lettered, 0 for forever
 	// (DEAD_LETTER_RETENTION).
 	DeadLetterRetention time.Duration
@@ -173,6 +176,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		RetentionDefault:          r.durOrZero("RETENTION_DEFAULT", 0),
 		RetentionInterval:         r.dur("RETENTION_INTERVAL", time.Minute),
 		RetentionBatch:            r.int("RETENTION_BATCH", 1000, 1, 100000),
+		RetentionSweepShare:       r.float("RETENTION_SWEEP_SHARE", 0.25, 0.01, 1),
 		DeadLetterRetention:       r.durOrZero("DEAD_LETTER_RETENTION", 30*24*time.Hour),
 		LogLevel:                  r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                 r.oneOf("LOG_FORMAT", "json", "json", "console"),
