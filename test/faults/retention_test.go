@@ -42,6 +42,11 @@ SELECT gen_random_uuid(), $1, jsonb_build_object('kept', i), now() FROM generate
 	testenv.Eventually(t, 20*time.Second, func() bool { return count() < expired+kept }, "the sweep did not start")
 	_, err = first.Signal(syscall.SIGKILL, 10*time.Second)
 	require.NoError(t, err)
+	// A delete the killed process had sent may still commit: wait until its sessions are gone.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'`) == 0
+	}, "the killed process's sessions did not end")
 	left := count()
 	require.Greater(t, left, kept, "the sweep finished before the kill: nothing to resume")
 	t.Logf("killed with %d of %d expired messages left", left-kept, expired)
