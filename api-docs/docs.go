@@ -26,7 +26,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).",
+                "description": "Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it). Messages older than the tenant's retention (max_age_seconds) are never listed, whether deleted yet or not.",
                 "produces": [
                     "application/json"
                 ],
@@ -275,7 +275,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "The message with the id a publish answered: 200 with state stored (the same shape as a listing item plus stored_at), or 200 with state dead_lettered, its reason and last error; 404 with slug message-not-stored while it is not stored (yet). One primary-key lookup in the tenant's partition: the tenant is the tenant key's own; an admin key names it with tenant_id (required then). Another tenant's message answers 404.",
+                "description": "The message with the id a publish answered: 200 with state stored (the same shape as a listing item plus stored_at), or 200 with state dead_lettered, its reason and last error; 404 with slug message-not-stored while it is not stored (yet), and once it is older than the tenant's retention (max_age_seconds), deleted yet or not. One primary-key lookup in the tenant's partition: the tenant is the tenant key's own; an admin key names it with tenant_id (required then). Another tenant's message answers 404.",
                 "produces": [
                     "application/json"
                 ],
@@ -904,6 +904,84 @@ const docTemplate = `{
                 }
             }
         },
+        "/api/v1/tenants/{id}/config/retention": {
+            "put": {
+                "security": [
+                    {
+                        "BearerAuth": []
+                    }
+                ],
+                "description": "How long the tenant's messages are kept, in seconds: older ones are never listed or found by id, and are deleted in the background within RETENTION_INTERVAL. 0 keeps them forever; null restores RETENTION_DEFAULT. Takes effect on every replica at once. Admin key required.",
+                "consumes": [
+                    "application/json"
+                ],
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "tenants"
+                ],
+                "summary": "Set a tenant's retention",
+                "operationId": "setTenantRetention",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Tenant id (UUID)",
+                        "name": "id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "description": "New retention",
+                        "name": "config",
+                        "in": "body",
+                        "required": true,
+                        "schema": {
+                            "$ref": "#/definitions/tenant.RetentionRequest"
+                        }
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/tenant.Tenant"
+                        }
+                    },
+                    "400": {
+                        "description": "invalid input",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "401": {
+                        "description": "missing or unknown API key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "403": {
+                        "description": "not an admin key",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "404": {
+                        "description": "no such tenant",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    },
+                    "503": {
+                        "description": "database unavailable",
+                        "schema": {
+                            "$ref": "#/definitions/problem.Details"
+                        }
+                    }
+                }
+            }
+        },
         "/api/v1/tenants/{id}/dead-letters": {
             "get": {
                 "security": [
@@ -1284,7 +1362,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Stored messages (exact up to 10,000, above that PostgreSQL's estimate, flagged stored_messages_estimated), the newest message's time, the stored messages created in the last minute and the publish rate they make (from the database, so right with any number of replicas), the queue's ready messages and consumers (exact, from RabbitMQ), dead letters, and the configured workers and rate limit. A handful of index lookups and one passive queue declare: cheap enough to poll. Admin key or the tenant's own key.",
+                "description": "Stored messages (exact up to 10,000, above that PostgreSQL's estimate, flagged stored_messages_estimated), the newest message's time, the stored messages created in the last minute and the publish rate they make (from the database, so right with any number of replicas), the queue's ready messages and consumers (exact, from RabbitMQ), dead letters, the oldest stored message's time and the partition's size in bytes (pg_total_relation_size), and the configured workers, rate limit and retention. A handful of index lookups and one passive queue declare: cheap enough to poll. Admin key or the tenant's own key.",
                 "produces": [
                     "application/json"
                 ],
@@ -1692,12 +1770,24 @@ const docTemplate = `{
                     "type": "integer",
                     "example": 2
                 },
+                "max_age_seconds": {
+                    "description": "MaxAgeSeconds is the tenant's retention in seconds (0: forever), RetentionDefault whether that is\nRETENTION_DEFAULT.",
+                    "type": "integer",
+                    "example": 604800
+                },
                 "newest_message_at": {
                     "description": "NewestMessageAt is the creation time of the newest stored message.",
                     "type": "string",
                     "format": "date-time",
                     "x-nullable": true,
                     "example": "2026-11-27T10:00:00.123456Z"
+                },
+                "oldest_message_at": {
+                    "description": "OldestMessageAt is the creation time of the oldest stored message (an expired one the sweep has not\ndeleted yet included); StorageBytes the size of the tenant's partition with its indexes and TOAST, as\nPostgreSQL counts it (dead letters not included).",
+                    "type": "string",
+                    "format": "date-time",
+                    "x-nullable": true,
+                    "example": "2026-11-20T10:00:00.123456Z"
                 },
                 "publish_rate_per_second": {
                     "type": "number",
@@ -1719,6 +1809,14 @@ const docTemplate = `{
                 "rate_limit_default": {
                     "type": "boolean",
                     "example": true
+                },
+                "retention_default": {
+                    "type": "boolean",
+                    "example": false
+                },
+                "storage_bytes": {
+                    "type": "integer",
+                    "example": 73728
                 },
                 "stored_last_minute": {
                     "description": "StoredLastMinute counts the stored messages created in the last minute, on every replica (read from the\ndatabase); PublishRatePerSecond is it divided by 60. Messages still in the queue are not counted yet.\nAbove 5,000 it is extrapolated from the time the newest 5,000 span (StoredLastMinuteEstimated).",
@@ -1928,6 +2026,13 @@ const docTemplate = `{
                     "minimum": 1,
                     "example": 5
                 },
+                "max_age_seconds": {
+                    "description": "MaxAgeSeconds is the tenant's retention in seconds, 0 (forever) to 3153600000 (100 years); omitted or null\nmeans RETENTION_DEFAULT.",
+                    "type": "integer",
+                    "maximum": 3153600000,
+                    "minimum": 0,
+                    "example": 604800
+                },
                 "name": {
                     "description": "Name is trimmed; 1 to 255 characters.",
                     "type": "string",
@@ -1962,6 +2067,11 @@ const docTemplate = `{
                     "type": "string",
                     "format": "uuid",
                     "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                },
+                "max_age_seconds": {
+                    "description": "MaxAgeSeconds is how long the tenant's messages are kept, in seconds (0: forever); null follows\nRETENTION_DEFAULT. Older messages are never served and are deleted in the background.",
+                    "type": "integer",
+                    "example": 604800
                 },
                 "name": {
                     "type": "string",
@@ -2012,6 +2122,18 @@ const docTemplate = `{
                 }
             }
         },
+        "tenant.RetentionRequest": {
+            "type": "object",
+            "properties": {
+                "max_age_seconds": {
+                    "description": "MaxAgeSeconds is how long the tenant's messages are kept, in seconds: 0 keeps them forever, null restores\nRETENTION_DEFAULT.",
+                    "type": "integer",
+                    "maximum": 3153600000,
+                    "minimum": 0,
+                    "example": 604800
+                }
+            }
+        },
         "tenant.Tenant": {
             "type": "object",
             "properties": {
@@ -2028,6 +2150,11 @@ const docTemplate = `{
                     "type": "string",
                     "format": "uuid",
                     "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                },
+                "max_age_seconds": {
+                    "description": "MaxAgeSeconds is how long the tenant's messages are kept, in seconds (0: forever); null follows\nRETENTION_DEFAULT. Older messages are never served and are deleted in the background.",
+                    "type": "integer",
+                    "example": 604800
                 },
                 "name": {
                     "type": "string",
@@ -2069,6 +2196,11 @@ const docTemplate = `{
                     "type": "string",
                     "format": "uuid",
                     "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
+                },
+                "max_age_seconds": {
+                    "description": "MaxAgeSeconds is how long the tenant's messages are kept, in seconds (0: forever); null follows\nRETENTION_DEFAULT. Older messages are never served and are deleted in the background.",
+                    "type": "integer",
+                    "example": 604800
                 },
                 "name": {
                     "type": "string",

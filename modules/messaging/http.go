@@ -108,7 +108,7 @@ func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		List a tenant's messages
 //	@ID				listMessages
-//	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it).
+//	@Description	Newest first, with cursor pagination: pass next_cursor from one page as cursor for the next; a cursor may also be an RFC 3339 time (messages older than it). Messages older than the tenant's retention (max_age_seconds) are never listed, whether deleted yet or not.
 //	@Tags			messages
 //	@Produce		json
 //	@Security		BearerAuth

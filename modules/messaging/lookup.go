@@ -64,7 +64,10 @@ var ErrNotStored = problem.New(problem.KindNotFound, "message-not-stored",
 // statement, the sixth execution on a connection builds a generic plan over every partition: measured with
 // 1,000 partitions, 1.2 s for the stats query and 0.18 s for the lookup, once per pooled connection, while
 // the simple protocol costs 0.4 ms a query.
-const lookupSQL = `SELECT payload, created_at, stored_at FROM messages WHERE tenant_id = $1 AND id = $2`
+//
+// A message older than the tenant's retention is not found, whether the sweep deleted it yet or not.
+var lookupSQL = `SELECT payload, created_at, stored_at FROM messages WHERE tenant_id = $1 AND id = $2
+  AND created_at >= ` + RetentionCutoff("$1", "$3")
 
 // Get returns the tenant's message id: stored, or dead-lettered (from state), or ErrNotStored.
 func (s *Service) Get(ctx context.Context, tenantID, id uuid.UUID, state ConsumerState) (MessageState, error) {
@@ -74,7 +77,7 @@ func (s *Service) Get(ctx context.Context, tenantID, id uuid.UUID, state Consume
 	m := MessageState{ID: id, TenantID: tenantID}
 	var payload []byte
 	var created, stored time.Time
-	err := s.db.DB.QueryRowContext(ctx, lookupSQL, pgx.QueryExecModeSimpleProtocol, tenantID, id).Scan(&payload, &created, &stored)
+	err := s.db.DB.QueryRowContext(ctx, lookupSQL, pgx.QueryExecModeSimpleProtocol, tenantID, id, s.defaultRetentionSeconds()).Scan(&payload, &created, &stored)
 	switch {
 	case err == nil:
 		created, stored = created.UTC(), stored.UTC()
@@ -130,9 +133,18 @@ type Stats struct {
 	DeadLetters    int64 `json:"dead_letters" example:"2"`
 	// Workers is the tenant's configured worker count; RateLimit its publish limit in messages per second per
 	// replica (0: unlimited), RateLimitDefault whether that is RATE_LIMIT_DEFAULT.
-	Workers          int       `json:"workers" example:"3"`
-	RateLimit        float64   `json:"rate_limit" example:"100"`
-	RateLimitDefault bool      `json:"rate_limit_default" example:"true"`
+	Workers          int     `json:"workers" example:"3"`
+	RateLimit        float64 `json:"rate_limit" example:"100"`
+	RateLimitDefault bool    `json:"rate_limit_default" example:"true"`
+	// OldestMessageAt is the creation time of the oldest stored message (an expired one the sweep has not
+	// deleted yet included); StorageBytes the size of the tenant's partition with its indexes and TOAST, as
+	// PostgreSQL counts it (dead letters not included).
+	OldestMessageAt *time.Time `json:"oldest_message_at" extensions:"x-nullable" format:"date-time" example:"2026-11-20T10:00:00.123456Z"`
+	StorageBytes    int64      `json:"storage_bytes" example:"73728"`
+	// MaxAgeSeconds is the tenant's retention in seconds (0: forever), RetentionDefault whether that is
+	// RETENTION_DEFAULT.
+	MaxAgeSeconds    int64     `json:"max_age_seconds" example:"604800"`
+	RetentionDefault bool      `json:"retention_default" example:"false"`
 	At               time.Time `json:"at" format:"date-time" example:"2026-11-27T10:00:01Z"`
 }
 
@@ -154,7 +166,9 @@ const (
 const statsSQL = `SELECT
   COALESCE(pg_stat_get_live_tuples(to_regclass($2::text)), 0),
   (SELECT created_at FROM messages WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1),
-  last.n, last.oldest, now()
+  last.n, last.oldest, now(),
+  (SELECT created_at FROM messages WHERE tenant_id = $1 ORDER BY created_at, id LIMIT 1),
+  COALESCE(pg_total_relation_size(to_regclass($2::text)), 0)
 FROM (SELECT count(*) AS n, min(created_at) AS oldest FROM (
   SELECT created_at FROM messages WHERE tenant_id = $1 AND created_at >= now() - interval '1 minute'
   ORDER BY created_at DESC, id DESC LIMIT ` + rateSampleS + `) r) last`
@@ -175,12 +189,17 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 	if t.RateLimit != nil {
 		st.RateLimit = *t.RateLimit
 	}
-	var newest, oldest sql.NullTime
+	st.MaxAgeSeconds, st.RetentionDefault = maxAge(t, s.retentionDefault), t.MaxAgeSeconds == nil
+	var newest, oldest, first sql.NullTime
 	if err := s.db.DB.QueryRowContext(ctx, statsSQL, pgx.QueryExecModeSimpleProtocol, tenantID, PartitionName(tenantID)).
-		Scan(&st.StoredMessages, &newest, &st.StoredLastMinute, &oldest, &st.At); err != nil {
+		Scan(&st.StoredMessages, &newest, &st.StoredLastMinute, &oldest, &st.At, &first, &st.StorageBytes); err != nil {
 		return Stats{}, problem.Dependency(err)
 	}
 	st.At = st.At.UTC()
+	if first.Valid {
+		f := first.Time.UTC()
+		st.OldestMessageAt = &f
+	}
 	if newest.Valid {
 		n := newest.Time.UTC()
 		st.NewestMessageAt = &n

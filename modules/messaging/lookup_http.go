@@ -30,7 +30,7 @@ func (h *LookupHandlers) Register(r chi.Router) {
 //
 //	@Summary		Get one message by its id
 //	@ID				getMessage
-//	@Description	The message with the id a publish answered: 200 with state stored (the same shape as a listing item plus stored_at), or 200 with state dead_lettered, its reason and last error; 404 with slug message-not-stored while it is not stored (yet). One primary-key lookup in the tenant's partition: the tenant is the tenant key's own; an admin key names it with tenant_id (required then). Another tenant's message answers 404.
+//	@Description	The message with the id a publish answered: 200 with state stored (the same shape as a listing item plus stored_at), or 200 with state dead_lettered, its reason and last error; 404 with slug message-not-stored while it is not stored (yet), and once it is older than the tenant's retention (max_age_seconds), deleted yet or not. One primary-key lookup in the tenant's partition: the tenant is the tenant key's own; an admin key names it with tenant_id (required then). Another tenant's message answers 404.
 //	@Tags			messages
 //	@Produce		json
 //	@Security		BearerAuth
@@ -70,7 +70,7 @@ func (h *LookupHandlers) get(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		A tenant's figures at a glance
 //	@ID				getTenantStats
-//	@Description	Stored messages (exact up to 10,000, above that PostgreSQL's estimate, flagged stored_messages_estimated), the newest message's time, the stored messages created in the last minute and the publish rate they make (from the database, so right with any number of replicas), the queue's ready messages and consumers (exact, from RabbitMQ), dead letters, and the configured workers and rate limit. A handful of index lookups and one passive queue declare: cheap enough to poll. Admin key or the tenant's own key.
+//	@Description	Stored messages (exact up to 10,000, above that PostgreSQL's estimate, flagged stored_messages_estimated), the newest message's time, the stored messages created in the last minute and the publish rate they make (from the database, so right with any number of replicas), the queue's ready messages and consumers (exact, from RabbitMQ), dead letters, the oldest stored message's time and the partition's size in bytes (pg_total_relation_size), and the configured workers, rate limit and retention. A handful of index lookups and one passive queue declare: cheap enough to poll. Admin key or the tenant's own key.
 //	@Tags			tenants
 //	@Produce		json
 //	@Security		BearerAuth

@@ -30,6 +30,7 @@ var Module = fx.Module("messaging",
 		},
 	),
 	fx.Invoke(Subscribe),
+	fx.Invoke(RunRetention),
 	fx.Invoke(func(lc fx.Lifecycle, p *Partitions) { lc.Append(fx.Hook{OnStart: p.Start, OnStop: p.Stop}) }),
 )
 
@@ -39,6 +40,9 @@ type Consumers interface {
 	// AwaitNoConsumers returns once no replica consumes the tenant's queue (every consumer of it drained and
 	// stopped), or when waiting longer would not help (the drain's bound passed, the queue is gone).
 	AwaitNoConsumers(ctx context.Context, id uuid.UUID)
+	// Owns reports whether this replica owns the tenant (runs its worker pool); it sweeps the tenant's
+	// expired messages.
+	Owns(id uuid.UUID) bool
 }
 
 // Subscribe registers the messaging module on the tenant events, loads the tenant view at start and refreshes it
@@ -106,5 +110,33 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consume
 			}
 			return nil
 		},
+	})
+}
+
+// RunRetention runs the retention sweeper on this replica's tenants every RETENTION_INTERVAL, and sooner for a
+// tenant whose retention changed.
+func RunRetention(lc fx.Lifecycle, bus *events.Bus, db *bun.DB, dir events.TenantDirectory, consumers Consumers,
+	c config.Config, reg prometheus.Registerer, log *zap.Logger) {
+	m := NewRetentionMetrics(reg, c.MetricsPerTenant)
+	sw := NewSweeper(db, dir, consumers.Owns, SweeperOptions{Default: c.RetentionDefault, DeadLetters: c.DeadLetterRetention,
+		Batch: c.RetentionBatch, Share: c.RetentionSweepShare}, m, log)
+	events.Subscribe(bus, "messaging.retention", func(_ context.Context, e events.TenantRetentionChanged) error {
+		if consumers.Owns(e.TenantID) {
+			sw.Kick()
+		}
+		return nil
+	})
+	events.Subscribe(bus, "messaging.retention", func(_ context.Context, e events.TenantDeleting) error {
+		m.forget(e.TenantID)
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			go func() { defer close(done); sw.Run(ctx, c.RetentionInterval) }()
+			return nil
+		},
+		OnStop: func(context.Context) error { cancel(); <-done; return nil },
 	})
 }

@@ -28,8 +28,10 @@ type Service struct {
 	// publishTimeout bounds a publish request from its start to its answer (PUBLISH_CONFIRM_TIMEOUT).
 	publishTimeout time.Duration
 	stores         *storeBatcher
-	metrics        *Metrics
-	log            *zap.Logger
+	// retentionDefault is a tenant's retention unless it has its own (RETENTION_DEFAULT; 0: forever).
+	retentionDefault time.Duration
+	metrics          *Metrics
+	log              *zap.Logger
 }
 
 // ServiceParams are the Service's dependencies, as fx fills them; outside fx (in tests) a literal works too.
@@ -43,7 +45,7 @@ type ServiceParams struct {
 	// messages per second for the cluster unless it has its own (RateLimitDefault; 0: unlimited), this replica's
 	// name and how often it exchanges demand with the others (ReplicaID, RateLimitExchangeInterval), how long a publish
 	// request may wait in all (PublishConfirmTimeout) and how many of a tenant's publishes may wait for RabbitMQ
-	// (PublishMaxPending).
+	// (PublishMaxPending), and the retention of a tenant without its own (RetentionDefault).
 	Config  config.Config
 	Metrics *Metrics
 	Log     *zap.Logger
@@ -55,7 +57,7 @@ type ServiceParams struct {
 func NewService(p ServiceParams) *Service {
 	s := &Service{db: p.DB, publisher: p.Publisher, exchange: p.Config.AMQPExchange, dir: p.Directory,
 		view: newView(p.Config.RateLimitDefault), publishTimeout: p.Config.PublishConfirmTimeout,
-		metrics: p.Metrics, log: p.Log.Named("messaging")}
+		retentionDefault: p.Config.RetentionDefault, metrics: p.Metrics, log: p.Log.Named("messaging")}
 	s.view.self, s.view.period = p.Config.ReplicaID, p.Config.RateLimitExchangeInterval
 	if s.publishTimeout <= 0 {
 		s.publishTimeout = 5 * time.Second

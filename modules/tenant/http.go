@@ -62,6 +62,7 @@ func (h *Handlers) Register(r chi.Router) {
 			r.Get("/", h.list)
 			r.Put("/{id}/config/concurrency", h.setConcurrency)
 			r.Put("/{id}/config/rate-limit", h.setRateLimit)
+			r.Put("/{id}/config/retention", h.setRetention)
 			r.Post("/{id}/api-keys", h.issueKey)
 			r.Delete("/{id}/api-keys/{key_id}", h.revokeKey)
 			r.Delete("/{id}", h.delete)
@@ -251,6 +252,42 @@ func (h *Handlers) setRateLimit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, err := h.svc.SetRateLimit(r.Context(), id, req)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, t)
+}
+
+// setRetention godoc
+//
+//	@Summary		Set a tenant's retention
+//	@ID				setTenantRetention
+//	@Description	How long the tenant's messages are kept, in seconds: older ones are never listed or found by id, and are deleted in the background within RETENTION_INTERVAL. 0 keeps them forever; null restores RETENTION_DEFAULT. Takes effect on every replica at once. Admin key required.
+//	@Tags			tenants
+//	@Accept			json
+//	@Produce		json
+//	@Security		BearerAuth
+//	@Param			id		path		string				true	"Tenant id (UUID)"	format(uuid)
+//	@Param			config	body		RetentionRequest	true	"New retention"
+//	@Success		200		{object}	Tenant
+//	@Failure		400		{object}	problem.Details	"invalid input"
+//	@Failure		401		{object}	problem.Details	"missing or unknown API key"
+//	@Failure		403		{object}	problem.Details	"not an admin key"
+//	@Failure		404		{object}	problem.Details	"no such tenant"
+//	@Failure		503		{object}	problem.Details	"database unavailable"
+//	@Router			/api/v1/tenants/{id}/config/retention [put]
+func (h *Handlers) setRetention(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	var req RetentionRequest
+	if err := httpserver.DecodeJSON(r, &req); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	t, err := h.svc.SetRetention(r.Context(), id, req)
 	if err != nil {
 		problem.Write(w, r, err)
 		return

@@ -143,3 +143,14 @@ func (r *Repository) SetRateLimit(ctx context.Context, id uuid.UUID, limit *floa
 	}
 	return t, err
 }
+
+// SetRetention updates a tenant's retention (nil: the default) and returns the updated tenant, or events.ErrTenantNotFound.
+func (r *Repository) SetRetention(ctx context.Context, id uuid.UUID, maxAge *int64) (Tenant, error) {
+	var t Tenant
+	err := r.db.NewUpdate().Model(&t).Set("max_age_seconds = ?", maxAge).Set("updated_at = now()").
+		Where("id = ?", id).Returning("*").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, events.ErrTenantNotFound
+	}
+	return t, err
+}

@@ -58,9 +58,13 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 	if err != nil {
 		return Created{}, err
 	}
+	if err := validateRetention("max_age_seconds", req.MaxAgeSeconds); err != nil {
+		return Created{}, err
+	}
 	var key IssuedKey
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	t := Tenant{ID: uuid.Must(uuid.NewV7()), Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now}
+	t := Tenant{ID: uuid.Must(uuid.NewV7()), Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now,
+		MaxAgeSeconds: req.MaxAgeSeconds}
 	began := time.Now()
 	err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
 	provisioned := time.Now()
@@ -135,6 +139,24 @@ func (s *Service) SetRateLimit(ctx context.Context, id uuid.UUID, req RateLimitR
 	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantRateLimitChanged{TenantID: id, RateLimit: t.RateLimit}); err != nil {
 		s.log.Error("rate limit not applied everywhere", zap.String("tenant_id", id.String()), zap.Error(err))
 	}
+	return t, nil
+}
+
+// SetRetention sets how long the tenant's messages are kept (nil: back to RETENTION_DEFAULT). Every replica
+// reads the retention from the tenant's row in each query that serves messages and at each sweep, so the
+// change holds everywhere at once; TenantRetentionChanged tells the other replicas' subscribers too.
+func (s *Service) SetRetention(ctx context.Context, id uuid.UUID, req RetentionRequest) (Tenant, error) {
+	if err := validateRetention("max_age_seconds", req.MaxAgeSeconds); err != nil {
+		return Tenant{}, err
+	}
+	t, err := s.repo.SetRetention(ctx, id, req.MaxAgeSeconds)
+	if err != nil {
+		return Tenant{}, problem.Dependency(err)
+	}
+	if err := events.Publish(context.WithoutCancel(ctx), s.bus, events.TenantRetentionChanged{TenantID: id, MaxAgeSeconds: t.MaxAgeSeconds}); err != nil {
+		s.log.Warn("retention change not told to every replica; it holds anyway (read from the database)", zap.String("tenant_id", id.String()), zap.Error(err))
+	}
+	s.log.Info("tenant retention changed", zap.String("tenant_id", id.String()), zap.Any("max_age_seconds", t.MaxAgeSeconds))
 	return t, nil
 }
 

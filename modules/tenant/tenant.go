@@ -29,6 +29,9 @@ type Tenant struct {
 	// RateLimit is the tenant's own publish limit in messages per second for the whole cluster (0: unlimited); null
 	// follows RATE_LIMIT_DEFAULT.
 	RateLimit *float64 `bun:"rate_limit" json:"rate_limit" example:"100"`
+	// MaxAgeSeconds is how long the tenant's messages are kept, in seconds (0: forever); null follows
+	// RETENTION_DEFAULT. Older messages are never served and are deleted in the background.
+	MaxAgeSeconds *int64 `bun:"max_age_seconds" json:"max_age_seconds" example:"604800"`
 }
 
 // Created is the answer to a creation: the tenant and its first API key, shown this once.
@@ -54,7 +57,8 @@ type RateLimitRequest struct {
 }
 
 func (t Tenant) event() events.Tenant {
-	return events.Tenant{ID: t.ID, Name: t.Name, Concurrency: t.ConcurrencyConfig, CreatedAt: t.CreatedAt, RateLimit: t.RateLimit}
+	return events.Tenant{ID: t.ID, Name: t.Name, Concurrency: t.ConcurrencyConfig, CreatedAt: t.CreatedAt, RateLimit: t.RateLimit,
+		MaxAgeSeconds: t.MaxAgeSeconds}
 }
 
 func (t Tenant) cursor() pagination.Cursor {
@@ -68,6 +72,27 @@ type CreateRequest struct {
 	// ConcurrencyConfig is the tenant's worker count, 1 to TENANT_MAX_CONCURRENCY (100 by default); omitted means
 	// TENANT_DEFAULT_CONCURRENCY (3 by default).
 	ConcurrencyConfig *int `json:"concurrency_config,omitempty" minimum:"1" example:"5"`
+	// MaxAgeSeconds is the tenant's retention in seconds, 0 (forever) to 3153600000 (100 years); omitted or null
+	// means RETENTION_DEFAULT.
+	MaxAgeSeconds *int64 `json:"max_age_seconds,omitempty" minimum:"0" maximum:"3153600000" example:"604800"`
+}
+
+// RetentionRequest is the body of PUT /api/v1/tenants/{id}/config/retention.
+type RetentionRequest struct {
+	// MaxAgeSeconds is how long the tenant's messages are kept, in seconds: 0 keeps them forever, null restores
+	// RETENTION_DEFAULT.
+	MaxAgeSeconds *int64 `json:"max_age_seconds" minimum:"0" maximum:"3153600000" example:"604800"`
+}
+
+// MaxRetentionSeconds is the longest retention a tenant may have: 100 years.
+const MaxRetentionSeconds = 100 * 365 * 24 * 3600
+
+// validateRetention checks a retention in seconds; nil (the default) is valid.
+func validateRetention(field string, n *int64) error {
+	if n != nil && (*n < 0 || *n > MaxRetentionSeconds) {
+		return problem.Invalid(field, "must be between 0 (keep forever) and "+strconv.Itoa(MaxRetentionSeconds)+" seconds, or null for RETENTION_DEFAULT")
+	}
+	return nil
 }
 
 // ConcurrencyRequest is the body of PUT /api/v1/tenants/{id}/config/concurrency.

@@ -45,6 +45,7 @@ func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange,
 	relay[events.TenantCreated](r, "tenant.created")
 	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
 	relay[events.TenantRateLimitChanged](r, "tenant.rate_limit_changed")
+	relay[events.TenantRetentionChanged](r, "tenant.retention_changed")
 	relay[events.TenantDeleting](r, "tenant.deleting")
 	relay[events.TenantDemand](r, "tenant.demand")
 	return r

@@ -48,6 +48,21 @@ type Config struct {
 	// and re-divides each tenant's limit by demand; 0 turns the exchange off, and each replica then applies
 	// the whole limit on its own (RATE_LIMIT_EXCHANGE_INTERVAL).
 	RateLimitExchangeInterval time.Duration
+	// RetentionDefault is how long a tenant's messages are kept unless it has a retention of its own, 0 for
+	// forever (RETENTION_DEFAULT).
+	RetentionDefault time.Duration
+	// RetentionInterval is how often each replica sweeps the expired messages and dead letters of the tenants
+	// it owns (RETENTION_INTERVAL).
+	RetentionInterval time.Duration
+	// RetentionBatch is how many rows one delete of a sweep removes, each in its own short transaction
+	// (RETENTION_BATCH).
+	RetentionBatch int
+	// RetentionSweepShare is the most of its time a sweep spends deleting: after each batch it pauses so long
+	// that the batches take at most this share (RETENTION_SWEEP_SHARE).
+	RetentionSweepShare float64
+	// DeadLetterRetention is how long dead letters are kept after they were dead-lettered, 0 for forever
+	// (DEAD_LETTER_RETENTION).
+	DeadLetterRetention time.Duration
 
 	// LogLevel is one of debug, info, warn, error (LOG_LEVEL).
 	LogLevel string
@@ -163,6 +178,11 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		AuthCacheTTL:              r.dur("AUTH_CACHE_TTL", 5*time.Second),
 		RateLimitDefault:          r.float("RATE_LIMIT_DEFAULT", 0, 0, 1e9),
 		RateLimitExchangeInterval: r.durOrZero("RATE_LIMIT_EXCHANGE_INTERVAL", time.Second),
+		RetentionDefault:          r.durOrZero("RETENTION_DEFAULT", 0),
+		RetentionInterval:         r.dur("RETENTION_INTERVAL", time.Minute),
+		RetentionBatch:            r.int("RETENTION_BATCH", 1000, 1, 100000),
+		RetentionSweepShare:       r.float("RETENTION_SWEEP_SHARE", 0.25, 0.01, 1),
+		DeadLetterRetention:       r.durOrZero("DEAD_LETTER_RETENTION", 30*24*time.Hour),
 		LogLevel:                  r.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                 r.oneOf("LOG_FORMAT", "json", "json", "console"),
 		DatabaseURL:               r.url("DATABASE_URL", "postgres://msgsvc:msgsvc@127.0.0.1:55432/msgsvc?sslmode=disable", "postgres", "postgresql"),

@@ -56,6 +56,7 @@ func TestOverrides(t *testing.T) {
 		"AUTH_CACHE_TTL": "1s", "RATE_LIMIT_DEFAULT": "12.5", "RATE_LIMIT_EXCHANGE_INTERVAL": "0", "PPROF_ADDR": "127.0.0.1:6060",
 		"CONSUMER_LINGER": "3ms", "PUBLISH_LINGER": "0", "STORE_INSERTS_IN_FLIGHT": "3", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "6s",
 		"REPLICA_BROKER_GRACE": "5s",
+		"RETENTION_DEFAULT":    "1h", "RETENTION_INTERVAL": "2s", "RETENTION_BATCH": "50", "DEAD_LETTER_RETENTION": "0", "RETENTION_SWEEP_SHARE": "0.5",
 	}))
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -73,6 +74,7 @@ func TestOverrides(t *testing.T) {
 		AuthCacheTTL: time.Second, RateLimitDefault: 12.5, PprofAddr: "127.0.0.1:6060",
 		ConsumerLinger: 3 * time.Millisecond, PublishLinger: 0, StoreInsertsInFlight: 3, ViewRefreshInterval: 4 * time.Second, AMQPChannelsPerConnection: 500, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 6 * time.Second,
 		ReplicaBrokerGrace: 5 * time.Second,
+		RetentionDefault:   time.Hour, RetentionInterval: 2 * time.Second, RetentionBatch: 50, DeadLetterRetention: 0, RetentionSweepShare: 0.5,
 	}, c)
 }
 

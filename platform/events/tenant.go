@@ -17,6 +17,8 @@ type Tenant struct {
 	Concurrency int       `json:"concurrency"`
 	CreatedAt   time.Time `json:"created_at"`
 	RateLimit   *float64  `json:"rate_limit,omitempty"` // messages per second; nil: the default; 0: unlimited
+	// MaxAgeSeconds is the tenant's retention; nil: the default (RETENTION_DEFAULT); 0: forever.
+	MaxAgeSeconds *int64 `json:"max_age_seconds,omitempty"`
 }
 
 // TenantProvisioning is published before the transaction that creates a tenant: subscribers make what the
@@ -55,6 +57,13 @@ type TenantConcurrencyChanged struct {
 type TenantRateLimitChanged struct {
 	TenantID  uuid.UUID `json:"tenant_id"`
 	RateLimit *float64  `json:"rate_limit,omitempty"`
+}
+
+// TenantRetentionChanged is published after a tenant's retention changed. It travels to every replica; the
+// retention itself is read from the database wherever it matters, so the event only wakes subscribers.
+type TenantRetentionChanged struct {
+	TenantID      uuid.UUID `json:"tenant_id"`
+	MaxAgeSeconds *int64    `json:"max_age_seconds,omitempty"`
 }
 
 // TenantDeleting is published once the tenant's row is gone: publishing to it stops, its consumers drain and

@@ -55,6 +55,7 @@ type options struct {
 
 	rows         int
 	pageRequests int
+	sweepRows    int
 
 	scaleTenants  int
 	scaleClients  int
@@ -107,6 +108,7 @@ func parseFlags() options {
 	flag.IntVar(&o.rawPrefetch, "raw-prefetch", 200, "prefetch per consumer channel in scenario 3")
 	flag.IntVar(&o.rows, "rows", 1_000_000, "rows in the tenant partition of scenario 4")
 	flag.IntVar(&o.pageRequests, "page-requests", 50, "requests per page measured in scenario 4")
+	flag.IntVar(&o.sweepRows, "sweep-rows", 0, "expired rows of one more tenant that the retention sweep deletes while scenario 1 runs (0: no sweep); compare with a run without")
 	flag.IntVar(&o.scaleTenants, "scale-tenants", 1000, "tenants created in scenario 5")
 	flag.IntVar(&o.scaleClients, "scale-clients", 16, "concurrent HTTP clients creating tenants in scenario 5")
 	flag.IntVar(&o.repeat, "repeat", 1, "run scenarios 1-3 this many times and report the run with the median stored/s (the machine is noisy)")

@@ -124,6 +124,9 @@ type serviceRun struct {
 	env     *benchEnv
 	srv     *server
 	tenants []uuid.UUID
+	// table is what the measurement counts: messages, or those of the measured tenants when another one's
+	// expired rows are being swept (-sweep-rows).
+	table string
 }
 
 func (r *runner) prepareService(ctx context.Context, id int, s *Scenario) (*serviceRun, error) {
@@ -145,7 +148,7 @@ func (r *runner) prepareService(ctx context.Context, id int, s *Scenario) (*serv
 	s.param("tenants", r.opt.tenants)
 	s.param("payload", fmt.Sprintf("%d B", r.opt.payload))
 	s.param("messages", fmtInt(float64(r.opt.messages)))
-	return &serviceRun{env: env, srv: srv, tenants: tenants}, nil
+	return &serviceRun{env: env, srv: srv, tenants: tenants, table: "messages"}, nil
 }
 
 // waitConsumers polls msgsvc_consumers_running until it reaches want, and returns the time from since.
@@ -192,11 +195,22 @@ func (r *runner) publishScenario(ctx context.Context, s *Scenario) error {
 	s.param("clients", r.opt.clients)
 	s.param("workers/tenant", r.opt.workers)
 	job := r.publishJob(run, r.opt.messages)
+	var sweep func() error
+	if r.opt.sweepRows > 0 {
+		if sweep, err = r.sweepDuringLoad(ctx, s, run); err != nil {
+			return err
+		}
+	}
 	profile := r.startProfile(ctx, run.srv, s)
 	err = r.measurePipeline(ctx, s, run, r.opt.messages, r.opt.clients, job)
 	profile()
 	if err != nil {
 		return err
+	}
+	if sweep != nil {
+		if err := sweep(); err != nil {
+			return err
+		}
 	}
 	s.metric("stored_rate").atLeast(3000, "3,000 /s")
 	s.metric("publish_p99").atMost(50, "50 ms")
@@ -323,7 +337,7 @@ func (r *runner) measurePipeline(ctx context.Context, s *Scenario, run *serviceR
 		// Most likely another process stopped the shared broker: measure again rather than report the outage.
 		return fmt.Errorf("%d of %d requests failed: %s", res.failed, jobs, truncate(res.firstErr, 200))
 	}
-	if _, err := r.awaitRows(ctx, run.env.pool, "messages", len(res.ids)); err != nil {
+	if _, err := r.awaitRows(ctx, run.env.pool, run.table, len(res.ids)); err != nil {
 		return err
 	}
 	cpu1 := r.snapCPU(run.srv.PID())
@@ -331,7 +345,7 @@ func (r *runner) measurePipeline(ctx context.Context, s *Scenario, run *serviceR
 	if err != nil {
 		return err
 	}
-	st, err := storageStats(ctx, run.env.pool, "messages", res.ids)
+	st, err := storageStats(ctx, run.env.pool, run.table, res.ids)
 	if err != nil {
 		return err
 	}
@@ -529,4 +543,54 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// sweepDuringLoad gives one more tenant -sweep-rows messages two hours old, then sets its retention to one hour
+// so that the service's retention sweep deletes them while the load runs (the change starts a sweep at once).
+// The returned func waits for the sweep to finish and records how long it took.
+func (r *runner) sweepDuringLoad(ctx context.Context, s *Scenario, run *serviceRun) (func() error, error) {
+	tenant, err := r.createTenant(ctx, run.srv, "bench-expired", 1)
+	if err != nil {
+		return nil, err
+	}
+	part := pgx.Identifier{partitionName(tenant)}.Sanitize()
+	run.table = "(SELECT * FROM messages WHERE tenant_id <> '" + tenant.String() + "') measured"
+	t0 := time.Now()
+	if _, err := run.env.pool.Exec(ctx, `INSERT INTO `+part+` (id, tenant_id, payload, created_at)
+		SELECT gen_random_uuid(), $1, jsonb_build_object('seq', g, 'pad', repeat('x', 400)), now() - interval '2 hours' - make_interval(secs => g / 1000.0)
+		FROM generate_series(1, $2::int) g`, tenant, r.opt.sweepRows); err != nil {
+		return nil, fmt.Errorf("seed expired rows: %w", err)
+	}
+	if _, err := run.env.pool.Exec(ctx, "VACUUM (ANALYZE) "+part); err != nil {
+		return nil, fmt.Errorf("vacuum: %w", err)
+	}
+	fmt.Printf("   seeded %s expired rows in %s\n", fmtInt(float64(r.opt.sweepRows)), time.Since(t0).Round(100*time.Millisecond))
+	s.param("expired rows swept during the load", fmtInt(float64(r.opt.sweepRows)))
+	status, out, err := r.do(ctx, http.MethodPut, run.srv.URL+"/api/v1/tenants/"+tenant.String()+"/config/retention", []byte(`{"max_age_seconds": 3600}`))
+	if err != nil {
+		return nil, err
+	}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("set retention: HTTP %d: %s", status, bytes.TrimSpace(out))
+	}
+	began := time.Now()
+	return func() error {
+		for {
+			m, err := run.srv.metrics(ctx, r.client)
+			if err == nil && m["msgsvc_retention_deleted_total"] >= float64(r.opt.sweepRows) {
+				break
+			}
+			if time.Since(began) > 10*time.Minute {
+				return fmt.Errorf("the sweep did not finish in 10 minutes")
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		d := time.Since(began)
+		s.add("sweep_seconds", "sweep of the expired rows (until seen done, from the load's start)", d.Seconds(), "s", d.Round(100*time.Millisecond).String())
+		return nil
+	}, nil
 }

@@ -1,0 +1,262 @@
+package messaging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/metrics"
+)
+
+// retentionCutoffSQL is the oldest created_at a tenant's message may have to be served: now minus the tenant's
+// retention (its max_age_seconds, else the default, the second parameter, in seconds), or -infinity when the
+// retention is 0 (keep forever). The first parameter is the tenant's id. It is read from the tenant's row in
+// the query that serves the messages, so that a retention change holds on every replica at once. PostgreSQL
+// computes it once per query (an InitPlan), and the partition's (created_at, id) index bounds its scan with it.
+const retentionCutoffSQL = `COALESCE(now() - make_interval(secs => NULLIF(COALESCE(
+  (SELECT max_age_seconds FROM tenants WHERE id = %s), %s), 0)), '-infinity'::timestamptz)`
+
+// RetentionCutoff returns the expression of the oldest created_at a tenant's message may have to be served,
+// with the given parameter placeholders for the tenant's id and RETENTION_DEFAULT in seconds.
+func RetentionCutoff(tenantParam, defaultParam string) string {
+	return fmt.Sprintf(retentionCutoffSQL, tenantParam, defaultParam)
+}
+
+// defaultRetentionSeconds is RETENTION_DEFAULT in whole seconds (0: forever).
+func (s *Service) defaultRetentionSeconds() int64 { return int64(s.retentionDefault / time.Second) }
+
+// maxAge is a tenant's retention in seconds (0: forever), its own or def.
+func maxAge(t events.Tenant, def time.Duration) int64 {
+	if t.MaxAgeSeconds != nil {
+		return *t.MaxAgeSeconds
+	}
+	return int64(def / time.Second)
+}
+
+// SweeperOptions are the settings of the retention sweeper.
+type SweeperOptions struct {
+	// Default is each tenant's retention unless it has its own (RETENTION_DEFAULT; 0: forever).
+	Default time.Duration
+	// DeadLetters is how long dead letters are kept (DEAD_LETTER_RETENTION; 0: forever).
+	DeadLetters time.Duration
+	// Batch is how many rows one delete removes (RETENTION_BATCH).
+	Batch int
+	// Share is the most of its time a sweep spends deleting, 0 to 1 (RETENTION_SWEEP_SHARE): after a batch that
+	// took d it pauses d × (1/Share − 1), so that it yields to the stores, and more so while PostgreSQL is slow.
+	// 0 or 1: no pause.
+	Share float64
+}
+
+// Sweeper deletes expired messages and dead letters of the tenants this replica owns, in batches of at most
+// Batch rows, each delete its own short transaction along the (created_at, id) index: a DELETE takes only row
+// locks and the ROW EXCLUSIVE table lock that inserts take too, so stores never wait on it. It keeps no state:
+// a sweep cut short (a crash, its time bound) is continued by the next one.
+type Sweeper struct {
+	db    *bun.DB
+	dir   events.TenantDirectory
+	owns  func(uuid.UUID) bool
+	opts  SweeperOptions
+	m     *RetentionMetrics
+	log   *zap.Logger
+	kicks chan struct{}
+}
+
+// NewSweeper returns a Sweeper of the tenants owns says this replica owns.
+func NewSweeper(db *bun.DB, dir events.TenantDirectory, owns func(uuid.UUID) bool, opts SweeperOptions, m *RetentionMetrics, log *zap.Logger) *Sweeper {
+	if opts.Batch <= 0 {
+		opts.Batch = 1000
+	}
+	return &Sweeper{db: db, dir: dir, owns: owns, opts: opts, m: m, log: log.Named("retention"), kicks: make(chan struct{}, 1)}
+}
+
+// Kick asks for a sweep before the next interval (a retention was shortened).
+func (s *Sweeper) Kick() {
+	select {
+	case s.kicks <- struct{}{}:
+	default:
+	}
+}
+
+// Run sweeps every interval, and when kicked, until ctx ends. Each sweep is bounded by interval.
+func (s *Sweeper) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.kicks:
+		}
+		sctx, cancel := context.WithTimeout(ctx, interval)
+		if err := s.Sweep(sctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("retention sweep failed; the next one continues", zap.Error(err))
+		}
+		cancel()
+	}
+}
+
+// Sweep deletes what has expired in the tenants this replica owns, and refreshes their storage figures.
+func (s *Sweeper) Sweep(ctx context.Context) error {
+	began := time.Now()
+	ts, err := s.dir.Tenants(ctx)
+	if err != nil {
+		return fmt.Errorf("retention: list tenants: %w", err)
+	}
+	var lag float64
+	bytes := map[string]float64{}
+	var errs []error
+	for _, t := range ts {
+		if !s.owns(t.ID) {
+			continue
+		}
+		l, size, err := s.sweepTenant(ctx, t)
+		if err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		lag = max(lag, l)
+		bytes[s.m.tenant(t.ID)] += size
+	}
+	s.m.storage.Reset()
+	for label, b := range bytes {
+		s.m.storage.WithLabelValues(label).Set(b)
+	}
+	s.m.lag.Set(lag)
+	s.m.duration.Observe(time.Since(began).Seconds())
+	return errors.Join(errs...)
+}
+
+// sweepTenant deletes the tenant's expired messages and dead letters; it returns how far past its age the
+// oldest expired message left is (0 when none is) and the partition's size in bytes. A tenant deleted
+// meanwhile (its partition gone) is no error.
+func (s *Sweeper) sweepTenant(ctx context.Context, t events.Tenant) (lag, size float64, err error) {
+	part := partitionIdent(t.ID)
+	// The tenant_id condition, always true in its partition, lets the planner walk the (tenant_id, created_at,
+	// id) index in order.
+	tenant := ` WHERE tenant_id = ` + tenantLiteral(t.ID)
+	if age := maxAge(t, s.opts.Default); age > 0 {
+		// ctid = ANY(ARRAY(...)) is a TID scan of the rows the index found; the subquery walks the index from
+		// its oldest end, so that each batch reads only what it deletes.
+		q := `DELETE FROM ` + part + ` WHERE ctid = ANY(ARRAY(SELECT ctid FROM ` + part +
+			tenant + ` AND created_at < now() - make_interval(secs => $1) ORDER BY created_at, id LIMIT ` + strconv.Itoa(s.opts.Batch) + `))`
+		n, err := s.deleteBatches(ctx, q, float64(age))
+		s.m.deleted.WithLabelValues(s.m.tenant(t.ID), "messages").Add(float64(n))
+		if err != nil {
+			return 0, 0, s.gone(t.ID, err)
+		}
+		var oldest *time.Time
+		var now time.Time
+		if err := s.db.DB.QueryRowContext(ctx, `SELECT (SELECT created_at FROM `+part+tenant+` ORDER BY created_at, id LIMIT 1), now()`,
+			pgx.QueryExecModeSimpleProtocol).Scan(&oldest, &now); err != nil {
+			return 0, 0, s.gone(t.ID, err)
+		}
+		if oldest != nil {
+			lag = max(0, now.Sub(oldest.Add(time.Duration(age)*time.Second)).Seconds())
+		}
+	}
+	if s.opts.DeadLetters > 0 {
+		q := `DELETE FROM dead_letters WHERE ctid = ANY(ARRAY(SELECT ctid FROM dead_letters WHERE tenant_id = ` + tenantLiteral(t.ID) +
+			` AND dead_lettered_at < now() - make_interval(secs => $1) ORDER BY dead_lettered_at, id LIMIT ` + strconv.Itoa(s.opts.Batch) + `))`
+		n, err := s.deleteBatches(ctx, q, s.opts.DeadLetters.Seconds())
+		s.m.deleted.WithLabelValues(s.m.tenant(t.ID), "dead_letters").Add(float64(n))
+		if err != nil {
+			return 0, 0, fmt.Errorf("retention: dead letters of tenant %s: %w", t.ID, err)
+		}
+	}
+	var b *int64
+	if err := s.db.DB.QueryRowContext(ctx, `SELECT pg_total_relation_size(to_regclass($1::text))`, pgx.QueryExecModeSimpleProtocol,
+		PartitionName(t.ID)).Scan(&b); err != nil {
+		return 0, 0, fmt.Errorf("retention: size of tenant %s: %w", t.ID, err)
+	}
+	if b != nil {
+		size = float64(*b)
+	}
+	return lag, size, nil
+}
+
+// deleteBatches runs q (one bounded delete, its own transaction) until it deletes less than a batch, pausing
+// between batches to keep to Share.
+func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float64) (int64, error) {
+	var total int64
+	for {
+		began := time.Now()
+		res, err := s.db.DB.ExecContext(ctx, q, pgx.QueryExecModeSimpleProtocol, ageSeconds)
+		if err != nil {
+			return total, err
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if n < int64(s.opts.Batch) {
+			return total, nil
+		}
+		if sh := s.opts.Share; sh > 0 && sh < 1 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(float64(time.Since(began)) * (1/sh - 1))):
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+	}
+}
+
+// gone turns the error of a tenant whose partition was dropped meanwhile (undefined_table) into nil.
+func (s *Sweeper) gone(id uuid.UUID, err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42P01" {
+		s.log.Debug("tenant deleted during its sweep", zap.String("tenant_id", id.String()))
+		return nil
+	}
+	return fmt.Errorf("retention: messages of tenant %s: %w", id, err)
+}
+
+// RetentionMetrics are the retention sweeper's series.
+type RetentionMetrics struct {
+	perTenant bool
+	deleted   *prometheus.CounterVec
+	duration  prometheus.Histogram
+	lag       prometheus.Gauge
+	storage   *prometheus.GaugeVec
+}
+
+// NewRetentionMetrics registers the retention sweeper's series on reg; with perTenant false the tenant label is "all".
+func NewRetentionMetrics(reg prometheus.Registerer, perTenant bool) *RetentionMetrics {
+	m := &RetentionMetrics{perTenant: perTenant,
+		deleted: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "retention_deleted_total",
+			Help: "Rows deleted by the retention sweep because they expired, by tenant and table (messages, dead_letters)."}, []string{"tenant", "table"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace, Name: "retention_sweep_duration_seconds",
+			Help:    "Duration of one retention sweep of this replica's tenants.",
+			Buckets: []float64{.01, .05, .1, .5, 1, 5, 10, 30, 60, 300}}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "retention_lag_seconds",
+			Help: "After the last sweep, how far past its age the oldest expired message not yet deleted is, over this replica's tenants (0: none left)."}),
+		storage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "tenant_storage_bytes",
+			Help: "Size of the tenant's partition with its indexes and TOAST, refreshed by each retention sweep, for the tenants this replica owns."}, []string{"tenant"}),
+	}
+	reg.MustRegister(m.deleted, m.duration, m.lag, m.storage)
+	return m
+}
+
+func (m *RetentionMetrics) tenant(id uuid.UUID) string { return metrics.TenantLabel(m.perTenant, id) }
+
+func (m *RetentionMetrics) forget(id uuid.UUID) {
+	if m.perTenant {
+		m.deleted.DeleteLabelValues(id.String(), "messages")
+		m.deleted.DeleteLabelValues(id.String(), "dead_letters")
+		m.storage.DeleteLabelValues(id.String())
+	}
+}

@@ -1,0 +1,296 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/modules/messaging"
+	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/test/testenv"
+)
+
+// insertAged stores n messages of tenant created age ago, as if published then, and returns their ids.
+func insertAged(t *testing.T, db *pgx.Conn, tenant string, n int, age time.Duration) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `INSERT INTO messages (id, tenant_id, payload, created_at)
+SELECT gen_random_uuid(), $1, jsonb_build_object('aged', i), now() - make_interval(secs => $3) - i * interval '1 millisecond'
+FROM generate_series(1, $2::int) AS i RETURNING id::text`, tenant, n, age.Seconds())
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return ids
+}
+
+// listedIDs returns the ids of the tenant's messages the listing answers (one page of up to 100).
+func listedIDs(t *testing.T, a *testenv.App, tenant string) []string {
+	t.Helper()
+	r := a.Do(http.MethodGet, "/api/v1/messages?limit=100&tenant_id="+tenant, nil)
+	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+	var page struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	r.JSON(t, &page)
+	ids := make([]string, len(page.Data))
+	for i, m := range page.Data {
+		ids[i] = m.ID
+	}
+	return ids
+}
+
+func getMessageStatus(a *testenv.App, tenant, id string) int {
+	return a.Do(http.MethodGet, "/api/v1/messages/"+id+"?tenant_id="+tenant, nil).Status
+}
+
+func setRetention(t *testing.T, a *testenv.App, tenant string, body any) testenv.Response {
+	t.Helper()
+	return a.Do(http.MethodPut, "/api/v1/tenants/"+tenant+"/config/retention", body)
+}
+
+// TestExpiredMessagesAreNeverServed: a tenant's messages older than its retention are neither listed nor
+// found by id while they are still stored (no sweep ran: RETENTION_INTERVAL is an hour), nor after a shorter
+// retention made the owner sweep at once; the newer ones stay. The retention is set at creation and changed
+// by PUT, bad values are 400 naming the field, and the stats show it with the partition's oldest message and
+// size.
+func TestExpiredMessagesAreNeverServed(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = time.Hour
+	a := testenv.Start(t, cfg)
+	db := a.DB()
+
+	r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": "ret", "concurrency_config": 1, "max_age_seconds": -1})
+	require.Equal(t, http.StatusBadRequest, r.Status)
+	require.Contains(t, string(r.Body), "max_age_seconds")
+	r = a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": "ret", "concurrency_config": 1, "max_age_seconds": 3600})
+	require.Equal(t, http.StatusCreated, r.Status, string(r.Body))
+	tenant := r.Map(t)["id"].(string)
+	require.Equal(t, 3600.0, a.Do(http.MethodGet, "/api/v1/tenants/"+tenant, nil).Map(t)["max_age_seconds"])
+
+	old := insertAged(t, db, tenant, 5, 2*time.Hour)
+	kept := insertAged(t, db, tenant, 3, 30*time.Minute)
+	fresh := a.Publish(tenant, map[string]int{"fresh": 1})
+	testenv.Eventually(t, 10*time.Second, func() bool { return getMessageStatus(a, tenant, fresh) == http.StatusOK }, "the fresh message is stored")
+
+	require.ElementsMatch(t, append([]string{fresh}, kept...), listedIDs(t, a, tenant), "the listing serves exactly what is within the retention")
+	for _, id := range old {
+		require.Equal(t, http.StatusNotFound, getMessageStatus(a, tenant, id), "expired message %s found by id", id)
+	}
+	require.Equal(t, http.StatusOK, getMessageStatus(a, tenant, kept[0]))
+	require.Equal(t, 5, testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1::uuid[])", old), "the expired ones are still stored: no sweep ran")
+
+	var st struct {
+		OldestMessageAt  *time.Time `json:"oldest_message_at"`
+		StorageBytes     int64      `json:"storage_bytes"`
+		MaxAgeSeconds    int64      `json:"max_age_seconds"`
+		RetentionDefault bool       `json:"retention_default"`
+	}
+	r = a.Do(http.MethodGet, "/api/v1/tenants/"+tenant+"/stats", nil)
+	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+	r.JSON(t, &st)
+	require.NotNil(t, st.OldestMessageAt)
+	require.WithinDuration(t, time.Now().Add(-2*time.Hour), *st.OldestMessageAt, 5*time.Minute)
+	require.Positive(t, st.StorageBytes)
+	require.Equal(t, int64(3600), st.MaxAgeSeconds)
+	require.False(t, st.RetentionDefault)
+
+	// Bad values name the field; nothing changes.
+	for _, body := range []string{`{"max_age_seconds": -1}`, `{"max_age_seconds": 1e12}`, `{"max_age_seconds": "1h"}`, `{"max_age_seconds": 1.5}`} {
+		r := setRetention(t, a, tenant, body)
+		require.Equal(t, http.StatusBadRequest, r.Status, "%s: %s", body, r.Body)
+		require.Equal(t, "application/problem+json", r.Header.Get("Content-Type"))
+		require.Contains(t, string(r.Body), "max_age_seconds", body)
+	}
+	require.Equal(t, http.StatusNotFound, setRetention(t, a, uuid.NewString(), `{"max_age_seconds": 1}`).Status)
+	require.Equal(t, http.StatusForbidden, a.Do(http.MethodPut, "/api/v1/tenants/"+tenant+"/config/retention", `{"max_age_seconds": 1}`,
+		"Authorization", "Bearer "+a.Do(http.MethodPost, "/api/v1/tenants/"+tenant+"/api-keys", nil).Map(t)["api_key"].(string)).Status)
+
+	// A shorter retention: the owner sweeps at once (not after the hour), deleting along the index.
+	r = setRetention(t, a, tenant, `{"max_age_seconds": 600}`)
+	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+	require.Equal(t, 600.0, r.Map(t)["max_age_seconds"])
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tenant) == 1
+	}, "the expired messages deleted; the fresh one kept")
+	require.Equal(t, []string{fresh}, listedIDs(t, a, tenant))
+	for _, id := range append(old, kept...) {
+		require.Equal(t, http.StatusNotFound, getMessageStatus(a, tenant, id))
+	}
+	scraped := scrape(t, a.URL)
+	require.Equal(t, 8.0, metricValue(t, scraped, `msgsvc_retention_deleted_total{table="messages",tenant="`+tenant+`"}`))
+	require.Contains(t, scraped, `msgsvc_tenant_storage_bytes{tenant="`+tenant+`"}`)
+
+	// null: back to RETENTION_DEFAULT (0 here: forever).
+	r = setRetention(t, a, tenant, `{"max_age_seconds": null}`)
+	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+	require.Nil(t, r.Map(t)["max_age_seconds"])
+	again := insertAged(t, db, tenant, 1, 24*time.Hour)
+	require.Equal(t, http.StatusOK, getMessageStatus(a, tenant, again[0]), "kept forever by the default")
+}
+
+// TestShortRetentionSweepsInTheBackground: with a retention of a few seconds and a short RETENTION_INTERVAL,
+// a tenant loses its old messages and keeps its new ones; dead letters go by DEAD_LETTER_RETENTION, also for a
+// tenant that keeps its messages forever.
+func TestShortRetentionSweepsInTheBackground(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = 200 * time.Millisecond
+	cfg.RetentionBatch = 2 // several batches per sweep
+	cfg.DeadLetterRetention = 2 * time.Second
+	a := testenv.Start(t, cfg)
+	db := a.DB()
+	r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": "short", "concurrency_config": 1, "max_age_seconds": 3})
+	require.Equal(t, http.StatusCreated, r.Status, string(r.Body))
+	short := r.Map(t)["id"].(string)
+	forever := a.CreateTenant("forever", 1)
+
+	var first []string
+	for i := range 5 {
+		first = append(first, a.Publish(short, map[string]int{"first": i}))
+	}
+	keep := a.Publish(forever, map[string]int{"keep": 1})
+	poison := uuid.NewString()
+	publishDirect(t, cfg.AMQPURL, cfg.AMQPExchange, forever, poison, []byte(`not json`), nil)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1::uuid[])", first) == 5 &&
+			testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE id = $1", uuid.MustParse(poison)) == 1
+	}, "the first messages stored and the poison dead-lettered")
+
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", short) == 0
+	}, "the expired messages deleted in the background")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", forever) == 0
+	}, "the dead letter deleted by DEAD_LETTER_RETENTION")
+	require.Equal(t, 1, testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", keep), "a tenant without retention keeps its messages")
+
+	second := a.Publish(short, map[string]int{"second": 1})
+	testenv.Eventually(t, 10*time.Second, func() bool { return getMessageStatus(a, short, second) == http.StatusOK }, "the new message stored and served")
+	require.Equal(t, []string{second}, listedIDs(t, a, short))
+	require.Equal(t, http.StatusNotFound, getMessageStatus(a, short, first[0]))
+	require.Equal(t, http.StatusOK, getMessageStatus(a, forever, keep))
+}
+
+// TestRetentionChangeHoldsOnEveryReplica: a retention set through one replica holds on the other at once
+// (each query reads it from the tenant's row).
+func TestRetentionChangeHoldsOnEveryReplica(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = time.Hour
+	cfg.ReplicaHeartbeatInterval = 300 * time.Millisecond
+	cfg.ReplicaTTL = 3 * time.Second
+	a := testenv.Start(t, cfg)
+	cfgB := cfg
+	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	b := testenv.Start(t, cfgB)
+	db := a.DB()
+	tenant := a.CreateTenant("replicated", 1)
+	old := insertAged(t, db, tenant, 3, 10*time.Minute)
+	testenv.Eventually(t, 5*time.Second, func() bool { return len(listedIDs(t, b, tenant)) == 3 }, "B serves the tenant's messages")
+
+	require.Equal(t, http.StatusOK, setRetention(t, a, tenant, `{"max_age_seconds": 60}`).Status)
+	require.Empty(t, listedIDs(t, b, tenant), "B still lists expired messages")
+	require.Equal(t, http.StatusNotFound, getMessageStatus(b, tenant, old[0]))
+	require.Equal(t, 60.0, b.Do(http.MethodGet, "/api/v1/tenants/"+tenant, nil).Map(t)["max_age_seconds"])
+	// Whichever replica owns the tenant sweeps it now.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tenant) == 0
+	}, "the owner swept the tenant after the change")
+}
+
+// deletingDirectory lists the tenants, then deletes one of them before the sweep gets to it.
+type deletingDirectory struct {
+	events.TenantDirectory
+	del func()
+}
+
+func (d deletingDirectory) Tenants(ctx context.Context) ([]events.Tenant, error) {
+	ts, err := d.TenantDirectory.Tenants(ctx)
+	d.del()
+	return ts, err
+}
+
+// TestSweepOfATenantDeletedMidwayIsNoError: a tenant deleted between the sweep's listing and its deletes is
+// skipped without error, and the sweep goes on to the next tenant.
+func TestSweepOfATenantDeletedMidwayIsNoError(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = time.Hour
+	var bdb *bun.DB
+	var dir events.TenantDirectory
+	a := testenv.Start(t, cfg, fx.Populate(&bdb, &dir))
+	db := a.DB()
+	create := func(name string) string {
+		r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": name, "concurrency_config": 1, "max_age_seconds": 60})
+		require.Equal(t, http.StatusCreated, r.Status, string(r.Body))
+		return r.Map(t)["id"].(string)
+	}
+	gone, kept := create("gone"), create("kept")
+	insertAged(t, db, gone, 3, time.Hour)
+	insertAged(t, db, kept, 3, time.Hour)
+	sw := messaging.NewSweeper(bdb, deletingDirectory{dir, func() {
+		require.Equal(t, http.StatusNoContent, a.Do(http.MethodDelete, "/api/v1/tenants/"+gone, nil).Status)
+		require.Zero(t, testenv.Count(t, db, "SELECT count(*) FROM pg_class WHERE relname = $1", messaging.PartitionName(uuid.MustParse(gone))),
+			"the partition is dropped before the sweep reaches it")
+	}}, func(uuid.UUID) bool { return true }, messaging.SweeperOptions{Batch: 2},
+		messaging.NewRetentionMetrics(prometheus.NewRegistry(), true), zap.NewNop())
+	require.NoError(t, sw.Sweep(context.Background()))
+	require.Zero(t, testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", kept), "the next tenant swept")
+}
+
+// TestRetentionQueriesPruneAndUseTheIndex: with the retention predicate the listing and the lookup still read
+// one partition, through its indexes, and the sweep's batch walks the (created_at, id) index.
+func TestRetentionQueriesPruneAndUseTheIndex(t *testing.T) {
+	s := testenv.Get(t)
+	a := testenv.Start(t, s.Config(t))
+	tenant := a.CreateTenant("plan", 1)
+	for i := range 3 {
+		a.CreateTenant(fmt.Sprintf("filler-%d", i), 1)
+	}
+	db := a.DB()
+	insertAged(t, db, tenant, 2000, time.Minute)
+	_, err := db.Exec(context.Background(), "ANALYZE messages")
+	require.NoError(t, err)
+	part := messaging.PartitionName(uuid.MustParse(tenant))
+	lit := "'" + tenant + "'"
+	cut := messaging.RetentionCutoff(lit, "3600")
+	explain := func(q string) string {
+		rows, err := db.Query(context.Background(), "EXPLAIN "+q)
+		require.NoError(t, err)
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		text := strings.Join(lines, "\n")
+		parts := map[string]bool{}
+		for _, p := range regexp.MustCompile(`messages_tenant_[0-9a-f]{32}`).FindAllString(text, -1) {
+			parts[p] = true
+		}
+		require.Len(t, parts, 1, "not one partition in the plan:\n%s", text)
+		return text
+	}
+	text := explain(`SELECT payload, created_at, stored_at FROM messages WHERE tenant_id = ` + lit + ` AND id = '` + uuid.NewString() + `' AND created_at >= ` + cut)
+	require.Contains(t, text, "Index Scan using "+part+"_pkey", text)
+	text = explain(`SELECT id FROM messages WHERE tenant_id = ` + lit + ` AND created_at >= ` + cut + ` ORDER BY created_at DESC, id DESC LIMIT 21`)
+	// The index's name is the partition's, cut to PostgreSQL's 63 characters.
+	index := `messages_tenant_[0-9a-f]+_tenant_id_created_at_id_idx on ` + part
+	require.Regexp(t, `Index (Only )?Scan using `+index, text)
+	require.Contains(t, text, "Index Cond: ((tenant_id = ", text)
+	require.Contains(t, text, "created_at >= ", text)
+	text = explain(`DELETE FROM ` + part + ` WHERE ctid = ANY(ARRAY(SELECT ctid FROM ` + part + ` WHERE tenant_id = ` + lit +
+		` AND created_at < now() - make_interval(secs => 30) ORDER BY created_at, id LIMIT 1000))`)
+	require.Regexp(t, `Index Scan Backward using `+index, text)
+	require.Contains(t, text, "Tid Scan", text)
+}
