@@ -46,6 +46,7 @@ func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange,
 	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
 	relay[events.TenantRateLimitChanged](r, "tenant.rate_limit_changed")
 	relay[events.TenantDeleting](r, "tenant.deleting")
+	relay[events.TenantsConsumed](r, "tenants.consumed")
 	return r
 }
 
