@@ -32,21 +32,30 @@ type leaseHolder interface {
 // successors records the announcements of other replicas that they consume a tenant's queue. It is safe for
 // concurrent use; waiters are woken on a broadcast channel, never by polling.
 type successors struct {
+	now func() time.Time
+
 	mu      sync.Mutex
-	seen    map[uuid.UUID]string // tenant → the last other replica that announced it consumes its queue
-	changed chan struct{}        // closed and replaced at every record
+	seen    map[uuid.UUID]announcement // tenant → the last announcement of another replica that it consumes its queue
+	changed chan struct{}              // closed and replaced at every record
 }
 
-func newSuccessors() *successors {
-	return &successors{seen: map[uuid.UUID]string{}, changed: make(chan struct{})}
+// announcement is another replica's consumer start as this replica heard of it.
+type announcement struct {
+	replica string
+	at      time.Time // when it arrived here
+}
+
+func newSuccessors(now func() time.Time) *successors {
+	return &successors{now: now, seen: map[uuid.UUID]announcement{}, changed: make(chan struct{})}
 }
 
 // record notes that replica consumes the queues of tenants.
 func (s *successors) record(replica string, tenants []uuid.UUID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	at := s.now()
 	for _, id := range tenants {
-		s.seen[id] = replica
+		s.seen[id] = announcement{replica: replica, at: at}
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -60,18 +69,24 @@ func (s *successors) forget(id uuid.UUID) {
 	delete(s.seen, id)
 }
 
-// lookup returns the replica that announced it consumes tenant id, and a channel closed at the next record.
-func (s *successors) lookup(id uuid.UUID) (string, <-chan struct{}) {
+// lookup returns the replica whose announcement that it consumes tenant id arrived at or after since ("" when
+// none did), and a channel closed at the next record.
+func (s *successors) lookup(id uuid.UUID, since time.Time) (string, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.seen[id], s.changed
+	a, ok := s.seen[id]
+	if !ok || a.at.Before(since) {
+		return "", s.changed
+	}
+	return a.replica, s.changed
 }
 
-// wait returns the replica that announced it consumes tenant id, at once when one did already, else as soon as
-// one does; "" when ctx ended or stop closed first.
-func (s *successors) wait(ctx context.Context, id uuid.UUID, stop <-chan struct{}) string {
+// wait returns the replica whose announcement that it consumes tenant id arrived at or after since: at once when
+// one did already, else as soon as one does; "" when ctx ended or stop closed first. An older announcement may
+// be of a consumer that stopped since (a view of the replica set that was briefly wrong, a replica restarted).
+func (s *successors) wait(ctx context.Context, id uuid.UUID, since time.Time, stop <-chan struct{}) string {
 	for {
-		replica, changed := s.lookup(id)
+		replica, changed := s.lookup(id, since)
 		if replica != "" {
 			return replica
 		}
@@ -178,8 +193,11 @@ func (r *Runtime) handOver(id uuid.UUID) {
 		successor := ""
 		if !noSAC {
 			// A queue without single active consumer would be consumed by both replicas while this one waited.
+			// The new owner may have seen the change, started and announced up to a heartbeat interval before
+			// this replica saw it.
+			since := time.Now().Add(-r.opts.HandoverLookback)
 			ctx, cancel := context.WithTimeout(context.Background(), r.opts.HandoverWait)
-			successor = r.succ.wait(ctx, id, r.stopLoop)
+			successor = r.succ.wait(ctx, id, since, r.stopLoop)
 			cancel()
 		}
 		select {

@@ -17,12 +17,17 @@ import (
 )
 
 // A waiter for a tenant's successor is released by that tenant's announcement only, at once when it came
-// earlier, never by one this replica's own start made stale, and gives up when its context ends.
+// earlier, never by one older than the handover or made stale by this replica's own start, and gives up when
+// its context ends.
 func TestSuccessorWaitIsReleasedByTheTenantsAnnouncement(t *testing.T) {
-	s := newSuccessors()
-	mine, other := uuid.New(), uuid.New()
+	clock := time.Date(2026, 12, 5, 17, 0, 0, 0, time.UTC)
+	var clockMu sync.Mutex
+	s := newSuccessors(func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return clock })
+	advance := func(d time.Duration) { clockMu.Lock(); clock = clock.Add(d); clockMu.Unlock() }
+	var zero time.Time
+	mine, other, stale := uuid.New(), uuid.New(), uuid.New()
 	got := make(chan string, 1)
-	go func() { got <- s.wait(context.Background(), mine, nil) }()
+	go func() { got <- s.wait(context.Background(), mine, zero, nil) }()
 
 	s.record("replica-b", []uuid.UUID{other})
 	// The waiter woke for that record and went back to waiting: the next record for its tenant releases it.
@@ -30,17 +35,29 @@ func TestSuccessorWaitIsReleasedByTheTenantsAnnouncement(t *testing.T) {
 	require.Equal(t, "replica-b", <-got)
 
 	// Already announced: at once.
-	require.Equal(t, "replica-b", s.wait(context.Background(), other, nil))
+	require.Equal(t, "replica-b", s.wait(context.Background(), other, zero, nil))
+
+	// An announcement older than the handover's lookback is not the new owner's: it waits for a fresh one.
+	s.record("replica-c", []uuid.UUID{stale})
+	advance(time.Minute)
+	since := clock.Add(-time.Second)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.Empty(t, s.wait(cancelled, stale, since, nil), "a stale announcement ended the wait")
+	go func() { got <- s.wait(context.Background(), stale, since, nil) }()
+	s.record("replica-b", []uuid.UUID{other})
+	s.record("replica-d", []uuid.UUID{stale})
+	require.Equal(t, "replica-d", <-got)
 
 	// This replica consumed the tenant since: the announcement says nothing about the next handover.
 	s.forget(other)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { got <- s.wait(ctx, other, nil) }()
-	cancel()
+	ctx, cancel2 := context.WithCancel(context.Background())
+	go func() { got <- s.wait(ctx, other, zero, nil) }()
+	cancel2()
 	require.Empty(t, <-got)
 
 	stop := make(chan struct{})
-	go func() { got <- s.wait(context.Background(), other, stop) }()
+	go func() { got <- s.wait(context.Background(), other, zero, stop) }()
 	close(stop)
 	require.Empty(t, <-got)
 }
@@ -95,9 +112,9 @@ func (p *handoverPlacement) Holds() bool { return p.held.Load() }
 func handoverRuntime(t *testing.T, wait time.Duration) (*Runtime, *handoverPlacement) {
 	p := &handoverPlacement{alone: "replica-a", owned: map[uuid.UUID]bool{}}
 	p.held.Store(true)
-	r := &Runtime{place: p, opts: Options{ReplicaID: "replica-a", HandoverWait: wait, DrainTimeout: time.Second},
+	r := &Runtime{place: p, opts: Options{ReplicaID: "replica-a", HandoverWait: wait, HandoverLookback: time.Second, DrainTimeout: time.Second},
 		log: zap.NewNop(), metrics: NewMetrics(prometheus.NewRegistry(), false), consumers: map[uuid.UUID]*tenantConsumer{},
-		succ: newSuccessors(), noSAC: map[string]bool{}, stopLoop: make(chan struct{})}
+		succ: newSuccessors(time.Now), noSAC: map[string]bool{}, stopLoop: make(chan struct{})}
 	t.Cleanup(func() { close(r.stopLoop) })
 	return r, p
 }

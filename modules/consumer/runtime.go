@@ -31,7 +31,10 @@ type Options struct {
 	DrainTimeout      time.Duration
 	// HandoverWait is how long a replica giving a tenant up (its view of the replica set changed, or it shuts
 	// down) keeps consuming while it waits for the new owner to announce its consumer (make-before-break).
-	HandoverWait      time.Duration
+	HandoverWait time.Duration
+	// HandoverLookback is how old an announcement of the new owner may be when a handover begins: the new owner
+	// may see a change of the replica set up to a heartbeat interval before this replica does.
+	HandoverLookback  time.Duration
 	ReconcileInterval time.Duration
 	OrphanGrace       time.Duration // how long a tenant queue stays without a tenant before it is deleted
 	ManagementURL     string        // RabbitMQ management API, to find orphan queues; optional
@@ -128,7 +131,7 @@ func NewRuntime(p RuntimeParams) *Runtime {
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
-		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(), noSAC: map[string]bool{}}
+		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}}
 	if p.Bus != nil {
 		r.ann = newAnnouncer(func(ctx context.Context, tenants []uuid.UUID) error {
 			return events.Publish(ctx, p.Bus, events.TenantsConsumed{Replica: opts.ReplicaID, Tenants: tenants})
@@ -432,6 +435,8 @@ func (r *Runtime) loop() {
 // keeps consuming until the replica taking its tenant over announced its own consumer (make-before-break), for
 // HandoverWait at most and never so long that the drain would not fit in ctx's deadline.
 func (r *Runtime) Shutdown(ctx context.Context) error {
+	// The others take this replica's tenants once it left: an announcement from before is of another handover.
+	leaving := time.Now()
 	if err := r.place.Leave(ctx); err != nil {
 		r.log.Warn("could not leave the replica set", zap.Error(err))
 	}
@@ -459,15 +464,16 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	waitCtx, cancel := context.WithTimeout(ctx, max(wait, 0))
 	defer cancel()
 	var (
-		wg         sync.WaitGroup
-		unanounced atomic.Int64
+		wg          sync.WaitGroup
+		unannounced atomic.Int64
 	)
 	for _, tc := range all {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if r.succ.wait(waitCtx, tc.id, nil) == "" {
-				unanounced.Add(1)
+			// No other replica is live (no owner, or this one): nobody is going to announce.
+			if owner := r.place.Owner(tc.id); owner != "" && owner != r.opts.ReplicaID && r.succ.wait(waitCtx, tc.id, leaving, nil) == "" {
+				unannounced.Add(1)
 				r.metrics.handoversUnannounced.Inc()
 			}
 			tc.stop(ctx, "shutdown")
@@ -475,7 +481,7 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	r.log.Info("all consumers stopped", zap.Int("consumers", len(all)),
-		zap.Int64("without_successor_announced", unanounced.Load()))
+		zap.Int64("without_successor_announced", unannounced.Load()))
 	return nil
 }
 
