@@ -186,8 +186,12 @@ func (r *Runtime) handOver(id uuid.UUID) {
 		return
 	}
 	r.mu.Lock()
-	noSAC := r.noSAC[QueueName(id)]
+	noSAC, leaving := r.noSAC[QueueName(id)], r.leaving
 	r.mu.Unlock()
+	if leaving {
+		tc.handing.Store(false)
+		return // Shutdown hands every tenant over
+	}
 	go func() {
 		defer tc.handing.Store(false)
 		successor := ""

@@ -168,6 +168,11 @@ func TestFencedReplicaStopsAtOnce(t *testing.T) {
 	require.NotNil(t, r.consumer(waiting, false), "a replica holding its lease stopped a consumer before its successor announced")
 
 	p.held.Store(false)
+	// A replica shutting down owns nothing either, but its Shutdown hands its tenants over make-before-break.
+	r.leaving = true
+	r.stopDisowned(context.Background())
+	require.NotNil(t, r.consumer(waiting, false), "a reconciliation during a shutdown stopped a consumer at once")
+	r.leaving = false
 	r.stopDisowned(context.Background())
 	require.Nil(t, r.consumer(waiting, false))
 	require.Nil(t, r.consumer(idle, false))

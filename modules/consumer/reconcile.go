@@ -113,6 +113,12 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 // break (handOver, in the background); when it does not (fenced: the others may take its tenants over as soon as
 // its lease ran out), it drains and stops them all at once, cutting short handovers under way.
 func (r *Runtime) stopDisowned(ctx context.Context) {
+	r.mu.Lock()
+	leaving := r.leaving
+	r.mu.Unlock()
+	if leaving {
+		return // Shutdown hands every tenant over
+	}
 	if r.holdsLease() {
 		r.mu.Lock()
 		ids := make([]uuid.UUID, 0, len(r.consumers))
@@ -141,7 +147,8 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.log.Info("tenant not owned by this replica; draining its consumer", zap.String("tenant_id", id.String()),
+			r.log.Info("this replica does not hold its lease; draining the consumer of a tenant it does not own at once",
+				zap.String("tenant_id", id.String()),
 				zap.String("owner", r.place.Owner(id)))
 			r.metrics.handovers.Inc()
 			r.Stop(ctx, id, "handover")

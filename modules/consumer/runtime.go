@@ -86,6 +86,7 @@ type Runtime struct {
 	consumers map[uuid.UUID]*tenantConsumer
 	closed    bool
 	started   bool
+	leaving   bool // Shutdown began: it hands every tenant over itself
 
 	orphans     map[string]time.Time // queue name → when reconciliation first saw it without a tenant
 	mgmtDown    bool                 // the management API did not answer at the last reconciliation
@@ -437,6 +438,11 @@ func (r *Runtime) loop() {
 func (r *Runtime) Shutdown(ctx context.Context) error {
 	// The others take this replica's tenants once it left: an announcement from before is of another handover.
 	leaving := time.Now()
+	// Leaving changes the placement, which kicks a reconciliation: it must not take this replica, which owns
+	// nothing from now on, for a fenced one and stop every consumer at once.
+	r.mu.Lock()
+	r.leaving = true
+	r.mu.Unlock()
 	if err := r.place.Leave(ctx); err != nil {
 		r.log.Warn("could not leave the replica set", zap.Error(err))
 	}
