@@ -19,8 +19,11 @@ import (
 // out (fenced) does not wait: it stops at once, before the others may take its tenants over.
 
 // announceDelay is how long the announcer collects consumer starts before it relays them in one event: in a
-// rolling restart hundreds of tenants start within a second.
-const announceDelay = 20 * time.Millisecond
+// rolling restart hundreds of tenants start within a second. It also leaves time for the consume itself: while
+// the old owner's consumer is active, a start returns as soon as it sent its consume (RabbitMQ 3.10 counts only
+// a quorum queue's active consumer, so the waiting one cannot be seen, and go-rabbitmq tells nothing of its
+// consume-ok), and the old owner must not cancel before the broker registered it.
+const announceDelay = 250 * time.Millisecond
 
 // leaseHolder is implemented by a Placement that can tell whether this replica holds its ownership lease
 // (cluster.Membership). A placement that cannot tell counts as not holding one: its consumers stop at once.
@@ -197,8 +200,8 @@ func (r *Runtime) handOver(id uuid.UUID) {
 		successor := ""
 		if !noSAC {
 			// A queue without single active consumer would be consumed by both replicas while this one waited.
-			// The new owner may have seen the change, started and announced up to a heartbeat interval before
-			// this replica saw it.
+			// The new owner may have seen the change, started and announced before this replica saw it (up to a
+			// heartbeat interval, and however long this replica's reconciliation was busy).
 			since := time.Now().Add(-r.opts.HandoverLookback)
 			ctx, cancel := context.WithTimeout(context.Background(), r.opts.HandoverWait)
 			successor = r.succ.wait(ctx, id, since, r.stopLoop)

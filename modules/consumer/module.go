@@ -36,7 +36,7 @@ func OptionsFrom(c config.Config) Options {
 	return Options{ReplicaID: c.ReplicaID, Exchange: c.AMQPExchange, QueueType: c.AMQPQueueType,
 		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, BatchSize: c.ConsumerBatchSize, Linger: c.ConsumerLinger, RetryInitial: c.StoreRetryInitial,
 		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, HandoverWait: HandoverWait(c.ReplicaHeartbeatInterval),
-		HandoverLookback: 2 * c.ReplicaHeartbeatInterval, ReconcileInterval: c.ReconcileInterval, OrphanGrace: c.ReconcileOrphanGrace,
+		HandoverLookback: HandoverWait(c.ReplicaHeartbeatInterval), ReconcileInterval: c.ReconcileInterval, OrphanGrace: c.ReconcileOrphanGrace,
 		ManagementURL: c.RabbitMQManagementURL, AMQPURL: c.AMQPURL}
 }
 

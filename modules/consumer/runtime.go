@@ -33,7 +33,7 @@ type Options struct {
 	// down) keeps consuming while it waits for the new owner to announce its consumer (make-before-break).
 	HandoverWait time.Duration
 	// HandoverLookback is how old an announcement of the new owner may be when a handover begins: the new owner
-	// may see a change of the replica set up to a heartbeat interval before this replica does.
+	// may see a change of the replica set, and start, before this replica's reconciliation gets to it.
 	HandoverLookback  time.Duration
 	ReconcileInterval time.Duration
 	OrphanGrace       time.Duration // how long a tenant queue stays without a tenant before it is deleted
