@@ -26,7 +26,10 @@ type Metrics struct {
 	orphanCleanup prometheus.Gauge
 	owned         prometheus.Gauge
 	handovers     prometheus.Counter
-	withoutSAC    prometheus.Gauge
+	// handoversUnannounced counts consumers given up without the new owner's announcement (make-before-break
+	// handover): its wait ended first.
+	handoversUnannounced prometheus.Counter
+	withoutSAC           prometheus.Gauge
 	// startsInFlight is how many consumes run now; startConcurrency how many ran, this one included, as each
 	// began; restartsLost counts consumers started again because their connection dropped.
 	startsInFlight   prometheus.Gauge
@@ -63,6 +66,8 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 		Help: "Tenants placed on this replica at the last reconciliation."})
 	m.handovers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_handovers_total",
 		Help: "Consumers this replica drained and stopped because another replica owns their tenant now."})
+	m.handoversUnannounced = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_handovers_unannounced_total",
+		Help: "Consumers this replica gave up (another replica owns their tenant, or it shuts down) before the new owner announced its consumer: the queue may have had no consumer for a moment."})
 	m.withoutSAC = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "tenant_queues_without_single_active_consumer",
 		Help: "Tenant queues declared by an older version without x-single-active-consumer (seen through the management API)."})
 	m.startsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_starts_in_flight",
@@ -73,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	m.restartsLost = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_connection_lost_restarts_total",
 		Help: "Tenant consumers started again by the runtime because their pooled connection dropped."})
 	reg.MustRegister(m.startsInFlight, m.startConcurrency, m.restartsLost)
-	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers, m.withoutSAC)
+	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers, m.handoversUnannounced, m.withoutSAC)
 	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.repairs)
 	return m
 }

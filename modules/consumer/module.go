@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
@@ -34,9 +35,17 @@ var Module = fx.Module("consumer",
 func OptionsFrom(c config.Config) Options {
 	return Options{ReplicaID: c.ReplicaID, Exchange: c.AMQPExchange, QueueType: c.AMQPQueueType,
 		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, BatchSize: c.ConsumerBatchSize, Linger: c.ConsumerLinger, RetryInitial: c.StoreRetryInitial,
-		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, ReconcileInterval: c.ReconcileInterval, OrphanGrace: c.ReconcileOrphanGrace,
+		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, HandoverWait: HandoverWait(c.ReplicaHeartbeatInterval),
+		HandoverLookback: HandoverWait(c.ReplicaHeartbeatInterval), ReconcileInterval: c.ReconcileInterval, OrphanGrace: c.ReconcileOrphanGrace,
 		ManagementURL: c.RabbitMQManagementURL, AMQPURL: c.AMQPURL}
 }
+
+// HandoverWait is how long a replica giving a tenant up waits for the new owner's announcement before it drains
+// anyway: two heartbeat intervals (the new owner sees the change up to one interval later) and a margin for its
+// reconciliation to start the consumers of hundreds of tenants, paced.
+func HandoverWait(heartbeat time.Duration) time.Duration { return 2*heartbeat + handoverMargin }
+
+const handoverMargin = 5 * time.Second
 
 // Subscribe registers the runtime on the tenant events and in the lifecycle.
 func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
@@ -58,6 +67,13 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 			return nil
 		}
 		return r.Ensure(ctx, e.TenantID, e.Concurrency, "concurrency changed")
+	})
+	// Another replica's consumers started: a handover of these tenants away from this replica may finish.
+	events.Subscribe(bus, "consumer.handover", func(ctx context.Context, e events.TenantsConsumed) error {
+		if events.IsRemote(ctx) {
+			r.Consumed(e)
+		}
+		return nil
 	})
 	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {
 		r.Stop(ctx, e.TenantID, "tenant deleted")

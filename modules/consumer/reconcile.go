@@ -44,19 +44,9 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	for _, t := range tenants {
 		known[t.ID] = true
 		if !r.place.Owns(t.ID) {
-			if tc := r.consumer(t.ID, false); tc != nil {
-				// Another replica owns it now; its consumer is registered or will be at its next run, and the
-				// queue's single active consumer hands over once this one drained and left.
-				wg.Add(1)
-				sem <- struct{}{}
-				go func() {
-					defer func() { <-sem; wg.Done() }()
-					r.log.Info("tenant moved to another replica; draining its consumer", zap.String("tenant_id", t.ID.String()),
-						zap.String("owner", r.place.Owner(t.ID)))
-					r.metrics.handovers.Inc()
-					r.Stop(ctx, t.ID, "handover")
-				}()
-			}
+			// Another replica owns it now: this one keeps consuming until the new owner announced its consumer,
+			// then drains and leaves, and the queue's single active consumer passes straight on.
+			r.handOver(t.ID)
 			continue
 		}
 		mine = append(mine, t)
@@ -119,8 +109,30 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// stopDisowned drains and stops, all at once, the running consumers of tenants this replica does not own.
+// stopDisowned gives up the consumers of tenants this replica does not own: while it holds its lease, make-before-
+// break (handOver, in the background); when it does not (fenced: the others may take its tenants over as soon as
+// its lease ran out), it drains and stops them all at once, cutting short handovers under way.
 func (r *Runtime) stopDisowned(ctx context.Context) {
+	r.mu.Lock()
+	leaving := r.leaving
+	r.mu.Unlock()
+	if leaving {
+		return // Shutdown hands every tenant over
+	}
+	if r.holdsLease() {
+		r.mu.Lock()
+		ids := make([]uuid.UUID, 0, len(r.consumers))
+		for id := range r.consumers {
+			ids = append(ids, id)
+		}
+		r.mu.Unlock()
+		for _, id := range ids {
+			if !r.place.Owns(id) {
+				r.handOver(id)
+			}
+		}
+		return
+	}
 	r.mu.Lock()
 	ids := make([]uuid.UUID, 0, len(r.consumers))
 	for id := range r.consumers {
@@ -135,7 +147,8 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.log.Info("tenant not owned by this replica; draining its consumer", zap.String("tenant_id", id.String()),
+			r.log.Info("this replica does not hold its lease; draining the consumer of a tenant it does not own at once",
+				zap.String("tenant_id", id.String()),
 				zap.String("owner", r.place.Owner(id)))
 			r.metrics.handovers.Inc()
 			r.Stop(ctx, id, "handover")
@@ -272,6 +285,13 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 // except for up to a heartbeat interval during a handover).
 func (r *Runtime) reportWithoutSingleActiveConsumer(names []string) {
 	r.metrics.withoutSAC.Set(float64(len(names)))
+	noSAC := make(map[string]bool, len(names))
+	for _, name := range names {
+		noSAC[name] = true
+	}
+	r.mu.Lock()
+	r.noSAC = noSAC
+	r.mu.Unlock()
 	for _, name := range names {
 		if r.warnedNoSAC[name] {
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,6 +29,12 @@ type Options struct {
 	RetryInitial      time.Duration
 	RetryBudget       time.Duration
 	DrainTimeout      time.Duration
+	// HandoverWait is how long a replica giving a tenant up (its view of the replica set changed, or it shuts
+	// down) keeps consuming while it waits for the new owner to announce its consumer (make-before-break).
+	HandoverWait time.Duration
+	// HandoverLookback is how old an announcement of the new owner may be when a handover begins: the new owner
+	// may see a change of the replica set, and start, before this replica's reconciliation gets to it.
+	HandoverLookback  time.Duration
 	ReconcileInterval time.Duration
 	OrphanGrace       time.Duration // how long a tenant queue stays without a tenant before it is deleted
 	ManagementURL     string        // RabbitMQ management API, to find orphan queues; optional
@@ -72,14 +79,19 @@ type Runtime struct {
 
 	starts *pacer // bounds the consumes running at once
 
+	succ *successors // which other replicas announced they consume a tenant's queue
+	ann  *announcer  // relays this replica's consumer starts; nil without a bus
+
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
 	closed    bool
 	started   bool
+	leaving   bool // Shutdown began: it hands every tenant over itself
 
 	orphans     map[string]time.Time // queue name → when reconciliation first saw it without a tenant
 	mgmtDown    bool                 // the management API did not answer at the last reconciliation
 	warnedNoSAC map[string]bool      // tenant queues without single active consumer already logged
+	noSAC       map[string]bool      // tenant queues without single active consumer at the last listing; guarded by mu
 	kick        chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
 	stopLoop    chan struct{}
 	loopDone    chan struct{}
@@ -102,6 +114,9 @@ type RuntimeParams struct {
 	Options     Options
 	Metrics     *Metrics
 	Log         *zap.Logger
+	// Bus relays this replica's consumer starts to the other replicas (events.TenantsConsumed), for
+	// make-before-break handovers. Without one (nil) nothing is announced.
+	Bus *events.Bus `optional:"true"`
 
 	// Gate closes while the database is unusable; workers wait for it. Without one (nil) they never wait.
 	Gate *database.Gate `optional:"true"`
@@ -117,7 +132,12 @@ func NewRuntime(p RuntimeParams) *Runtime {
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
-		starts: newPacer(startParallelism, p.Metrics)}
+		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}}
+	if p.Bus != nil {
+		r.ann = newAnnouncer(func(ctx context.Context, tenants []uuid.UUID) error {
+			return events.Publish(ctx, p.Bus, events.TenantsConsumed{Replica: opts.ReplicaID, Tenants: tenants})
+		})
+	}
 	place.OnChange(r.Kick)
 	return r
 }
@@ -374,6 +394,9 @@ func (r *Runtime) Start(ctx context.Context) error {
 	r.mu.Unlock()
 	r.Kick()
 	go r.loop()
+	if r.ann != nil {
+		go r.ann.loop(r.stopLoop, r.log)
+	}
 	return nil
 }
 
@@ -409,8 +432,17 @@ func (r *Runtime) loop() {
 }
 
 // Shutdown leaves the placement (the other replicas take this one's tenants; their consumers wait until this
-// one's stop), stops reconciliation and drains every consumer; queues and their messages stay.
+// one's stop), stops reconciliation and drains every consumer; queues and their messages stay. Each consumer
+// keeps consuming until the replica taking its tenant over announced its own consumer (make-before-break), for
+// HandoverWait at most and never so long that the drain would not fit in ctx's deadline.
 func (r *Runtime) Shutdown(ctx context.Context) error {
+	// The others take this replica's tenants once it left: an announcement from before is of another handover.
+	leaving := time.Now()
+	// Leaving changes the placement, which kicks a reconciliation: it must not take this replica, which owns
+	// nothing from now on, for a fenced one and stop every consumer at once.
+	r.mu.Lock()
+	r.leaving = true
+	r.mu.Unlock()
 	if err := r.place.Leave(ctx); err != nil {
 		r.log.Warn("could not leave the replica set", zap.Error(err))
 	}
@@ -430,15 +462,35 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
-	var wg sync.WaitGroup
+	wait := r.opts.HandoverWait
+	if deadline, ok := ctx.Deadline(); ok {
+		// The drain, and the stop hooks after this one, need the rest.
+		wait = min(wait, time.Until(deadline)-r.opts.DrainTimeout-shutdownReserve)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, max(wait, 0))
+	defer cancel()
+	var (
+		wg          sync.WaitGroup
+		unannounced atomic.Int64
+	)
 	for _, tc := range all {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// No other replica is live (no owner, or this one): nobody is going to announce.
+			if owner := r.place.Owner(tc.id); owner != "" && owner != r.opts.ReplicaID && r.succ.wait(waitCtx, tc.id, leaving, nil) == "" {
+				unannounced.Add(1)
+				r.metrics.handoversUnannounced.Inc()
+			}
 			tc.stop(ctx, "shutdown")
 		}()
 	}
 	wg.Wait()
-	r.log.Info("all consumers stopped", zap.Int("consumers", len(all)))
+	r.log.Info("all consumers stopped", zap.Int("consumers", len(all)),
+		zap.Int64("without_successor_announced", unannounced.Load()))
 	return nil
 }
+
+// shutdownReserve is the part of the shutdown timeout left, beyond the drain timeout, to the stop hooks that run
+// after the consumers' (dead letters, broker, database).
+const shutdownReserve = 2 * time.Second

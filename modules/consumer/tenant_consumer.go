@@ -41,6 +41,8 @@ type tenantConsumer struct {
 	// consumes take a connection of their own (an isolated lease) until one succeeds, so that its queue cannot
 	// keep a shared connection, and every other consumer on it, cycling.
 	suspect atomic.Bool
+	// handing is set while a make-before-break handover of the tenant waits for its new owner (Runtime.handOver).
+	handing atomic.Bool
 }
 
 // generation is one go-rabbitmq consumer with a fixed worker count.
@@ -177,6 +179,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
 	go tc.awaitConsumer(probeCtx, consuming)
+	counted := false
 	select {
 	case err := <-failed:
 		return err
@@ -185,6 +188,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		return fmt.Errorf("consumer connection dropped while the consume started (the queue may not be usable yet): %w",
 			broker.ErrUnavailable)
 	case <-consuming:
+		counted = true
 	case <-ctx.Done():
 		// Still starting: it goes on, and reconciliation looks at it again if it fails.
 	case <-time.After(startWait):
@@ -198,6 +202,12 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
 	rt.metrics.restarts.WithLabelValues(reason).Inc()
+	if counted {
+		// A replica giving this tenant up drains its consumer once it has seen this (make-before-break).
+		rt.announce(tc.id)
+	} else {
+		rt.succ.forget(tc.id)
+	}
 	tc.log.Info("consumer started", zap.Int("workers", workers),
 		zap.Int("prefetch", prefetch), zap.String("reason", reason), zap.Bool("isolated", lease.Isolated()))
 	return nil

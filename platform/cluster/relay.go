@@ -48,6 +48,7 @@ func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange,
 	relay[events.TenantRetentionChanged](r, "tenant.retention_changed")
 	relay[events.TenantDeleting](r, "tenant.deleting")
 	relay[events.TenantDemand](r, "tenant.demand")
+	relay[events.TenantsConsumed](r, "tenants.consumed")
 	return r
 }
 

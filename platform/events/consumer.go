@@ -29,3 +29,12 @@ type ConsumerStates interface {
 	// ConsumerState returns the state of tenant id's consumer; workers is the tenant's configured concurrency.
 	ConsumerState(ctx context.Context, id uuid.UUID, workers int) ConsumerState
 }
+
+// TenantsConsumed announces that Replica's consumers of the queues of Tenants started (the broker counts them,
+// waiting behind the active consumer or active themselves). It travels to every replica: a replica giving one of
+// these tenants up drains its consumer once it has seen this, so that the queue's single active consumer passes
+// straight to the new owner's (make-before-break).
+type TenantsConsumed struct {
+	Replica string      `json:"replica"`
+	Tenants []uuid.UUID `json:"tenants"`
+}
