@@ -239,6 +239,43 @@ func TestConsoleOperatorFlow(t *testing.T) {
 	waitText(t, ctx, `[data-stat="rate_limit"] .v`, "50/s")
 	require.Empty(t, pageErrors.take())
 
+	// Retention through its dialog: two days, seen in the stats and through the API; a negative one is refused
+	// with the problem naming the field.
+	waitText(t, ctx, `[data-stat="retention"] .v`, "(default)")
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#tenant-retention")),
+		chromedp.WaitVisible(chromedp.CSS(`#dialog input[name="amount"]`)),
+		chromedp.SendKeys(chromedp.CSS(`#dialog input[name="amount"]`), "2"),
+		chromedp.SetValue(chromedp.CSS(`#dialog select[name="unit"]`), "days"),
+	))
+	shoot(t, ctx, "console-retention.png")
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#dialog button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#config-answer .answer.ok")),
+	))
+	waitText(t, ctx, `[data-stat="retention"] .v`, "2 d")
+	r = a.Do(http.MethodGet, "/api/v1/tenants/"+tenant, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	require.EqualValues(t, 2*86400, r.Map(t)["max_age_seconds"])
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#tenant-retention")),
+		chromedp.WaitVisible(chromedp.CSS(`#dialog input[name="amount"]`)),
+		chromedp.SetValue(chromedp.CSS(`#dialog input[name="amount"]`), ""),
+		chromedp.SendKeys(chromedp.CSS(`#dialog input[name="amount"]`), "-1"),
+		chromedp.SetValue(chromedp.CSS(`#dialog select[name="unit"]`), "seconds"),
+		chromedp.Click(chromedp.CSS(`#dialog button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#config-answer .answer.err")),
+	))
+	refused, err = chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#config-answer")))
+	require.NoError(t, err)
+	require.Contains(t, refused, "400 Bad Request")
+	require.Contains(t, refused, "max_age_seconds")
+	for _, e := range pageErrors.take() { // Chromium logs the refused request, and nothing else
+		require.Contains(t, e, "400", e)
+	}
+	r = a.Do(http.MethodGet, "/api/v1/tenants/"+tenant, nil)
+	require.EqualValues(t, 2*86400, r.Map(t)["max_age_seconds"])
+
 	// Ten more messages put the first on the second page, which the API's cursor reaches.
 	batch := make([]map[string]any, 10)
 	for i := range batch {
@@ -290,6 +327,7 @@ func TestConsoleOperatorFlow(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(row)),
 		chromedp.Poll[chromedp.Void](`document.querySelector('#tenants-body tr[data-tenant-id="`+tenant+`"] td[data-col="workers"]').textContent === "4"`, chromedp.WithPollingTimeout(15*time.Second)),
 	))
+	waitText(t, ctx, row+` td[data-col="retention"]`, "2 d")
 	shoot(t, ctx, "console-tenants.png")
 	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(390, 844)))
 	shoot(t, ctx, "console-tenants-phone.png")

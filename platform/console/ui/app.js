@@ -88,6 +88,27 @@ const fmt = {
   rate: (t) => (t.rate_limit === undefined || t.rate_limit === null ? "default" : t.rate_limit === 0 ? "unlimited" : `${fmt.num(t.rate_limit)}/s`),
 };
 
+// age says a number of seconds the way an operator reads it: "7 d", "36 h", "90 s"; 0 is "forever".
+function age(sec) {
+  if (sec === undefined || sec === null) return "—";
+  if (sec === 0) return "forever";
+  for (const [n, u] of [[86400, "d"], [3600, "h"], [60, "min"]]) if (sec % n === 0) return `${fmt.num(sec / n)} ${u}`;
+  return `${fmt.num(sec)} s`;
+}
+
+// bytes says a size in binary units: "72 KiB".
+function bytes(n) {
+  if (n === undefined || n === null) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let v = Number(n);
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+// retentionText says a stats answer's retention, and whether it is the service's default.
+function retentionText(s) { return s.retention_default ? `${age(s.max_age_seconds)} (default)` : age(s.max_age_seconds); }
+
 // limitText says a stats answer's rate limit, and whether it is the service's default.
 function limitText(s) { return s.rate_limit_default ? `default (${fmt.rate(s)})` : fmt.rate(s); }
 
@@ -231,6 +252,31 @@ async function setRateLimit(t, onDone) {
   onDone(await attempt(() => api("PUT", `/api/v1/tenants/${t.id}/config/rate-limit`, { messages_per_second: v === "" ? null : Number(v) })));
 }
 
+const UNITS = [["seconds", 1], ["minutes", 60], ["hours", 3600], ["days", 86400]];
+
+async function setRetention(t, onDone) {
+  const cur = t.max_age_seconds; // null or undefined: the default
+  const [unit, mult] = cur ? [...UNITS].reverse().find(([, m]) => cur % m === 0) : ["days", 86400];
+  const data = await ask(`Retention of ${t.name}`, [
+    h("p", { class: "note" }, "Messages older than this are never served and are deleted in the background. Dead letters keep their own retention."),
+    h("div", { class: "row" },
+      h("label", { class: "grow" }, "Keep messages for (0 = keep forever)",
+        h("input", { name: "amount", type: "number", step: 1, value: cur === undefined || cur === null ? "" : cur / mult,
+          oninput: (ev) => { ev.target.form.elements.default.checked = ev.target.value === ""; } })),
+      h("label", {}, "Unit", h("select", { name: "unit" }, ...UNITS.map(([u]) => h("option", { value: u, selected: u === unit }, u))))),
+    h("label", { class: "check" }, h("input", { name: "default", type: "checkbox", checked: cur === undefined || cur === null }), "Use the service's default (RETENTION_DEFAULT)"),
+  ], "Set");
+  if (!data) return;
+  let body;
+  if (data.get("default")) body = { max_age_seconds: null };
+  else {
+    const v = String(data.get("amount")).trim();
+    const m = UNITS.find(([u]) => u === data.get("unit"))[1];
+    body = { max_age_seconds: v === "" ? null : Number(v) * m };
+  }
+  onDone(await attempt(() => api("PUT", `/api/v1/tenants/${t.id}/config/retention`, body)));
+}
+
 async function remove(t, onDone) {
   const data = await ask(`Delete ${t.name}?`, [
     h("p", {}, "This deletes the tenant, its stored messages, its dead letters and its queues. It cannot be undone."),
@@ -285,21 +331,23 @@ async function renderTenants(main) {
     ]);
     const s = stats instanceof Problem ? {} : stats.body;
     const c = one instanceof Problem ? null : one.body.consumer;
-    const view = { ...t, workers: t.concurrency_config };
+    const view = { ...t, workers: t.concurrency_config, max_age_seconds: one instanceof Problem ? t.max_age_seconds : one.body.max_age_seconds };
     const dead = s.dead_letters;
     return h("tr", { "data-tenant-id": t.id },
       h("td", {}, h("a", { href: `#/tenants/${t.id}` }, t.name)),
       h("td", { class: "num", "data-col": "workers" }, fmt.num(t.concurrency_config)),
-      h("td", { class: "num", "data-col": "rate" }, s.rate_limit === undefined ? fmt.rate(t) : limitText(s)),
+      h("td", { class: "num", "data-col": "rate" }, s.rate_limit === undefined ? fmt.rate(t) : [fmt.rate(s), s.rate_limit_default ? h("div", { class: "muted small" }, "default") : ""]),
+      h("td", { class: "num hide-narrow", "data-col": "retention" }, s.max_age_seconds === undefined ? "—" : [age(s.max_age_seconds), s.retention_default ? h("div", { class: "muted small" }, "default") : ""]),
       h("td", { class: "num", "data-col": "depth" }, s.queue_messages < 0 ? "?" : fmt.num(s.queue_messages)),
       h("td", { class: "num", "data-col": "consumers" }, fmt.num(s.queue_consumers)),
       h("td", { class: "num", "data-col": "stored" }, fmt.num(s.stored_last_minute)),
       h("td", { class: "num", "data-col": "dead" }, dead ? h("span", { class: "pill bad" }, fmt.num(dead)) : fmt.num(dead)),
       h("td", { class: "hide-narrow", "data-col": "replica" }, c ? h("span", { class: c.running ? "pill good" : c.error ? "pill bad" : "pill", title: c.error || "" }, c.replica || "none") : "—"),
-      h("td", { class: "actions" },
-        h("button", { type: "button", class: "small", "data-action": "resize", onclick: () => resize(view, done) }, "Workers"), " ",
-        h("button", { type: "button", class: "small", "data-action": "rate", onclick: () => setRateLimit(view, done) }, "Rate"), " ",
-        h("button", { type: "button", class: "small danger", "data-action": "delete", onclick: () => remove(view, done) }, "Delete")));
+      h("td", { class: "actions" }, h("div", { class: "btns" },
+        h("button", { type: "button", class: "small", "data-action": "resize", onclick: () => resize(view, done) }, "Workers"),
+        h("button", { type: "button", class: "small", "data-action": "rate", onclick: () => setRateLimit(view, done) }, "Rate"),
+        h("button", { type: "button", class: "small", "data-action": "retention", onclick: () => setRetention(view, done) }, "Retention"),
+        h("button", { type: "button", class: "small danger", "data-action": "delete", onclick: () => remove(view, done) }, "Delete"))));
   }
 
   async function load() {
@@ -311,7 +359,7 @@ async function renderTenants(main) {
     const rows = await Promise.all((body.data || []).map(row));
     if ($("#dialog").open) return; // do not move the table under an open dialog
     tbody.replaceChildren(...rows);
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "empty" }, pageNo ? "No more tenants." : "No tenants yet: create one above.")));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 10, class: "empty" }, pageNo ? "No more tenants." : "No tenants yet: create one above.")));
     prev.disabled = pageNo === 0;
     next.disabled = !body.has_more;
     pageInfo.textContent = `Page ${pageNo + 1}`;
@@ -327,7 +375,7 @@ async function renderTenants(main) {
       h("div", { class: "panel-head" }, h("h2", { class: "grow" }, "All tenants"), updated),
       h("div", { class: "scroll" }, h("table", { id: "tenants" },
         h("thead", {}, h("tr", {},
-          h("th", {}, "Name"), h("th", { class: "num" }, "Workers"), h("th", { class: "num" }, "Rate limit"),
+          h("th", {}, "Name"), h("th", { class: "num" }, "Workers"), h("th", { class: "num" }, "Rate limit"), h("th", { class: "num hide-narrow" }, "Retention"),
           h("th", { class: "num" }, "Queue depth"), h("th", { class: "num" }, "Consumers"), h("th", { class: "num" }, "Stored /min"),
           h("th", { class: "num" }, "Dead letters"), h("th", { class: "hide-narrow" }, "Owner replica"), h("th", {}, h("span", { class: "muted" }, "")))),
         tbody)),
@@ -358,11 +406,15 @@ async function renderTenant(main, id) {
       stat("Workers", fmt.num(s.workers), "workers"),
       stat("Rate limit", limitText(s), "rate_limit", true),
       stat("Owner replica", c.replica || "none", "replica", true),
-      stat("Newest message", fmt.time(s.newest_message_at), "newest", true));
+      stat("Newest message", fmt.time(s.newest_message_at), "newest", true),
+      stat("Retention", retentionText(s), "retention", true),
+      stat("Storage", bytes(s.storage_bytes), "storage", true),
+      stat("Oldest message", fmt.time(s.oldest_message_at), "oldest", true));
     view.workers = s.workers;
     view.rate_limit = s.rate_limit_default ? null : s.rate_limit;
+    view.max_age_seconds = s.retention_default ? null : s.max_age_seconds;
   }
-  const view = { id, name: tenant.name, workers: tenant.concurrency_config, rate_limit: tenant.rate_limit };
+  const view = { id, name: tenant.name, workers: tenant.concurrency_config, rate_limit: tenant.rate_limit, max_age_seconds: tenant.max_age_seconds };
   const configDone = (r) => {
     configOut.replaceChildren(answer(r));
     if (!(r instanceof Problem) && r.status === 204) { location.hash = "#/tenants"; return; }
@@ -444,6 +496,7 @@ async function renderTenant(main, id) {
         admin ? [
           h("button", { type: "button", id: "tenant-resize", onclick: () => resize(view, configDone) }, "Workers"),
           h("button", { type: "button", id: "tenant-rate", onclick: () => setRateLimit(view, configDone) }, "Rate limit"),
+          h("button", { type: "button", id: "tenant-retention", onclick: () => setRetention(view, configDone) }, "Retention"),
           h("button", { type: "button", id: "tenant-delete", class: "danger", onclick: () => remove(view, configDone) }, "Delete"),
         ] : ""),
       statsBox, h("div", { class: "panel-body" }, configOut)),
