@@ -26,7 +26,7 @@ var Module = fx.Module("messaging",
 		httpserver.AsRoutes(func(s *Service, c config.Config) *Handlers { return NewHandlers(s, c.HTTPMaxBatchBodyBytes) }),
 		httpserver.AsRoutes(NewLookupHandlers),
 		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {
-			return NewPartitions(db, dir, c.ReconcileInterval, reg, log)
+			return NewPartitions(db, dir, c.ReconcileInterval, c.ReconcileOrphanGrace, reg, log)
 		},
 	),
 	fx.Invoke(Subscribe),

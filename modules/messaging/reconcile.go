@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,7 +19,10 @@ import (
 
 // Partitions checks, at start and periodically, that every tenant has its partition: a missing one is
 // reported (log and metric) and made again, so that the tenant's deliveries can be stored; a partition left
-// behind by a deletion that did not finish is dropped.
+// behind by a deletion that did not finish is dropped once it has been without its tenant for the orphan grace.
+// A deletion removes the row first and drops the partition only after every replica's consumer of the tenant
+// drained (its last stores still need the partition), so a partition without a row is, for a while, a deletion
+// in progress, not a leftover.
 type Partitions struct {
 	db       *bun.DB
 	dir      events.TenantDirectory
@@ -26,12 +30,17 @@ type Partitions struct {
 	missing  prometheus.Gauge
 	repairs  *prometheus.CounterVec
 	interval time.Duration
+	grace    time.Duration
 	loop     *periodic.Loop
+
+	mu      sync.Mutex           // one run at a time
+	orphans map[string]time.Time // partition → when a run first found it without its tenant
 }
 
-// NewPartitions returns the partition reconciler.
-func NewPartitions(db *bun.DB, dir events.TenantDirectory, interval time.Duration, reg prometheus.Registerer, log *zap.Logger) *Partitions {
-	p := &Partitions{db: db, dir: dir, interval: interval, log: log.Named("partitions"),
+// NewPartitions returns the partition reconciler; a partition without its tenant is dropped once it has been
+// so for grace (RECONCILE_ORPHAN_GRACE).
+func NewPartitions(db *bun.DB, dir events.TenantDirectory, interval, grace time.Duration, reg prometheus.Registerer, log *zap.Logger) *Partitions {
+	p := &Partitions{db: db, dir: dir, interval: interval, grace: grace, orphans: map[string]time.Time{}, log: log.Named("partitions"),
 		missing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "partitions_missing",
 			Help: "Tenants found without their partition at the last reconciliation."}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "partition_repairs_total",
@@ -43,6 +52,8 @@ func NewPartitions(db *bun.DB, dir events.TenantDirectory, interval time.Duratio
 
 // Reconcile runs one check.
 func (p *Partitions) Reconcile(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	tenants, err := p.dir.Tenants(ctx)
 	if err != nil {
 		return err
@@ -80,6 +91,12 @@ func (p *Partitions) Reconcile(ctx context.Context) error {
 		p.repairs.WithLabelValues("missing").Inc()
 	}
 	p.missing.Set(float64(missing))
+	now := time.Now()
+	for name := range p.orphans {
+		if known[name] || !attached[name] {
+			delete(p.orphans, name) // its tenant is back, or the partition is gone
+		}
+	}
 	for name := range attached {
 		if known[name] || !strings.HasPrefix(name, "messages_tenant_") {
 			continue
@@ -88,8 +105,17 @@ func (p *Partitions) Reconcile(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		// Rows and partitions commit together, so an attached partition without a row is a leftover.
+		// Rows and partitions commit together, so an attached partition without a row is a deletion in progress
+		// or, after the grace, a leftover.
 		if _, ok, err := p.dir.Tenant(ctx, id); err != nil || ok {
+			continue
+		}
+		seen, ok := p.orphans[name]
+		if !ok {
+			p.orphans[name] = now
+			continue
+		}
+		if now.Sub(seen) < p.grace {
 			continue
 		}
 		p.log.Warn("dropping the partition of a tenant that does not exist", zap.String("partition", name))
@@ -97,6 +123,7 @@ func (p *Partitions) Reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		delete(p.orphans, name)
 		p.repairs.WithLabelValues("orphan").Inc()
 	}
 	return errors.Join(errs...)

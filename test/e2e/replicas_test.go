@@ -223,6 +223,18 @@ func TestReconciliationRepairs(t *testing.T) {
 		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
 	}, "stored after partition repair")
 	require.NotEmpty(t, a.Logs.FilterMessage("tenant has no partition; making it again").All())
+
+	// A partition whose tenant row is gone is a deletion in progress (its owner may still be storing into it)
+	// until it has been so for RECONCILE_ORPHAN_GRACE; then it is a leftover and dropped.
+	other := uuid.MustParse(a.CreateTenant("orphan-partition", 1))
+	_, err = db.Exec(context.Background(), `DELETE FROM tenants WHERE id = $1`, other)
+	require.NoError(t, err)
+	gone := time.Now()
+	partitionExists := func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM pg_class WHERE relname = $1", messaging.PartitionName(other)) == 1
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool { return !partitionExists() }, "orphan partition dropped")
+	require.GreaterOrEqual(t, time.Since(gone), cfg.ReconcileOrphanGrace, "the partition was dropped before the grace")
 }
 
 func scrape(t *testing.T, base string) string {
