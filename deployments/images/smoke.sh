@@ -19,20 +19,26 @@ for img in msgsvc:local msgsvc-local/postgres:15 msgsvc-local/rabbitmq:4.0 msgsv
   docker image inspect "$img" >/dev/null 2>&1 || die "image $img is missing: run go tool task images:local"
 done
 
-# A free host port: nothing accepts a connection on it.
+# A free host port: nothing accepts a connection on it. Taken below the kernel's ephemeral range, where no
+# outgoing connection or port-0 listener of the tests running meanwhile (test:local runs beside this) is given
+# one between this check and Docker's bind.
+ephemeral_low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$ephemeral_low" -gt 21000 ] 2>/dev/null || ephemeral_low=50000
 free_port() {
   local p
   for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % (ephemeral_low - 20000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
   die "no free port found"
 }
-MSGSVC_PORT=$(free_port) PROMETHEUS_PORT=$(free_port) POSTGRES_PORT=$(free_port) RABBITMQ_AMQP_PORT=$(free_port)
-RABBITMQ_UI_PORT=$(free_port) RABBITMQ_METRICS_PORT=$(free_port) GRAFANA_PORT=$(free_port)
+pick_ports() {
+  MSGSVC_PORT=$(free_port) PROMETHEUS_PORT=$(free_port) POSTGRES_PORT=$(free_port) RABBITMQ_AMQP_PORT=$(free_port)
+  RABBITMQ_UI_PORT=$(free_port) RABBITMQ_METRICS_PORT=$(free_port) GRAFANA_PORT=$(free_port)
+  export MSGSVC_PORT PROMETHEUS_PORT POSTGRES_PORT RABBITMQ_AMQP_PORT RABBITMQ_UI_PORT RABBITMQ_METRICS_PORT GRAFANA_PORT
+}
 MSGSVC_ADMIN_API_KEY="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-export MSGSVC_PORT PROMETHEUS_PORT POSTGRES_PORT RABBITMQ_AMQP_PORT RABBITMQ_UI_PORT RABBITMQ_METRICS_PORT \
-  GRAFANA_PORT MSGSVC_ADMIN_API_KEY
+export MSGSVC_ADMIN_API_KEY
 
 files=(-f deployments/docker-compose.yml -f deployments/docker-compose.local.yml -f deployments/images/compose.smoke.yml)
 dc() { "${compose[@]}" -p $project "${files[@]}" "$@"; }
@@ -55,9 +61,23 @@ trap cleanup EXIT
 
 start=$SECONDS
 dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true # leftovers of an interrupted run
-echo "compose:smoke: up (service on 127.0.0.1:$MSGSVC_PORT, Prometheus on 127.0.0.1:$PROMETHEUS_PORT)"
-# `up -d` waits for the depends_on health conditions itself; the timeout stops it from hanging.
-timeout "$wait_s" "${compose[@]}" -p $project "${files[@]}" up -d --no-build || die "the stack did not come up healthy within ${wait_s}s"
+# `up -d` waits for the depends_on health conditions itself; the timeout stops it from hanging. A port taken
+# by someone else between the check and the bind ("address already in use") gets other ports, twice at most.
+for attempt in 1 2 3; do
+  pick_ports
+  echo "compose:smoke: up (service on 127.0.0.1:$MSGSVC_PORT, Prometheus on 127.0.0.1:$PROMETHEUS_PORT)"
+  if out=$(timeout "$wait_s" "${compose[@]}" -p $project "${files[@]}" up -d --no-build 2>&1); then
+    echo "$out"
+    break
+  fi
+  echo "$out" >&2
+  if [ $attempt -lt 3 ] && grep -q 'address already in use' <<<"$out"; then
+    echo "compose:smoke: a host port was taken meanwhile; again on other ports" >&2
+    dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
+    continue
+  fi
+  die "the stack did not come up healthy within ${wait_s}s"
+done
 
 # Every container healthy (Prometheus last: it waits for the service).
 deadline=$((SECONDS + wait_s))
