@@ -444,8 +444,14 @@ rmq_logs() { tail_log "$RMQ/log/startup.log" "$RMQ/log/rabbit.log"; }
 # rmq_wait_ready WHAT: wait for AMQP, management API and Prometheus endpoint while the node lives.
 rmq_wait_ready() {
 	local what="$1" deadline=$(($(now) + TIMEOUT))
+	local gone=0
 	until rmq_ready; do
-		if ! rmq_node_pid >/dev/null; then
+		# The node's pid is looked up through /proc/PID/environ, which reads as empty for a moment while the
+		# wrapper execs rabbitmq-server and its scripts exec the VM: the node counts as gone only when it is
+		# missing three times in a row.
+		if rmq_node_pid >/dev/null; then
+			gone=0
+		elif ((++gone >= 3)); then
 			rmq_logs
 			die "RabbitMQ node $RMQ_NODE exited during $what (logs: $RMQ/log)"
 		fi
