@@ -202,7 +202,7 @@ func (p *ConsumerPool) lose(pc *pooledConn) {
 		return
 	}
 	p.removeLocked(pc)
-	closed := p.closed
+	closed, used := p.closed, pc.used
 	p.mu.Unlock()
 	if !closed {
 		if pc.isolated {
@@ -211,7 +211,7 @@ func (p *ConsumerPool) lose(pc *pooledConn) {
 			p.lost.Add(1)
 		}
 		p.log.Warn("consumer connection lost; its consumers start again on another one, paced",
-			zap.String("connection", pc.name), zap.Int("consumers", pc.used))
+			zap.String("connection", pc.name), zap.Int("consumers", used))
 	}
 	p.retire(pc)
 }
