@@ -1842,7 +1842,7 @@ const docTemplate = `{
                     "example": "0193a5b0-7c1e-7d2f-9a4b-1c2d3e4f5a6b"
                 },
                 "workers": {
-                    "description": "Workers is the tenant's configured worker count; RateLimit its publish limit in messages per second per\nreplica (0: unlimited), RateLimitDefault whether that is RATE_LIMIT_DEFAULT.",
+                    "description": "Workers is the tenant's configured worker count; RateLimit its publish limit in messages per second for\nthe cluster (0: unlimited), RateLimitDefault whether that is RATE_LIMIT_DEFAULT.",
                     "type": "integer",
                     "example": 3
                 }

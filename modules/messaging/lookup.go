@@ -131,8 +131,8 @@ type Stats struct {
 	QueueMessages  int   `json:"queue_messages" example:"12"`
 	QueueConsumers int   `json:"queue_consumers" example:"1"`
 	DeadLetters    int64 `json:"dead_letters" example:"2"`
-	// Workers is the tenant's configured worker count; RateLimit its publish limit in messages per second per
-	// replica (0: unlimited), RateLimitDefault whether that is RATE_LIMIT_DEFAULT.
+	// Workers is the tenant's configured worker count; RateLimit its publish limit in messages per second for
+	// the cluster (0: unlimited), RateLimitDefault whether that is RATE_LIMIT_DEFAULT.
 	Workers          int     `json:"workers" example:"3"`
 	RateLimit        float64 `json:"rate_limit" example:"100"`
 	RateLimitDefault bool    `json:"rate_limit_default" example:"true"`
