@@ -2,6 +2,7 @@ package messaging
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strconv"
@@ -69,14 +70,26 @@ type Sweeper struct {
 	m     *RetentionMetrics
 	log   *zap.Logger
 	kicks chan struct{}
+	// lastSize is each owned tenant's partition size at its last sweep, kept for a sweep that cannot read it.
+	lastSize map[uuid.UUID]float64
 }
+
+// sweepLockTimeout bounds how long one statement of a sweep waits for a lock on a tenant's partition or the
+// dead letters (lock_timeout, set for its transaction only). A partition that someone holds against writes (a
+// CREATE INDEX without CONCURRENTLY, an operator's LOCK TABLE or long transaction) is passed over until the
+// next sweep, so that it never holds back the sweep of the replica's other tenants.
+const sweepLockTimeout = "200ms"
+
+// lockNotAvailable is SQLSTATE 55P03, what lock_timeout raises.
+const lockNotAvailable = "55P03"
 
 // NewSweeper returns a Sweeper of the tenants owns says this replica owns.
 func NewSweeper(db *bun.DB, dir events.TenantDirectory, owns func(uuid.UUID) bool, opts SweeperOptions, m *RetentionMetrics, log *zap.Logger) *Sweeper {
 	if opts.Batch <= 0 {
 		opts.Batch = 1000
 	}
-	return &Sweeper{db: db, dir: dir, owns: owns, opts: opts, m: m, log: log.Named("retention"), kicks: make(chan struct{}, 1)}
+	return &Sweeper{db: db, dir: dir, owns: owns, opts: opts, m: m, log: log.Named("retention"), kicks: make(chan struct{}, 1),
+		lastSize: map[uuid.UUID]float64{}}
 }
 
 // Kick asks for a sweep before the next interval (a retention was shortened).
@@ -129,7 +142,16 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 			continue
 		}
 		lag = max(lag, l)
+		if size < 0 { // its size could not be read this time: keep the last figure
+			size = s.lastSize[t.ID]
+		}
+		s.lastSize[t.ID] = size
 		bytes[s.m.tenant(t.ID)] += size
+	}
+	for id := range s.lastSize {
+		if !s.owns(id) || !listed(ts, id) {
+			delete(s.lastSize, id)
+		}
 	}
 	s.m.storage.Reset()
 	for label, b := range bytes {
@@ -141,31 +163,24 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 }
 
 // sweepTenant deletes the tenant's expired messages and dead letters; it returns how far past its age the
-// oldest expired message left is (0 when none is) and the partition's size in bytes. A tenant deleted
-// meanwhile (its partition gone) is no error.
+// oldest expired message left is (0 when none is) and the partition's size in bytes (-1 when it could not be
+// read for a lock). A tenant deleted meanwhile (its partition gone) is no error, nor is a partition locked
+// beyond sweepLockTimeout: it is passed over until the next sweep.
 func (s *Sweeper) sweepTenant(ctx context.Context, t events.Tenant) (lag, size float64, err error) {
 	part := partitionIdent(t.ID)
 	// The tenant_id condition, always true in its partition, lets the planner walk the (tenant_id, created_at,
 	// id) index in order.
 	tenant := ` WHERE tenant_id = ` + tenantLiteral(t.ID)
-	if age := maxAge(t, s.opts.Default); age > 0 {
+	age := maxAge(t, s.opts.Default)
+	if age > 0 {
 		// ctid = ANY(ARRAY(...)) is a TID scan of the rows the index found; the subquery walks the index from
 		// its oldest end, so that each batch reads only what it deletes.
 		q := `DELETE FROM ` + part + ` WHERE ctid = ANY(ARRAY(SELECT ctid FROM ` + part +
 			tenant + ` AND created_at < now() - make_interval(secs => $1) ORDER BY created_at, id LIMIT ` + strconv.Itoa(s.opts.Batch) + `))`
 		n, err := s.deleteBatches(ctx, q, float64(age))
 		s.m.deleted.WithLabelValues(s.m.tenant(t.ID), "messages").Add(float64(n))
-		if err != nil {
+		if err != nil && !s.passedOver(t.ID, "messages", err) {
 			return 0, 0, s.gone(t.ID, err)
-		}
-		var oldest *time.Time
-		var now time.Time
-		if err := s.db.DB.QueryRowContext(ctx, `SELECT (SELECT created_at FROM `+part+tenant+` ORDER BY created_at, id LIMIT 1), now()`,
-			pgx.QueryExecModeSimpleProtocol).Scan(&oldest, &now); err != nil {
-			return 0, 0, s.gone(t.ID, err)
-		}
-		if oldest != nil {
-			lag = max(0, now.Sub(oldest.Add(time.Duration(age)*time.Second)).Seconds())
 		}
 	}
 	if s.opts.DeadLetters > 0 {
@@ -173,14 +188,30 @@ func (s *Sweeper) sweepTenant(ctx context.Context, t events.Tenant) (lag, size f
 			` AND dead_lettered_at < now() - make_interval(secs => $1) ORDER BY dead_lettered_at, id LIMIT ` + strconv.Itoa(s.opts.Batch) + `))`
 		n, err := s.deleteBatches(ctx, q, s.opts.DeadLetters.Seconds())
 		s.m.deleted.WithLabelValues(s.m.tenant(t.ID), "dead_letters").Add(float64(n))
-		if err != nil {
+		if err != nil && !s.passedOver(t.ID, "dead_letters", err) {
 			return 0, 0, fmt.Errorf("retention: dead letters of tenant %s: %w", t.ID, err)
 		}
 	}
+	// What is left: the oldest message (for the lag, also of a tenant passed over) and the partition's size.
+	var oldest *time.Time
+	var now time.Time
 	var b *int64
-	if err := s.db.DB.QueryRowContext(ctx, `SELECT pg_total_relation_size(to_regclass($1::text))`, pgx.QueryExecModeSimpleProtocol,
-		PartitionName(t.ID)).Scan(&b); err != nil {
-		return 0, 0, fmt.Errorf("retention: size of tenant %s: %w", t.ID, err)
+	oldestSQL := `NULL::timestamptz`
+	if age > 0 {
+		oldestSQL = `(SELECT created_at FROM ` + part + tenant + ` ORDER BY created_at, id LIMIT 1)`
+	}
+	err = s.bounded(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT `+oldestSQL+`, now(), pg_total_relation_size(to_regclass($1::text))`,
+			pgx.QueryExecModeSimpleProtocol, PartitionName(t.ID)).Scan(&oldest, &now, &b)
+	})
+	if err != nil {
+		if s.passedOver(t.ID, "messages", err) {
+			return 0, -1, nil
+		}
+		return 0, 0, s.gone(t.ID, err)
+	}
+	if oldest != nil {
+		lag = max(0, now.Sub(oldest.Add(time.Duration(age)*time.Second)).Seconds())
 	}
 	if b != nil {
 		size = float64(*b)
@@ -188,17 +219,53 @@ func (s *Sweeper) sweepTenant(ctx context.Context, t events.Tenant) (lag, size f
 	return lag, size, nil
 }
 
-// deleteBatches runs q (one bounded delete, its own transaction) until it deletes less than a batch, pausing
-// between batches to keep to Share.
+// bounded runs fn in a transaction whose statements wait at most sweepLockTimeout for a lock.
+func (s *Sweeper) bounded(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = '`+sweepLockTimeout+`'`); err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// passedOver reports whether err is a lock wait that ran out (the tenant's table is held by someone else), and
+// if so counts and logs it: the tenant is swept again next time.
+func (s *Sweeper) passedOver(id uuid.UUID, table string, err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != lockNotAvailable {
+		return false
+	}
+	s.m.locked.WithLabelValues(table).Inc()
+	s.log.Info("tenant's table locked by another session; its sweep waits for the next one",
+		zap.String("tenant_id", id.String()), zap.String("table", table))
+	return true
+}
+
+// deleteBatches runs q (one bounded delete, its own transaction with a bounded lock wait) until it deletes less
+// than a batch, pausing between batches to keep to Share.
 func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float64) (int64, error) {
 	var total int64
 	for {
 		began := time.Now()
-		res, err := s.db.DB.ExecContext(ctx, q, pgx.QueryExecModeSimpleProtocol, ageSeconds)
+		var n int64
+		err := s.bounded(ctx, func(tx *sql.Tx) error {
+			res, err := tx.ExecContext(ctx, q, pgx.QueryExecModeSimpleProtocol, ageSeconds)
+			if err != nil {
+				return err
+			}
+			n, _ = res.RowsAffected()
+			return nil
+		})
 		if err != nil {
 			return total, err
 		}
-		n, _ := res.RowsAffected()
 		total += n
 		if n < int64(s.opts.Batch) {
 			return total, nil
@@ -213,6 +280,16 @@ func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float6
 			return total, err
 		}
 	}
+}
+
+// listed reports whether id is among ts.
+func listed(ts []events.Tenant, id uuid.UUID) bool {
+	for _, t := range ts {
+		if t.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // gone turns the error of a tenant whose partition was dropped meanwhile (undefined_table) into nil.
@@ -232,6 +309,7 @@ type RetentionMetrics struct {
 	duration  prometheus.Histogram
 	lag       prometheus.Gauge
 	storage   *prometheus.GaugeVec
+	locked    *prometheus.CounterVec
 }
 
 // NewRetentionMetrics registers the retention sweeper's series on reg; with perTenant false the tenant label is "all".
@@ -246,8 +324,10 @@ func NewRetentionMetrics(reg prometheus.Registerer, perTenant bool) *RetentionMe
 			Help: "After the last sweep, how far past its age the oldest expired message not yet deleted is, over this replica's tenants (0: none left)."}),
 		storage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "tenant_storage_bytes",
 			Help: "Size of the tenant's partition with its indexes and TOAST, refreshed by each retention sweep, for the tenants this replica owns."}, []string{"tenant"}),
+		locked: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "retention_locked_total",
+			Help: "Tenants' sweeps passed over until the next sweep because another session held their table (messages or dead_letters) longer than the sweep waits for a lock."}, []string{"table"}),
 	}
-	reg.MustRegister(m.deleted, m.duration, m.lag, m.storage)
+	reg.MustRegister(m.deleted, m.duration, m.lag, m.storage, m.locked)
 	return m
 }
 
