@@ -213,6 +213,27 @@ func TestRetentionChangeHoldsOnEveryReplica(t *testing.T) {
 	}, "the owner swept the tenant after the change")
 }
 
+// sweepSetup starts a service that sweeps only when asked and creates the named tenants, each kept 60 s with 3
+// messages an hour old; it returns the service's *bun.DB and tenant directory, for a Sweeper of the test's own.
+func sweepSetup(t *testing.T, names ...string) (*testenv.App, *pgx.Conn, *bun.DB, events.TenantDirectory, []string) {
+	t.Helper()
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = time.Hour
+	var bdb *bun.DB
+	var dir events.TenantDirectory
+	a := testenv.Start(t, cfg, fx.Populate(&bdb, &dir))
+	db := a.DB()
+	ids := make([]string, len(names))
+	for i, name := range names {
+		r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": name, "concurrency_config": 1, "max_age_seconds": 60})
+		require.Equal(t, http.StatusCreated, r.Status, string(r.Body))
+		ids[i] = r.Map(t)["id"].(string)
+		insertAged(t, db, ids[i], 3, time.Hour)
+	}
+	return a, db, bdb, dir, ids
+}
+
 // deletingDirectory lists the tenants, then deletes one of them before the sweep gets to it.
 type deletingDirectory struct {
 	events.TenantDirectory
@@ -228,21 +249,8 @@ func (d deletingDirectory) Tenants(ctx context.Context) ([]events.Tenant, error)
 // TestSweepOfATenantDeletedMidwayIsNoError: a tenant deleted between the sweep's listing and its deletes is
 // skipped without error, and the sweep goes on to the next tenant.
 func TestSweepOfATenantDeletedMidwayIsNoError(t *testing.T) {
-	s := testenv.Get(t)
-	cfg := s.Config(t)
-	cfg.RetentionInterval = time.Hour
-	var bdb *bun.DB
-	var dir events.TenantDirectory
-	a := testenv.Start(t, cfg, fx.Populate(&bdb, &dir))
-	db := a.DB()
-	create := func(name string) string {
-		r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": name, "concurrency_config": 1, "max_age_seconds": 60})
-		require.Equal(t, http.StatusCreated, r.Status, string(r.Body))
-		return r.Map(t)["id"].(string)
-	}
-	gone, kept := create("gone"), create("kept")
-	insertAged(t, db, gone, 3, time.Hour)
-	insertAged(t, db, kept, 3, time.Hour)
+	a, db, bdb, dir, ids := sweepSetup(t, "gone", "kept")
+	gone, kept := ids[0], ids[1]
 	sw := messaging.NewSweeper(bdb, deletingDirectory{dir, func() {
 		require.Equal(t, http.StatusNoContent, a.Do(http.MethodDelete, "/api/v1/tenants/"+gone, nil).Status)
 		require.Zero(t, testenv.Count(t, db, "SELECT count(*) FROM pg_class WHERE relname = $1", messaging.PartitionName(uuid.MustParse(gone))),
@@ -269,21 +277,9 @@ func (d lockedFirstDirectory) Tenants(ctx context.Context) ([]events.Tenant, err
 // CREATE INDEX without CONCURRENTLY holds it) does not hold back the sweep of the replica's other tenants: the
 // sweep passes it over at once, without an error, and deletes it the next time, once the lock is gone.
 func TestSweepPassesOverALockedPartition(t *testing.T) {
-	s := testenv.Get(t)
-	cfg := s.Config(t)
-	cfg.RetentionInterval = time.Hour
-	var bdb *bun.DB
-	var dir events.TenantDirectory
-	a := testenv.Start(t, cfg, fx.Populate(&bdb, &dir))
-	db := a.DB()
-	create := func(name string) string {
-		r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": name, "concurrency_config": 1, "max_age_seconds": 60})
-		require.Equal(t, http.StatusCreated, r.Status, string(r.Body))
-		return r.Map(t)["id"].(string)
-	}
-	locked, free := create("locked"), create("free")
-	insertAged(t, db, locked, 3, time.Hour)
-	insertAged(t, db, free, 3, time.Hour)
+	a, db, bdb, dir, ids := sweepSetup(t, "locked", "free")
+	locked, free := ids[0], ids[1]
+	cfg := a.Config
 
 	holder := testenv.Connect(t, cfg.DatabaseURL)
 	ctx := context.Background()
