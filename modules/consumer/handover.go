@@ -37,9 +37,10 @@ type leaseHolder interface {
 type successors struct {
 	now func() time.Time
 
-	mu      sync.Mutex
-	seen    map[uuid.UUID]announcement // tenant → the last announcement of another replica that it consumes its queue
-	changed chan struct{}              // closed and replaced at every record
+	mu       sync.Mutex
+	seen     map[uuid.UUID]announcement // tenant → the last announcement of another replica that it consumes its queue
+	lastFrom map[string]time.Time       // replica → when its last announcement arrived (the process's clock)
+	changed  chan struct{}              // closed and replaced at every record
 }
 
 // announcement is another replica's consumer start as this replica heard of it.
@@ -49,7 +50,7 @@ type announcement struct {
 }
 
 func newSuccessors(now func() time.Time) *successors {
-	return &successors{now: now, seen: map[uuid.UUID]announcement{}, changed: make(chan struct{})}
+	return &successors{now: now, seen: map[uuid.UUID]announcement{}, lastFrom: map[string]time.Time{}, changed: make(chan struct{})}
 }
 
 // record notes that replica consumes the queues of tenants.
@@ -60,6 +61,7 @@ func (s *successors) record(replica string, tenants []uuid.UUID) {
 	for _, id := range tenants {
 		s.seen[id] = announcement{replica: replica, at: at}
 	}
+	s.lastFrom[replica] = time.Now()
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
@@ -73,34 +75,72 @@ func (s *successors) forget(id uuid.UUID) {
 }
 
 // lookup returns the replica whose announcement that it consumes tenant id arrived at or after since ("" when
-// none did), and a channel closed at the next record.
-func (s *successors) lookup(id uuid.UUID, since time.Time) (string, <-chan struct{}) {
+// none did), a channel closed at the next record, and when owner's last announcement of any tenant arrived.
+func (s *successors) lookup(id uuid.UUID, since time.Time, owner string) (string, <-chan struct{}, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.seen[id]
 	if !ok || a.at.Before(since) {
-		return "", s.changed
+		return "", s.changed, s.lastFrom[owner]
 	}
-	return a.replica, s.changed
+	return a.replica, s.changed, s.lastFrom[owner]
 }
 
 // wait returns the replica whose announcement that it consumes tenant id arrived at or after since: at once when
 // one did already, else as soon as one does; "" when ctx ended or stop closed first. An older announcement may
 // be of a consumer that stopped since (a view of the replica set that was briefly wrong, a replica restarted).
 func (s *successors) wait(ctx context.Context, id uuid.UUID, since time.Time, stop <-chan struct{}) string {
+	return s.waitProgress(ctx, id, since, "", 0, stop)
+}
+
+// waitProgress is wait that also gives up once owner (the replica expected to take tenant id over) has announced
+// nothing for quiet, counted from the later of the call and its last announcement of any tenant. A new owner that
+// is starting its share of a rolling restart (hundreds or thousands of consumers, paced) keeps announcing as it
+// goes, so the replica giving tenants up keeps consuming until it reaches theirs, however long that takes, while
+// an owner that went quiet (stuck, gone) is given up on after quiet. quiet ≤ 0: only ctx and stop bound it.
+func (s *successors) waitProgress(ctx context.Context, id uuid.UUID, since time.Time, owner string, quiet time.Duration, stop <-chan struct{}) string {
+	began := time.Now()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
-		replica, changed := s.lookup(id, since)
+		replica, changed, last := s.lookup(id, since, owner)
 		if replica != "" {
 			return replica
 		}
+		var idle <-chan time.Time
+		if quiet > 0 {
+			left := time.Until(later(began, last).Add(quiet))
+			if left <= 0 {
+				return ""
+			}
+			if timer == nil {
+				timer = time.NewTimer(left)
+			} else {
+				timer.Reset(left)
+			}
+			idle = timer.C
+		}
 		select {
 		case <-changed:
+		case <-idle:
 		case <-ctx.Done():
 			return ""
 		case <-stop:
 			return ""
 		}
 	}
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // announcer relays, in batches, the tenants whose consumer started on this replica.
@@ -179,8 +219,13 @@ func (r *Runtime) holdsLease() bool {
 	return ok && h.Holds()
 }
 
+// handoverCap bounds, in HandoverWaits, how long a replica giving a tenant up keeps consuming while the new owner
+// is still announcing other tenants' starts.
+const handoverCap = 10
+
 // handOver gives up tenant id's consumer make-before-break, in the background: it keeps consuming until another
-// replica announced it consumes the queue or HandoverWait passed, then drains and stops, unless the tenant is
+// replica announced it consumes the queue, or the new owner announced nothing for HandoverWait (it goes on
+// announcing while it starts its share of many tenants; handoverCap × HandoverWait at most), then drains and stops, unless the tenant is
 // this replica's again by then. A handover already under way is left alone; a Stop meanwhile (a fenced replica,
 // a deletion) stops the consumer at once, and the handover then finds nothing to stop.
 func (r *Runtime) handOver(id uuid.UUID) {
@@ -203,8 +248,8 @@ func (r *Runtime) handOver(id uuid.UUID) {
 			// The new owner may have seen the change, started and announced before this replica saw it (up to a
 			// heartbeat interval, and however long this replica's reconciliation was busy).
 			since := time.Now().Add(-r.opts.HandoverLookback)
-			ctx, cancel := context.WithTimeout(context.Background(), r.opts.HandoverWait)
-			successor = r.succ.wait(ctx, id, since, r.stopLoop)
+			ctx, cancel := context.WithTimeout(context.Background(), handoverCap*r.opts.HandoverWait)
+			successor = r.succ.waitProgress(ctx, id, since, r.place.Owner(id), r.opts.HandoverWait, r.stopLoop)
 			cancel()
 		}
 		select {

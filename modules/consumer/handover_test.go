@@ -183,3 +183,55 @@ func counted(c prometheus.Counter) float64 {
 	_ = c.Write(&m)
 	return m.GetCounter().GetValue()
 }
+
+// A waiter whose new owner keeps announcing other tenants' starts (a rolling restart's thousands, paced) waits
+// past quiet until its own tenant's announcement; an owner that announces nothing, or another replica's
+// announcements, do not keep it waiting past quiet.
+func TestSuccessorWaitLastsWhileTheOwnerMakesProgress(t *testing.T) {
+	s := newSuccessors(time.Now)
+	var zero time.Time
+	const quiet = time.Second
+	mine := uuid.New()
+	announce := func(replica string, until <-chan struct{}) <-chan int {
+		n := make(chan int, 1)
+		go func() {
+			i := 0
+			defer func() { n <- i }()
+			for ; ; i++ {
+				select {
+				case <-until:
+					return
+				case <-time.After(50 * time.Millisecond):
+					s.record(replica, []uuid.UUID{uuid.New()})
+				}
+			}
+		}()
+		return n
+	}
+
+	got := make(chan string, 1)
+	began := time.Now()
+	go func() { got <- s.waitProgress(context.Background(), mine, zero, "replica-b", quiet, nil) }()
+	stopB := make(chan struct{})
+	n := announce("replica-b", stopB)
+	// Announce the waiter's tenant once the owner has gone on for three times quiet.
+	time.Sleep(3 * quiet)
+	select {
+	case r := <-got:
+		t.Fatalf("the wait ended (%q) while the owner was still announcing", r)
+	default:
+	}
+	s.record("replica-b", []uuid.UUID{mine})
+	require.Equal(t, "replica-b", <-got)
+	close(stopB)
+	require.Greater(t, <-n, 10)
+	require.Greater(t, time.Since(began), 3*quiet)
+
+	// Only another replica announces: the wait for replica-b ends after quiet, while replica-c goes on.
+	other := uuid.New()
+	stopC := make(chan struct{})
+	n = announce("replica-c", stopC)
+	require.Empty(t, s.waitProgress(context.Background(), other, time.Now(), "replica-b", quiet, nil))
+	close(stopC)
+	require.Less(t, <-n, 200, "the wait lasted as long as another replica's announcements")
+}

@@ -433,8 +433,8 @@ func (r *Runtime) loop() {
 
 // Shutdown leaves the placement (the other replicas take this one's tenants; their consumers wait until this
 // one's stop), stops reconciliation and drains every consumer; queues and their messages stay. Each consumer
-// keeps consuming until the replica taking its tenant over announced its own consumer (make-before-break), for
-// HandoverWait at most and never so long that the drain would not fit in ctx's deadline.
+// keeps consuming until the replica taking its tenant over announced its own consumer (make-before-break), or
+// that replica announced nothing for HandoverWait, and never so long that the drain would not fit in ctx's deadline.
 func (r *Runtime) Shutdown(ctx context.Context) error {
 	// The others take this replica's tenants once it left: an announcement from before is of another handover.
 	leaving := time.Now()
@@ -462,9 +462,10 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
-	wait := r.opts.HandoverWait
+	// Each consumer waits while the new owner keeps announcing consumer starts (HandoverWait after its last), up
+	// to handoverCap × HandoverWait, and never past what the drain and the stop hooks after this one need.
+	wait := handoverCap * r.opts.HandoverWait
 	if deadline, ok := ctx.Deadline(); ok {
-		// The drain, and the stop hooks after this one, need the rest.
 		wait = min(wait, time.Until(deadline)-r.opts.DrainTimeout-shutdownReserve)
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, max(wait, 0))
@@ -478,7 +479,7 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			// No other replica is live (no owner, or this one): nobody is going to announce.
-			if owner := r.place.Owner(tc.id); owner != "" && owner != r.opts.ReplicaID && r.succ.wait(waitCtx, tc.id, leaving, nil) == "" {
+			if owner := r.place.Owner(tc.id); owner != "" && owner != r.opts.ReplicaID && r.succ.waitProgress(waitCtx, tc.id, leaving, owner, r.opts.HandoverWait, nil) == "" {
 				unannounced.Add(1)
 				r.metrics.handoversUnannounced.Inc()
 			}
