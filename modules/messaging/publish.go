@@ -192,7 +192,7 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 	}
 	switch {
 	case err == nil:
-		s.metrics.published.WithLabelValues(s.metrics.tenant(tenantID)).Add(float64(len(ids)))
+		s.metrics.publishedFor(tenantID).Add(float64(len(ids)))
 		return nil
 	case errors.Is(err, broker.ErrUnroutable):
 		s.metrics.pubFailed.WithLabelValues("unroutable").Add(float64(len(ids)))

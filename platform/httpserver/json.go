@@ -41,9 +41,9 @@ func DecodeJSONLimit(r *http.Request, dst any, limit int64) error {
 // (HTTP_MAX_BODY_BYTES) and UTF-8: a handler with a faster decoder for its usual bodies reads the body once and
 // leaves the others, and the wording of every error, to DecodeJSONBody.
 func ReadJSON(r *http.Request) ([]byte, error) {
-	limit, ok := r.Context().Value(bodyLimitKey{}).(int64)
-	if !ok {
-		limit = 1 << 20
+	limit := int64(1 << 20)
+	if b, ok := r.Body.(*limitedBody); ok {
+		limit = b.limit
 	}
 	return ReadJSONLimit(r, limit)
 }
