@@ -400,6 +400,10 @@ func (r *runner) measurePipeline(ctx context.Context, s *Scenario, run *serviceR
 		per := (after["msgsvc_messages_per_publish_sum"] - before["msgsvc_messages_per_publish_sum"]) / pubs
 		s.add("per_publish", "mean messages per AMQP publish (envelope size)", per, "", fmt.Sprintf("%.1f", per))
 	}
+	if ins := after["msgsvc_messages_per_insert_count"] - before["msgsvc_messages_per_insert_count"]; ins > 0 {
+		per := (after["msgsvc_messages_per_insert_sum"] - before["msgsvc_messages_per_insert_sum"]) / ins
+		s.add("per_insert", "mean messages per insert statement (the service's count)", per, "", fmt.Sprintf("%.1f", per))
+	}
 	return nil
 }
 
