@@ -201,8 +201,8 @@ func (b *storeBatcher) run() {
 	lastStores, lastRows := 0, 0
 	for {
 		b.mu.Lock()
-		if b.linger > 0 && lastStores > 1 && len(b.waiting) > 0 && b.waitingRows < lastRows {
-			b.want = lastRows
+		if want := lingerWant(b.linger, lastStores, lastRows, len(b.waiting), b.waitingRows); want > 0 {
+			b.want = want
 			b.mu.Unlock()
 			t := time.NewTimer(b.linger)
 			select {
@@ -227,6 +227,17 @@ func (b *storeBatcher) run() {
 		b.mu.Unlock()
 		b.exec(batch, rows)
 	}
+}
+
+// lingerWant is how many rows the runner waits for (up to linger) before its next statement, 0 for none: after
+// a statement that carried the stores of several workers (the service is busy) as many rows as it had, unless
+// they wait already. Nothing waiting means the runner stops, so an idle service's next store goes at once; a
+// statement of one store means nobody else is storing, and its successor does not wait either.
+func lingerWant(linger time.Duration, lastStores, lastRows, waiting, waitingRows int) int {
+	if linger <= 0 || lastStores < 2 || waiting == 0 || waitingRows >= lastRows {
+		return 0
+	}
+	return lastRows
 }
 
 // take removes the next statement's stores from the waiting ones and returns them with their row count; the
