@@ -453,7 +453,8 @@ func compareWithRaw(rep *Report) {
 			if s.ID != 3 {
 				line += fmt.Sprintf(", publish p99 %s, service %s", metricText(run, "publish_p99"), metricText(run, "cpu_service"))
 			}
-			line += fmt.Sprintf(", RabbitMQ %s, PostgreSQL %s", metricText(run, "cpu_rabbitmq"), metricText(run, "cpu_postgres"))
+			line += fmt.Sprintf(", RabbitMQ %s, PostgreSQL %s, lost %s, stored twice %s", metricText(run, "cpu_rabbitmq"),
+				metricText(run, "cpu_postgres"), metricText(run, "lost"), metricText(run, "dup_rows"))
 			if s.ID == 1 {
 				line += fmt.Sprintf(", envelope %s, rows/tx %s", metricText(run, "per_publish"), metricText(run, "rows_per_tx"))
 				if rawCPU > 0 {
