@@ -431,7 +431,7 @@ func compareWithRaw(rep *Report) {
 		}
 		if c := cpuPair(s); rawCPU > 0 && c > 0 {
 			s.add("cpu_vs_raw", "RabbitMQ + PostgreSQL CPU per message vs raw", c/rawCPU, "×",
-				fmt.Sprintf("%.2f ×", c/rawCPU)).atMost(2, "2 ×")
+				fmt.Sprintf("%.2f ×", c/rawCPU)).atMost(1.5, "1.5 ×")
 		} else {
 			s.na("cpu_vs_raw", "RabbitMQ + PostgreSQL CPU per message vs raw", "n/a (run scenario 3)")
 		}

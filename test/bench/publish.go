@@ -234,7 +234,7 @@ func (r *runner) publishScenario(ctx context.Context, s *Scenario) error {
 	}
 	s.metric("stored_rate").atLeast(3000, "3,000 /s")
 	s.metric("publish_p99").atMost(50, "50 ms")
-	s.metric("cpu_service").atMost(0.15, "0.15 ms")
+	s.metric("cpu_service").atMost(0.10, "0.10 ms")
 	return nil
 }
 
