@@ -55,17 +55,24 @@ type MessagePage = pagination.Page[Message]
 func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start
 	defer cancel()
-	var req PublishRequest
-	if err := httpserver.DecodeJSON(r, &req); err != nil {
+	body, err := httpserver.ReadJSON(r)
+	if err != nil {
 		problem.Write(w, r, err)
 		return
+	}
+	var req PublishRequest
+	if !parsePublish(body, &req) { // an unusual body: the strict decoder decides, and words the error
+		if err := httpserver.DecodeJSONBody(body, &req); err != nil {
+			problem.Write(w, r, err)
+			return
+		}
 	}
 	a, err := h.svc.Publish(ctx, req, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		problem.Write(w, r, err)
 		return
 	}
-	httpserver.WriteJSON(w, http.StatusAccepted, a)
+	httpserver.WriteJSONBytes(w, http.StatusAccepted, a.appendJSON(make([]byte, 0, 160)))
 }
 
 // publishBatch godoc

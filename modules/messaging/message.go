@@ -42,7 +42,7 @@ var errPayload = errors.New("payload must be a JSON object or array of valid UTF
 
 // validPayload reports whether raw is a JSON object or array that PostgreSQL's jsonb accepts.
 func validPayload(raw []byte) bool {
-	return plausiblePayload(raw) && json.Valid(raw) && jsonbCompatible(raw)
+	return plausiblePayload(raw) && validJSON(raw) && jsonbCompatible(raw)
 }
 
 // storablePayload is validPayload for raw that is already known to be valid JSON (a json.RawMessage the

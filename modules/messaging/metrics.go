@@ -1,6 +1,8 @@
 package messaging
 
 import (
+	"sync"
+
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,6 +22,29 @@ type Metrics struct {
 	perInsert   prometheus.Histogram
 	stores      storeMetrics
 	ratePeers   prometheus.Gauge
+
+	// publishedBy caches each tenant's messages_published_total series: a publish increments it without
+	// formatting the tenant's id and looking the label up.
+	publishedMu sync.RWMutex
+	publishedBy map[uuid.UUID]prometheus.Counter
+}
+
+// publishedFor returns the tenant's messages_published_total series.
+func (m *Metrics) publishedFor(id uuid.UUID) prometheus.Counter {
+	m.publishedMu.RLock()
+	c, ok := m.publishedBy[id]
+	m.publishedMu.RUnlock()
+	if ok {
+		return c
+	}
+	c = m.published.WithLabelValues(m.tenant(id))
+	m.publishedMu.Lock()
+	if m.publishedBy == nil || len(m.publishedBy) >= 100_000 {
+		m.publishedBy = map[uuid.UUID]prometheus.Counter{}
+	}
+	m.publishedBy[id] = c
+	m.publishedMu.Unlock()
+	return c
 }
 
 // NewMetrics registers the messaging series on reg. With perTenant false the tenant label is "all".
@@ -57,6 +82,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 func (m *Metrics) tenant(id uuid.UUID) string { return metrics.TenantLabel(m.perTenant, id) }
 
 func (m *Metrics) forget(id uuid.UUID) {
+	m.publishedMu.Lock()
+	delete(m.publishedBy, id)
+	m.publishedMu.Unlock()
 	if m.perTenant {
 		for _, v := range []*prometheus.CounterVec{m.published, m.stored, m.duplicates, m.rateLimited} {
 			v.DeleteLabelValues(id.String())

@@ -29,6 +29,32 @@ type Accepted struct {
 	CreatedAt time.Time `json:"created_at" format:"date-time" example:"2026-11-27T10:00:00.123456Z"`
 }
 
+// appendJSON appends a's JSON encoding to b, byte for byte what encoding/json's Encoder writes (with its
+// trailing newline), without reflection. Status is a plain word ("accepted") that needs no escaping.
+func (a Accepted) appendJSON(b []byte) []byte {
+	b = append(b, `{"id":"`...)
+	b = appendUUID(b, a.ID)
+	b = append(b, `","tenant_id":"`...)
+	b = appendUUID(b, a.TenantID)
+	b = append(b, `","status":"`...)
+	b = append(b, a.Status...)
+	b = append(b, `","created_at":"`...)
+	b = a.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	return append(b, "\"}\n"...)
+}
+
+// appendUUID appends id in its canonical form (lower-case hex, as uuid.UUID.String).
+func appendUUID(b []byte, id uuid.UUID) []byte {
+	const digits = "0123456789abcdef"
+	for i, x := range id {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b = append(b, '-')
+		}
+		b = append(b, digits[x>>4], digits[x&0x0f])
+	}
+	return b
+}
+
 func parseTenantID(s *string) (uuid.UUID, error) {
 	if s == nil {
 		return uuid.Nil, problem.Invalid("tenant_id", "is required")
@@ -166,7 +192,7 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 	}
 	switch {
 	case err == nil:
-		s.metrics.published.WithLabelValues(s.metrics.tenant(tenantID)).Add(float64(len(ids)))
+		s.metrics.publishedFor(tenantID).Add(float64(len(ids)))
 		return nil
 	case errors.Is(err, broker.ErrUnroutable):
 		s.metrics.pubFailed.WithLabelValues("unroutable").Add(float64(len(ids)))

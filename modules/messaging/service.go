@@ -74,6 +74,7 @@ func NewService(p ServiceParams) *Service {
 	// tenants that go alone (their stores failed: a locked partition, say) hold at most half the pool.
 	s.stores = newStoreBatcher(p.DB, grouped, p.Config.StoreInsertsInFlight, p.Config.StoreRetryBudget,
 		p.Config.DBMaxOpenConns/2, p.Metrics.perInsert, p.Metrics.stores)
+	s.stores.linger = p.Config.StoreLinger
 	return s
 }
 

@@ -67,10 +67,17 @@ type storeBatcher struct {
 	perInsert  prometheus.Observer
 	metrics    storeMetrics
 
-	mu      sync.Mutex
-	waiting []*storeReq
-	running int
-	alone   map[uuid.UUID]*aloneTenant // tenants whose last store failed; they go alone until one succeeds
+	// linger is how long the runner waits, after a grouped insert of several stores, for as many rows as that
+	// one had (0: never); want and wake are that wait's (want under mu).
+	linger time.Duration
+	want   int
+	wake   chan struct{}
+
+	mu          sync.Mutex
+	waiting     []*storeReq
+	waitingRows int
+	running     int
+	alone       map[uuid.UUID]*aloneTenant // tenants whose last store failed; they go alone until one succeeds
 }
 
 // storeMetrics are the batcher's series besides messages_per_insert.
@@ -119,7 +126,7 @@ func newStoreBatcher(db *bun.DB, grouped *sql.DB, maxRunning int, alonePer time.
 	if alonePer <= 0 {
 		alonePer = storeStmtBudget
 	}
-	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), alonePer: alonePer,
+	return &storeBatcher{db: db, grouped: grouped, maxRunning: max(maxRunning, 1), alonePer: alonePer, wake: make(chan struct{}, 1),
 		aloneSlots: make(chan struct{}, max(aloneSlots, 1)), perInsert: perInsert, metrics: m, alone: map[uuid.UUID]*aloneTenant{}}
 }
 
@@ -161,6 +168,14 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 		return b.insertAlone(ctx, tenantID, msgs)
 	}
 	b.waiting = append(b.waiting, r)
+	b.waitingRows += len(msgs)
+	if b.want > 0 && b.waitingRows >= b.want {
+		b.want = 0
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+	}
 	start := b.running < b.maxRunning
 	if start {
 		b.running++
@@ -183,9 +198,27 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 // run sends what waits, one statement at a time, until nothing waits. A store of a tenant that goes alone is
 // handed back to its caller instead.
 func (b *storeBatcher) run() {
+	lastStores, lastRows := 0, 0
 	for {
 		b.mu.Lock()
+		if want := lingerWant(b.linger, lastStores, lastRows, len(b.waiting), b.waitingRows); want > 0 {
+			b.want = want
+			b.mu.Unlock()
+			t := time.NewTimer(b.linger)
+			select {
+			case <-b.wake:
+			case <-t.C:
+			}
+			t.Stop()
+			b.mu.Lock()
+			b.want = 0
+			select {
+			case <-b.wake:
+			default:
+			}
+		}
 		batch, rows := b.take()
+		lastStores, lastRows = len(batch), rows
 		if len(batch) == 0 {
 			b.running--
 			b.mu.Unlock()
@@ -194,6 +227,17 @@ func (b *storeBatcher) run() {
 		b.mu.Unlock()
 		b.exec(batch, rows)
 	}
+}
+
+// lingerWant is how many rows the runner waits for (up to linger) before its next statement, 0 for none: after
+// a statement that carried the stores of several workers (the service is busy) as many rows as it had, unless
+// they wait already. Nothing waiting means the runner stops, so an idle service's next store goes at once; a
+// statement of one store means nobody else is storing, and its successor does not wait either.
+func lingerWant(linger time.Duration, lastStores, lastRows, waiting, waitingRows int) int {
+	if linger <= 0 || lastStores < 2 || waiting == 0 || waitingRows >= lastRows {
+		return 0
+	}
+	return lastRows
 }
 
 // take removes the next statement's stores from the waiting ones and returns them with their row count; the
@@ -217,6 +261,10 @@ func (b *storeBatcher) take() ([]*storeReq, int) {
 		size += r.bytes
 	}
 	b.waiting = b.waiting[n:]
+	b.waitingRows = 0
+	for _, r := range b.waiting {
+		b.waitingRows += len(r.msgs)
+	}
 	return batch, rows
 }
 

@@ -353,3 +353,25 @@ func TestTenantsThatGoAloneHoldAtMostTheirSlots(t *testing.T) {
 		t.Fatalf("%d rows stored (%v), want %d", n, err, 2*len(tenants))
 	}
 }
+
+// TestLingerWant: the runner waits for more rows only while busy (its last statement carried several workers'
+// stores and fewer rows wait than it had), never when idle or when enough wait already.
+func TestLingerWant(t *testing.T) {
+	for _, c := range []struct {
+		name                                       string
+		linger                                     time.Duration
+		lastStores, lastRows, waiting, waitingRows int
+		want                                       int
+	}{
+		{"busy: wait for as many rows as the last statement", time.Millisecond, 3, 12, 1, 4, 12},
+		{"busy, and enough rows wait already", time.Millisecond, 3, 12, 4, 12, 0},
+		{"the last statement was one store: nobody else stores", time.Millisecond, 1, 12, 1, 4, 0},
+		{"nothing waits: the runner stops, the next store goes at once", time.Millisecond, 3, 12, 0, 0, 0},
+		{"the first statement of a runner", time.Millisecond, 0, 0, 1, 4, 0},
+		{"STORE_LINGER=0", 0, 3, 12, 1, 4, 0},
+	} {
+		if got := lingerWant(c.linger, c.lastStores, c.lastRows, c.waiting, c.waitingRows); got != c.want {
+			t.Errorf("%s: lingerWant = %d, want %d", c.name, got, c.want)
+		}
+	}
+}

@@ -372,8 +372,11 @@ func (p *Publisher) PublishAll(ctx context.Context, ms []Message) error {
 // read (a full socket buffer) can hold it past ctx, until the write proceeds or the connection fails. A caller
 // that must answer on time waits apart, as the coalescer's requests do.
 func (p *Publisher) PublishBuilt(ctx context.Context, build func() (Message, bool)) error {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > p.opts.Timeout { // the coalescer's deadline is sooner
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.opts.Timeout)
+		defer cancel()
+	}
 	var handover atomic.Int32
 	return p.sendAll(ctx, &handover, func() ([]Message, bool) {
 		m, ok := build()

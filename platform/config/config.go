@@ -120,6 +120,9 @@ type Config struct {
 	// StoreInsertsInFlight is how many grouped inserts of the consumers run at once (STORE_INSERTS_IN_FLIGHT);
 	// the stores that come meanwhile, of any tenants, wait and go together as one insert.
 	StoreInsertsInFlight int
+	// StoreLinger is how long the next grouped insert waits, after one that carried the stores of several
+	// workers, for as many rows as that one had (STORE_LINGER); 0 never waits. An idle service never waits.
+	StoreLinger time.Duration
 	// StoreRetryInitial is the first backoff after a transient store failure (STORE_RETRY_INITIAL).
 	StoreRetryInitial time.Duration
 	// StoreRetryBudget is how long a worker retries one delivery before returning it to the queue (STORE_RETRY_BUDGET).
@@ -206,6 +209,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
 		ConsumerLinger:            r.durOrZero("CONSUMER_LINGER", 2*time.Millisecond),
 		StoreInsertsInFlight:      r.int("STORE_INSERTS_IN_FLIGHT", 1, 1, 1000),
+		StoreLinger:               r.durOrZero("STORE_LINGER", time.Millisecond),
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),

@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -50,12 +52,48 @@ type Server struct {
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 	addr    net.Addr
+
+	seriesMu sync.RWMutex
+	series   map[seriesKey]seriesPair // the request series by their labels, looked up once
+}
+
+// seriesKey are the labels of a request's series; seriesPair the series.
+type seriesKey struct {
+	method, route string
+	status        int
+}
+
+type seriesPair struct {
+	reqs    prometheus.Counter
+	latency prometheus.Observer
+}
+
+// maxCachedSeries bounds the cache of request series (methods are the client's choice).
+const maxCachedSeries = 4096
+
+// seriesFor returns the series of a request with these labels.
+func (s *Server) seriesFor(method, route string, status int) seriesPair {
+	k := seriesKey{method: method, route: route, status: status}
+	s.seriesMu.RLock()
+	p, ok := s.series[k]
+	s.seriesMu.RUnlock()
+	if ok {
+		return p
+	}
+	code := strconv.Itoa(status)
+	p = seriesPair{reqs: s.reqs.WithLabelValues(method, route, code), latency: s.latency.WithLabelValues(method, route, code)}
+	s.seriesMu.Lock()
+	if len(s.series) < maxCachedSeries {
+		s.series[k] = p
+	}
+	s.seriesMu.Unlock()
+	return p
 }
 
 // New builds the router with its middleware, the probes (readiness runs checks), /metrics and every module's
 // routes.
 func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Routes, checks []health.Check) *Server {
-	s := &Server{opts: opts, log: log.Named("http")}
+	s := &Server{opts: opts, log: log.Named("http"), series: map[seriesKey]seriesPair{}}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metrics.Namespace, Name: "http_requests_total",
 		Help: "HTTP requests answered, by method, route pattern and status code.",
@@ -68,7 +106,7 @@ func New(opts Options, log *zap.Logger, reg *prometheus.Registry, routes []Route
 	reg.MustRegister(s.reqs, s.latency)
 
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, s.instrument, s.recoverer, s.limitBody)
+	r.Use(newRequestIDs().middleware, s.instrument, s.recoverer, s.limitBody)
 	if opts.Authenticate != nil {
 		r.Use(opts.Authenticate)
 	}
@@ -142,8 +180,9 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 			status = http.StatusOK
 		}
 		elapsed := time.Since(start)
-		s.reqs.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
-		s.latency.WithLabelValues(r.Method, route, strconv.Itoa(status)).Observe(elapsed.Seconds())
+		series := s.seriesFor(r.Method, route, status)
+		series.reqs.Inc()
+		series.latency.Observe(elapsed.Seconds())
 		if route == "/healthz" || route == "/readyz" || route == "/metrics" {
 			return
 		}
@@ -185,12 +224,21 @@ func (s *Server) limitBody(next http.Handler) http.Handler {
 			problem.Write(w, r, tooLarge(hardLimit))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, hardLimit)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLimitKey{}, s.opts.MaxBodyBytes)))
+		body := r.Body
+		if r.ContentLength < 0 { // net/http reads no more than a Content-Length, which fits the limit
+			body = http.MaxBytesReader(w, body, hardLimit)
+		}
+		// The default limit travels with the body rather than in a context value: no copy of the request.
+		r.Body = &limitedBody{ReadCloser: body, limit: s.opts.MaxBodyBytes}
+		next.ServeHTTP(w, r)
 	})
 }
 
-type bodyLimitKey struct{}
+// limitedBody is a request body that carries the limit DecodeJSON applies to it.
+type limitedBody struct {
+	io.ReadCloser
+	limit int64
+}
 
 func tooLarge(limit int64) error {
 	return problem.New(problem.KindTooLarge, "body-too-large", fmt.Sprintf("the request body exceeds %d bytes", limit))

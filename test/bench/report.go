@@ -41,6 +41,7 @@ type Scenario struct {
 	Metrics []*Metric      `json:"metrics"`
 
 	paramOrder []string
+	runs       []*Scenario // every run of a repeated scenario, in order (medianRun)
 }
 
 // Metric is one measured value, with its target when it has one.
