@@ -115,7 +115,8 @@ func freezeRabbitMQ(t *testing.T, s *testenv.Servers) (thaw func()) {
 //   - a publish whose request ended before its envelope was handed to RabbitMQ is never sent: of the impatient
 //     clients only those in the first envelope (taken at once) can be stored (before: all 300 were stored,
 //     though none got a 202);
-//   - exactly the publishes the service did not report as "not sent" are stored, so nothing handed over is
+//   - of the publishes the service received (on a loaded machine an impatient client may give up before its
+//     request reached it), exactly those it did not report as "not sent" are stored, so nothing handed over is
 //     lost, and every 202 after the thaw is stored.
 func TestPublishBoundsWhileRabbitMQFrozen(t *testing.T) {
 	s := testenv.Get(t)
@@ -182,21 +183,36 @@ func TestPublishBoundsWhileRabbitMQFrozen(t *testing.T) {
 		after = append(after, a.id)
 	}
 	conn := testenv.Connect(t, cfg.DatabaseURL)
+	// The publishes the service received while frozen: on a loaded machine an impatient client can give up before
+	// its connection or request reached the service, which then has nothing to store or report.
+	// A request is counted once answered: read again with the others.
+	var received int
+	answered := func() int {
+		return int(metric(t, p.URL, "msgsvc_http_requests_total", `method="POST"`, `route="/api/v1/messages"`)) - 1 - len(after)
+	}
 	notSent := func() int {
 		return int(metric(t, p.URL, "msgsvc_messages_publish_failed_total", `reason="not_sent"`) +
 			metric(t, p.URL, "msgsvc_messages_publish_failed_total", `reason="pending_limit"`))
 	}
 	var g map[string]int
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		g = storedGroups(t, conn, tenant)
-		return g["after"] == len(after) && g["patient"]+g["impatient"]+notSent() >= 330
-	}, "the publishes handed to RabbitMQ were not all stored after the thaw")
+	var ns int
+	if !testenv.Wait(30*time.Second, func() bool {
+		g, ns, received = storedGroups(t, conn, tenant), notSent(), answered()
+		return g["after"] == len(after) && g["patient"]+g["impatient"]+ns >= received
+	}) {
+		t.Fatalf("the publishes handed to RabbitMQ were not all stored after the thaw: %d received, stored by group %v, reported not sent %d "+
+			"(not_sent %v, pending_limit %v, blocked %v, broker %v)", received, g, ns,
+			metric(t, p.URL, "msgsvc_messages_publish_failed_total", `reason="not_sent"`),
+			metric(t, p.URL, "msgsvc_messages_publish_failed_total", `reason="pending_limit"`),
+			metric(t, p.URL, "msgsvc_messages_publish_failed_total", `reason="blocked"`),
+			metric(t, p.URL, "msgsvc_messages_publish_failed_total", `reason="broker"`))
+	}
 	time.Sleep(time.Second) // anything still on its way
-	g = storedGroups(t, conn, tenant)
-	ns := notSent()
-	t.Logf("stored by group: %v; reported not sent (not_sent + pending_limit): %d", g, ns)
-	require.Equal(t, 330, g["patient"]+g["impatient"]+ns,
-		"stored (%v) plus reported not sent (%d) must be every publish made while frozen: a message reported not sent was stored, or one handed over was lost", g, ns)
+	g, ns, received = storedGroups(t, conn, tenant), notSent(), answered()
+	require.LessOrEqual(t, received, 330)
+	t.Logf("of %d publishes received while frozen: stored by group: %v; reported not sent (not_sent + pending_limit): %d", received, g, ns)
+	require.Equal(t, received, g["patient"]+g["impatient"]+ns,
+		"stored (%v) plus reported not sent (%d) must be every publish received while frozen: a message reported not sent was stored, or one handed over was lost", g, ns)
 	require.Less(t, g["impatient"], 100,
 		"%d of the 300 publishes whose clients gave up after 0.5 s were stored: only the first envelope's may be", g["impatient"])
 	var stored int
