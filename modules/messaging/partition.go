@@ -98,6 +98,25 @@ func detachLocked(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
 	return nil
 }
 
+// finishPendingDetach finishes a concurrent detach of the tenant's partition that was interrupted (the partition
+// is then still listed, pending detach, and cannot be dropped); otherwise it does nothing. The caller holds
+// detachMu and the detach advisory lock on conn.
+func finishPendingDetach(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
+	var pending bool
+	err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhdetachpending)`,
+		PartitionName(id)).Scan(&pending)
+	if err != nil {
+		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+	}
+	if !pending {
+		return nil
+	}
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s FINALIZE`, partitionIdent(id))); err != nil {
+		return fmt.Errorf("finish detaching partition %s: %w", PartitionName(id), err)
+	}
+	return nil
+}
+
 // PartitionExists reports whether the tenant's partition is attached to messages.
 func PartitionExists(ctx context.Context, db bun.IDB, id uuid.UUID) (bool, error) {
 	var ok bool

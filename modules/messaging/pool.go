@@ -18,6 +18,10 @@ import (
 	"github.com/acme/msgsvc/platform/metrics"
 )
 
+// dropLockTimeout bounds how long a batch drop waits for its lock on messages: inserts and reads queue behind
+// the waiting drop, so the wait is kept short and the batch retried later.
+const dropLockTimeout = 200 * time.Millisecond
+
 // poolLockKey is the transaction-level advisory lock a refill takes first: one replica refills at a time, so
 // that replicas refilling together do not overfill the pool (correctness does not depend on it: every refill
 // makes fresh ids, and a claim deletes its row).
@@ -33,9 +37,9 @@ const poolLockKey = 0x6d7367706c // "msgpl"
 //
 // Drops: the transaction that deletes a tenant's row inserts a row in partition_drops, due after DueAfter
 // (the consumers' drain) or as soon as the deleting replica saw every consumer of the tenant stop (Due).
-// Every replica runs the dropper; one at a time (the detach advisory lock) takes up to DropBatch due rows,
-// detaches each partition concurrently, then drops the tables and deletes the rows in one transaction. A
-// restart resumes what is pending; an interrupted detach is finished.
+// Every replica runs the dropper; one at a time (the detach advisory lock) takes up to DropBatch due rows and
+// drops their partitions with one DROP TABLE, deleting the rows in the same transaction. A restart resumes what
+// is pending.
 type Pool struct {
 	db   *bun.DB
 	opt  PoolOptions
@@ -234,37 +238,51 @@ func (p *Pool) DropDue(ctx context.Context) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("read due drops: %w", err)
 	}
-	var detached []uuid.UUID
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	// A concurrent detach that an older version left unfinished is finished first (DROP TABLE refuses a
+	// partition pending detach).
 	var errs []error
+	var ready []uuid.UUID
 	for _, id := range ids {
-		if err := detachLocked(ctx, conn, id); err != nil {
+		if err := finishPendingDetach(ctx, conn, id); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		detached = append(detached, id)
+		ready = append(ready, id)
 	}
-	if len(detached) == 0 {
+	if len(ready) == 0 {
 		return 0, errors.Join(errs...)
 	}
-	names := make([]string, len(detached))
-	for i, id := range detached {
+	names := make([]string, len(ready))
+	for i, id := range ready {
 		names[i] = partitionIdent(id)
 	}
+	// One DROP TABLE for the batch: one ACCESS EXCLUSIVE lock on messages and one invalidation of its partition
+	// descriptor, where a DETACH … CONCURRENTLY per partition costs two invalidations each (after each, every
+	// connection's next query on messages rebuilds the descriptor: 0.25 s at 7,900 partitions here) and
+	// 10–20 times the time per partition. The lock holds every insert and read on messages while the statement
+	// runs (5–7 ms a partition at 7,900 partitions, 1–1.6 ms at 1,000, measured on this 2-core machine under
+	// load) and while it waits for it, which dropLockTimeout bounds: then the batch is tried again later.
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, errors.Join(append(errs, fmt.Errorf("drop partitions: %w", err))...)
 	}
-	if _, err := tx.ExecContext(ctx, "DROP TABLE IF EXISTS "+strings.Join(names, ", ")); err != nil {
-		_ = tx.Rollback()
-		return 0, errors.Join(append(errs, fmt.Errorf("drop %d detached partitions: %w", len(names), err))...)
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", dropLockTimeout.Milliseconds())); err != nil {
+		return 0, errors.Join(append(errs, fmt.Errorf("drop partitions: %w", err))...)
 	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM partition_drops WHERE tenant_id = ANY(?::uuid[])", uuidArray(detached)); err != nil {
-		_ = tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "DROP TABLE IF EXISTS "+strings.Join(names, ", ")); err != nil {
+		return 0, errors.Join(append(errs, fmt.Errorf("drop %d partitions of deleted tenants: %w", len(names), err))...)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM partition_drops WHERE tenant_id = ANY(?::uuid[])", uuidArray(ready)); err != nil {
 		return 0, errors.Join(append(errs, fmt.Errorf("forget dropped partitions: %w", err))...)
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, errors.Join(append(errs, fmt.Errorf("drop %d detached partitions: commit: %w", len(names), err))...)
+		return 0, errors.Join(append(errs, fmt.Errorf("drop %d partitions of deleted tenants: commit: %w", len(names), err))...)
 	}
+	detached := ready
 	p.dropped.Add(float64(len(detached)))
 	p.pending.Set(float64(pending - len(detached)))
 	return len(detached), errors.Join(errs...)

@@ -133,8 +133,8 @@ type Config struct {
 	PartitionPoolSize int
 	// PartitionPoolBatch is how many partitions one refill transaction attaches (PARTITION_POOL_BATCH).
 	PartitionPoolBatch int
-	// PartitionDropBatch is how many deleted tenants' partitions one background run detaches and then drops
-	// in one transaction (PARTITION_DROP_BATCH).
+	// PartitionDropBatch is how many deleted tenants' partitions the background dropper removes with one
+	// DROP TABLE (PARTITION_DROP_BATCH).
 	PartitionDropBatch int
 	// ReconcileInterval is the period of the reconciliation loop (RECONCILE_INTERVAL).
 	ReconcileInterval time.Duration
@@ -220,7 +220,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
 		PartitionPoolSize:         r.int("PARTITION_POOL_SIZE", 200, 0, 1000000),
 		PartitionPoolBatch:        r.int("PARTITION_POOL_BATCH", 20, 1, 1000),
-		PartitionDropBatch:        r.int("PARTITION_DROP_BATCH", 50, 1, 10000),
+		PartitionDropBatch:        r.int("PARTITION_DROP_BATCH", 20, 1, 10000),
 		ReconcileInterval:         r.dur("RECONCILE_INTERVAL", 30*time.Second),
 		ViewRefreshInterval:       r.dur("VIEW_REFRESH_INTERVAL", 10*time.Second),
 		ReconcileOrphanGrace:      r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),
