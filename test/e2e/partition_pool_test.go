@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
+	"go.uber.org/fx"
 	"go.uber.org/zap"
 
 	"github.com/acme/msgsvc/modules/messaging"
@@ -292,4 +293,33 @@ func bunDB(t *testing.T, url string) *bun.DB {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
+}
+
+// The partition reconciler drops partitions without a tenant after RECONCILE_ORPHAN_GRACE, but never a pooled one
+// (attached ahead of time for a tenant not created yet) nor one waiting for the background dropper.
+func TestReconcilerKeepsPooledPartitions(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.PartitionPoolSize, cfg.PartitionPoolBatch = 3, 3
+	cfg.ReconcileOrphanGrace = time.Nanosecond
+	var parts *messaging.Partitions
+	a := testenv.Start(t, cfg, fx.Populate(&parts))
+	db := a.DB()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == 3
+	}, "pool filled")
+	// A real orphan beside them: a partition attached for an id that is neither pooled nor a tenant's.
+	orphan := uuid.Must(uuid.NewV7())
+	ctx := context.Background()
+	require.NoError(t, bunDB(t, cfg.DatabaseURL).RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		return messaging.CreatePartition(ctx, tx, orphan)
+	}))
+	for range 2 { // the first run notes the orphans, the second drops those past the grace
+		require.NoError(t, parts.Reconcile(ctx))
+	}
+	require.Equal(t, 0, testenv.Count(t, db, "SELECT count(*) FROM pg_class WHERE relname = $1", messaging.PartitionName(orphan)),
+		"the real orphan is dropped")
+	require.Equal(t, 3, testenv.Count(t, db, `SELECT count(*) FROM partition_pool WHERE EXISTS (SELECT 1 FROM pg_inherits
+		WHERE inhparent = 'messages'::regclass AND inhrelid = to_regclass('messages_tenant_' || replace(tenant_id::text, '-', '')))`),
+		"every pooled partition is still attached")
 }
