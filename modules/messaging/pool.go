@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,6 +22,9 @@ import (
 // dropLockTimeout bounds how long a batch drop waits for its lock on messages: inserts and reads queue behind
 // the waiting drop, so the wait is kept short and the batch retried later.
 const dropLockTimeout = 200 * time.Millisecond
+
+// refillQuiet is how long after this replica's last claim its refill waits while the pool is not low.
+const refillQuiet = time.Second
 
 // poolLockKey is the transaction-level advisory lock a refill takes first: one replica refills at a time, so
 // that replicas refilling together do not overfill the pool (correctness does not depend on it: every refill
@@ -45,7 +49,10 @@ type Pool struct {
 	opt  PoolOptions
 	log  *zap.Logger
 	kick chan struct{} // a claim was made: refill
-	due  chan struct{} // a drop became due: drop
+
+	lastClaim atomic.Int64  // unix nanoseconds of this replica's last claim
+	lastReady atomic.Int64  // the pool's size at the last refill's count
+	due       chan struct{} // a drop became due: drop
 
 	ready   prometheus.Gauge
 	claims  *prometheus.CounterVec
@@ -104,6 +111,8 @@ func (p *Pool) Claim(ctx context.Context, tx bun.IDB) (uuid.UUID, bool, error) {
 	var id uuid.UUID
 	err := tx.QueryRowContext(ctx, `DELETE FROM partition_pool WHERE tenant_id = (
 		SELECT tenant_id FROM partition_pool ORDER BY made_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING tenant_id`).Scan(&id)
+	p.lastClaim.Store(time.Now().UnixNano())
+	p.lastReady.Add(-1)
 	p.wake(p.kick)
 	if errors.Is(err, sql.ErrNoRows) {
 		return uuid.Nil, false, nil
@@ -192,6 +201,7 @@ func (p *Pool) Refill(ctx context.Context) (int, error) {
 	}
 	if ready >= 0 {
 		p.ready.Set(float64(ready + made))
+		p.lastReady.Store(int64(ready + made))
 	}
 	return made, nil
 }
@@ -317,7 +327,25 @@ func (p *Pool) Run(ctx context.Context) {
 			t.Reset(p.opt.Interval)
 		}
 	}
-	go loop(p.Refill, p.kick, refill, "partition pool refill")
+	// The refill yields to a burst of creations: while this replica claimed within the last refillQuiet and the
+	// pool still holds more than a tenth of its size, it waits, so that its attaches (a core of PostgreSQL at
+	// 10,000 partitions) do not slow the creations the pool exists for. It tops the pool up once the burst ends,
+	// or at once when the pool runs low.
+	yielding := func(ctx context.Context) (int, error) {
+		since := time.Since(time.Unix(0, p.lastClaim.Load()))
+		if since < refillQuiet && p.lastReady.Load()*10 > int64(p.opt.Size) {
+			t := time.NewTimer(refillQuiet - since)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return 0, nil
+			case <-t.C:
+			}
+			return 1, nil // look again at once
+		}
+		return p.Refill(ctx)
+	}
+	go loop(yielding, p.kick, refill, "partition pool refill")
 	go loop(p.DropDue, p.due, drop, "dropping deleted tenants' partitions")
 	<-done
 	<-done

@@ -103,6 +103,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	for from := 0; from < o.scaleTenants; from += 1000 {
 		n := min(1000, o.scaleTenants-from)
 		b0 := time.Now()
+		c0 := r.snapCPU(srv.PID())
 		ids, l, err := r.createTenants(ctx, srv, fmt.Sprintf("bench-scale-%d", from/1000), n, 1, o.scaleClients, &retried)
 		if err != nil {
 			return err
@@ -115,8 +116,14 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 			firstBlock = rate
 		}
 		sortDurations(l)
-		fmt.Printf("   tenants %d–%d created at %.1f /s (%.2f × the first block; p50 %s, p99 %s)\n", from+1, from+n, rate, rate/firstBlock,
-			fmtMS(percentile(l, 0.5)), fmtMS(percentile(l, 0.99)))
+		// The machine is shared: what other processes took during the block tells a slow block's cause.
+		cu := cpuBetween(c0, r.snapCPU(srv.PID()))
+		others := 0.0
+		if cu.machineAll > 0 {
+			others = 100 * max(0, cu.machineMS-cu.service-cu.beam-cu.pg-cu.own) / cu.machineAll
+		}
+		fmt.Printf("   tenants %d–%d created at %.1f /s (%.2f × the first block; p50 %s, p99 %s; other processes %.0f %% of the machine)\n",
+			from+1, from+n, rate, rate/firstBlock, fmtMS(percentile(l, 0.5)), fmtMS(percentile(l, 0.99)), others)
 		s.add(fmt.Sprintf("create_rate_%d", from/1000+1), fmt.Sprintf("tenants %s–%s created/s", fmtInt(float64(from+1)), fmtInt(float64(from+n))),
 			rate, "1/s", fmt.Sprintf("%.1f /s", rate))
 		if from > 0 {
