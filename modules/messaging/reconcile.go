@@ -93,21 +93,23 @@ func (p *Partitions) Reconcile(ctx context.Context) error {
 		p.repairs.WithLabelValues("missing").Inc()
 	}
 	p.missing.Set(float64(missing))
-	now := time.Now()
-	for name := range p.orphans {
-		if known[name] || !attached[name] {
-			delete(p.orphans, name) // its tenant is back, or the partition is gone
-		}
-	}
 	// Pooled partitions (attached ahead of time for tenants not created yet) and deleted tenants' partitions
-	// waiting for the background dropper are no orphans. Read after the attached partitions: a partition
-	// pooled before that read is in this one, and one claimed since then has its tenant.
+	// waiting for the background dropper are no orphans, and no longer orphan candidates (before the orphans are
+	// pruned below, so that a candidate noted in an earlier run is forgotten). Read after the attached
+	// partitions: a partition pooled before that read is in this one, one claimed since then has its tenant, and
+	// one dropped since then is found gone.
 	var kept []uuid.UUID
 	if err := p.db.NewRaw("SELECT tenant_id FROM partition_pool UNION ALL SELECT tenant_id FROM partition_drops").Scan(ctx, &kept); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("read pooled and pending partitions: %w", err))...)
 	}
 	for _, id := range kept {
 		known[PartitionName(id)] = true
+	}
+	now := time.Now()
+	for name := range p.orphans {
+		if known[name] || !attached[name] {
+			delete(p.orphans, name) // its tenant is back, or the partition is gone
+		}
 	}
 	for name := range attached {
 		if known[name] || !strings.HasPrefix(name, "messages_tenant_") {
