@@ -407,7 +407,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3). The answer carries the tenant's first API key, shown this once. Admin key required.",
+                "description": "Creates the tenant's row (claiming a partition of messages made ahead of time, or making one when none is ready), its durable queue, and starts its consumer with concurrency_config workers (default 3). The answer carries the tenant's first API key, shown this once. Admin key required.",
                 "consumes": [
                     "application/json"
                 ],
@@ -547,7 +547,7 @@ const docTemplate = `{
                         "BearerAuth": []
                     }
                 ],
-                "description": "Stops its consumers gracefully, then deletes its queues, its partition, its API keys and its row. Admin key required.",
+                "description": "Deletes its row and API keys first (from then on the tenant answers 404), stops its consumers gracefully, then deletes its queues; its partition of messages is dropped in the background. Admin key required.",
                 "produces": [
                     "application/json"
                 ],

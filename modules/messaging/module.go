@@ -28,7 +28,13 @@ var Module = fx.Module("messaging",
 		func(db *bun.DB, dir events.TenantDirectory, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Partitions {
 			return NewPartitions(db, dir, c.ReconcileInterval, c.ReconcileOrphanGrace, reg, log)
 		},
+		func(db *bun.DB, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Pool {
+			return NewPool(db, PoolOptions{Size: c.PartitionPoolSize, Batch: c.PartitionPoolBatch, DropBatch: c.PartitionDropBatch,
+				DueAfter: c.ConsumerDrainTimeout + c.ReplicaTTL}, reg, log)
+		},
+		func(p *Pool) events.PartitionPool { return p },
 	),
+	fx.Invoke(SubscribePartitions),
 	fx.Invoke(Subscribe),
 	fx.Invoke(RunRetention),
 	fx.Invoke(func(lc fx.Lifecycle, p *Partitions) { lc.Append(fx.Hook{OnStart: p.Start, OnStop: p.Stop}) }),
@@ -47,10 +53,7 @@ type Consumers interface {
 
 // Subscribe registers the messaging module on the tenant events, loads the tenant view at start and refreshes it
 // from the database every VIEW_REFRESH_INTERVAL.
-func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consumers Consumers, c config.Config) {
-	events.Subscribe(bus, "messaging.partition", func(ctx context.Context, e events.TenantCreating) error {
-		return CreatePartition(ctx, e.Tx, e.Tenant.ID)
-	})
+func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, c config.Config) {
 	events.Subscribe(bus, "messaging.view", func(_ context.Context, e events.TenantCreated) error {
 		s.view.add(e.Tenant)
 		return nil
@@ -63,16 +66,6 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, s *Service, db *bun.DB, consume
 		s.view.remove(e.TenantID)
 		s.metrics.forget(e.TenantID)
 		return nil
-	})
-	events.Subscribe(bus, "messaging.partition", func(ctx context.Context, e events.TenantDeleted) error {
-		if events.IsRemote(ctx) {
-			return nil
-		}
-		// The replica that owns the tenant learns of the deletion through the relay and drains its consumer
-		// after this replica's own consumer drained: a store it still runs must find the partition, or it
-		// fails (and is retried or dead-lettered) for a tenant that is going anyway.
-		consumers.AwaitNoConsumers(ctx, e.TenantID)
-		return DropPartition(ctx, db, e.TenantID)
 	})
 	events.Subscribe(bus, "messaging.view", func(ctx context.Context, e events.TenantDemand) error {
 		if events.IsRemote(ctx) {

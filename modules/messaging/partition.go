@@ -61,8 +61,21 @@ func DropPartition(ctx context.Context, db *bun.DB, id uuid.UUID) error {
 	defer func() {
 		_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(?)", detachLockKey)
 	}()
+	if err := detachLocked(ctx, conn, id); err != nil {
+		return err
+	}
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %s`, partitionIdent(id))); err != nil {
+		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+	}
+	return nil
+}
+
+// detachLocked detaches the tenant's partition from messages, concurrently (without blocking inserts into
+// other partitions), or finishes a concurrent detach that was interrupted; a partition detached already or gone
+// is left as it is. The caller holds detachMu and the detach advisory lock on conn.
+func detachLocked(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
 	var attached, exists, pending bool
-	err = conn.QueryRowContext(ctx, `SELECT to_regclass(?) IS NOT NULL,
+	err := conn.QueryRowContext(ctx, `SELECT to_regclass(?) IS NOT NULL,
 		EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhparent = 'messages'::regclass),
 		EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhdetachpending)`,
 		PartitionName(id), PartitionName(id), PartitionName(id)).Scan(&exists, &attached, &pending)
@@ -82,8 +95,24 @@ func DropPartition(ctx context.Context, db *bun.DB, id uuid.UUID) error {
 	if err != nil {
 		return fmt.Errorf("detach partition %s: %w", PartitionName(id), err)
 	}
-	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %s`, partitionIdent(id))); err != nil {
+	return nil
+}
+
+// finishPendingDetach finishes a concurrent detach of the tenant's partition that was interrupted (the partition
+// is then still listed, pending detach, and cannot be dropped); otherwise it does nothing. The caller holds
+// detachMu and the detach advisory lock on conn.
+func finishPendingDetach(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
+	var pending bool
+	err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhdetachpending)`,
+		PartitionName(id)).Scan(&pending)
+	if err != nil {
 		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+	}
+	if !pending {
+		return nil
+	}
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s FINALIZE`, partitionIdent(id))); err != nil {
+		return fmt.Errorf("finish detaching partition %s: %w", PartitionName(id), err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package messaging
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,8 @@ import (
 // behind by a deletion that did not finish is dropped once it has been without its tenant for the orphan grace.
 // A deletion removes the row first and drops the partition only after every replica's consumer of the tenant
 // drained (its last stores still need the partition), so a partition without a row is, for a while, a deletion
-// in progress, not a leftover.
+// in progress, not a leftover. Partitions in the pool (partition_pool) and deleted tenants' partitions the
+// background dropper has yet to drop (partition_drops) are never taken for orphans.
 type Partitions struct {
 	db       *bun.DB
 	dir      events.TenantDirectory
@@ -91,6 +93,18 @@ func (p *Partitions) Reconcile(ctx context.Context) error {
 		p.repairs.WithLabelValues("missing").Inc()
 	}
 	p.missing.Set(float64(missing))
+	// Pooled partitions (attached ahead of time for tenants not created yet) and deleted tenants' partitions
+	// waiting for the background dropper are no orphans, and no longer orphan candidates (before the orphans are
+	// pruned below, so that a candidate noted in an earlier run is forgotten). Read after the attached
+	// partitions: a partition pooled before that read is in this one, one claimed since then has its tenant, and
+	// one dropped since then is found gone.
+	var kept []uuid.UUID
+	if err := p.db.NewRaw("SELECT tenant_id FROM partition_pool UNION ALL SELECT tenant_id FROM partition_drops").Scan(ctx, &kept); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("read pooled and pending partitions: %w", err))...)
+	}
+	for _, id := range kept {
+		known[PartitionName(id)] = true
+	}
 	now := time.Now()
 	for name := range p.orphans {
 		if known[name] || !attached[name] {

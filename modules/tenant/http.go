@@ -87,7 +87,7 @@ func pathID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
 //
 //	@Summary		Create a tenant
 //	@ID				createTenant
-//	@Description	Creates the tenant's row, its partition of messages, its durable queue and dead-letter queue, and starts its consumer with concurrency_config workers (default 3). The answer carries the tenant's first API key, shown this once. Admin key required.
+//	@Description	Creates the tenant's row (claiming a partition of messages made ahead of time, or making one when none is ready), its durable queue, and starts its consumer with concurrency_config workers (default 3). The answer carries the tenant's first API key, shown this once. Admin key required.
 //	@Tags			tenants
 //	@Accept			json
 //	@Produce		json
@@ -357,7 +357,7 @@ func (h *Handlers) revokeKey(w http.ResponseWriter, r *http.Request) {
 //
 //	@Summary		Delete a tenant
 //	@ID				deleteTenant
-//	@Description	Stops its consumers gracefully, then deletes its queues, its partition, its API keys and its row. Admin key required.
+//	@Description	Deletes its row and API keys first (from then on the tenant answers 404), stops its consumers gracefully, then deletes its queues; its partition of messages is dropped in the background. Admin key required.
 //	@Tags			tenants
 //	@Produce		json
 //	@Security		BearerAuth

@@ -31,7 +31,7 @@ func fuzzServer(f *testing.F) http.Handler {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = db.Close() })
-	svc := NewService(db, NewRepository(db), events.NewBus(), fuzzLimits, nil, zap.NewNop())
+	svc := NewService(db, NewRepository(db), events.NewBus(), fuzzLimits, nil, nil, zap.NewNop())
 	admin := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			next.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), auth.Principal{Admin: true})))

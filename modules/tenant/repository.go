@@ -53,10 +53,10 @@ func (r *Repository) SetConcurrency(ctx context.Context, id uuid.UUID, workers i
 	return t, err
 }
 
-// Delete removes the tenant's row; it returns events.ErrTenantNotFound when there was none, so of concurrent deletes
+// Delete removes the tenant's row inside db; it returns events.ErrTenantNotFound when there was none, so of concurrent deletes
 // exactly one succeeds.
-func (r *Repository) Delete(ctx context.Context, id uuid.UUID) error {
-	res, err := r.db.NewDelete().Model((*Tenant)(nil)).Where("id = ?", id).Exec(ctx)
+func (r *Repository) Delete(ctx context.Context, db bun.IDB, id uuid.UUID) error {
+	res, err := db.NewDelete().Model((*Tenant)(nil)).Where("id = ?", id).Exec(ctx)
 	if err != nil {
 		return err
 	}

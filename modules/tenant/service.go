@@ -19,7 +19,8 @@ import (
 
 // Service implements the tenant use cases.
 type Service struct {
-	keys   *auth.Authenticator // forgets revoked keys; optional
+	keys   *auth.Authenticator  // forgets revoked keys; optional
+	pool   events.PartitionPool // partitions made ahead of time; optional (nil: every creation makes its own)
 	db     *bun.DB
 	repo   *Repository
 	bus    *events.Bus
@@ -27,9 +28,10 @@ type Service struct {
 	log    *zap.Logger
 }
 
-// NewService returns a Service.
-func NewService(db *bun.DB, repo *Repository, bus *events.Bus, limits Limits, keys *auth.Authenticator, log *zap.Logger) *Service {
-	return &Service{keys: keys, db: db, repo: repo, bus: bus, limits: limits, log: log.Named("tenant")}
+// NewService returns a Service. pool may be nil: every creation then attaches its partition itself, and every
+// deletion leaves its partition to the TenantDeleted subscribers.
+func NewService(db *bun.DB, repo *Repository, bus *events.Bus, limits Limits, keys *auth.Authenticator, pool events.PartitionPool, log *zap.Logger) *Service {
+	return &Service{keys: keys, pool: pool, db: db, repo: repo, bus: bus, limits: limits, log: log.Named("tenant")}
 }
 
 // RegisterMetrics exports the number of tenants, read from the database at scrape time.
@@ -49,6 +51,12 @@ func (s *Service) RegisterMetrics(reg prometheus.Registerer) {
 
 // Create makes a tenant with everything it needs: its queues are declared first, then the row and its
 // partition commit together, then its consumer starts. On any failure nothing is left half made.
+//
+// With the partition pool, the creation's transaction claims a tenant id whose partition is attached already
+// (its row stays locked until commit, so no other creation gets it), declares the queues, and inserts the rows:
+// no DDL, and no lock on messages. Only a creation that finds the pool empty attaches its partition itself
+// (its queues declared before its transaction, as no transaction holding a lock on messages may wait on the
+// broker).
 func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error) {
 	name, err := validateName(req.Name)
 	if err != nil {
@@ -63,28 +71,53 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 	}
 	var key IssuedKey
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	t := Tenant{ID: uuid.Must(uuid.NewV7()), Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now,
-		MaxAgeSeconds: req.MaxAgeSeconds}
+	t := Tenant{Name: name, ConcurrencyConfig: workers, CreatedAt: now, UpdatedAt: now, MaxAgeSeconds: req.MaxAgeSeconds}
 	began := time.Now()
-	err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
-	provisioned := time.Now()
-	if err == nil {
+	var provisioned time.Time
+	pooled := false
+	insert := func(ctx context.Context, tx bun.Tx) error {
+		if err := s.repo.Insert(ctx, tx, &t); err != nil {
+			return fmt.Errorf("insert tenant: %w", err)
+		}
+		var err error
+		if key, err = s.repo.InsertKey(ctx, tx, t.ID); err != nil {
+			return err
+		}
+		return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx, PartitionReady: pooled})
+	}
+	provisioning := false // TenantProvisioning was published: a failure must publish TenantCreateFailed
+	if s.pool != nil {
 		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-			if err := s.repo.Insert(ctx, tx, &t); err != nil {
-				return fmt.Errorf("insert tenant: %w", err)
-			}
-			if key, err = s.repo.InsertKey(ctx, tx, t.ID); err != nil {
+			id, ok, err := s.pool.Claim(ctx, tx)
+			if err != nil || !ok {
 				return err
 			}
-			return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx})
+			pooled, t.ID = true, id
+			provisioning = true
+			if err := events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()}); err != nil {
+				return err
+			}
+			provisioned = time.Now()
+			return insert(ctx, tx)
 		})
+	}
+	if err == nil && !pooled {
+		t.ID = uuid.Must(uuid.NewV7())
+		provisioning = true
+		err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
+		provisioned = time.Now()
+		if err == nil {
+			err = s.db.RunInTx(ctx, nil, insert)
+		}
 	}
 	if err != nil {
 		s.log.Warn("tenant creation failed; rolling back", zap.String("tenant_id", t.ID.String()), zap.Error(err))
-		cleanup := context.WithoutCancel(ctx)
-		if cerr := events.Publish(cleanup, s.bus, events.TenantCreateFailed{TenantID: t.ID}); cerr != nil {
-			s.log.Warn("cleanup after failed creation incomplete; reconciliation will finish it",
-				zap.String("tenant_id", t.ID.String()), zap.Error(cerr))
+		if provisioning {
+			cleanup := context.WithoutCancel(ctx)
+			if cerr := events.Publish(cleanup, s.bus, events.TenantCreateFailed{TenantID: t.ID}); cerr != nil {
+				s.log.Warn("cleanup after failed creation incomplete; reconciliation will finish it",
+					zap.String("tenant_id", t.ID.String()), zap.Error(cerr))
+			}
 		}
 		return Created{}, problem.Dependency(err)
 	}
@@ -94,10 +127,11 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 		// GET /api/v1/tenants/{id} shows it.
 		s.log.Warn("tenant created but its consumer did not start yet; reconciliation retries", zap.String("tenant_id", t.ID.String()), zap.Error(err))
 	}
-	// The three durations tell where a creation's time goes (queues at the broker, the row and partition in
-	// PostgreSQL, the consumer's start and the event relay).
+	// The durations tell where a creation's time goes (queues at the broker, the row and partition in
+	// PostgreSQL, the consumer's start and the event relay). With a pooled partition the queues are declared
+	// inside the transaction.
 	s.log.Info("tenant created", zap.String("tenant_id", t.ID.String()), zap.Int("concurrency", workers),
-		zap.String("api_key_id", key.KeyID), zap.Duration("queues", provisioned.Sub(began)),
+		zap.String("api_key_id", key.KeyID), zap.Bool("pooled_partition", pooled), zap.Duration("queues", provisioned.Sub(began)),
 		zap.Duration("transaction", committed.Sub(provisioned)), zap.Duration("start", time.Since(committed)))
 	return Created{Tenant: t, APIKey: key.APIKey, APIKeyID: key.KeyID}, nil
 }
@@ -195,10 +229,20 @@ func (s *Service) SetConcurrency(ctx context.Context, id uuid.UUID, req Concurre
 	return t, nil
 }
 
-// Delete removes a tenant: its row first (so of concurrent deletes one wins and the others get 404), then its
-// consumers drain and stop, its queues are deleted, and its partition is dropped.
+// Delete removes a tenant: its row first (so of concurrent deletes one wins and the others get 404), together
+// with the record that its partition is to be dropped, then its consumers drain and stop and its queues are
+// deleted. The partition is dropped in the background, in batches, once no replica consumes the tenant.
 func (s *Service) Delete(ctx context.Context, id uuid.UUID) error {
-	if err := s.repo.Delete(ctx, id); err != nil {
+	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := s.repo.Delete(ctx, tx, id); err != nil {
+			return err
+		}
+		if s.pool == nil {
+			return nil
+		}
+		return s.pool.ScheduleDrop(ctx, tx, id)
+	})
+	if err != nil {
 		return problem.Dependency(err)
 	}
 	ctx = context.WithoutCancel(ctx)
@@ -206,7 +250,8 @@ func (s *Service) Delete(ctx context.Context, id uuid.UUID) error {
 		s.log.Error("tenant deleted but its queues remain; reconciliation will remove them", zap.String("tenant_id", id.String()), zap.Error(err))
 	}
 	if err := events.Publish(ctx, s.bus, events.TenantDeleted{TenantID: id}); err != nil {
-		s.log.Error("tenant deleted but its partition remains; reconciliation will report it", zap.String("tenant_id", id.String()), zap.Error(err))
+		s.log.Error("tenant deleted but its partition or queues remain; the background dropper and reconciliation will remove them",
+			zap.String("tenant_id", id.String()), zap.Error(err))
 	}
 	s.log.Info("tenant deleted", zap.String("tenant_id", id.String()))
 	return nil

@@ -130,6 +130,15 @@ type Config struct {
 	// ConsumerDrainTimeout is how long a stopping consumer waits for its in-flight stores before it cancels
 	// them; it closes only once they returned (CONSUMER_DRAIN_TIMEOUT).
 	ConsumerDrainTimeout time.Duration
+	// PartitionPoolSize is how many partitions, attached ahead of time for tenant ids allotted in advance,
+	// the replicas keep ready for creations to claim; 0 turns the pool off and every creation attaches its
+	// partition itself (PARTITION_POOL_SIZE).
+	PartitionPoolSize int
+	// PartitionPoolBatch is how many partitions one refill transaction attaches (PARTITION_POOL_BATCH).
+	PartitionPoolBatch int
+	// PartitionDropBatch is how many deleted tenants' partitions the background dropper removes with one
+	// DROP TABLE (PARTITION_DROP_BATCH).
+	PartitionDropBatch int
 	// ReconcileInterval is the period of the reconciliation loop (RECONCILE_INTERVAL).
 	ReconcileInterval time.Duration
 	// ViewRefreshInterval is how often each replica re-reads the tenants and their rate limits from the
@@ -213,6 +222,9 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
 		StoreRetryBudget:          r.dur("STORE_RETRY_BUDGET", 30*time.Second),
 		ConsumerDrainTimeout:      r.dur("CONSUMER_DRAIN_TIMEOUT", 10*time.Second),
+		PartitionPoolSize:         r.int("PARTITION_POOL_SIZE", 200, 0, 1000000),
+		PartitionPoolBatch:        r.int("PARTITION_POOL_BATCH", 20, 1, 1000),
+		PartitionDropBatch:        r.int("PARTITION_DROP_BATCH", 20, 1, 10000),
 		ReconcileInterval:         r.dur("RECONCILE_INTERVAL", 30*time.Second),
 		ViewRefreshInterval:       r.dur("VIEW_REFRESH_INTERVAL", 10*time.Second),
 		ReconcileOrphanGrace:      r.dur("RECONCILE_ORPHAN_GRACE", 2*time.Minute),

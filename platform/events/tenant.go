@@ -33,6 +33,9 @@ type TenantProvisioning struct {
 type TenantCreating struct {
 	Tenant Tenant
 	Tx     bun.Tx
+	// PartitionReady is true when the tenant's id was claimed from the PartitionPool: its partition is
+	// attached already and no DDL is needed.
+	PartitionReady bool
 }
 
 // TenantCreateFailed is published when a creation failed after TenantProvisioning, so that subscribers

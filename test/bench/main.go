@@ -57,10 +57,12 @@ type options struct {
 	pageRequests int
 	sweepRows    int
 
-	scaleTenants  int
-	scaleClients  int
-	lightRate     float64
-	lightDuration time.Duration
+	scaleTenants   int
+	scaleClients   int
+	scalePool      int
+	scalePoolBatch int
+	lightRate      float64
+	lightDuration  time.Duration
 
 	clientMix    string
 	repeat       int
@@ -113,6 +115,8 @@ func parseFlags() options {
 	flag.IntVar(&o.sweepRows, "sweep-rows", 0, "expired rows of one more tenant that the retention sweep deletes while scenario 1 runs (0: no sweep); compare with a run without")
 	flag.IntVar(&o.scaleTenants, "scale-tenants", 1000, "tenants created in scenario 5")
 	flag.IntVar(&o.scaleClients, "scale-clients", 16, "concurrent HTTP clients creating tenants in scenario 5")
+	flag.IntVar(&o.scalePool, "scale-pool", -1, "PARTITION_POOL_SIZE the service fills before scenario 5 creates its tenants (-1: -scale-tenants; 0: the default pool, not filled ahead)")
+	flag.IntVar(&o.scalePoolBatch, "scale-pool-batch", 100, "PARTITION_POOL_BATCH while scenario 5 fills the pool ahead")
 	flag.IntVar(&o.repeat, "repeat", 1, "run scenarios 1-3 this many times and report the run with the median stored/s (the machine is noisy)")
 	flag.DurationVar(&o.storeTimeout, "store-timeout", 60*time.Second, "give up waiting for storage after this long without progress")
 	flag.StringVar(&o.out, "out", "test/output/bench.json", "JSON report path (relative to the module root)")
@@ -125,6 +129,9 @@ func parseFlags() options {
 	if o.clientMix != "spread" && o.clientMix != "tenant" {
 		fmt.Fprintf(os.Stderr, "bench: -client-mix: %q is neither spread nor tenant\n", o.clientMix)
 		os.Exit(2)
+	}
+	if o.scalePool < 0 {
+		o.scalePool = o.scaleTenants
 	}
 	if o.rawConsumers == 0 {
 		o.rawConsumers = o.workers

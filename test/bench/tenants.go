@@ -2,9 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // tenantScaleScenario creates many tenants, waits for every consumer, measures the idle service's memory,
@@ -25,13 +33,62 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	rssEmpty, _ := rssBytes(srv.PID())
 	beamEmpty, _ := rssBytes(r.beam)
 
+	// At 10 tenants: publish and read latencies of the probe tenants, then 1,000 tenants created and deleted.
+	probes, _, err := r.createTenants(ctx, srv, "bench-probe", 10, 1, o.scaleClients, nil)
+	if err != nil {
+		return err
+	}
+	pub10, get10, err := r.probeLatency(ctx, srv, probes)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   at 10 tenants: publish p50 %s, GET /api/v1/messages p50 %s\n", fmtMS(pub10), fmtMS(get10))
+	gone, _, err := r.createTenants(ctx, srv, "bench-gone", 1000, 1, o.scaleClients, nil)
+	if err != nil {
+		return err
+	}
+	parts1k := r.partitionCount(ctx, env)
+	delHTTP1k, delDrop1k, err := r.deleteTenants(ctx, srv, env, gone, o.scaleClients)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   1,000 tenants deleted at 1,010 (%d partitions): answered in %s, partitions dropped in %s\n", parts1k,
+		delHTTP1k.Round(time.Millisecond), delDrop1k.Round(time.Millisecond))
+
+	// The pool is filled ahead of the creations (partitions attached in the background, before the burst).
+	total := o.scaleTenants + len(probes)
+	if o.scalePool > 0 && r.hasPool(ctx, env) {
+		if _, err := srv.Stop(time.Minute); err != nil {
+			return err
+		}
+		saved := r.opt.serverEnv
+		r.opt.serverEnv = append(append([]string(nil), saved...), fmt.Sprintf("PARTITION_POOL_SIZE=%d", o.scalePool),
+			fmt.Sprintf("PARTITION_POOL_BATCH=%d", o.scalePoolBatch))
+		srv, err = r.startServer(ctx, env, "s5")
+		r.opt.serverEnv = saved
+		if err != nil {
+			return err
+		}
+		if _, err := r.waitConsumers(ctx, srv, len(probes), time.Now(), 5*time.Minute); err != nil {
+			return err
+		}
+		filled, n, err := r.waitPool(ctx, env, o.scalePool, 60*time.Minute)
+		if err != nil {
+			return err
+		}
+		s.add("pool_fill", fmt.Sprintf("partition pool filled to %s ahead of the creations", fmtInt(float64(o.scalePool))), filled.Seconds(), "s", fmtSeconds(filled))
+		s.add("pool_fill_rate", "partitions attached ahead of time /s (refill rate)", float64(n)/filled.Seconds(), "1/s",
+			fmt.Sprintf("%.1f /s", float64(n)/filled.Seconds()))
+		fmt.Printf("   pool filled with %d partitions in %s\n", n, filled.Round(time.Millisecond))
+	}
+
 	cpu0 := r.snapCPU(srv.PID())
 	start := time.Now()
 	var live time.Duration
 	waited := make(chan error, 1)
 	go func() {
 		var err error
-		live, err = r.waitConsumers(ctx, srv, o.scaleTenants, start, 10*time.Minute)
+		live, err = r.waitConsumers(ctx, srv, total, start, 30*time.Minute)
 		waited <- err
 	}()
 	// In blocks of 1,000, to see whether creation slows as tenants grow.
@@ -39,19 +96,40 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		lat     []time.Duration
 		retried atomic.Int64
 	)
+	var (
+		scaled     []uuid.UUID
+		firstBlock float64
+	)
 	for from := 0; from < o.scaleTenants; from += 1000 {
 		n := min(1000, o.scaleTenants-from)
 		b0 := time.Now()
-		_, l, err := r.createTenants(ctx, srv, fmt.Sprintf("bench-scale-%d", from/1000), n, 1, o.scaleClients, &retried)
+		c0 := r.snapCPU(srv.PID())
+		ids, l, err := r.createTenants(ctx, srv, fmt.Sprintf("bench-scale-%d", from/1000), n, 1, o.scaleClients, &retried)
 		if err != nil {
 			return err
 		}
+		scaled = append(scaled, ids...)
 		lat = append(lat, l...)
 		d := time.Since(b0)
 		rate := float64(n) / d.Seconds()
-		fmt.Printf("   tenants %d–%d created at %.1f /s\n", from+1, from+n, rate)
+		if from == 0 {
+			firstBlock = rate
+		}
+		sortDurations(l)
+		// The machine is shared: what other processes took during the block tells a slow block's cause.
+		cu := cpuBetween(c0, r.snapCPU(srv.PID()))
+		others := 0.0
+		if cu.machineAll > 0 {
+			others = 100 * max(0, cu.machineMS-cu.service-cu.beam-cu.pg-cu.own) / cu.machineAll
+		}
+		fmt.Printf("   tenants %d–%d created at %.1f /s (%.2f × the first block; p50 %s, p99 %s; other processes %.0f %% of the machine)\n",
+			from+1, from+n, rate, rate/firstBlock, fmtMS(percentile(l, 0.5)), fmtMS(percentile(l, 0.99)), others)
 		s.add(fmt.Sprintf("create_rate_%d", from/1000+1), fmt.Sprintf("tenants %s–%s created/s", fmtInt(float64(from+1)), fmtInt(float64(from+n))),
 			rate, "1/s", fmt.Sprintf("%.1f /s", rate))
+		if from > 0 {
+			s.add(fmt.Sprintf("create_ratio_%d", from/1000+1), fmt.Sprintf("tenants %s–%s: rate ÷ the first block's", fmtInt(float64(from+1)), fmtInt(float64(from+n))),
+				rate/firstBlock, "", fmt.Sprintf("%.2f ×", rate/firstBlock)).atLeast(0.8, "0.8 ×")
+		}
 	}
 	created := time.Since(start)
 	cpuCreate := cpuBetween(cpu0, r.snapCPU(srv.PID()))
@@ -61,7 +139,12 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	rate := float64(o.scaleTenants) / created.Seconds()
 	s.add("create_rate", "tenants created/s", rate, "1/s", fmt.Sprintf("%.1f /s", rate))
 	s.add("create_p50", "create latency p50", ms(percentile(lat, 0.5)), "ms", fmtMS(percentile(lat, 0.5)))
-	s.add("create_p99", "create latency p99", ms(percentile(lat, 0.99)), "ms", fmtMS(percentile(lat, 0.99)))
+	s.add("create_p99", "create latency p99", ms(percentile(lat, 0.99)), "ms", fmtMS(percentile(lat, 0.99))).atMost(250, "250 ms")
+	if pooled, ok := r.sample(ctx, srv, `msgsvc_partition_pool_claims_total{source="pool"}`); ok {
+		inline, _ := r.sample(ctx, srv, `msgsvc_partition_pool_claims_total{source="inline"}`)
+		s.add("create_pooled", "creations that claimed a pooled partition / attached their own (this server's)", pooled, "",
+			fmt.Sprintf("%s / %s", fmtInt(pooled), fmtInt(inline)))
+	}
 	if err := <-waited; err != nil {
 		s.na("live", "first create → all consumers running", "not reached").atMost(60, "60 s")
 		return err
@@ -124,13 +207,27 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		return err
 	}
 	ready := time.Since(restart)
-	back, err := r.waitConsumers(ctx, srv, o.scaleTenants, restart, 5*time.Minute)
+	back, err := r.waitConsumers(ctx, srv, total, restart, 5*time.Minute)
 	s.add("restart_ready", "restart → /readyz 200", ready.Seconds(), "s", fmtSeconds(ready))
 	if err != nil {
 		s.na("restart_live", "restart → all consumers running", "not reached").atMost(30, "30 s")
 		return err
 	}
 	s.add("restart_live", "restart → all consumers running", back.Seconds(), "s", fmtSeconds(back)).atMost(60, "60 s")
+
+	// At N tenants: the same probe tenants' publish and read latencies.
+	pubN, getN, err := r.probeLatency(ctx, srv, probes)
+	if err != nil {
+		return err
+	}
+	partsN := r.partitionCount(ctx, env)
+	fmt.Printf("   at %d tenants (%d partitions): publish p50 %s, GET /api/v1/messages p50 %s\n", total, partsN, fmtMS(pubN), fmtMS(getN))
+	s.add("publish_p50_10", "publish p50 at 10 tenants", ms(pub10), "ms", fmtMS(pub10))
+	s.add("publish_p50_n", fmt.Sprintf("publish p50 at %s tenants (%s partitions)", fmtInt(float64(total)), fmtInt(float64(partsN))), ms(pubN), "ms", fmtMS(pubN))
+	s.add("publish_p50_ratio", "publish p50: N tenants ÷ 10 tenants", float64(pubN)/float64(pub10), "", fmt.Sprintf("%.2f ×", float64(pubN)/float64(pub10))).atMost(1.5, "1.5 ×")
+	s.add("list_p50_10", "GET /api/v1/messages (cursor page) p50 at 10 tenants", ms(get10), "ms", fmtMS(get10))
+	s.add("list_p50_n", fmt.Sprintf("GET /api/v1/messages (cursor page) p50 at %s tenants", fmtInt(float64(total))), ms(getN), "ms", fmtMS(getN))
+	s.add("list_p50_ratio", "GET /api/v1/messages p50: N tenants ÷ 10 tenants", float64(getN)/float64(get10), "", fmt.Sprintf("%.2f ×", float64(getN)/float64(get10))).atMost(1.5, "1.5 ×")
 
 	// A second replica joins: the tenants are shared (each consumed by its owner only), the first replica drains
 	// and hands over about half.
@@ -144,7 +241,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		ma, _ = srv.metrics(ctx, r.client)
 		mb, _ = b.metrics(ctx, r.client)
 		ra, rb := ma["msgsvc_consumers_running"], mb["msgsvc_consumers_running"]
-		if rb > 0 && ra+rb == float64(o.scaleTenants) && ma["msgsvc_tenants_owned"] == ra && mb["msgsvc_tenants_owned"] == rb {
+		if rb > 0 && ra+rb == float64(total) && ma["msgsvc_tenants_owned"] == ra && mb["msgsvc_tenants_owned"] == rb {
 			break
 		}
 		if time.Since(joined) > 5*time.Minute {
@@ -175,11 +272,214 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	if _, err := b.Stop(time.Minute); err != nil {
 		return err
 	}
-	back, err = r.waitConsumers(ctx, srv, o.scaleTenants, left, 2*time.Minute)
+	back, err = r.waitConsumers(ctx, srv, total, left, 2*time.Minute)
 	if err != nil {
 		s.na("leave", "second replica stops (SIGTERM) → first consumes all", "not reached").atMost(30, "30 s")
 		return err
 	}
 	s.add("leave", "second replica stops (SIGTERM) → first consumes all", back.Seconds(), "s", fmtSeconds(back)).atMost(30, "30 s")
+
+	// 1,000 tenants deleted at N, against 1,000 deleted at 1,010.
+	partsDel := r.partitionCount(ctx, env)
+	delHTTPN, delDropN, err := r.deleteTenants(ctx, srv, env, scaled[len(scaled)-min(1000, len(scaled)):], o.scaleClients)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   1,000 tenants deleted at %d (%d partitions): answered in %s, partitions dropped in %s\n", total, partsDel,
+		delHTTPN.Round(time.Millisecond), delDropN.Round(time.Millisecond))
+	s.add("delete_1k_http_1k", fmt.Sprintf("1,000 tenants deleted at 1,010 (%s partitions): all answered", fmtInt(float64(parts1k))), delHTTP1k.Seconds(), "s", fmtSeconds(delHTTP1k))
+	s.add("delete_1k_1k", "… and their partitions dropped", delDrop1k.Seconds(), "s", fmtSeconds(delDrop1k))
+	s.add("delete_1k_http_n", fmt.Sprintf("1,000 tenants deleted at %s (%s partitions): all answered", fmtInt(float64(total)), fmtInt(float64(partsDel))), delHTTPN.Seconds(), "s", fmtSeconds(delHTTPN))
+	s.add("delete_1k_n", "… and their partitions dropped", delDropN.Seconds(), "s", fmtSeconds(delDropN))
+	s.add("delete_ratio", "deleting 1,000 (partitions dropped): at N ÷ at 1,010", delDropN.Seconds()/delDrop1k.Seconds(), "",
+		fmt.Sprintf("%.2f ×", delDropN.Seconds()/delDrop1k.Seconds())).atMost(2, "2 ×")
 	return nil
+}
+
+// probeLatency publishes 40 messages to each probe tenant (4 clients, one message per request) and then reads
+// the second page (with the first page's cursor) of each 20 times; it returns both p50s.
+func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UUID) (pub, get time.Duration, err error) {
+	const each = 40
+	payload := makePayload(0, 512)
+	var (
+		mu   sync.Mutex
+		pubs []time.Duration
+		gets []time.Duration
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make(chan error, 4)
+	)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= each*len(probes) {
+					return
+				}
+				body, _ := json.Marshal(map[string]any{"tenant_id": probes[i%len(probes)], "payload": json.RawMessage(payload)})
+				t0 := time.Now()
+				st, out, err := r.do(ctx, http.MethodPost, srv.URL+"/api/v1/messages", body)
+				d := time.Since(t0)
+				if err == nil && st != http.StatusAccepted {
+					err = fmt.Errorf("publish: HTTP %d: %s", st, out)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				pubs = append(pubs, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return 0, 0, err
+	default:
+	}
+	for _, id := range probes {
+		var cursor string
+		for try := 0; cursor == ""; try++ {
+			st, out, err := r.do(ctx, http.MethodGet, fmt.Sprintf("%s/api/v1/messages?tenant_id=%s&limit=20", srv.URL, id), nil)
+			if err != nil || st != http.StatusOK {
+				return 0, 0, fmt.Errorf("list messages: HTTP %d: %s: %v", st, out, err)
+			}
+			var page struct {
+				NextCursor *string `json:"next_cursor"`
+			}
+			_ = json.Unmarshal(out, &page)
+			if page.NextCursor != nil {
+				cursor = *page.NextCursor
+			} else if try > 300 {
+				return 0, 0, fmt.Errorf("probe tenant %s has no second page after 30 s", id)
+			} else {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		for range 20 {
+			t0 := time.Now()
+			st, out, err := r.do(ctx, http.MethodGet, fmt.Sprintf("%s/api/v1/messages?tenant_id=%s&limit=20&cursor=%s", srv.URL, id, url.QueryEscape(cursor)), nil)
+			if err != nil || st != http.StatusOK {
+				return 0, 0, fmt.Errorf("list messages with a cursor: HTTP %d: %s: %v", st, out, err)
+			}
+			gets = append(gets, time.Since(t0))
+		}
+	}
+	sortDurations(pubs)
+	sortDurations(gets)
+	return percentile(pubs, 0.5), percentile(gets, 0.5), nil
+}
+
+// deleteTenants deletes ids with clients concurrent requests; it returns when every answer came (answered) and
+// when their partitions were gone from the database (dropped, counted from the same start).
+func (r *runner) deleteTenants(ctx context.Context, srv *server, env *benchEnv, ids []uuid.UUID, clients int) (answered, dropped time.Duration, err error) {
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ids) {
+					return
+				}
+				st, out, err := r.do(ctx, http.MethodDelete, srv.URL+"/api/v1/tenants/"+ids[i].String(), nil)
+				if err == nil && st != http.StatusNoContent {
+					err = fmt.Errorf("delete tenant: HTTP %d: %s", st, out)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	answered = time.Since(start)
+	select {
+	case err := <-errs:
+		return 0, 0, err
+	default:
+	}
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = partitionName(id)
+	}
+	for {
+		var left int
+		if err := env.pool.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = ANY($1)", names).Scan(&left); err != nil {
+			return 0, 0, fmt.Errorf("count partitions left: %w", err)
+		}
+		if left == 0 {
+			return answered, time.Since(start), nil
+		}
+		if time.Since(start) > 30*time.Minute {
+			return 0, 0, fmt.Errorf("%d partitions of deleted tenants left after 30 min", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// partitionCount returns how many partitions messages has.
+func (r *runner) partitionCount(ctx context.Context, env *benchEnv) int {
+	var n int
+	_ = env.pool.QueryRow(ctx, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass").Scan(&n)
+	return n
+}
+
+// hasPool reports whether the service under test has a partition pool (main before it had none).
+func (r *runner) hasPool(ctx context.Context, env *benchEnv) bool {
+	var ok bool
+	_ = env.pool.QueryRow(ctx, "SELECT to_regclass('partition_pool') IS NOT NULL").Scan(&ok)
+	return ok
+}
+
+// waitPool waits until the partition pool holds size partitions and returns how long it took and how many were
+// attached meanwhile.
+func (r *runner) waitPool(ctx context.Context, env *benchEnv, size int, timeout time.Duration) (time.Duration, int, error) {
+	start := time.Now()
+	said := start
+	var first = -1
+	for {
+		var n int
+		if err := env.pool.QueryRow(ctx, "SELECT count(*) FROM partition_pool").Scan(&n); err != nil {
+			return 0, 0, fmt.Errorf("count the partition pool: %w", err)
+		}
+		if first < 0 {
+			first = n
+		}
+		if n >= size {
+			return time.Since(start), n - first, nil
+		}
+		if time.Since(said) >= 10*time.Second {
+			fmt.Printf("   %5.1f s: %d of %d partitions pooled\n", time.Since(start).Seconds(), n, size)
+			said = time.Now()
+		}
+		if time.Since(start) > timeout {
+			return 0, 0, fmt.Errorf("partition pool at %d of %d after %s", n, size, timeout)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// sample returns the value of one series (name and labels as exposed) of the service's /metrics.
+func (r *runner) sample(ctx context.Context, srv *server, series string) (float64, bool) {
+	st, out, err := r.do(ctx, http.MethodGet, srv.URL+"/metrics", nil)
+	if err != nil || st != http.StatusOK {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
