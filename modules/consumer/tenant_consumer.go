@@ -22,13 +22,13 @@ import (
 // One generation of it is a go-rabbitmq consumer with prefetch workers × PrefetchPerWorker, whose single
 // handler goroutine only hands deliveries over to at most `workers` store workers. Each worker takes what
 // is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery after the
-// commit, so a tenant's worker count is the number of store transactions it runs at once. Workers are started
-// when deliveries wait and none is idle, and leave after workerIdle without one, so an idle tenant runs none:
-// its goroutines are go-rabbitmq's and amqp091's (five per consumer, see README's limits), and its connection
-// is watched without a goroutine (Lease.AfterLost). go-rabbitmq fixes
-// concurrency and prefetch when a consumer starts, so a resize stops the running generation (in-flight
-// batches finish and are acked, the deliveries not started yet are returned to the queue) and starts a new one
-// with the new size and prefetch. The queue itself is never touched.
+// commit, so a tenant's worker count is the number of store transactions it runs at once. Workers start when a
+// delivery is handed over and none is idle, and leave after workerIdle without one, so an idle tenant runs none:
+// its goroutines are go-rabbitmq's and amqp091's (five per consumer; README.md, "What a tenant costs"), and its
+// connection is watched without a goroutine (Lease.AfterLost). go-rabbitmq fixes concurrency and prefetch when
+// a consumer starts, so a resize stops the running generation (in-flight batches finish and are acked, the
+// deliveries not started yet are returned to the queue) and starts a new one with the new size and prefetch.
+// The queue itself is never touched.
 type tenantConsumer struct {
 	rt  *Runtime
 	id  uuid.UUID
