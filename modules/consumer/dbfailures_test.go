@@ -56,7 +56,7 @@ func (s settlements) Reject(tag uint64, _ bool) error { s <- "reject"; return ni
 func processBench(h Handler, gate *database.Gate) (*tenantConsumer, *generation, rabbitmq.Delivery, settlements) {
 	rt := &Runtime{handler: h, gate: gate, metrics: NewMetrics(prometheus.NewRegistry(), true), log: zap.NewNop(),
 		opts: Options{RetryInitial: time.Millisecond, RetryBudget: time.Nanosecond, DeliveryLimit: 1}}
-	tc := &tenantConsumer{rt: rt, id: uuid.New(), log: zap.NewNop()}
+	tc := &tenantConsumer{rt: rt, id: uuid.New(), log: tenantLog{base: zap.NewNop()}}
 	ch := make(settlements, 10)
 	g := &generation{stopped: make(chan struct{}), done: make(chan struct{}),
 		acks: newAcker(func(c amqp.Acknowledger, tag uint64, multiple bool) { _ = c.Ack(tag, multiple) }, func(f func()) { f() })}

@@ -291,7 +291,7 @@ func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 	defer r.mu.Unlock()
 	tc := r.consumers[id]
 	if tc == nil && create && !r.closed {
-		tc = &tenantConsumer{rt: r, id: id, log: r.log.With(zap.String("tenant_id", id.String()))}
+		tc = &tenantConsumer{rt: r, id: id, log: tenantLog{base: r.log, id: id}}
 		r.consumers[id] = tc
 	}
 	return tc

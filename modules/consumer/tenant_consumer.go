@@ -20,16 +20,19 @@ import (
 // tenantConsumer supervises the consumer of one tenant's queue on this replica.
 //
 // One generation of it is a go-rabbitmq consumer with prefetch workers × PrefetchPerWorker, whose single
-// handler goroutine only hands deliveries over to a pool of `workers` store workers. Each worker takes what
+// handler goroutine only hands deliveries over to at most `workers` store workers. Each worker takes what
 // is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery after the
-// commit, so a tenant's worker count is the number of store transactions it runs at once. go-rabbitmq fixes
-// concurrency and prefetch when a consumer starts, so a resize stops the running generation (in-flight
-// batches finish and are acked, the deliveries not started yet are returned to the queue) and starts a new one
-// with the new size and prefetch. The queue itself is never touched.
+// commit, so a tenant's worker count is the number of store transactions it runs at once. Workers start when a
+// delivery is handed over and none is idle, and leave after workerIdle without one, so an idle tenant runs none:
+// its goroutines are go-rabbitmq's and amqp091's (five per consumer; README.md, "What a tenant costs"), and its
+// connection is watched without a goroutine (Lease.AfterLost). go-rabbitmq fixes concurrency and prefetch when
+// a consumer starts, so a resize stops the running generation (in-flight batches finish and are acked, the
+// deliveries not started yet are returned to the queue) and starts a new one with the new size and prefetch.
+// The queue itself is never touched.
 type tenantConsumer struct {
 	rt  *Runtime
 	id  uuid.UUID
-	log *zap.Logger // the runtime's logger with tenant_id bound
+	log tenantLog // the runtime's logger with tenant_id added to each line
 
 	mu  sync.Mutex // serialises start, resize and stop
 	gen *generation
@@ -50,10 +53,18 @@ type generation struct {
 	c       *rabbitmq.Consumer
 	lease   *broker.Lease // the channel slot c holds on a pooled connection
 	started time.Time     // when its start returned
-	workers int
-	pending chan rabbitmq.Delivery // handed over by go-rabbitmq, waiting for a store worker
-	acks    *acker                 // coalesces the acks of stored deliveries into multiple acks
-	storing atomic.Int32           // workers inside a store call now
+	workers int           // the most store workers at once
+	// pending holds the deliveries handed over by go-rabbitmq, waiting for a store worker. It holds pointers: its
+	// capacity is the prefetch, allocated for the generation's life, and an idle tenant keeps it.
+	pending chan *rabbitmq.Delivery
+	// unwatch cancels the replacement of the generation when its connection drops (Lease.AfterLost).
+	unwatch func() bool
+	spawnMu sync.Mutex
+	running int          // store workers running; guarded by spawnMu
+	idle    int          // of them, those waiting for a delivery; guarded by spawnMu
+	halted  bool         // no worker starts any more (the generation stops); guarded by spawnMu
+	acks    *acker       // coalesces the acks of stored deliveries into multiple acks
+	storing atomic.Int32 // workers inside a store call now
 	// stopping is the stop gate: set before the workers are waited for and the consumer closed, so that a
 	// delivery handed over after that is returned to the queue instead of being stored on a closing channel.
 	stopping atomic.Bool
@@ -123,7 +134,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	if err != nil {
 		return err
 	}
-	g := &generation{workers: workers, lease: lease, pending: make(chan rabbitmq.Delivery, prefetch),
+	g := &generation{workers: workers, lease: lease, pending: make(chan *rabbitmq.Delivery, prefetch),
 		done: make(chan struct{}), stopped: make(chan struct{})}
 	g.storeCtx, g.cancelStore = context.WithCancelCause(context.Background())
 	g.acks = newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
@@ -140,17 +151,13 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(broker.Logger(tc.log)),
+		rabbitmq.WithConsumerOptionsLogger(broker.LoggerWith(rt.log, tc.log.field())),
 	)
 	if err != nil {
 		lease.Release()
 		return err
 	}
 	g.c = c
-	for range workers {
-		g.workersDone.Add(1)
-		go tc.work(g)
-	}
 	failed := make(chan error, 1)
 	go func() {
 		defer close(g.done)
@@ -163,6 +170,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		if g.err != nil && !g.stopping.Swap(true) {
 			failed <- g.err
 			close(g.stopped)
+			g.halt()
 			g.workersDone.Wait()
 			g.cancelStore(errStopped)
 			g.c.Close()
@@ -198,7 +206,9 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	}
 	g.started = time.Now()
 	tc.gen = g
-	go tc.watchConnection(g)
+	// When the connection drops, the runtime replaces the generation (paced with every other start). go-rabbitmq
+	// would not: the pool's connections never reconnect by themselves.
+	g.unwatch = lease.AfterLost(func() { rt.replaceLost(tc, g) })
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
 	rt.metrics.restarts.WithLabelValues(reason).Inc()
@@ -213,18 +223,23 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	return nil
 }
 
-// awaitConsumer closes consuming once the broker counts a consumer on the tenant's queue, polling until ctx ends.
+// awaitConsumer closes consuming once the broker counts a consumer on the tenant's queue, polling until ctx ends:
+// first after consumerProbeFirst, then at intervals doubling up to consumerProbeMax. A consume takes a few round
+// trips and, on a quorum queue, a Raft command, and after a restart many run at once: polling every 10 ms, each
+// probe on a channel of its own (three round trips), made the probes most of the broker's commands.
 func (tc *tenantConsumer) awaitConsumer(ctx context.Context, consuming chan<- struct{}) {
+	wait := consumerProbeFirst
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, consumerProbeMax)
 		st, err := tc.rt.conn.InspectQueue(ctx, QueueName(tc.id))
 		if err == nil && st.Consumers > 0 {
 			close(consuming)
 			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(consumerProbeInterval):
 		}
 	}
 }
@@ -245,8 +260,12 @@ func closedConnection(err error) bool {
 	return false
 }
 
-// consumerProbeInterval is how often a start asks the broker whether its consumer is registered.
-const consumerProbeInterval = 10 * time.Millisecond
+// How often a start asks the broker whether its consumer is registered: first after consumerProbeFirst, then at
+// intervals doubling up to consumerProbeMax.
+const (
+	consumerProbeFirst = 5 * time.Millisecond
+	consumerProbeMax   = 80 * time.Millisecond
+)
 
 // stopLost closes a generation that never became tc.gen because its connection dropped while it started.
 func (tc *tenantConsumer) stopLost(g *generation) {
@@ -254,6 +273,7 @@ func (tc *tenantConsumer) stopLost(g *generation) {
 		return // Run failed, and its goroutine closes the consumer and releases the lease
 	}
 	close(g.stopped)
+	g.halt()
 	g.workersDone.Wait()
 	g.cancelStore(errStopped)
 	g.chanMu.Lock()
@@ -265,15 +285,11 @@ func (tc *tenantConsumer) stopLost(g *generation) {
 	g.lease.Release()
 }
 
-// watchConnection waits until the generation's connection drops or the generation stops; when the connection
-// dropped, the runtime replaces the generation (paced with every other start). go-rabbitmq would not: the
-// pool's connections never reconnect by themselves.
-func (tc *tenantConsumer) watchConnection(g *generation) {
-	select {
-	case <-g.stopped:
-	case <-g.lease.Lost():
-		tc.rt.replaceLost(tc, g)
-	}
+// halt keeps store workers from starting any more; the stop calls it before it waits for the running ones.
+func (g *generation) halt() {
+	g.spawnMu.Lock()
+	g.halted = true
+	g.spawnMu.Unlock()
 }
 
 // stopGen drains and closes the running generation; tc.mu must be held. In-flight stores get DrainTimeout to
@@ -287,12 +303,16 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	}
 	tc.gen = nil
 	rt := tc.rt
+	if g.unwatch != nil {
+		g.unwatch()
+	}
 	defer g.cancelStore(errStopped)
 	drainCtx, cancel := context.WithTimeout(ctx, rt.opts.DrainTimeout)
 	defer cancel()
 	if !g.stopping.Swap(true) {
 		close(g.stopped)
 	}
+	g.halt()
 	// In-flight batches finish and are acked while the channel is still open.
 	workersDone := make(chan struct{})
 	go func() { g.workersDone.Wait(); close(workersDone) }()
@@ -371,7 +391,8 @@ func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.
 	// Registered before a worker can see it, so that no multiple ack passes over it.
 	g.acks.register(d.Delivery, false)
 	select {
-	case g.pending <- d:
+	case g.pending <- &d:
+		tc.wake(g)
 		return rabbitmq.Manual
 	case <-g.stopped:
 		g.acks.register(d.Delivery, true)
@@ -381,25 +402,86 @@ func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.
 	}
 }
 
-// work is one store worker: it takes a batch of waiting deliveries and processes it, until the generation stops;
-// then it returns the deliveries still waiting to the queue.
+// workerIdle is how long a store worker waits for a delivery before it leaves; one starts again when a delivery
+// arrives and no worker is idle.
+const workerIdle = time.Second
+
+// wake starts a store worker for a delivery just handed over, unless one is idle (it takes the delivery), the
+// tenant's worker count runs already, or the generation stops (the delivery waits for the channel's close).
+func (tc *tenantConsumer) wake(g *generation) {
+	g.spawnMu.Lock()
+	defer g.spawnMu.Unlock()
+	if g.halted || g.idle > 0 || g.running >= g.workers {
+		return
+	}
+	g.running++
+	g.workersDone.Add(1)
+	go tc.work(g)
+}
+
+// work is one store worker: it takes a batch of waiting deliveries and processes it, until none came for
+// workerIdle or the generation stops; then it returns the deliveries still waiting to the queue.
 func (tc *tenantConsumer) work(g *generation) {
 	defer g.workersDone.Done()
-	batch := make([]rabbitmq.Delivery, 0, tc.rt.opts.BatchSize)
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	var batch []rabbitmq.Delivery
+	for {
+		d := tc.next(g, idle)
+		if d == nil {
+			return
+		}
+		if batch == nil {
+			batch = make([]rabbitmq.Delivery, 0, tc.rt.opts.BatchSize)
+		}
+		batch = append(batch[:0], *d)
+		batch = tc.fill(g, batch)
+		tc.process(g, batch)
+		clear(batch) // the bodies are not kept while the worker waits
+	}
+}
+
+// next waits for a delivery for a store worker. It returns nil when the worker leaves: the generation stops (the
+// deliveries still waiting go back to the queue), or none came for workerIdle and none waits.
+func (tc *tenantConsumer) next(g *generation, idle *time.Timer) *rabbitmq.Delivery {
 	for {
 		if g.stopping.Load() {
 			tc.requeueWaiting(g)
-			return
+			g.spawnMu.Lock()
+			g.running--
+			g.spawnMu.Unlock()
+			return nil
 		}
 		select {
 		case d := <-g.pending:
-			batch = append(batch[:0], d)
-		case <-g.stopped:
-			tc.requeueWaiting(g)
-			return
+			return d
+		default:
 		}
-		batch = tc.fill(g, batch)
-		tc.process(g, batch)
+		g.spawnMu.Lock()
+		g.idle++
+		g.spawnMu.Unlock()
+		idle.Reset(workerIdle)
+		var d *rabbitmq.Delivery
+		timedOut := false
+		select {
+		case d = <-g.pending:
+		case <-g.stopped:
+		case <-idle.C:
+			timedOut = true
+		}
+		g.spawnMu.Lock()
+		g.idle--
+		// A delivery handed over before this check is seen here; one handed over after it finds this worker gone
+		// (wake runs after the hand-over, under the same lock) and starts another.
+		if timedOut && len(g.pending) == 0 {
+			g.running--
+			g.spawnMu.Unlock()
+			return nil
+		}
+		g.spawnMu.Unlock()
+		if d != nil {
+			return d
+		}
 	}
 }
 
@@ -414,7 +496,7 @@ func (tc *tenantConsumer) fill(g *generation, batch []rabbitmq.Delivery) []rabbi
 	for len(batch) < size {
 		select {
 		case d := <-g.pending:
-			batch = append(batch, d)
+			batch = append(batch, *d)
 			continue
 		default:
 		}
@@ -426,7 +508,7 @@ func (tc *tenantConsumer) fill(g *generation, batch []rabbitmq.Delivery) []rabbi
 		}
 		select {
 		case d := <-g.pending:
-			batch = append(batch, d)
+			batch = append(batch, *d)
 		case <-timer:
 			return batch
 		case <-g.stopped:
@@ -441,7 +523,7 @@ func (tc *tenantConsumer) requeueWaiting(g *generation) {
 	for {
 		select {
 		case d := <-g.pending:
-			tc.settle(g, d, func() error { return d.Nack(false, true) })
+			tc.settle(g, *d, func() error { return d.Nack(false, true) })
 			tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
 			tc.rt.metrics.inflight.WithLabelValues(label).Dec()
 		default:

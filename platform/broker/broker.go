@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	rabbitmq "github.com/wagslane/go-rabbitmq"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Options configures the broker connection.
@@ -33,6 +34,9 @@ type Conn struct {
 
 	adminMu sync.Mutex
 	admin   *amqp.Connection
+
+	probeMu sync.Mutex
+	probes  []*amqp.Channel // idle channels of admin for InspectQueue
 }
 
 // Dial connects to RabbitMQ; it fails when no node of opts.URLs answers now.
@@ -103,10 +107,13 @@ func (c *Conn) ChannelMax(ctx context.Context) (int, error) {
 func (c *Conn) Close() error {
 	c.adminMu.Lock()
 	if c.admin != nil {
-		_ = c.admin.Close()
+		_ = c.admin.Close() // closes the probe channels too
 		c.admin = nil
 	}
 	c.adminMu.Unlock()
+	c.probeMu.Lock()
+	c.probes = nil
+	c.probeMu.Unlock()
 	return c.Conn.Close()
 }
 
@@ -153,15 +160,33 @@ func (c *Conn) Ping(ctx context.Context) error {
 var ErrUnavailable = errors.New("broker unavailable")
 
 // Logger adapts zap to go-rabbitmq's logger; the library's chatty info lines are logged at debug level.
-func Logger(log *zap.Logger) rabbitmq.Logger { return zapAdapter{log.Sugar()} }
+func Logger(log *zap.Logger) rabbitmq.Logger { return zapAdapter{log: log} }
 
-type zapAdapter struct{ s *zap.SugaredLogger }
+// LoggerWith is Logger with fields added to every line. The fields are added as a line is written, not kept in a
+// derived logger (whose encoder holds a buffer of its own): a consumer per tenant keeps its logger for life.
+func LoggerWith(log *zap.Logger, fields ...zap.Field) rabbitmq.Logger {
+	return zapAdapter{log: log, fields: fields}
+}
 
-func (z zapAdapter) Fatalf(f string, v ...any) { z.s.Errorf(f, v...) }
-func (z zapAdapter) Errorf(f string, v ...any) { z.s.Errorf(f, v...) }
-func (z zapAdapter) Warnf(f string, v ...any)  { z.s.Warnf(f, v...) }
-func (z zapAdapter) Infof(f string, v ...any)  { z.s.Debugf(f, v...) }
-func (z zapAdapter) Debugf(f string, v ...any) { z.s.Debugf(f, v...) }
+type zapAdapter struct {
+	log    *zap.Logger
+	fields []zap.Field
+}
+
+func (z zapAdapter) write(lvl zapcore.Level, f string, v []any) {
+	if !z.log.Core().Enabled(lvl) {
+		return
+	}
+	if ce := z.log.Check(lvl, fmt.Sprintf(f, v...)); ce != nil {
+		ce.Write(z.fields...)
+	}
+}
+
+func (z zapAdapter) Fatalf(f string, v ...any) { z.write(zapcore.ErrorLevel, f, v) }
+func (z zapAdapter) Errorf(f string, v ...any) { z.write(zapcore.ErrorLevel, f, v) }
+func (z zapAdapter) Warnf(f string, v ...any)  { z.write(zapcore.WarnLevel, f, v) }
+func (z zapAdapter) Infof(f string, v ...any)  { z.write(zapcore.DebugLevel, f, v) }
+func (z zapAdapter) Debugf(f string, v ...any) { z.write(zapcore.DebugLevel, f, v) }
 
 // permanentError marks a failure that no retry can mend, such as an undecodable delivery.
 type permanentError struct{ err error }

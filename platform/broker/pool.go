@@ -59,7 +59,24 @@ type pooledConn struct {
 	used     int
 	isolated bool          // one consumer's own connection, closed when it is released
 	lost     chan struct{} // closed when the connection dropped or was closed
-	gone     bool          // lost was closed; guarded by the pool's mu
+	// lostCtx is cancelled when lost is closed: context.AfterFunc on it runs a lease's callback on the loss
+	// without a goroutine per lease waiting for it.
+	lostCtx  context.Context
+	markLost context.CancelFunc
+	gone     bool // lost was closed; guarded by the pool's mu
+}
+
+// newPooledConn returns a connection's pool entry, not dialled yet.
+func newPooledConn(name string, isolated bool) *pooledConn {
+	pc := &pooledConn{name: name, isolated: isolated, lost: make(chan struct{})}
+	pc.lostCtx, pc.markLost = context.WithCancel(context.Background())
+	return pc
+}
+
+// closeLost tells the connection's leases that it is gone; call it once.
+func (pc *pooledConn) closeLost() {
+	close(pc.lost)
+	pc.markLost()
 }
 
 // neverReconnect is the reconnect interval of go-rabbitmq's connection manager on a pooled connection: the pool
@@ -80,6 +97,11 @@ type Lease struct {
 
 // Lost is closed when the lease's connection dropped (or the pool closed).
 func (l *Lease) Lost() <-chan struct{} { return l.pc.lost }
+
+// AfterLost arranges for f to run in its own goroutine once the lease's connection dropped (or the pool closed),
+// like context.AfterFunc: nothing waits for it meanwhile, so an idle consumer's watch costs no goroutine. stop
+// cancels it and reports whether it did so before f started.
+func (l *Lease) AfterLost(f func()) (stop func() bool) { return context.AfterFunc(l.pc.lostCtx, f) }
 
 // Isolated reports whether the lease has a connection of its own.
 func (l *Lease) Isolated() bool { return l.pc.isolated }
@@ -159,7 +181,7 @@ func (p *ConsumerPool) dial(isolated bool) (*pooledConn, error) {
 		name = fmt.Sprintf("%s-consumer-isolated-%d", p.name, p.dialled)
 	}
 	p.mu.Unlock()
-	pc := &pooledConn{name: name, isolated: isolated, lost: make(chan struct{})}
+	pc := newPooledConn(name, isolated)
 	c, err := dialPooled(p.urls, name, p.log, func() { p.lose(pc) })
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -232,7 +254,7 @@ func (p *ConsumerPool) removeLocked(pc *pooledConn) {
 
 // retire closes a connection taken out of the pool (removeLocked) and tells its leases.
 func (p *ConsumerPool) retire(pc *pooledConn) {
-	close(pc.lost)
+	pc.closeLost()
 	go func() {
 		if pc.conn != nil {
 			_ = pc.conn.Close()
@@ -330,7 +352,7 @@ func (p *ConsumerPool) Close() error {
 	p.mu.Unlock()
 	var first error
 	for _, c := range conns {
-		close(c.lost)
+		c.closeLost()
 		if err := c.conn.Close(); err != nil && first == nil {
 			first = err
 		}

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -60,18 +61,60 @@ func (c *Conn) DeleteQueues(ctx context.Context, names ...string) error {
 
 // InspectQueue passively declares name and reports whether it exists, its ready messages and consumers.
 func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error) {
-	var st QueueState
-	err := c.WithChannel(ctx, func(ch *amqp.Channel) error {
-		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
-		var ae *amqp.Error
-		if errors.As(err, &ae) && ae.Code == amqp.NotFound {
-			return nil
+	ch, err := c.probeChannel(ctx)
+	if err != nil {
+		return QueueState{}, err
+	}
+	q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+		return QueueState{}, nil // the broker closed the channel with it
+	}
+	if err != nil {
+		_ = ch.Close()
+		return QueueState{}, err
+	}
+	c.putProbeChannel(ch)
+	return QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}, nil
+}
+
+// probeChannels is the most idle channels the administrative connection keeps for InspectQueue.
+const probeChannels = 16
+
+// probeChannel returns an open channel of the administrative connection for one passive declare: an idle one
+// when there is one, so that a probe costs one round trip, not a channel's open and close as well (a start polls
+// its queue until the broker counts its consumer, with many starts at once after a restart).
+func (c *Conn) probeChannel(ctx context.Context) (*amqp.Channel, error) {
+	c.probeMu.Lock()
+	for len(c.probes) > 0 {
+		ch := c.probes[len(c.probes)-1]
+		c.probes = c.probes[:len(c.probes)-1]
+		if !ch.IsClosed() {
+			c.probeMu.Unlock()
+			return ch, nil
 		}
-		if err != nil {
-			return err
-		}
-		st = QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}
-		return nil
-	})
-	return st, err
+	}
+	c.probeMu.Unlock()
+	conn, err := c.adminConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
+	}
+	return ch, nil
+}
+
+// putProbeChannel keeps ch for the next probe, or closes it when enough are kept.
+func (c *Conn) putProbeChannel(ch *amqp.Channel) {
+	c.probeMu.Lock()
+	if len(c.probes) < probeChannels && !ch.IsClosed() {
+		c.probes = append(c.probes, ch)
+		ch = nil
+	}
+	c.probeMu.Unlock()
+	if ch != nil {
+		_ = ch.Close()
+	}
 }
