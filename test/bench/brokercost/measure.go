@@ -109,13 +109,13 @@ func measureType(ctx context.Context, root string, opt options, typ string) (res
 		s.ConsumeSeconds = time.Since(t0).Seconds()
 		fmt.Printf("   %d queues: declared in %.1f s, consumed in %.1f s\n", len(f.ids), s.DeclareSeconds, s.ConsumeSeconds)
 		if stepErr := errors.Join(derr, cerr); stepErr != nil {
-			res.Note = fmt.Sprintf("stopped at %d queues (%d consuming): %v", len(f.ids), f.consumed, stepErr)
+			res.Note = fmt.Sprintf("stopped while declaring %d queues (%d consuming): %v", len(f.ids), f.consumed-f.missing, stepErr)
 			fmt.Println("   " + res.Note)
 			if ctx.Err() != nil {
 				return res, stepErr
 			}
 			m, merr := measure(ctx, n, f, opt)
-			m.DeclareSeconds, m.ConsumeSeconds, m.Queues = s.DeclareSeconds, s.ConsumeSeconds, f.consumed
+			m.DeclareSeconds, m.ConsumeSeconds, m.Queues = s.DeclareSeconds, s.ConsumeSeconds, f.consumed-f.missing
 			res.Steps = append(res.Steps, m)
 			printSample(m)
 			return res, errors.Join(stepErr, merr)
@@ -134,7 +134,7 @@ func measureType(ctx context.Context, root string, opt options, typ string) (res
 
 // measure waits -settle, then counts beam.smp's CPU over -window and reads its RSS and the node's figures.
 func measure(ctx context.Context, n *node, f *fleet, opt options) (sample, error) {
-	s := sample{Queues: f.consumed, Connections: len(f.conns), Retries: f.retries.Load()}
+	s := sample{Queues: f.consumed - f.missing, Connections: len(f.conns), Retries: f.retries.Load()}
 	if v, ok := f.lastErr.Load().(string); ok {
 		s.LastRetry = v
 	}

@@ -28,7 +28,8 @@ type fleet struct {
 	inLast   int          // channels on the last connection
 	retries  atomic.Int64 // declares and consumes tried again after a failure
 	lastErr  atomic.Value // the last such failure (error string)
-	consumed int          // tenants with a consumer
+	consumed int          // tenants a consumer was started for (an index into ids)
+	missing  int          // of them, tenants whose queue was not there (its declare failed)
 }
 
 func newFleet(ctx context.Context, opt options, typ, url string) (*fleet, error) {
@@ -51,12 +52,34 @@ func newFleet(ctx context.Context, opt options, typ, url string) (*fleet, error)
 	return f, nil
 }
 
+// dialTimeout bounds a connection's opening: an overloaded node (3.10 with thousands of quorum queues that lost
+// their leaders) accepted the socket and then answered connection.open after minutes, if at all.
+const dialTimeout = time.Minute
+
 func dial(url, name string) (*amqp.Connection, error) {
-	c, err := amqp.DialConfig(url, amqp.Config{Properties: amqp.Table{"connection_name": name}, Dial: amqp.DefaultDial(5 * time.Second)})
-	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", name, err)
+	type result struct {
+		c   *amqp.Connection
+		err error
 	}
-	return c, nil
+	done := make(chan result, 1)
+	go func() {
+		c, err := amqp.DialConfig(url, amqp.Config{Properties: amqp.Table{"connection_name": name}, Dial: amqp.DefaultDial(5 * time.Second)})
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("connect %s: %w", name, r.err)
+		}
+		return r.c, nil
+	case <-time.After(dialTimeout):
+		go func() { // close it if it ever opens
+			if r := <-done; r.c != nil {
+				_ = r.c.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connect %s: the node did not open the connection within %s", name, dialTimeout)
+	}
 }
 
 // queueArgs are a tenant queue's arguments as modules/consumer's Runtime.queues makes them.
@@ -224,6 +247,8 @@ func (f *fleet) consume(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var firstErr error
 	var emu sync.Mutex
+	var missing atomic.Int64
+	defer func() { f.missing += int(missing.Load()) }()
 	for range f.opt.consumers {
 		wg.Add(1)
 		go func() {
@@ -239,9 +264,13 @@ func (f *fleet) consume(ctx context.Context) error {
 					if c, err = lease(); err != nil {
 						continue
 					}
-					if err = consumeOne(c, id, prefetch); err == nil {
-						break
+					if err = consumeOne(c, id, prefetch); err == nil || isNotFound(err) {
+						break // a queue whose declare failed is not there to consume
 					}
+				}
+				if err != nil && isNotFound(err) {
+					missing.Add(1)
+					continue
 				}
 				if err != nil {
 					emu.Lock()
@@ -269,6 +298,11 @@ func (f *fleet) consume(ctx context.Context) error {
 		firstErr = ctx.Err()
 	}
 	return firstErr
+}
+
+func isNotFound(err error) bool {
+	var ae *amqp.Error
+	return errors.As(err, &ae) && ae.Code == amqp.NotFound
 }
 
 func consumeOne(c *amqp.Connection, id uuid.UUID, prefetch int) error {
