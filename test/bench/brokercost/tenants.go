@@ -225,14 +225,19 @@ func (f *fleet) retried(err error) {
 // prefetch per worker, and basic.consume as go-rabbitmq's consumer does it (manual acks, not exclusive).
 func (f *fleet) consume(ctx context.Context) error {
 	prefetch := f.opt.workers * f.opt.prefetch
-	var mu sync.Mutex // guards conns and inLast
+	var mu sync.Mutex // guards conns, inLast and dialErr
+	var dialErr error // a failed dial ends the step: the others waiting for a connection fail at once
 	lease := func() (*amqp.Connection, error) {
 		mu.Lock()
 		defer mu.Unlock()
+		if dialErr != nil {
+			return nil, dialErr
+		}
 		// A connection the broker closed is replaced, as the service's pool retires it and dials another.
 		if len(f.conns) == 0 || f.inLast >= f.perConn || f.conns[len(f.conns)-1].IsClosed() {
 			c, err := dial(f.url, fmt.Sprintf("brokercost-consumer-%d", len(f.conns)+1))
 			if err != nil {
+				dialErr = err
 				return nil, err
 			}
 			if f.perConn == 0 {
@@ -262,7 +267,7 @@ func (f *fleet) consume(ctx context.Context) error {
 					}
 					var c *amqp.Connection
 					if c, err = lease(); err != nil {
-						continue
+						break
 					}
 					if err = consumeOne(c, id, prefetch); err == nil || isNotFound(err) {
 						break // a queue whose declare failed is not there to consume
