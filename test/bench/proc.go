@@ -10,43 +10,23 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/acme/msgsvc/test/bench/procstat"
 )
 
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (`getconf CLK_TCK`, 100 on Linux).
-var clockTicks = func() float64 {
-	out, err := exec.Command("getconf", "CLK_TCK").Output()
-	if err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil && n > 0 {
-			return float64(n)
-		}
-	}
-	return 100
-}()
+// clockTicks is USER_HZ, the unit of the times in /proc/<pid>/stat.
+var clockTicks = procstat.ClockTicks
 
-// procStat holds the fields of /proc/<pid>/stat the harness needs.
-type procStat struct {
-	ppid                         int
-	utime, stime, cutime, cstime uint64 // clock ticks
-}
+// readStat, machineTicks: procstat's, shared with the broker-cost tool.
+var (
+	readStat     = procstat.Read
+	machineTicks = procstat.MachineTicks
+)
 
-func readStat(pid int) (procStat, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces; fields after it start at field 3.
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(string(raw[i+1:]))
-	if len(f) < 15 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	num := func(k int) uint64 { n, _ := strconv.ParseUint(f[k], 10, 64); return n }
-	ppid, _ := strconv.Atoi(f[1])
-	// f[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
-	return procStat{ppid: ppid, utime: num(11), stime: num(12), cutime: num(13), cstime: num(14)}, nil
+// rssBytes is a process's resident memory (VmRSS); false when it cannot be read.
+func rssBytes(pid int) (float64, bool) {
+	b, err := procstat.RSSBytes(pid)
+	return b, err == nil
 }
 
 // cpuTicks is the CPU time (user + system, all threads) a process has used so far.
@@ -58,7 +38,7 @@ func cpuTicks(pid int) (uint64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	return s.utime + s.stime, true
+	return s.Utime + s.Stime, true
 }
 
 // clusterTicks is the CPU time of a PostgreSQL cluster: the postmaster, its live children (backends, WAL
@@ -72,7 +52,7 @@ func clusterTicks(postmaster int) (uint64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	total := pm.utime + pm.stime + pm.cutime + pm.cstime
+	total := pm.Utime + pm.Stime + pm.Cutime + pm.Cstime
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
@@ -80,50 +60,11 @@ func clusterTicks(postmaster int) (uint64, bool) {
 			continue
 		}
 		s, err := readStat(pid)
-		if err == nil && s.ppid == postmaster {
-			total += s.utime + s.stime
+		if err == nil && s.PPID == postmaster {
+			total += s.Utime + s.Stime
 		}
 	}
 	return total, true
-}
-
-// machineTicks returns the busy and total jiffies of all CPUs from /proc/stat.
-func machineTicks() (busy, total uint64) {
-	raw, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
-	}
-	line, _, _ := strings.Cut(string(raw), "\n")
-	f := strings.Fields(line)
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		if i >= 8 { // guest and guest_nice are already counted in user and nice
-			break
-		}
-		total += n
-		if i != 3 && i != 4 { // idle, iowait
-			busy += n
-		}
-	}
-	return busy, total
-}
-
-// rssBytes is a process's resident memory (VmRSS).
-func rssBytes(pid int) (float64, bool) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseFloat(f[0], 64)
-				return kb * 1024, true
-			}
-		}
-	}
-	return 0, false
 }
 
 // postmasterPID reads the first line of the data directory's postmaster.pid (.dev/postgres is a symlink to

@@ -198,7 +198,7 @@ func findBeam(pid int) int {
 		if err != nil {
 			continue
 		}
-		if s, err := readStat(child); err == nil && s.ppid == pid {
+		if s, err := readStat(child); err == nil && s.PPID == pid {
 			if b := findBeam(child); b != 0 {
 				return b
 			}
