@@ -38,11 +38,13 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	if err != nil {
 		return err
 	}
+	settled10 := r.settle(ctx, srv)
 	pub10, get10, err := r.probeLatency(ctx, srv, probes)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("   at 10 tenants: publish p50 %s, GET /api/v1/messages p50 %s\n", fmtMS(pub10), fmtMS(get10))
+	fmt.Printf("   at 10 tenants (settled after %s): publish p50 %s, GET /api/v1/messages p50 %s\n",
+		settled10.Round(100*time.Millisecond), fmtMS(pub10), fmtMS(get10))
 	gone, _, err := r.createTenants(ctx, srv, "bench-gone", 1000, 1, o.scaleClients, nil)
 	if err != nil {
 		return err
@@ -215,7 +217,10 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	}
 	s.add("restart_live", "restart → all consumers running", back.Seconds(), "s", fmtSeconds(back)).atMost(60, "60 s")
 
-	// At N tenants: the same probe tenants' publish and read latencies.
+	// At N tenants: the same probe tenants' publish and read latencies, once the restart has settled, as the
+	// probe at 10 tenants did: the goal is about the steady state at N, not a restart's aftermath.
+	settled := r.settle(ctx, srv)
+	fmt.Printf("   settled %s after all consumers ran\n", settled.Round(100*time.Millisecond))
 	pubN, getN, err := r.probeLatency(ctx, srv, probes)
 	if err != nil {
 		return err
@@ -294,6 +299,28 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	s.add("delete_ratio", "deleting 1,000 (partitions dropped): at N ÷ at 1,010", delDropN.Seconds()/delDrop1k.Seconds(), "",
 		fmt.Sprintf("%.2f ×", delDropN.Seconds()/delDrop1k.Seconds())).atMost(2, "2 ×")
 	return nil
+}
+
+// settle waits until the service, RabbitMQ and PostgreSQL each used under a tenth of a core over half a second
+// (60 s at most: the partition pool's refill, a restart's reconciliation) and returns how long that took.
+func (r *runner) settle(ctx context.Context, srv *server) time.Duration {
+	began := time.Now()
+	busy := func() [3]uint64 {
+		svc, _ := cpuTicks(srv.PID())
+		beam, _ := cpuTicks(r.beam)
+		pg, _ := clusterTicks(r.postmaster)
+		return [3]uint64{svc, beam, pg}
+	}
+	limit := uint64(clockTicks * 0.5 * 0.1) // a tenth of a core over half a second, in clock ticks
+	for time.Since(began) < time.Minute && ctx.Err() == nil {
+		a := busy()
+		time.Sleep(500 * time.Millisecond)
+		b := busy()
+		if b[0]-a[0] <= limit && b[1]-a[1] <= limit && b[2]-a[2] <= limit {
+			break
+		}
+	}
+	return time.Since(began)
 }
 
 // probeLatency publishes 40 messages to each probe tenant (4 clients, one message per request) and then reads
