@@ -129,8 +129,14 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 	var lag float64
 	bytes := map[string]float64{}
 	var errs []error
+	owned := make(map[uuid.UUID]bool, len(ts)) // the listed tenants this replica owns: their last sizes are kept
 	for _, t := range ts {
-		if !s.owns(t.ID) {
+		if s.owns(t.ID) {
+			owned[t.ID] = true
+		}
+	}
+	for _, t := range ts {
+		if !owned[t.ID] {
 			continue
 		}
 		l, size, err := s.sweepTenant(ctx, t)
@@ -149,7 +155,7 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 		bytes[s.m.tenant(t.ID)] += size
 	}
 	for id := range s.lastSize {
-		if !s.owns(id) || !listed(ts, id) {
+		if !owned[id] {
 			delete(s.lastSize, id)
 		}
 	}
@@ -280,16 +286,6 @@ func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float6
 			return total, err
 		}
 	}
-}
-
-// listed reports whether id is among ts.
-func listed(ts []events.Tenant, id uuid.UUID) bool {
-	for _, t := range ts {
-		if t.ID == id {
-			return true
-		}
-	}
-	return false
 }
 
 // gone turns the error of a tenant whose partition was dropped meanwhile (undefined_table) into nil.
