@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/acme/msgsvc/platform/broker"
+
+	"github.com/acme/msgsvc/test/bench/devenv"
 )
 
 // services are the local PostgreSQL and RabbitMQ servers started by `services:up`, read from .dev/services.env.
@@ -29,24 +30,15 @@ type services struct {
 
 func readServicesEnv(root string) (services, error) {
 	path := filepath.Join(root, ".dev", "services.env")
-	f, err := os.Open(path)
+	vals, err := devenv.ReadEnvFile(path)
 	if err != nil {
 		return services{}, fmt.Errorf("%w (run `go tool task services:up`)", err)
-	}
-	defer f.Close()
-	vals := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
-		if ok && !strings.HasPrefix(k, "#") {
-			vals[k] = strings.Trim(v, `"'`)
-		}
 	}
 	s := services{DatabaseURL: vals["DATABASE_URL"], AMQPURL: vals["AMQP_URL"], ManagementURL: vals["RABBITMQ_MANAGEMENT_URL"]}
 	if s.DatabaseURL == "" || s.AMQPURL == "" || s.ManagementURL == "" {
 		return s, fmt.Errorf("%s lacks DATABASE_URL, AMQP_URL or RABBITMQ_MANAGEMENT_URL", path)
 	}
-	return s, sc.Err()
+	return s, nil
 }
 
 // benchEnv is one scenario's own database and virtual host, so the benchmark never touches dev data and

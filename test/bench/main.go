@@ -33,6 +33,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/acme/msgsvc/platform/broker"
+
+	"github.com/acme/msgsvc/test/bench/devenv"
 )
 
 type options struct {
@@ -186,7 +188,7 @@ func main() {
 
 func run() int {
 	opt := parseFlags()
-	root, err := moduleRoot()
+	root, err := devenv.ModuleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
@@ -525,23 +527,6 @@ func (r *runner) cleanup() {
 		if r.waitHealthy(ctx, 2*time.Minute) == nil {
 			r.dropEnvs()
 		}
-	}
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if raw, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(raw), "module github.com/acme/msgsvc") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("run from inside the msgsvc module (no go.mod of github.com/acme/msgsvc above %s)", dir)
-		}
-		dir = parent
 	}
 }
 

@@ -27,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/acme/msgsvc/test/bench/devenv"
 )
 
 type options struct {
@@ -93,7 +95,7 @@ func fail(err error) {
 
 func main() {
 	opt := parseFlags()
-	root, err := moduleRoot()
+	root, err := devenv.ModuleRoot()
 	if err != nil {
 		fail(err)
 	}

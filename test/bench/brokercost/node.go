@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,6 +18,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/acme/msgsvc/platform/broker"
+
+	"github.com/acme/msgsvc/test/bench/devenv"
 )
 
 // node is the RabbitMQ node being measured: the local one of .dev/services.env or a container of its own.
@@ -41,7 +42,7 @@ func (n *node) vhostURL(vhost string) string {
 
 // localNode is the node deployments/local/services.sh runs, as recorded in .dev/services.env.
 func localNode(ctx context.Context, root string) (*node, error) {
-	vals, err := readEnvFile(filepath.Join(root, ".dev", "services.env"))
+	vals, err := devenv.ReadEnvFile(filepath.Join(root, ".dev", "services.env"))
 	if err != nil {
 		return nil, fmt.Errorf("read the local servers' addresses: %w (run `go tool task services:up`)", err)
 	}
@@ -205,40 +206,6 @@ func findBeam(pid int) int {
 		}
 	}
 	return 0
-}
-
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	vals := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
-		if ok && !strings.HasPrefix(k, "#") {
-			vals[k] = strings.Trim(v, `"'`)
-		}
-	}
-	return vals, sc.Err()
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if raw, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(raw), "module github.com/acme/msgsvc") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("run from inside the msgsvc module (no go.mod of github.com/acme/msgsvc above %s)", dir)
-		}
-		dir = parent
-	}
 }
 
 func gitCommit(root string) string {
