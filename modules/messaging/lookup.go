@@ -150,7 +150,7 @@ type Stats struct {
 
 // exactCountBelow is the partition size (by PostgreSQL's live-tuple statistics) under which stats count
 // stored messages exactly.
-const exactCountBelow = 10_000
+const exactCountBelow = "10000"
 
 // rateSample is how many of the newest messages the last minute's count reads at most: beyond it (more than
 // 83 messages per second) the rate is extrapolated from the time the newest rateSample messages span, so that
@@ -160,16 +160,20 @@ const (
 	rateSampleS = "5000"
 )
 
-// statsSQL reads a tenant's figures in one round trip, each from an index: the live-tuple statistics of its
-// partition, its newest message (the keyset index's first entry), and the newest messages of the last minute
-// (at most rateSample entries of that index).
-const statsSQL = `SELECT
-  COALESCE(pg_stat_get_live_tuples(to_regclass($2::text)), 0),
+// statsSQL reads a tenant's figures in one statement, so that they all come from one snapshot (a count taken
+// by a second statement could include rows committed after the first read the last minute's), each from an
+// index: the live-tuple statistics of its partition, the exact count when those say it is under
+// exactCountBelow (the CASE keeps PostgreSQL from running the count otherwise), its newest message (the keyset
+// index's first entry), and the newest messages of the last minute (at most rateSample entries of that index).
+const statsSQL = `WITH est AS (SELECT COALESCE(pg_stat_get_live_tuples(to_regclass($2::text)), 0) AS n)
+SELECT
+  est.n,
+  CASE WHEN est.n < ` + exactCountBelow + ` THEN (SELECT count(*) FROM messages WHERE tenant_id = $1) END,
   (SELECT created_at FROM messages WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1),
   last.n, last.oldest, now(),
   (SELECT created_at FROM messages WHERE tenant_id = $1 ORDER BY created_at, id LIMIT 1),
   COALESCE(pg_total_relation_size(to_regclass($2::text)), 0)
-FROM (SELECT count(*) AS n, min(created_at) AS oldest FROM (
+FROM est, (SELECT count(*) AS n, min(created_at) AS oldest FROM (
   SELECT created_at FROM messages WHERE tenant_id = $1 AND created_at >= now() - interval '1 minute'
   ORDER BY created_at DESC, id DESC LIMIT ` + rateSampleS + `) r) last`
 
@@ -191,9 +195,15 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 	}
 	st.MaxAgeSeconds, st.RetentionDefault = maxAge(t, s.retentionDefault), t.MaxAgeSeconds == nil
 	var newest, oldest, first sql.NullTime
+	var exact sql.NullInt64
 	if err := s.db.DB.QueryRowContext(ctx, statsSQL, pgx.QueryExecModeSimpleProtocol, tenantID, PartitionName(tenantID)).
-		Scan(&st.StoredMessages, &newest, &st.StoredLastMinute, &oldest, &st.At, &first, &st.StorageBytes); err != nil {
+		Scan(&st.StoredMessages, &exact, &newest, &st.StoredLastMinute, &oldest, &st.At, &first, &st.StorageBytes); err != nil {
 		return Stats{}, problem.Dependency(err)
+	}
+	if exact.Valid {
+		st.StoredMessages = exact.Int64
+	} else {
+		st.StoredMessagesEstimated = true
 	}
 	st.At = st.At.UTC()
 	if first.Valid {
@@ -209,13 +219,6 @@ func (s *Service) Stats(ctx context.Context, tenantID uuid.UUID, state ConsumerS
 		st.PublishRatePerSecond = float64(st.StoredLastMinute) / span
 		st.StoredLastMinute = int64(st.PublishRatePerSecond * 60)
 		st.StoredLastMinuteEstimated = true
-	}
-	if st.StoredMessages < exactCountBelow {
-		if err := s.db.DB.QueryRowContext(ctx, `SELECT count(*) FROM messages WHERE tenant_id = $1`, pgx.QueryExecModeSimpleProtocol, tenantID).Scan(&st.StoredMessages); err != nil {
-			return Stats{}, problem.Dependency(err)
-		}
-	} else {
-		st.StoredMessagesEstimated = true
 	}
 	if st.DeadLetters, err = state.CountDeadLetters(ctx, tenantID); err != nil {
 		return Stats{}, problem.Dependency(err)
