@@ -303,14 +303,15 @@ func (r *Runtime) reportWithoutSingleActiveConsumer(names []string) {
 	}
 }
 
-// listQueues returns the names of the queues in the connection's virtual host, and of those the tenant queues
+// listQueues returns the names of the queues in the connection's virtual host (the management API's cheap listing,
+// without statistics), and of those the tenant queues
 // (not dead-letter queues) declared without x-single-active-consumer.
 func (r *Runtime) listQueues(ctx context.Context) ([]string, []string, error) {
 	mgmt, err := broker.NewManagement(r.opts.ManagementURL, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	qs, err := mgmt.Queues(ctx, config.VHost(r.opts.AMQPURL))
+	qs, err := mgmt.QueueRecords(ctx, config.VHost(r.opts.AMQPURL))
 	if err != nil {
 		return nil, nil, err
 	}

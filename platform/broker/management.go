@@ -118,6 +118,24 @@ func (m *Management) Queues(ctx context.Context, vhost string) ([]QueueInfo, err
 	return qs, err
 }
 
+// queueRecordColumns are the fields QueueRecords asks for: what the broker's queue records hold. Asking for
+// any statistic (consumers, messages) or the type makes the broker gather each queue's figures: measured on
+// RabbitMQ 3.10 with 2,000 quorum queues, a listing with queueColumns cost it 0.15–0.33 s of CPU, one with
+// these 0.05–0.08 s, and 2,000 passive declares 0.14–0.16 s.
+const queueRecordColumns = "name,vhost,durable,arguments"
+
+// QueueRecords lists the queues of virtual host vhost as Queues does, but only their names, virtual host,
+// durability and arguments (Type, State and the statistics are left zero): the cheap listing, for callers
+// that need to know which queues exist.
+func (m *Management) QueueRecords(ctx context.Context, vhost string) ([]QueueInfo, error) {
+	if vhost == "" {
+		return nil, errors.New("rabbitmq management: list queues: no virtual host")
+	}
+	var qs []QueueInfo
+	err := m.do(ctx, http.MethodGet, "/api/queues/"+url.PathEscape(vhost)+"?columns="+queueRecordColumns, nil, &qs)
+	return qs, err
+}
+
 // Queue returns queue name of virtual host vhost; a missing queue is a *ManagementError with Status 404.
 func (m *Management) Queue(ctx context.Context, vhost, name string) (QueueInfo, error) {
 	var q QueueInfo

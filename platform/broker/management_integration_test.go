@@ -69,6 +69,13 @@ func TestManagementAgainstRabbitMQ(t *testing.T) {
 	require.Equal(t, "classic", byName["plain"].Type)
 	require.Equal(t, vhost, byName["plain"].VHost)
 	require.True(t, byName["plain"].Durable)
+	records, err := m.QueueRecords(ctx, vhost)
+	require.NoError(t, err)
+	require.Len(t, records, 2)
+	for _, q := range records {
+		require.Equal(t, q.Name == "sac", q.SingleActiveConsumer(), q.Name)
+		require.Equal(t, vhost, q.VHost)
+	}
 
 	// Consumers and connections come with the next statistics (every 5 s by default).
 	testenv.Eventually(t, 20*time.Second, func() bool {
