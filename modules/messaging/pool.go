@@ -327,14 +327,11 @@ func (p *Pool) Run(ctx context.Context) {
 			t.Reset(p.opt.Interval)
 		}
 	}
-	// The refill yields to a burst of creations: while this replica claimed within the last refillQuiet and the
-	// pool still holds more than a tenth of its size, it waits, so that its attaches (a core of PostgreSQL at
-	// 10,000 partitions) do not slow the creations the pool exists for. It tops the pool up once the burst ends,
-	// or at once when the pool runs low.
+	// The refill yields to a burst of creations (refillYield).
 	yielding := func(ctx context.Context) (int, error) {
-		since := time.Since(time.Unix(0, p.lastClaim.Load()))
-		if since < refillQuiet && p.lastReady.Load()*10 > int64(p.opt.Size) {
-			t := time.NewTimer(refillQuiet - since)
+		wait := refillYield(time.Since(time.Unix(0, p.lastClaim.Load())), p.lastReady.Load(), p.opt.Batch)
+		if wait > 0 {
+			t := time.NewTimer(wait)
 			defer t.Stop()
 			select {
 			case <-ctx.Done():
@@ -349,6 +346,23 @@ func (p *Pool) Run(ctx context.Context) {
 	go loop(p.DropDue, p.due, drop, "dropping deleted tenants' partitions")
 	<-done
 	<-done
+}
+
+// refillYield is how long the refill waits before it looks again, sinceClaim after this replica's last claim,
+// with ready partitions left in the pool (at its last count, less the claims since) and batch made per refill
+// transaction; 0: refill now. During a burst of creations (a claim within refillQuiet) it waits while the pool
+// holds more than one refill's worth. An attach costs PostgreSQL about as much in the refill as in a creation
+// (each rebuilds the partition descriptor of messages: tens of milliseconds of CPU at 10,000 partitions), so a
+// refill during the burst would take from the creations the CPU the pool exists to spare them, and it cannot
+// keep up with a burst anyway (100 attaches took about 4 s at 10,000 partitions, while creations from the pool
+// ran at 250–300 a second). It tops the pool up once the burst ends, or once the pool is about to run out:
+// creations past the pool attach their own partitions, one at a time under the attach's lock, which is slower
+// still.
+func refillYield(sinceClaim time.Duration, ready int64, batch int) time.Duration {
+	if sinceClaim < refillQuiet && ready > int64(batch) {
+		return refillQuiet - sinceClaim
+	}
+	return 0
 }
 
 // uuidArray renders ids as a PostgreSQL uuid[] literal (hex digits and dashes only).
