@@ -75,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	m.ratePeers = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace,
 		Name: "rate_limit_peers", Help: "Other replicas whose publish demand reports currently divide the tenants' rate limits with this one."})
 	reg.MustRegister(m.ratePeers, m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert,
-		m.stores.split, m.stores.alone)
+		m.stores.split, m.stores.alone, m.stores.conflicts)
 	return m
 }
 

@@ -375,3 +375,88 @@ func TestLingerWant(t *testing.T) {
 		}
 	}
 }
+
+// TestRowsAlreadyStoredAreSkippedWithoutFailingTheGroup: a grouped insert that meets rows already stored (a
+// redelivery) stores the new rows of every tenant in it and skips the old ones, answering each store's own
+// count; the tenant whose rows conflicted goes careful (ON CONFLICT at once) for a while, the others not.
+func TestRowsAlreadyStoredAreSkippedWithoutFailingTheGroup(t *testing.T) {
+	db, dbURL := storeDB(t)
+	ctx := context.Background()
+	redelivered, other := uuid.New(), uuid.New()
+	for _, id := range []uuid.UUID{redelivered, other} {
+		if err := CreatePartition(ctx, db, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grouped, err := openGroupedPool(dbURL, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = grouped.Close() })
+	m := newStoreMetrics()
+	b := newStoreBatcher(db, grouped, 1, 0, 2, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), m)
+	msgs := func(n int) []Message {
+		ms := make([]Message, n)
+		for i := range ms {
+			ms[i] = Message{ID: uuid.Must(uuid.NewV7()), Payload: []byte(`{"n":1}`), CreatedAt: time.Now()}
+		}
+		return ms
+	}
+	count := func(id uuid.UUID) int {
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM messages WHERE tenant_id = ?", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	first := msgs(3)
+	if n, err := b.insertOne(ctx, grouped, redelivered, first); err != nil || n != 3 {
+		t.Fatalf("first store: %d, %v", n, err)
+	}
+	if b.careful(redelivered) || value(m.conflicts) != 0 {
+		t.Fatal("new rows made the tenant careful")
+	}
+
+	// Two stores in one grouped insert: the redelivery of two stored rows with a new one, and another tenant's.
+	again := append(append([]Message{}, first[:2]...), msgs(1)...)
+	fresh := msgs(4)
+	done := make(chan storeRes, 2)
+	batch := []*storeReq{
+		{tenantID: redelivered, msgs: again, done: make(chan storeRes, 1)},
+		{tenantID: other, msgs: fresh, done: make(chan storeRes, 1)},
+	}
+	b.exec(batch, len(again)+len(fresh))
+	for _, r := range batch {
+		done <- <-r.done
+	}
+	if got := (<-done); got.err != nil || got.alone || got.inserted != 1 {
+		t.Fatalf("the redelivered tenant's store: %+v, want 1 inserted", got)
+	}
+	if got := (<-done); got.err != nil || got.alone || got.inserted != 4 {
+		t.Fatalf("the other tenant's store: %+v, want 4 inserted", got)
+	}
+	if count(redelivered) != 4 || count(other) != 4 {
+		t.Fatalf("stored %d and %d rows, want 4 and 4", count(redelivered), count(other))
+	}
+	if value(m.conflicts) != 1 || value(m.split) != 0 {
+		t.Fatalf("conflicts %v, splits %v: want one conflict and no split", value(m.conflicts), value(m.split))
+	}
+	if !b.careful(redelivered) || !b.careful(other) {
+		t.Fatal("the tenants of the conflicting insert are not careful")
+	}
+
+	// Careful now: another redelivery costs no failed statement.
+	if n, err := b.insert(ctx, redelivered, first); err != nil || n != 0 {
+		t.Fatalf("a careful store of stored rows: %d, %v", n, err)
+	}
+	if value(m.conflicts) != 1 {
+		t.Fatal("a careful store counted a conflict")
+	}
+	// Forgotten after conflictMemory.
+	b.mu.Lock()
+	b.conflicted[redelivered] = time.Now().Add(-conflictMemory)
+	b.mu.Unlock()
+	if b.careful(redelivered) {
+		t.Fatal("still careful after conflictMemory")
+	}
+}
