@@ -161,12 +161,13 @@ func execSQL(t *testing.T, c *pgx.Conn, sql string) {
 	}
 }
 
-func testHeldPartition(t *testing.T, tc heldPartitionCase) {
+// groupedBatcher returns a batcher on a database of its own with a partition for each of tenants, a grouped pool
+// of one connection and two slots for the tenants that go alone, as the service runs it; and the database.
+func groupedBatcher(t *testing.T, m storeMetrics, tenants ...uuid.UUID) (*storeBatcher, *bun.DB, string) {
+	t.Helper()
 	db, dbURL := storeDB(t)
-	ctx := context.Background()
-	held, others := uuid.New(), []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
-	for _, id := range append([]uuid.UUID{held}, others...) {
-		if err := CreatePartition(ctx, db, id); err != nil {
+	for _, id := range tenants {
+		if err := CreatePartition(context.Background(), db, id); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -175,7 +176,13 @@ func testHeldPartition(t *testing.T, tc heldPartitionCase) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = grouped.Close() })
-	b := newStoreBatcher(db, grouped, 1, 0, 2, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), newStoreMetrics())
+	return newStoreBatcher(db, grouped, 1, 0, 2, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), m), db, dbURL
+}
+
+func testHeldPartition(t *testing.T, tc heldPartitionCase) {
+	ctx := context.Background()
+	held, others := uuid.New(), []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+	b, db, dbURL := groupedBatcher(t, newStoreMetrics(), append([]uuid.UUID{held}, others...)...)
 
 	holder, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
@@ -380,21 +387,10 @@ func TestLingerWant(t *testing.T) {
 // redelivery) stores the new rows of every tenant in it and skips the old ones, answering each store's own
 // count; the tenant whose rows conflicted goes careful (ON CONFLICT at once) for a while, the others not.
 func TestRowsAlreadyStoredAreSkippedWithoutFailingTheGroup(t *testing.T) {
-	db, dbURL := storeDB(t)
 	ctx := context.Background()
 	redelivered, other := uuid.New(), uuid.New()
-	for _, id := range []uuid.UUID{redelivered, other} {
-		if err := CreatePartition(ctx, db, id); err != nil {
-			t.Fatal(err)
-		}
-	}
-	grouped, err := openGroupedPool(dbURL, 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = grouped.Close() })
 	m := newStoreMetrics()
-	b := newStoreBatcher(db, grouped, 1, 0, 2, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}), m)
+	b, db, _ := groupedBatcher(t, m, redelivered, other)
 	msgs := func(n int) []Message {
 		ms := make([]Message, n)
 		for i := range ms {
@@ -410,7 +406,7 @@ func TestRowsAlreadyStoredAreSkippedWithoutFailingTheGroup(t *testing.T) {
 		return n
 	}
 	first := msgs(3)
-	if n, err := b.insertOne(ctx, grouped, redelivered, first); err != nil || n != 3 {
+	if n, err := b.insertOne(ctx, b.grouped, redelivered, first); err != nil || n != 3 {
 		t.Fatalf("first store: %d, %v", n, err)
 	}
 	if b.careful(redelivered) || value(m.conflicts) != 0 {

@@ -110,11 +110,15 @@ const queueColumns = "name,vhost,type,durable,arguments,state,consumers,messages
 // Queues lists the queues of virtual host vhost (config.VHost tells an AMQP URL's; "/" is the default one,
 // "" is refused rather than taken for every virtual host).
 func (m *Management) Queues(ctx context.Context, vhost string) ([]QueueInfo, error) {
+	return m.queues(ctx, vhost, queueColumns)
+}
+
+func (m *Management) queues(ctx context.Context, vhost, columns string) ([]QueueInfo, error) {
 	if vhost == "" {
 		return nil, errors.New("rabbitmq management: list queues: no virtual host")
 	}
 	var qs []QueueInfo
-	err := m.do(ctx, http.MethodGet, "/api/queues/"+url.PathEscape(vhost)+"?columns="+queueColumns, nil, &qs)
+	err := m.do(ctx, http.MethodGet, "/api/queues/"+url.PathEscape(vhost)+"?columns="+columns, nil, &qs)
 	return qs, err
 }
 
@@ -128,12 +132,7 @@ const queueRecordColumns = "name,vhost,durable,arguments"
 // durability and arguments (Type, State and the statistics are left zero): the cheap listing, for callers
 // that need to know which queues exist.
 func (m *Management) QueueRecords(ctx context.Context, vhost string) ([]QueueInfo, error) {
-	if vhost == "" {
-		return nil, errors.New("rabbitmq management: list queues: no virtual host")
-	}
-	var qs []QueueInfo
-	err := m.do(ctx, http.MethodGet, "/api/queues/"+url.PathEscape(vhost)+"?columns="+queueRecordColumns, nil, &qs)
-	return qs, err
+	return m.queues(ctx, vhost, queueRecordColumns)
 }
 
 // Queue returns queue name of virtual host vhost; a missing queue is a *ManagementError with Status 404.
