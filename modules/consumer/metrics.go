@@ -19,6 +19,7 @@ type Metrics struct {
 	replayed     *prometheus.CounterVec
 	restarts     *prometheus.CounterVec
 	reconciles   prometheus.Counter
+	inspected    prometheus.Counter
 	repairs      *prometheus.CounterVec
 	// startFailures counts consumers that could not start; failing is how many tenants have none for that reason.
 	startFailures prometheus.Counter
@@ -54,7 +55,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 			Help: "Dead-lettered messages moved back to their tenant's queue, by tenant."}, []string{"tenant"}),
 		restarts:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "consumer_restarts_total", Help: "Consumers (re)started, by reason."}, []string{"reason"}),
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_runs_total", Help: "Reconciliation runs."}),
-		repairs:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_repairs_total", Help: "Repairs made by reconciliation, by kind."}, []string{"kind"}),
+		inspected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_queue_inspections_total",
+			Help: "Passive declares of owned tenant queues by reconciliation (each queue listed and consumed here every fourth run; the others every run)."}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_repairs_total", Help: "Repairs made by reconciliation, by kind."}, []string{"kind"}),
 	}
 	m.startFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_start_failures_total",
 		Help: "Tenant consumers (or their queues) that failed to start on this replica; reconciliation retries them."})
@@ -79,7 +82,7 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 		Help: "Tenant consumers started again by the runtime because their pooled connection dropped."})
 	reg.MustRegister(m.startsInFlight, m.startConcurrency, m.restartsLost)
 	reg.MustRegister(m.startFailures, m.failing, m.orphanCleanup, m.owned, m.handovers, m.handoversUnannounced, m.withoutSAC)
-	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.repairs)
+	reg.MustRegister(m.running, m.workers, m.inflight, m.retried, m.deadLettered, m.requeued, m.replayed, m.restarts, m.reconciles, m.inspected, m.repairs)
 	return m
 }
 

@@ -52,25 +52,38 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		mine = append(mine, t)
 	}
 	owned = len(mine)
-	// One passive declare per owned tenant's queue, over a few channels.
-	names := make([]string, len(mine))
+	// The management API's cheap listing says which queues exist (and feeds the orphan cleanup below); then one
+	// passive declare per owned tenant's queue that needs its consumer count, over a few channels (inspectNeeded).
+	listed, listErr := r.listQueues(ctx)
+	r.pass++
+	var names []string
+	var which []int // index in mine of each name
 	for i, t := range mine {
-		names[i] = QueueName(t.ID)
+		if r.inspectNeeded(t.ID, listed, r.pass) {
+			names = append(names, QueueName(t.ID))
+			which = append(which, i)
+		}
 	}
+	r.metrics.inspected.Add(float64(len(names)))
 	inspected := time.Now()
 	states, inspectErrs, err := r.conn.InspectQueues(ctx, names)
 	if err != nil {
 		wg.Wait()
 		return fmt.Errorf("inspect tenant queues: %w", err)
 	}
+	seen := make([]*broker.QueueState, len(mine))
+	errsOf := make([]error, len(mine))
+	for k, i := range which {
+		seen[i], errsOf[i] = &states[k], inspectErrs[k]
+	}
 	for i, t := range mine {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			err := inspectErrs[i]
+			err := errsOf[i]
 			if err == nil {
-				err = r.reconcileTenant(ctx, t, states[i], inspected)
+				err = r.reconcileTenant(ctx, t, seen[i], inspected)
 			}
 			if err != nil {
 				if tc := r.consumer(t.ID, true); tc != nil && !tc.running() {
@@ -103,7 +116,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		r.metrics.repairs.WithLabelValues("stale_consumer").Inc()
 		r.Stop(ctx, id, "tenant gone")
 	}
-	if err := r.removeOrphanQueues(ctx, known); err != nil {
+	if err := r.removeOrphanQueues(ctx, known, listed, listErr); err != nil {
 		errs = append(errs, fmt.Errorf("orphan queues: %w", err))
 	}
 	return errors.Join(errs...)
@@ -157,12 +170,13 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 	wg.Wait()
 }
 
-// reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected.
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broker.QueueState, inspected time.Time) error {
+// reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected, nil when it
+// was not inspected this pass (the listing showed its queue and its consumer runs here).
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time) error {
 	if r.isClosed() {
 		return nil
 	}
-	if !st.Exists {
+	if st != nil && !st.Exists {
 		// The tenant list was read at the start of this run; a tenant deleted since then has no queue either.
 		// Re-creating its queues would leak them (nothing deletes them again without the management API).
 		if gone, err := r.gone(ctx, t.ID); err != nil || gone {
@@ -196,7 +210,7 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st broke
 	case r.Workers(t.ID) != t.Concurrency:
 		r.metrics.repairs.WithLabelValues("concurrency").Inc()
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
-	case st.Consumers == 0 && tc.startedBefore(inspected):
+	case st != nil && st.Consumers == 0 && tc.startedBefore(inspected):
 		// The broker counts no consumer though this one runs: the broker cancelled it (its channel closed on its
 		// own). go-rabbitmq does not re-consume on a pooled connection; start it again.
 		r.log.Warn("tenant queue has no consumer though its consumer runs; starting it again", zap.String("tenant_id", t.ID.String()))
@@ -227,12 +241,12 @@ func (r *Runtime) isClosed() bool {
 	return r.closed
 }
 
-// removeOrphanQueues deletes tenant queues whose tenant does not exist, using the management API to list them.
-func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bool) error {
+// removeOrphanQueues deletes tenant queues whose tenant does not exist, using the management API's listing of
+// the queues (names, or err when it could not be read).
+func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bool, listed *queueListing, err error) error {
 	if r.opts.ManagementURL == "" {
 		return nil
 	}
-	names, noSAC, err := r.listQueues(ctx)
 	if err != nil {
 		if !r.mgmtDown {
 			r.log.Warn("RabbitMQ management API unreachable: orphan-queue cleanup is off until it answers",
@@ -242,6 +256,7 @@ func (r *Runtime) removeOrphanQueues(ctx context.Context, known map[uuid.UUID]bo
 		r.metrics.orphanCleanup.Set(0)
 		return nil
 	}
+	names, noSAC := listed.names, listed.noSAC
 	if r.mgmtDown {
 		r.log.Info("RabbitMQ management API answers again: orphan-queue cleanup is on")
 	}
@@ -303,27 +318,61 @@ func (r *Runtime) reportWithoutSingleActiveConsumer(names []string) {
 	}
 }
 
-// listQueues returns the names of the queues in the connection's virtual host (the management API's cheap listing,
-// without statistics), and of those the tenant queues
-// (not dead-letter queues) declared without x-single-active-consumer.
-func (r *Runtime) listQueues(ctx context.Context) ([]string, []string, error) {
+// queueListing is what the management API's cheap listing of the connection's virtual host says: the queues'
+// names, those of them that are tenant queues declared without x-single-active-consumer, and the names as a set.
+type queueListing struct {
+	names  []string
+	noSAC  []string
+	exists map[string]bool
+}
+
+// listQueues lists the queues in the connection's virtual host through the management API (its cheap listing,
+// without statistics); nil and no error when no management API is configured.
+func (r *Runtime) listQueues(ctx context.Context) (*queueListing, error) {
+	if r.opts.ManagementURL == "" {
+		return nil, nil
+	}
 	mgmt, err := broker.NewManagement(r.opts.ManagementURL, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	qs, err := mgmt.QueueRecords(ctx, config.VHost(r.opts.AMQPURL))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	names := make([]string, len(qs))
-	var noSAC []string
+	l := &queueListing{names: make([]string, len(qs)), exists: make(map[string]bool, len(qs))}
 	for i, q := range qs {
-		names[i] = q.Name
+		l.names[i] = q.Name
+		l.exists[q.Name] = true
 		if id, ok := parseQueueName(q.Name); ok && q.Name == QueueName(id) && !q.SingleActiveConsumer() {
-			noSAC = append(noSAC, q.Name)
+			l.noSAC = append(l.noSAC, q.Name)
 		}
 	}
-	return names, noSAC, nil
+	return l, nil
+}
+
+// inspectRotation is how many reconciliation passes it takes to inspect every owned queue that the listing
+// shows and whose consumer runs here: each pass inspects a quarter of them (by the tenant id's last byte, random in UUIDv4 and v7 alike).
+const inspectRotation = 4
+
+// inspectNeeded reports whether reconciliation pass number pass must inspect the queue of owned tenant id
+// (a passive declare: whether it exists and how many consumers the broker counts on it). Always when there is no
+// listing (no management API, or it did not answer), when the listing does not show the queue (deleted behind
+// the service's back, or not declared yet), and when the tenant's consumer does not run here; otherwise every
+// inspectRotation-th pass. The broker cancels a consumer whose queue is deleted, or whose classic queue's node
+// went down, and go-rabbitmq does not consume again: a queue deleted is missing from the listing at once; a
+// queue deleted and declared again between two passes, or back with its node, is caught by its turn, within
+// inspectRotation × RECONCILE_INTERVAL (2 minutes with the defaults). Measured at 10,000 tenants (classic
+// queues, RabbitMQ 3.10): reconciliation inspecting every queue every 30 s took 10 % of a core of RabbitMQ
+// and 2.4 % of the service, while everything else idle took 20 % and 3.7 %.
+func (r *Runtime) inspectNeeded(id uuid.UUID, listed *queueListing, pass uint64) bool {
+	if listed == nil || !listed.exists[QueueName(id)] {
+		return true
+	}
+	if tc := r.consumer(id, false); tc == nil || !tc.running() {
+		return true
+	}
+	return uint64(id[15])%inspectRotation == pass%inspectRotation
 }
 
 // redact removes the credentials from a URL for logging.

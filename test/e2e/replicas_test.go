@@ -283,3 +283,44 @@ func TestReconcileDoesNotStopNewTenants(t *testing.T) {
 	require.Empty(t, a.Logs.FilterMessage("stopping the consumer of a tenant that no longer exists").All())
 	require.Empty(t, a.Logs.FilterMessage("deleting orphan queue of a tenant that does not exist").All())
 }
+
+// TestReconcileInspectsInTurns: a reconciliation pass passively declares only a quarter of the owned queues
+// that the management API lists and whose consumer runs (each in turn, every one within four passes), and at
+// once a queue that the listing does not show: one deleted behind the service's back is declared again and
+// consumed at the next pass.
+func TestReconcileInspectsInTurns(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = time.Hour // only the passes this test runs
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	const n = 16
+	ids := make([]uuid.UUID, n)
+	for i := range ids {
+		ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("turns-%d", i), 1))
+	}
+	consumed := func(id uuid.UUID) bool {
+		ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(id))
+		return ok && c == 1
+	}
+	for _, id := range ids {
+		testenv.Eventually(t, 10*time.Second, func() bool { return consumed(id) }, "tenant consumed")
+	}
+	inspections := func() float64 { return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") }
+	before := inspections()
+	for range 4 {
+		require.NoError(t, rt.Reconcile(context.Background()))
+	}
+	require.Equal(t, float64(n), inspections()-before, "four passes inspect each listed and consumed queue once")
+
+	victim := ids[0]
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	_, err := ch.QueueDelete(consumer.QueueName(victim), false, false, false)
+	require.NoError(t, err)
+	require.NoError(t, rt.Reconcile(context.Background()))
+	testenv.Eventually(t, 10*time.Second, func() bool { return consumed(victim) }, "declared again and consumed at the next pass")
+	id := a.Publish(victim.String(), map[string]bool{"after": true})
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
+	}, "stored after the repair")
+}
