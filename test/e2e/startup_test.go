@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +123,37 @@ func TestQueueWithoutSingleActiveConsumerKeepsWorking(t *testing.T) {
 	}, "stored through the old queue")
 	time.Sleep(time.Second) // more reconciliation runs: still one log line
 	require.Len(t, a.Logs.FilterMessageSnippet("has no single active consumer").All(), 1)
+}
+
+// TestReconcileRepairsWhileTheManagementAPIHangs points RABBITMQ_MANAGEMENT_URL at a server that accepts and
+// never answers: a reconciliation pass gives its listing up after a few seconds, inspects every queue instead,
+// and declares again a queue deleted behind the service's back, rather than waiting for the API's 30 s timeout.
+func TestReconcileRepairsWhileTheManagementAPIHangs(t *testing.T) {
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); hang.Close() })
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RabbitMQManagementURL = strings.Replace(hang.URL, "http://", "http://guest:guest@", 1)
+	cfg.ReconcileInterval = time.Hour // only the pass this test runs
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	tenant := uuid.MustParse(a.CreateTenant("mgmt-hangs", 1))
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	_, err := ch.QueueDelete(consumer.QueueName(tenant), false, false, false)
+	require.NoError(t, err)
+	began := time.Now()
+	require.NoError(t, rt.Reconcile(context.Background()))
+	require.Less(t, time.Since(began), 20*time.Second, "the pass waited for the hanging management API")
+	ok, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tenant))
+	require.True(t, ok, "the deleted queue was not declared again")
+	id := a.Publish(tenant.String(), map[string]bool{"after": true})
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
+	}, "stored after the repair")
 }
