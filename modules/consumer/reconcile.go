@@ -28,7 +28,12 @@ const reconcileListTimeout = 5 * time.Second
 // owns has its queues and a consumer of its configured size; consumers of tenants it no longer owns drain and
 // stop (handover); consumers of tenants that no longer exist stop; queues of tenants that do not exist (for
 // OrphanGrace, so that a creation in progress is left alone) are deleted.
+//
+// Passes run one at a time (the loop's, and any other caller's wait): a pass keeps state for the next one
+// (its number, orphan sightings, whether the management API answered).
 func (r *Runtime) Reconcile(ctx context.Context) error {
+	r.reconcileMu.Lock()
+	defer r.reconcileMu.Unlock()
 	r.metrics.reconciles.Inc()
 	// First, whatever the database answers: a replica whose lease ran out (cut off from PostgreSQL) owns
 	// nothing, and its consumers must stop before the others take its tenants over.

@@ -91,6 +91,7 @@ type Runtime struct {
 	orphans     map[string]time.Time // queue name → when reconciliation first saw it without a tenant
 	mgmtDown    bool                 // the management API did not answer at the last reconciliation
 	pass        uint64               // reconciliation passes so far (inspectNeeded's rotation)
+	reconcileMu sync.Mutex           // held by a reconciliation pass: orphans, mgmtDown, warnedNoSAC and pass are its
 	warnedNoSAC map[string]bool      // tenant queues without single active consumer already logged
 	noSAC       map[string]bool      // tenant queues without single active consumer at the last listing; guarded by mu
 	kick        chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
