@@ -245,7 +245,7 @@ func run() int {
 		}
 	}
 
-	rep := &Report{Date: time.Now(), Machine: machine(), Commit: gitCommit(root), Options: strings.Join(os.Args[1:], " ")}
+	rep := &Report{Date: time.Now(), Machine: machine(), Commit: devenv.GitCommit(root), Options: strings.Join(os.Args[1:], " ")}
 	ids := make([]int, 0, len(opt.scenarios))
 	for id := range opt.scenarios {
 		ids = append(ids, id)
@@ -549,14 +549,4 @@ func machine() Machine {
 		m.Kernel = strings.TrimSpace(string(out))
 	}
 	return m
-}
-
-func gitCommit(root string) string {
-	cmd := exec.Command("git", "describe", "--always", "--dirty")
-	cmd.Dir = root
-	out, err := cmd.Output()
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(out))
 }

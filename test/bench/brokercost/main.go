@@ -102,7 +102,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	rep := &report{Date: time.Now().UTC(), Options: strings.Join(os.Args[1:], " "), Commit: gitCommit(root)}
+	rep := &report{Date: time.Now().UTC(), Options: strings.Join(os.Args[1:], " "), Commit: devenv.GitCommit(root)}
 	failed := false
 	for _, typ := range opt.types {
 		if ctx.Err() != nil {

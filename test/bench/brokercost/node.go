@@ -207,13 +207,3 @@ func findBeam(pid int) int {
 	}
 	return 0
 }
-
-func gitCommit(root string) string {
-	cmd := exec.Command("git", "describe", "--always", "--dirty")
-	cmd.Dir = root
-	out, err := cmd.Output()
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(out))
-}

@@ -1,11 +1,12 @@
-// Package devenv finds the checkout the benchmarks run from and reads the env files its scripts write
-// (.dev/services.env), for the bench and the broker-cost tool alike.
+// Package devenv finds the checkout the benchmarks run from, names its commit, and reads the env files its
+// scripts write (.dev/services.env), for the bench and the broker-cost tool alike.
 package devenv
 
 import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -44,4 +45,15 @@ func ReadEnvFile(path string) (map[string]string, error) {
 		}
 	}
 	return vals, sc.Err()
+}
+
+// GitCommit describes the checkout at root (`git describe --always --dirty`), or "unknown".
+func GitCommit(root string) string {
+	cmd := exec.Command("git", "describe", "--always", "--dirty")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
 }
