@@ -22,6 +22,14 @@ import (
 )
 
 // poolIDs returns the tenant ids in the partition pool.
+// awaitPool waits until the partition pool holds n partitions; what says what is awaited.
+func awaitPool(t *testing.T, db *pgx.Conn, n int, what string) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == n
+	}, what)
+}
+
 func poolIDs(t *testing.T, db *pgx.Conn) map[string]bool {
 	t.Helper()
 	rows, err := db.Query(context.Background(), "SELECT tenant_id::text FROM partition_pool")
@@ -86,9 +94,7 @@ func TestCreateClaimsPooledPartitionWithoutDDL(t *testing.T) {
 	cfg.PartitionPoolSize, cfg.PartitionPoolBatch = 4, 2
 	a := testenv.Start(t, cfg)
 	db := a.DB()
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == 4
-	}, "pool filled")
+	awaitPool(t, db, 4, "pool filled")
 	pooled := poolIDs(t, db)
 
 	release := holdAttachLock(t, cfg.DatabaseURL)
@@ -107,9 +113,7 @@ func TestCreateClaimsPooledPartitionWithoutDDL(t *testing.T) {
 		}, "message of %s stored in its pooled partition", id)
 	}
 	require.Equal(t, 0, testenv.Count(t, db, tenantsWithoutPartition))
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == 4
-	}, "pool refilled")
+	awaitPool(t, db, 4, "pool refilled")
 	m := scrape(t, a.URL)
 	require.Equal(t, 3.0, metricValue(t, m, `msgsvc_partition_pool_claims_total{source="pool"}`))
 }
@@ -121,9 +125,7 @@ func TestEmptyPoolFallsBackToInlineCreation(t *testing.T) {
 	cfg.PartitionPoolSize, cfg.PartitionPoolBatch = 2, 2
 	a := testenv.Start(t, cfg)
 	db := a.DB()
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == 2
-	}, "pool filled")
+	awaitPool(t, db, 2, "pool filled")
 	// Another session holds the refill's advisory lock: this replica leaves the refill to it, and the pool
 	// stays empty once claimed.
 	ctx := context.Background()
@@ -147,9 +149,7 @@ func TestEmptyPoolFallsBackToInlineCreation(t *testing.T) {
 	require.Equal(t, 2.0, metricValue(t, m, `msgsvc_partition_pool_claims_total{source="pool"}`))
 	require.Equal(t, 1.0, metricValue(t, m, `msgsvc_partition_pool_claims_total{source="inline"}`))
 	require.NoError(t, tx.Rollback(ctx))
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == 2
-	}, "pool refilled once the lock is free")
+	awaitPool(t, db, 2, "pool refilled once the lock is free")
 }
 
 // Two replicas claim and refill at once: every tenant gets a partition of its own, no id is both pooled and a
@@ -305,9 +305,7 @@ func TestReconcilerKeepsPooledPartitions(t *testing.T) {
 	var parts *messaging.Partitions
 	a := testenv.Start(t, cfg, fx.Populate(&parts))
 	db := a.DB()
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM partition_pool") == 3
-	}, "pool filled")
+	awaitPool(t, db, 3, "pool filled")
 	// A real orphan beside them: a partition attached for an id that is neither pooled nor a tenant's.
 	orphan := uuid.Must(uuid.NewV7())
 	ctx := context.Background()
