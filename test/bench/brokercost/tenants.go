@@ -127,72 +127,32 @@ func (f *fleet) declare(ctx context.Context, n int) error {
 	for len(f.ids) < n {
 		f.ids = append(f.ids, uuid.New())
 	}
-	work := make(chan uuid.UUID)
-	var wg sync.WaitGroup
-	var firstErr error
-	var mu sync.Mutex
-	for range f.opt.declarers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var ch *amqp.Channel
-			defer func() {
-				if ch != nil {
-					_ = ch.Close()
-				}
-			}()
-			for id := range work {
-				var err error
-				for attempt := 0; attempt < 5; attempt++ {
-					if attempt > 0 {
-						f.retried(err)
-						time.Sleep(time.Duration(attempt) * time.Second)
-					}
-					if ch == nil || ch.IsClosed() {
-						if ch, err = f.admin.Channel(); err != nil {
-							err = fmt.Errorf("open a channel: %w", err)
-							ch = nil
-							continue
-						}
-					}
-					if err = f.declareOne(ch, id); err == nil {
-						break
-					}
-				}
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
 	var tick <-chan time.Time
 	if f.opt.declareRate > 0 {
 		t := time.NewTicker(time.Duration(float64(time.Second) / f.opt.declareRate))
 		defer t.Stop()
 		tick = t.C
 	}
-	for _, id := range f.ids[start:] {
-		if tick != nil {
-			<-tick
+	return fanOut(ctx, f.ids[start:], f.opt.declarers, tick, nil, func() (func(uuid.UUID) error, func()) {
+		var ch *amqp.Channel
+		work := func(id uuid.UUID) error {
+			return f.withRetries(func() (bool, error) {
+				if ch == nil || ch.IsClosed() {
+					var err error
+					if ch, err = f.admin.Channel(); err != nil {
+						ch = nil
+						return false, fmt.Errorf("open a channel: %w", err)
+					}
+				}
+				return false, f.declareOne(ch, id)
+			})
 		}
-		mu.Lock()
-		stop := firstErr != nil
-		mu.Unlock()
-		if stop || ctx.Err() != nil {
-			break
+		return work, func() {
+			if ch != nil {
+				_ = ch.Close()
+			}
 		}
-		work <- id
-	}
-	close(work)
-	wg.Wait()
-	if firstErr == nil {
-		firstErr = ctx.Err()
-	}
-	return firstErr
+	})
 }
 
 func (f *fleet) declareOne(ch *amqp.Channel, id uuid.UUID) error {
@@ -248,61 +208,92 @@ func (f *fleet) consume(ctx context.Context) error {
 		f.inLast++
 		return f.conns[len(f.conns)-1], nil
 	}
-	work := make(chan uuid.UUID)
-	var wg sync.WaitGroup
-	var firstErr error
-	var emu sync.Mutex
 	var missing atomic.Int64
 	defer func() { f.missing += int(missing.Load()) }()
-	for range f.opt.consumers {
+	return fanOut(ctx, f.ids[f.consumed:], f.opt.consumers, nil, func() { f.consumed++ }, func() (func(uuid.UUID) error, func()) {
+		work := func(id uuid.UUID) error {
+			err := f.withRetries(func() (bool, error) {
+				c, err := lease()
+				if err != nil {
+					return true, err
+				}
+				err = consumeOne(c, id, prefetch)
+				return isNotFound(err), err // a queue whose declare failed is not there to consume
+			})
+			if isNotFound(err) {
+				missing.Add(1)
+				return nil
+			}
+			return err
+		}
+		return work, func() {}
+	})
+}
+
+// fanOut hands ids to workers goroutines, at most one per tick when tick is not nil, until all are handed out,
+// ctx ends or a worker's call failed, and returns the first error (or ctx's). Each goroutine gets its work
+// function, and what to run when it is done, from newWorker. handed, when not nil, runs after each id handed out.
+func fanOut(ctx context.Context, ids []uuid.UUID, workers int, tick <-chan time.Time, handed func(),
+	newWorker func() (work func(uuid.UUID) error, done func())) error {
+	queue := make(chan uuid.UUID)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for id := range work {
-				var err error
-				for attempt := 0; attempt < 5; attempt++ {
-					if attempt > 0 {
-						f.retried(err)
-						time.Sleep(time.Duration(attempt) * time.Second)
-					}
-					var c *amqp.Connection
-					if c, err = lease(); err != nil {
-						break
-					}
-					if err = consumeOne(c, id, prefetch); err == nil || isNotFound(err) {
-						break // a queue whose declare failed is not there to consume
-					}
-				}
-				if err != nil && isNotFound(err) {
-					missing.Add(1)
-					continue
-				}
-				if err != nil {
-					emu.Lock()
+			work, done := newWorker()
+			defer done()
+			for id := range queue {
+				if err := work(id); err != nil {
+					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
 					}
-					emu.Unlock()
+					mu.Unlock()
 				}
 			}
 		}()
 	}
-	for _, id := range f.ids[f.consumed:] {
-		emu.Lock()
+	for _, id := range ids {
+		if tick != nil {
+			<-tick
+		}
+		mu.Lock()
 		stop := firstErr != nil
-		emu.Unlock()
+		mu.Unlock()
 		if stop || ctx.Err() != nil {
 			break
 		}
-		work <- id
-		f.consumed++
+		queue <- id
+		if handed != nil {
+			handed()
+		}
 	}
-	close(work)
+	close(queue)
 	wg.Wait()
 	if firstErr == nil {
 		firstErr = ctx.Err()
 	}
 	return firstErr
+}
+
+// withRetries calls try up to 5 times, a second longer apart each time (each retry counted), until it returns
+// no error or says its error is final, and returns the last error.
+func (f *fleet) withRetries(try func() (final bool, err error)) error {
+	var err error
+	for attempt := range 5 {
+		if attempt > 0 {
+			f.retried(err)
+			time.Sleep(time.Duration(attempt) * time.Second)
+		}
+		var final bool
+		if final, err = try(); err == nil || final {
+			return err
+		}
+	}
+	return err
 }
 
 func isNotFound(err error) bool {
