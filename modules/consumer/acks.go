@@ -106,6 +106,14 @@ func (a *acker) register(d amqp.Delivery, held bool) {
 	a.high = max(a.high, d.DeliveryTag)
 }
 
+// progress returns the highest delivery tag registered, which counts the deliveries the channel handed over,
+// and whether any delivery registered is not settled yet.
+func (a *acker) progress() (high uint64, open bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.high, len(a.state) > 0
+}
+
 // stored marks deliveries stored and sends the acks that became due, if any.
 func (a *acker) stored(ds []amqp.Delivery) {
 	a.mark(ds, ackStored)

@@ -64,10 +64,11 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	owned = len(mine)
 	// The management API's cheap listing says which queues exist (and feeds the orphan cleanup below); then one
 	// passive declare per owned tenant's queue that needs its consumer count, over a few channels (inspectNeeded).
-	lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
-	listed, listErr := r.listQueues(lctx)
-	cancel()
 	r.pass++
+	lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
+	listed, listErr := r.listQueues(lctx, r.pass%inspectRotation == 0)
+	cancel()
+	unserved := r.findUnserved(mine, listed)
 	var names []string
 	var which []int // index in mine of each name
 	for i, t := range mine {
@@ -95,7 +96,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 			defer func() { <-sem; wg.Done() }()
 			err := errsOf[i]
 			if err == nil {
-				err = r.reconcileTenant(ctx, t, seen[i], inspected)
+				err = r.reconcileTenant(ctx, t, seen[i], inspected, unserved[t.ID])
 			}
 			if err != nil {
 				if tc := r.consumer(t.ID, true); tc != nil && !tc.running() {
@@ -183,8 +184,9 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 }
 
 // reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected, nil when it
-// was not inspected this pass (the listing showed its queue and its consumer runs here).
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time) error {
+// was not inspected this pass (the listing showed its queue and its consumer runs here); unserved is
+// findUnserved's verdict.
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time, unserved bool) error {
 	if r.isClosed() {
 		return nil
 	}
@@ -229,8 +231,95 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 		r.metrics.repairs.WithLabelValues("consumer_cancelled").Inc()
 		tc.stop(ctx, "consumer cancelled")
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
+	case unserved:
+		r.log.Warn("tenant queue holds messages unacknowledged by a consumer that receives nothing; starting the "+
+			"consumer again on a new channel", zap.String("tenant_id", t.ID.String()))
+		r.metrics.repairs.WithLabelValues("consumer_unserved").Inc()
+		tc.stop(ctx, "consumer unserved")
+		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
 	}
 	return nil
+}
+
+// unservedMark is what findUnserved saw of a tenant whose queue the statistics listing showed with messages
+// unacknowledged: the tenant's live generation, and the highest delivery tag it had registered then.
+type unservedMark struct {
+	g    *generation
+	high uint64
+	at   time.Time // when the listing was taken
+}
+
+// unservedSettle is how old a generation must be, and how far apart the two listings, for findUnserved to judge
+// it: the broker's statistics lag (by its collect_statistics_interval, 5 s by default), and a listing taken soon
+// after a restart still shows the messages the previous generation held.
+const unservedSettle = 10 * time.Second
+
+// judgeUnserved decides on a tenant whose queue a statistics listing shows with messages unacknowledged: cur is
+// what the listing's pass sees (the live generation, its highest delivery tag, the time), open whether that
+// generation holds deliveries not settled, and prev the mark of an earlier sighting if seen. Unserved when the
+// same generation received nothing since a sighting at least unservedSettle ago and holds nothing now; otherwise
+// the mark to keep: the earlier one while it is too soon to judge, else cur.
+func judgeUnserved(prev unservedMark, seen bool, cur unservedMark, open bool) (mark unservedMark, unserved bool) {
+	if !seen || prev.g != cur.g || prev.high != cur.high {
+		return cur, false
+	}
+	if cur.at.Sub(prev.at) < unservedSettle {
+		return prev, false // too soon to judge: keep the first sighting
+	}
+	if open {
+		return cur, false
+	}
+	return prev, true
+}
+
+// findUnserved returns the owned tenants whose consumer holds deliveries it never received. On RabbitMQ 3.10, a
+// quorum queue deleted and declared again under the same name (by an operator, a script) gets back the consumer
+// of every channel that consumed from the old one (the channel's Raft client registers it with the new queue),
+// without a basic.cancel or any other sign to the client, which no longer serves that consumer: the broker sends
+// it up to its prefetch of messages, which stay unacknowledged and are never stored, while the passive declare
+// counts one consumer as usual. The sign is in the broker's statistics: every inspectRotation-th pass lists the
+// queues with them (listQueues), and a tenant is unserved when two such listings in a row showed messages
+// unacknowledged on its queue while its generation, the same at both, received no delivery between them and
+// holds none unsettled at the second. The repair closes the channel (the broker returns the messages to the
+// queue) and starts the consumer on a new one. A consumer that receives and stores is not taken for one:
+// between the listings it either received deliveries or still holds the unacknowledged ones; only a store that
+// outlasts the interval between the listings (2 minutes with the defaults) and ends just before the second
+// can look like one, and the repair costs it a restart (the stored rows are kept and redeliveries skipped). The
+// listings are unservedSettle apart at least, and a generation younger than that is not judged. Without a
+// management API nothing is found.
+func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[uuid.UUID]bool {
+	if listed == nil || listed.unacked == nil {
+		return nil
+	}
+	var found map[uuid.UUID]bool
+	now := time.Now()
+	marks := make(map[uuid.UUID]unservedMark)
+	for _, t := range mine {
+		if listed.unacked[QueueName(t.ID)] == 0 {
+			continue
+		}
+		tc := r.consumer(t.ID, false)
+		if tc == nil {
+			continue
+		}
+		g := tc.live()
+		if g == nil || now.Sub(g.started) < unservedSettle {
+			continue
+		}
+		high, open := g.acks.progress()
+		prev, seen := r.unserved[t.ID]
+		mark, unserved := judgeUnserved(prev, seen, unservedMark{g: g, high: high, at: now}, open)
+		if unserved {
+			if found == nil {
+				found = make(map[uuid.UUID]bool)
+			}
+			found[t.ID] = true
+			continue
+		}
+		marks[t.ID] = mark
+	}
+	r.unserved = marks
+	return found
 }
 
 // gone reports whether the database confirms that tenant id no longer exists; when it does, the tenant's
@@ -330,17 +419,20 @@ func (r *Runtime) reportWithoutSingleActiveConsumer(names []string) {
 	}
 }
 
-// queueListing is what the management API's cheap listing of the connection's virtual host says: the queues'
-// names, those of them that are tenant queues declared without x-single-active-consumer, and the names as a set.
+// queueListing is what the management API's listing of the connection's virtual host says: the queues' names,
+// those of them that are tenant queues declared without x-single-active-consumer, the names as a set, and, in a
+// listing with statistics, the messages unacknowledged on each queue (nil otherwise).
 type queueListing struct {
-	names  []string
-	noSAC  []string
-	exists map[string]bool
+	names   []string
+	noSAC   []string
+	exists  map[string]bool
+	unacked map[string]int
 }
 
-// listQueues lists the queues in the connection's virtual host through the management API (its cheap listing,
-// without statistics); nil and no error when no management API is configured.
-func (r *Runtime) listQueues(ctx context.Context) (*queueListing, error) {
+// listQueues lists the queues in the connection's virtual host through the management API, with the queues'
+// statistics when stats is set and otherwise the cheap listing without them; nil and no error when no
+// management API is configured.
+func (r *Runtime) listQueues(ctx context.Context, stats bool) (*queueListing, error) {
 	if r.opts.ManagementURL == "" {
 		return nil, nil
 	}
@@ -348,14 +440,24 @@ func (r *Runtime) listQueues(ctx context.Context) (*queueListing, error) {
 	if err != nil {
 		return nil, err
 	}
-	qs, err := mgmt.QueueRecords(ctx, config.VHost(r.opts.AMQPURL))
+	list := mgmt.QueueRecords
+	if stats {
+		list = mgmt.Queues
+	}
+	qs, err := list(ctx, config.VHost(r.opts.AMQPURL))
 	if err != nil {
 		return nil, err
 	}
 	l := &queueListing{names: make([]string, len(qs)), exists: make(map[string]bool, len(qs))}
+	if stats {
+		l.unacked = make(map[string]int)
+	}
 	for i, q := range qs {
 		l.names[i] = q.Name
 		l.exists[q.Name] = true
+		if stats && q.MessagesUnacknowledged > 0 {
+			l.unacked[q.Name] = q.MessagesUnacknowledged
+		}
 		if id, ok := parseQueueName(q.Name); ok && q.Name == QueueName(id) && !q.SingleActiveConsumer() {
 			l.noSAC = append(l.noSAC, q.Name)
 		}
@@ -372,9 +474,10 @@ const inspectRotation = 4
 // listing (no management API, or it did not answer), when the listing does not show the queue (deleted behind
 // the service's back, or not declared yet), and when the tenant's consumer does not run here; otherwise every
 // inspectRotation-th pass. The broker cancels a consumer whose queue is deleted, or whose classic queue's node
-// went down, and go-rabbitmq does not consume again: a queue deleted is missing from the listing at once; a
-// queue deleted and declared again between two passes, or back with its node, is caught by its turn, within
-// inspectRotation × RECONCILE_INTERVAL (2 minutes with the defaults). Measured at 10,000 tenants (classic
+// went down, and the runtime starts it again at once (replaceCancelled); should that report be missed, a queue
+// deleted is missing from the listing at once, and a queue deleted and declared again between two passes, or
+// back with its node, is caught by its turn, within inspectRotation × RECONCILE_INTERVAL (2 minutes with the
+// defaults). Measured at 10,000 tenants (classic
 // queues, RabbitMQ 3.10): reconciliation inspecting every queue every 30 s took 10 % of a core of RabbitMQ
 // and 2.4 % of the service, while everything else idle took 20 % and 3.7 %.
 func (r *Runtime) inspectNeeded(id uuid.UUID, listed *queueListing, pass uint64) bool {

@@ -88,13 +88,14 @@ type Runtime struct {
 	started   bool
 	leaving   bool // Shutdown began: it hands every tenant over itself
 
-	orphans     map[string]time.Time // queue name → when reconciliation first saw it without a tenant
-	mgmtDown    bool                 // the management API did not answer at the last reconciliation
-	pass        uint64               // reconciliation passes so far (inspectNeeded's rotation)
-	reconcileMu sync.Mutex           // held by a reconciliation pass: orphans, mgmtDown, warnedNoSAC and pass are its
-	warnedNoSAC map[string]bool      // tenant queues without single active consumer already logged
-	noSAC       map[string]bool      // tenant queues without single active consumer at the last listing; guarded by mu
-	kick        chan struct{}        // asks the reconciliation loop for a run now (ownership changed)
+	orphans     map[string]time.Time       // queue name → when reconciliation first saw it without a tenant
+	mgmtDown    bool                       // the management API did not answer at the last reconciliation
+	pass        uint64                     // reconciliation passes so far (inspectNeeded's rotation)
+	reconcileMu sync.Mutex                 // held by a reconciliation pass: orphans, mgmtDown, warnedNoSAC and pass are its
+	warnedNoSAC map[string]bool            // tenant queues without single active consumer already logged
+	unserved    map[uuid.UUID]unservedMark // findUnserved's marks from the last statistics listing; reconcileMu
+	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
+	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
 	stopLoop    chan struct{}
 	loopDone    chan struct{}
 	firstRun    chan struct{} // closed after the first reconciliation run
@@ -175,12 +176,37 @@ func (p *pacer) release() {
 	p.metrics.startsInFlight.Set(float64(len(p.slots)))
 }
 
-// replaceLost starts the tenant's consumer again after its connection dropped (paced by start, like every
-// start), retrying with backoff while the tenant is still this replica's and nothing else replaced it.
+// replaceLost starts the tenant's consumer again after its connection dropped.
 func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 	r.metrics.restartsLost.Inc()
+	r.replace(tc, g, "connection lost", 0)
+}
+
+// cancelledAttempts bounds the starts after a cancel: the queue may be back at once (declared again), or not for
+// long (a node down), and then reconciliation, which inspects every pass the queue of a consumer that does not
+// run, takes over (with RetryInitial 100 ms, the attempts span about 3 s).
+const cancelledAttempts = 6
+
+// replaceCancelled starts the tenant's consumer again after the broker cancelled it (its queue was deleted, or the
+// node holding it went away): the stop closes the generation's channel, on which go-rabbitmq would not consume
+// again, and with it any consumer the broker gives that channel back when the queue is declared again. While the
+// queue is missing, the starts fail; after cancelledAttempts, reconciliation declares the queue again (deleted)
+// or waits for it (its node down).
+func (r *Runtime) replaceCancelled(tc *tenantConsumer, g *generation) {
+	if g.stopping.Load() {
+		return // the generation stops anyway (a deletion, a handover, a resize, the shutdown)
+	}
+	tc.log.Warn("the broker cancelled the tenant's consumer (its queue was deleted or became unavailable); " +
+		"starting it again on a new channel")
+	r.replace(tc, g, "consumer cancelled", cancelledAttempts)
+}
+
+// replace stops generation g of the tenant's consumer and starts a new one (paced by start, like every start),
+// retrying with backoff while the tenant is still this replica's and nothing else replaced g, at most attempts
+// times (0: until it starts).
+func (r *Runtime) replace(tc *tenantConsumer, g *generation, reason string, attempts int) {
 	backoff := r.opts.RetryInitial
-	for attempt := 0; ; attempt++ {
+	for attempt := 0; attempts == 0 || attempt < attempts; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-r.stopLoop:
@@ -189,11 +215,15 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 			}
 			backoff = min(2*backoff, maxBackoff)
 		}
-		if r.consumer(tc.id, false) != tc {
-			return // stopped meanwhile
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.DrainTimeout+startWait)
 		tc.mu.Lock()
+		// Asked under tc.mu: Stop takes the tenant out of the map before it stops the consumer under tc.mu, so a
+		// stop that ran meanwhile, or waits for this lock, is seen here and not undone by a start.
+		if r.consumer(tc.id, false) != tc {
+			tc.mu.Unlock()
+			cancel()
+			return // stopped meanwhile
+		}
 		if tc.gen != nil && tc.gen != g {
 			tc.mu.Unlock()
 			cancel()
@@ -201,11 +231,11 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 		}
 		workers := g.workers
 		if tc.gen == g {
-			tc.stopGen(ctx, "connection lost")
+			tc.stopGen(ctx, reason)
 		}
 		var err error
 		if r.place.Owns(tc.id) && !r.isClosed() {
-			err = tc.start(ctx, workers, "connection lost")
+			err = tc.start(ctx, workers, reason)
 		}
 		tc.mu.Unlock()
 		cancel()

@@ -107,6 +107,16 @@ func (tc *tenantConsumer) startedBefore(t time.Time) bool {
 	return tc.gen != nil && tc.gen.alive() && tc.gen.started.Before(t)
 }
 
+// live returns the live generation, nil when none consumes.
+func (tc *tenantConsumer) live() *generation {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.gen != nil && tc.gen.alive() {
+		return tc.gen
+	}
+	return nil
+}
+
 // running reports whether a live generation consumes.
 func (tc *tenantConsumer) running() bool {
 	tc.mu.Lock()
@@ -151,7 +161,8 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(broker.LoggerWith(rt.log, tc.log.field())),
+		rabbitmq.WithConsumerOptionsLogger(broker.WatchCancel(broker.LoggerWith(rt.log, tc.log.field()),
+			func() { go rt.replaceCancelled(tc, g) })),
 	)
 	if err != nil {
 		lease.Release()

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -166,6 +167,36 @@ func Logger(log *zap.Logger) rabbitmq.Logger { return zapAdapter{log: log} }
 // derived logger (whose encoder holds a buffer of its own): a consumer per tenant keeps its logger for life.
 func LoggerWith(log *zap.Logger, fields ...zap.Field) rabbitmq.Logger {
 	return zapAdapter{log: log, fields: fields}
+}
+
+// cancelNotice begins what go-rabbitmq v0.16.1's channel manager logs, at error level, when the broker cancels
+// the consumer on its channel (basic.cancel: the queue was deleted, or the node holding it went away). That log line
+// is the library's only report of a cancel: its consumer neither returns from Run nor closes, and it opens a new
+// channel only after its reconnect interval (a pooled connection's is neverReconnect). Until then the channel stays
+// open with no consumer the client serves, and a quorum queue declared again under the same name gives that
+// channel its consumer back (its Raft client registers it with the new queue): deliveries then wait on it,
+// unacknowledged, and are never handled.
+const cancelNotice = "attempting to reconnect to amqp server after cancel"
+
+// WatchCancel returns l, except that go-rabbitmq's report of a cancel by the broker calls onCancel instead of
+// being logged (once: later reports are dropped). onCancel runs on the library's goroutine and must not block;
+// the caller logs what it does about it.
+func WatchCancel(l rabbitmq.Logger, onCancel func()) rabbitmq.Logger {
+	return &cancelWatch{Logger: l, onCancel: onCancel}
+}
+
+type cancelWatch struct {
+	rabbitmq.Logger
+	onCancel func()
+	once     sync.Once
+}
+
+func (c *cancelWatch) Errorf(f string, v ...any) {
+	if strings.HasPrefix(f, cancelNotice) {
+		c.once.Do(c.onCancel)
+		return
+	}
+	c.Logger.Errorf(f, v...)
 }
 
 type zapAdapter struct {

@@ -324,3 +324,63 @@ func TestReconcileInspectsInTurns(t *testing.T) {
 		return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
 	}, "stored after the repair")
 }
+
+// A tenant's queue deleted by hand (an operator, a script) and declared again at once: the tenant is served
+// again, whatever the queue type, and the other tenants throughout.
+//   - A classic queue's deletion cancels the consumer (basic.cancel): the runtime starts it again on a new channel
+//     at once, without waiting for reconciliation (none runs here).
+//   - A quorum queue's deletion on RabbitMQ 3.10 cancels nothing, and the new queue gets the old channel's
+//     consumer back, which the client no longer serves: a message published then waits on it, unacknowledged.
+//     Reconciliation finds it in the broker's statistics (findUnserved) and starts the consumer again. The passes
+//     run here back to back; with the defaults it takes up to 2 × inspectRotation × RECONCILE_INTERVAL (4 min).
+func TestQueueDeclaredAgainByHandIsServed(t *testing.T) {
+	s := testenv.Get(t)
+	for _, qt := range []string{"classic", "quorum"} {
+		t.Run(qt, func(t *testing.T) {
+			cfg := s.Config(t)
+			cfg.AMQPQueueType = qt
+			cfg.ReconcileInterval = time.Hour // only the passes this test runs
+			var rt *consumer.Runtime
+			a := testenv.Start(t, cfg, fx.Populate(&rt))
+			ids := make([]uuid.UUID, 4)
+			for i := range ids {
+				ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("redeclared-%s-%d", qt, i), 1))
+			}
+			ch := testenv.AMQP(t, cfg.AMQPURL)
+			db := a.DB()
+			victims := ids[:3]
+			if qt == "quorum" {
+				victims = ids[:2] // each takes unservedSettle twice at most
+			}
+			for _, victim := range victims {
+				testenv.Eventually(t, 10*time.Second, func() bool {
+					ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(victim))
+					return ok && c == 1
+				}, "tenant consumed")
+				_, err := ch.QueueDelete(consumer.QueueName(victim), false, false, false)
+				require.NoError(t, err)
+				require.NoError(t, rt.DeclareTopology(context.Background(), victim))
+				id := uuid.MustParse(a.Publish(victim.String(), map[string]bool{"after": true}))
+				stored := func() bool {
+					return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", id) == 1
+				}
+				if qt == "classic" {
+					testenv.Eventually(t, 10*time.Second, stored, "stored without a reconciliation pass")
+					continue
+				}
+				testenv.Eventually(t, 60*time.Second, func() bool {
+					if stored() {
+						return true
+					}
+					require.NoError(t, rt.Reconcile(context.Background()))
+					time.Sleep(200 * time.Millisecond)
+					return false
+				}, "stored after reconciliation passes")
+			}
+			other := uuid.MustParse(a.Publish(ids[3].String(), map[string]bool{"bystander": true}))
+			testenv.Eventually(t, 10*time.Second, func() bool {
+				return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", other) == 1
+			}, "the other tenant is served throughout")
+		})
+	}
+}
