@@ -30,9 +30,11 @@ func (c *Conn) DeclareExchange(ctx context.Context, name, kind string) error {
 	})
 }
 
-// DeclareQueues declares each durable queue and its binding, in order, on one channel.
+// DeclareQueues declares each durable queue and its binding, in order, on one channel (an idle one of the
+// administrative connection's, as probes use: a tenant's creation or deletion then costs the broker no channel
+// opened and closed).
 func (c *Conn) DeclareQueues(ctx context.Context, qs ...Queue) error {
-	return c.WithChannel(ctx, func(ch *amqp.Channel) error {
+	return c.withIdleChannel(ctx, func(ch *amqp.Channel) error {
 		for _, q := range qs {
 			if _, err := ch.QueueDeclare(q.Name, true, false, false, false, q.Args); err != nil {
 				return err
@@ -47,9 +49,10 @@ func (c *Conn) DeclareQueues(ctx context.Context, qs ...Queue) error {
 	})
 }
 
-// DeleteQueues deletes the named queues with whatever they hold; a queue already gone is not an error.
+// DeleteQueues deletes the named queues with whatever they hold, on an idle channel as DeclareQueues; a queue
+// already gone is not an error.
 func (c *Conn) DeleteQueues(ctx context.Context, names ...string) error {
-	return c.WithChannel(ctx, func(ch *amqp.Channel) error {
+	return c.withIdleChannel(ctx, func(ch *amqp.Channel) error {
 		for _, n := range names {
 			if _, err := ch.QueueDelete(n, false, false, false); err != nil {
 				return err
@@ -78,8 +81,25 @@ func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error
 	return QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}, nil
 }
 
-// probeChannels is the most idle channels the administrative connection keeps for InspectQueue.
+// probeChannels is the most idle channels the administrative connection keeps for InspectQueue, DeclareQueues
+// and DeleteQueues.
 const probeChannels = 16
+
+// withIdleChannel runs fn on an idle channel of the administrative connection (probeChannel) and keeps the
+// channel for the next caller when fn succeeded; a channel fn failed on is closed (the broker closed it already
+// on a channel error, and after any other error its state is not known).
+func (c *Conn) withIdleChannel(ctx context.Context, fn func(ch *amqp.Channel) error) error {
+	ch, err := c.probeChannel(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(ch); err != nil {
+		_ = ch.Close()
+		return err
+	}
+	c.putProbeChannel(ch)
+	return nil
+}
 
 // probeChannel returns an open channel of the administrative connection for one passive declare: an idle one
 // when there is one, so that a probe costs one round trip, not a channel's open and close as well (a start polls
