@@ -65,9 +65,18 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	// The management API's cheap listing says which queues exist (and feeds the orphan cleanup below); then one
 	// passive declare per owned tenant's queue that needs its consumer count, over a few channels (inspectNeeded).
 	r.pass++
+	stats := r.pass%inspectRotation == 0
 	lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
-	listed, listErr := r.listQueues(lctx, r.pass%inspectRotation == 0)
+	listed, listErr := r.listQueues(lctx, stats)
 	cancel()
+	if listErr != nil && stats && ctx.Err() == nil {
+		// The listing with statistics costs the broker 4-5 times the cheap one (10,000 classic queues on 3.10:
+		// 1.1-1.3 s of its CPU and 2 s, against 0.2-0.4 s): when it did not answer in time, the cheap one still
+		// spares this pass a passive declare per queue.
+		lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
+		listed, listErr = r.listQueues(lctx, false)
+		cancel()
+	}
 	unserved := r.findUnserved(mine, listed)
 	var names []string
 	var which []int // index in mine of each name

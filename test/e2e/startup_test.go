@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,4 +160,49 @@ func TestReconcileRepairsWhileTheManagementAPIHangs(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
 	}, "stored after the repair")
+}
+
+// TestReconcileFallsBackToTheCheapListing points RABBITMQ_MANAGEMENT_URL at a proxy of the real management API
+// that never answers a listing with statistics (as one of many thousands of queues on a busy broker may not in
+// time): every fourth pass, which asks for it, takes the cheap listing instead and still inspects only its
+// quarter of the queues, rather than every queue.
+func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	real, err := url.Parse(cfg.RabbitMQManagementURL)
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: real.Scheme, Host: real.Host})
+	release := make(chan struct{})
+	var statsAsked atomic.Int32
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.RawQuery, "messages_unacknowledged") {
+			statsAsked.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { close(release); front.Close() })
+	cfg.RabbitMQManagementURL = strings.Replace(front.URL, "http://", "http://"+real.User.String()+"@", 1)
+	cfg.ReconcileInterval = time.Hour // only the passes this test runs
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	const n = 8
+	for i := range n {
+		id := uuid.MustParse(a.CreateTenant(fmt.Sprintf("fallback-%d", i), 1))
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(id))
+			return ok && c == 1
+		}, "tenant consumed")
+	}
+	inspections := func() float64 { return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") }
+	before := inspections()
+	for range 8 {
+		require.NoError(t, rt.Reconcile(context.Background()))
+	}
+	require.Equal(t, int32(2), statsAsked.Load(), "two of eight passes ask for the statistics")
+	require.Equal(t, float64(2*n), inspections()-before, "eight passes inspect each queue twice, the two without statistics included")
 }
