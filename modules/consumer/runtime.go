@@ -189,9 +189,8 @@ const cancelledAttempts = 6
 
 // replaceCancelled starts the tenant's consumer again after the broker cancelled it (its queue was deleted, or the
 // node holding it went away): the stop closes the generation's channel, on which go-rabbitmq would not consume
-// again, and with it any consumer the broker gives that channel back when the queue is declared again. While the
-// queue is missing, the starts fail; after cancelledAttempts, reconciliation declares the queue again (deleted)
-// or waits for it (its node down).
+// again. While the queue is missing, the starts fail; after cancelledAttempts, reconciliation declares the queue
+// again (deleted) or waits for it (its node down).
 func (r *Runtime) replaceCancelled(tc *tenantConsumer, g *generation) {
 	if g.stopping.Load() {
 		return // the generation stops anyway (a deletion, a handover, a resize, the shutdown)

@@ -173,9 +173,7 @@ func LoggerWith(log *zap.Logger, fields ...zap.Field) rabbitmq.Logger {
 // the consumer on its channel (basic.cancel: the queue was deleted, or the node holding it went away). That log line
 // is the library's only report of a cancel: its consumer neither returns from Run nor closes, and it opens a new
 // channel only after its reconnect interval (a pooled connection's is neverReconnect). Until then the channel stays
-// open with no consumer the client serves, and a quorum queue declared again under the same name gives that
-// channel its consumer back (its Raft client registers it with the new queue): deliveries then wait on it,
-// unacknowledged, and are never handled.
+// open and the queue has no consumer the client serves.
 const cancelNotice = "attempting to reconnect to amqp server after cancel"
 
 // WatchCancel returns l, except that go-rabbitmq's report of a cancel by the broker calls onCancel instead of
