@@ -176,36 +176,34 @@ func (p *pacer) release() {
 	p.metrics.startsInFlight.Set(float64(len(p.slots)))
 }
 
-// replaceLost starts the tenant's consumer again after its connection dropped.
-func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
-	r.metrics.restartsLost.Inc()
-	r.replace(tc, g, "connection lost", 0)
-}
-
-// cancelledAttempts bounds the starts after a cancel: the queue may be back at once (declared again), or not for
-// long (a node down), and then reconciliation, which inspects every pass the queue of a consumer that does not
-// run, takes over (with RetryInitial 100 ms, the attempts span about 3 s).
-const cancelledAttempts = 6
-
-// replaceCancelled starts the tenant's consumer again after the broker cancelled it (its queue was deleted, or the
-// node holding it went away): the stop closes the generation's channel, on which go-rabbitmq would not consume
-// again. While the queue is missing, the starts fail; after cancelledAttempts, reconciliation declares the queue
-// again (deleted) or waits for it (its node down).
-func (r *Runtime) replaceCancelled(tc *tenantConsumer, g *generation) {
+// stopCancelled closes generation g of the tenant's consumer after the broker cancelled it (its queue was deleted,
+// or the node holding it went away), and asks for a reconciliation pass now, which starts the consumer again:
+// go-rabbitmq would not consume on that channel again. The pass, not this, starts it, because it declares a
+// missing queue before it consumes: a consume that reaches a quorum queue being declared (by an operator, or a
+// pass) before the queue runs makes RabbitMQ close the whole connection (541 INTERNAL_ERROR), and with it every
+// consumer it carries. Passes run one at a time, so this one follows any declare a pass makes.
+func (r *Runtime) stopCancelled(tc *tenantConsumer, g *generation) {
 	if g.stopping.Load() {
 		return // the generation stops anyway (a deletion, a handover, a resize, the shutdown)
 	}
 	tc.log.Warn("the broker cancelled the tenant's consumer (its queue was deleted or became unavailable); " +
-		"starting it again on a new channel")
-	r.replace(tc, g, "consumer cancelled", cancelledAttempts)
+		"closing its channel, and reconciliation starts it again now")
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.DrainTimeout)
+	defer cancel()
+	tc.mu.Lock()
+	if tc.gen == g {
+		tc.stopGen(ctx, "consumer cancelled")
+	}
+	tc.mu.Unlock()
+	r.Kick()
 }
 
-// replace stops generation g of the tenant's consumer and starts a new one (paced by start, like every start),
-// retrying with backoff while the tenant is still this replica's and nothing else replaced g, at most attempts
-// times (0: until it starts).
-func (r *Runtime) replace(tc *tenantConsumer, g *generation, reason string, attempts int) {
+// replaceLost starts the tenant's consumer again after its connection dropped (paced by start, like every
+// start), retrying with backoff while the tenant is still this replica's and nothing else replaced it.
+func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
+	r.metrics.restartsLost.Inc()
 	backoff := r.opts.RetryInitial
-	for attempt := 0; attempts == 0 || attempt < attempts; attempt++ {
+	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-r.stopLoop:
@@ -230,11 +228,11 @@ func (r *Runtime) replace(tc *tenantConsumer, g *generation, reason string, atte
 		}
 		workers := g.workers
 		if tc.gen == g {
-			tc.stopGen(ctx, reason)
+			tc.stopGen(ctx, "connection lost")
 		}
 		var err error
 		if r.place.Owns(tc.id) && !r.isClosed() {
-			err = tc.start(ctx, workers, reason)
+			err = tc.start(ctx, workers, "connection lost")
 		}
 		tc.mu.Unlock()
 		cancel()

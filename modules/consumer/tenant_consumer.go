@@ -162,7 +162,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		rabbitmq.WithConsumerOptionsForceShutdown,
 		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
 		rabbitmq.WithConsumerOptionsLogger(broker.WatchCancel(broker.LoggerWith(rt.log, tc.log.field()),
-			func() { go rt.replaceCancelled(tc, g) })),
+			func() { go rt.stopCancelled(tc, g) })),
 	)
 	if err != nil {
 		lease.Release()
