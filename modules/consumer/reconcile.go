@@ -65,7 +65,13 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	// The management API's cheap listing says which queues exist (and feeds the orphan cleanup below); then one
 	// passive declare per owned tenant's queue that needs its consumer count, over a few channels (inspectNeeded).
 	r.pass++
-	stats := r.pass%inspectRotation == 0
+	// Every inspectRotation-th pass, and never twice within unservedSettle: passes asked for at once (a cancel,
+	// the live replicas changing) can run back to back, and the listing with statistics costs the broker about
+	// 1.2 s of CPU at 10,000 queues.
+	stats := r.pass%inspectRotation == 0 && time.Since(r.lastStats) >= unservedSettle
+	if stats {
+		r.lastStats = time.Now()
+	}
 	lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
 	listed, listErr := r.listQueues(lctx, stats)
 	cancel()

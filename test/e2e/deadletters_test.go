@@ -354,7 +354,8 @@ func TestOldDeadLetterQueueMovesIntoTable(t *testing.T) {
 func TestReplayFailureKeepsDeadLetters(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
-	a := testenv.Start(t, cfg)
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
 	db := a.DB()
 	tenant := a.CreateTenant("replayfail", 1)
 	tid := uuid.MustParse(tenant)
@@ -365,6 +366,9 @@ func TestReplayFailureKeepsDeadLetters(t *testing.T) {
 		return testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", tid) == 3
 	}, "three dead letters")
 
+	// Its consumer stops first: the broker would cancel it with the queue's deletion, and a cancelled consumer
+	// asks for a reconciliation pass at once, which declares the queue again before the replay below.
+	rt.Stop(context.Background(), tid, "test: its queue goes")
 	ch := testenv.AMQP(t, cfg.AMQPURL)
 	_, err := ch.QueueDelete(consumer.QueueName(tid), false, false, false)
 	require.NoError(t, err)

@@ -164,8 +164,8 @@ func TestReconcileRepairsWhileTheManagementAPIHangs(t *testing.T) {
 
 // TestReconcileFallsBackToTheCheapListing points RABBITMQ_MANAGEMENT_URL at a proxy of the real management API
 // that never answers a listing with statistics (as one of many thousands of queues on a busy broker may not in
-// time): every fourth pass, which asks for it, takes the cheap listing instead and still inspects only its
-// quarter of the queues, rather than every queue.
+// time): a pass that asks for it (every fourth, at most once in 10 s) takes the cheap listing instead and still
+// inspects only its quarter of the queues, rather than every queue.
 func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
@@ -203,6 +203,6 @@ func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
 	for range 8 {
 		require.NoError(t, rt.Reconcile(context.Background()))
 	}
-	require.Equal(t, int32(2), statsAsked.Load(), "two of eight passes ask for the statistics")
+	require.GreaterOrEqual(t, statsAsked.Load(), int32(1), "a pass asks for the statistics (every fourth, at most once in 10 s)")
 	require.Equal(t, float64(2*n), inspections()-before, "eight passes inspect each queue twice, the two without statistics included")
 }

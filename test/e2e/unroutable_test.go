@@ -29,6 +29,9 @@ func TestReturnedPublishIsNeverAccepted(t *testing.T) {
 	tenant := a.CreateTenant("unroutable", 2)
 	a.Publish(tenant, map[string]any{"before": true})
 
+	// Its consumer stops first: the broker would cancel it with the queue's deletion, and a cancelled consumer
+	// asks for a reconciliation pass at once, which declares the queue again.
+	rt.Stop(context.Background(), uuid.MustParse(tenant), "test: its queue goes")
 	ch := testenv.AMQP(t, cfg.AMQPURL)
 	_, err := ch.QueueDelete(consumer.QueueName(uuid.MustParse(tenant)), false, false, false)
 	require.NoError(t, err)
