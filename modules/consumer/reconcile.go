@@ -199,9 +199,9 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 }
 
 // reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected, nil when it
-// was not inspected this pass (the listing showed its queue and its consumer runs here); unserved is
-// findUnserved's verdict.
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time, unserved bool) error {
+// was not inspected this pass (the listing showed its queue and its consumer runs here); unserved is the
+// generation findUnserved found unserved, nil for none.
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time, unserved *generation) error {
 	if r.isClosed() {
 		return nil
 	}
@@ -246,11 +246,11 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 		r.metrics.repairs.WithLabelValues("consumer_cancelled").Inc()
 		tc.stop(ctx, "consumer cancelled")
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
-	case unserved:
-		r.log.Warn("tenant queue holds messages unacknowledged by a consumer that receives nothing; starting the "+
-			"consumer again on a new channel", zap.String("tenant_id", t.ID.String()))
+	case unserved != nil && tc.stopGeneration(ctx, unserved, "consumer unserved"):
+		// Only the generation judged: one started since (a resize, a lost connection's replacement) is left alone.
+		r.log.Warn("tenant queue held messages unacknowledged by a consumer that received nothing; its channel is "+
+			"closed and the consumer starts again on a new one", zap.String("tenant_id", t.ID.String()))
 		r.metrics.repairs.WithLabelValues("consumer_unserved").Inc()
-		tc.stop(ctx, "consumer unserved")
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
 	}
 	return nil
@@ -287,13 +287,14 @@ func judgeUnserved(prev unservedMark, seen bool, cur unservedMark, open bool) (m
 	return prev, true
 }
 
-// findUnserved returns the owned tenants whose consumer holds deliveries it never received. On RabbitMQ 3.10, a
+// findUnserved returns the owned tenants whose consumer holds deliveries it never received, with the generation
+// judged. On RabbitMQ 3.10, a
 // quorum queue deleted and declared again under the same name (by an operator, a script) gets back the consumer
 // of every channel that consumed from the old one (the channel's Raft client registers it with the new queue),
 // without a basic.cancel or any other sign to the client, which no longer serves that consumer: the broker sends
 // it up to its prefetch of messages, which stay unacknowledged and are never stored, while the passive declare
-// counts one consumer as usual. The sign is in the broker's statistics: every inspectRotation-th pass lists the
-// queues with them (listQueues), and a tenant is unserved when two such listings in a row showed messages
+// counts one consumer as usual. The sign is in the broker's statistics: every inspectRotation-th pass (never two
+// within unservedSettle) lists the queues with them (listQueues), and a tenant is unserved when two such listings in a row showed messages
 // unacknowledged on its queue while its generation, the same at both, received no delivery between them and
 // holds none unsettled at the second. The repair closes the channel (the broker returns the messages to the
 // queue) and starts the consumer on a new one. A consumer that receives and stores is not taken for one:
@@ -302,11 +303,11 @@ func judgeUnserved(prev unservedMark, seen bool, cur unservedMark, open bool) (m
 // can look like one, and the repair costs it a restart (the stored rows are kept and redeliveries skipped). The
 // listings are unservedSettle apart at least, and a generation younger than that is not judged. Without a
 // management API nothing is found.
-func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[uuid.UUID]bool {
+func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[uuid.UUID]*generation {
 	if listed == nil || listed.unacked == nil {
 		return nil
 	}
-	var found map[uuid.UUID]bool
+	var found map[uuid.UUID]*generation
 	now := time.Now()
 	marks := make(map[uuid.UUID]unservedMark)
 	for _, t := range mine {
@@ -326,9 +327,9 @@ func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[u
 		mark, unserved := judgeUnserved(prev, seen, unservedMark{g: g, high: high, at: now}, open)
 		if unserved {
 			if found == nil {
-				found = make(map[uuid.UUID]bool)
+				found = make(map[uuid.UUID]*generation)
 			}
-			found[t.ID] = true
+			found[t.ID] = g
 			continue
 		}
 		marks[t.ID] = mark
@@ -489,7 +490,8 @@ const inspectRotation = 4
 // listing (no management API, or it did not answer), when the listing does not show the queue (deleted behind
 // the service's back, or not declared yet), and when the tenant's consumer does not run here; otherwise every
 // inspectRotation-th pass. The broker cancels a consumer whose queue is deleted, or whose classic queue's node
-// went down, and the runtime starts it again at once (replaceCancelled); should that report be missed, a queue
+// went down, and the runtime closes its channel and asks for a pass at once (stopCancelled); should that report
+// be missed, a queue
 // deleted is missing from the listing at once, and a queue deleted and declared again between two passes, or
 // back with its node, is caught by its turn, within inspectRotation × RECONCILE_INTERVAL (2 minutes with the
 // defaults). Measured at 10,000 tenants (classic

@@ -191,11 +191,7 @@ func (r *Runtime) stopCancelled(tc *tenantConsumer, g *generation) {
 		"closing its channel, and reconciliation starts it again now")
 	ctx, cancel := context.WithTimeout(context.Background(), r.opts.DrainTimeout)
 	defer cancel()
-	tc.mu.Lock()
-	if tc.gen == g {
-		tc.stopGen(ctx, "consumer cancelled")
-	}
-	tc.mu.Unlock()
+	tc.stopGeneration(ctx, g, "consumer cancelled")
 	r.Kick()
 }
 

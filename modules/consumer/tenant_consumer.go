@@ -386,6 +386,17 @@ func (tc *tenantConsumer) stop(ctx context.Context, reason string) {
 	tc.stopGen(ctx, reason)
 }
 
+// stopGeneration drains and closes generation g if it is still the running one, and reports whether it was.
+func (tc *tenantConsumer) stopGeneration(ctx context.Context, g *generation, reason string) bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.gen != g {
+		return false
+	}
+	tc.stopGen(ctx, reason)
+	return true
+}
+
 // handOver runs on go-rabbitmq's handler goroutine: it passes the delivery to the store workers, which settle
 // it themselves, or, when the generation is stopping, leaves it unacknowledged: the channel's close returns it
 // to the queue (a nack now could reach the broker after the close).
