@@ -1,6 +1,6 @@
 // Command insertcost measures what PostgreSQL's CPU costs per stored message for the consumers' grouped
-// insert, with and without ON CONFLICT DO NOTHING, at several rows per statement: the same statements as
-// modules/messaging's storeBatcher (insertManySQL, insertManyPlainSQL), into a table shaped as migrations/0001
+// insert, with and without ON CONFLICT DO NOTHING, at several rows per statement: the statements themselves of
+// modules/messaging's storeBatcher (messaging.InsertManySQL, InsertManyPlainSQL), into a table shaped as migrations/0001
 // makes messages (partitioned by tenant, primary key and keyset index), one partition per tenant, rows spread
 // over the tenants as a grouped insert carries them.
 //
@@ -26,21 +26,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/acme/msgsvc/modules/messaging"
 	"github.com/acme/msgsvc/test/bench/devenv"
-)
-
-// The statements of modules/messaging/storebatch.go.
-const (
-	careful = `WITH ins AS (
-INSERT INTO messages (id, tenant_id, payload, created_at)
-SELECT m.id::uuid, m.tenant_id::uuid, m.payload::jsonb, m.created_at::timestamptz
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS m(tenant_id, id, payload, created_at)
-ON CONFLICT (tenant_id, id) DO NOTHING
-RETURNING tenant_id)
-SELECT tenant_id, count(*) FROM ins GROUP BY tenant_id`
-	plain = `INSERT INTO messages (id, tenant_id, payload, created_at)
-SELECT m.id::uuid, m.tenant_id::uuid, m.payload::jsonb, m.created_at::timestamptz
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS m(tenant_id, id, payload, created_at)`
 )
 
 func main() {
@@ -115,7 +102,7 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 		return err
 	}
 	payload := `{"data":"` + strings.Repeat("x", max(size-20, 0)) + `","n":1}`
-	variants := []struct{ name, sql string }{{"ON CONFLICT DO NOTHING", careful}, {"plain", plain}}
+	variants := []struct{ name, sql string }{{"ON CONFLICT DO NOTHING", messaging.InsertManySQL}, {"plain", messaging.InsertManyPlainSQL}}
 	fmt.Printf("PostgreSQL CPU per row (ms), %d rows per variant and round, %d partitions, %d-byte payloads\n", messages, tenants, len(payload))
 	fmt.Printf("%-6s %-24s %s\n", "rows", "variant", "rounds")
 	for _, f := range strings.Split(rowsFlag, ",") {
