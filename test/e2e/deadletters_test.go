@@ -376,10 +376,7 @@ func TestReplayFailureKeepsDeadLetters(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, r.Status, string(r.Body))
 	require.Equal(t, 3, testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", tid))
 
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
-		return ok && consumers == 1
-	}, "reconciliation declares the queue again")
+	awaitConsumed(t, cfg.AMQPURL, tid, 10*time.Second, "reconciliation declares the queue again")
 	r = a.Do(http.MethodPost, "/api/v1/tenants/"+tenant+"/dead-letters/replay", nil)
 	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
 	require.EqualValues(t, 3, r.Map(t)["replayed"])

@@ -107,6 +107,15 @@ func publishFromClients(a *testenv.App, clients, each int, tenantOf func(c, i in
 	return all
 }
 
+// awaitConsumed waits until tenant id's queue exists with one consumer.
+func awaitConsumed(t *testing.T, amqpURL string, id uuid.UUID, timeout time.Duration, msg string, args ...any) {
+	t.Helper()
+	testenv.Eventually(t, timeout, func() bool {
+		ok, _, c := testenv.QueueState(t, amqpURL, consumer.QueueName(id))
+		return ok && c == 1
+	}, msg, args...)
+}
+
 // awaitStored waits until every message of ids is stored.
 func awaitStored(t *testing.T, db *pgx.Conn, ids []uuid.UUID, timeout time.Duration, msg string) {
 	t.Helper()

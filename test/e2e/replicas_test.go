@@ -192,10 +192,7 @@ func TestReconciliationRepairs(t *testing.T) {
 	// A queue deleted behind the service's back is declared again and consumed.
 	_, err := ch.QueueDelete(consumer.QueueName(tid), false, false, false)
 	require.NoError(t, err)
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
-		return ok && c == 1
-	}, "queue restored with its consumer")
+	awaitConsumed(t, cfg.AMQPURL, tid, 10*time.Second, "queue restored with its consumer")
 	id := a.Publish(tenant, map[string]bool{"after": true})
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
@@ -299,12 +296,8 @@ func TestReconcileInspectsInTurns(t *testing.T) {
 	for i := range ids {
 		ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("turns-%d", i), 1))
 	}
-	consumed := func(id uuid.UUID) bool {
-		ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(id))
-		return ok && c == 1
-	}
 	for _, id := range ids {
-		testenv.Eventually(t, 10*time.Second, func() bool { return consumed(id) }, "tenant consumed")
+		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed")
 	}
 	inspections := func() float64 { return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") }
 	before := inspections()
@@ -318,11 +311,9 @@ func TestReconcileInspectsInTurns(t *testing.T) {
 	_, err := ch.QueueDelete(consumer.QueueName(victim), false, false, false)
 	require.NoError(t, err)
 	require.NoError(t, rt.Reconcile(context.Background()))
-	testenv.Eventually(t, 10*time.Second, func() bool { return consumed(victim) }, "declared again and consumed at the next pass")
-	id := a.Publish(victim.String(), map[string]bool{"after": true})
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
-	}, "stored after the repair")
+	awaitConsumed(t, cfg.AMQPURL, victim, 10*time.Second, "declared again and consumed at the next pass")
+	id := uuid.MustParse(a.Publish(victim.String(), map[string]bool{"after": true}))
+	awaitStored(t, a.DB(), []uuid.UUID{id}, 10*time.Second, "stored after the repair")
 }
 
 // A tenant's queue deleted by hand (an operator, a script) and declared again at once: the tenant is served
@@ -353,10 +344,7 @@ func TestQueueDeclaredAgainByHandIsServed(t *testing.T) {
 				victims = ids[:1] // on 3.10 it takes unservedSettle twice
 			}
 			for _, victim := range victims {
-				testenv.Eventually(t, 10*time.Second, func() bool {
-					ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(victim))
-					return ok && c == 1
-				}, "tenant consumed")
+				awaitConsumed(t, cfg.AMQPURL, victim, 10*time.Second, "tenant consumed")
 				_, err := ch.QueueDelete(consumer.QueueName(victim), false, false, false)
 				require.NoError(t, err)
 				require.NoError(t, rt.DeclareTopology(context.Background(), victim))
@@ -365,7 +353,7 @@ func TestQueueDeclaredAgainByHandIsServed(t *testing.T) {
 					return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", id) == 1
 				}
 				if qt == "classic" {
-					testenv.Eventually(t, 10*time.Second, stored, "stored without a pass of the test's")
+					awaitStored(t, db, []uuid.UUID{id}, 10*time.Second, "stored without a pass of the test's")
 					continue
 				}
 				testenv.Eventually(t, 60*time.Second, func() bool {
@@ -378,9 +366,7 @@ func TestQueueDeclaredAgainByHandIsServed(t *testing.T) {
 				}, "stored after reconciliation passes")
 			}
 			other := uuid.MustParse(a.Publish(ids[3].String(), map[string]bool{"bystander": true}))
-			testenv.Eventually(t, 10*time.Second, func() bool {
-				return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", other) == 1
-			}, "the other tenant is served throughout")
+			awaitStored(t, db, []uuid.UUID{other}, 10*time.Second, "the other tenant is served throughout")
 		})
 	}
 }

@@ -156,10 +156,8 @@ func TestReconcileRepairsWhileTheManagementAPIHangs(t *testing.T) {
 	require.Less(t, time.Since(began), 20*time.Second, "the pass waited for the hanging management API")
 	ok, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tenant))
 	require.True(t, ok, "the deleted queue was not declared again")
-	id := a.Publish(tenant.String(), map[string]bool{"after": true})
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", uuid.MustParse(id)) == 1
-	}, "stored after the repair")
+	id := uuid.MustParse(a.Publish(tenant.String(), map[string]bool{"after": true}))
+	awaitStored(t, a.DB(), []uuid.UUID{id}, 10*time.Second, "stored after the repair")
 }
 
 // TestReconcileFallsBackToTheCheapListing points RABBITMQ_MANAGEMENT_URL at a proxy of the real management API
@@ -193,10 +191,7 @@ func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
 	const n = 8
 	for i := range n {
 		id := uuid.MustParse(a.CreateTenant(fmt.Sprintf("fallback-%d", i), 1))
-		testenv.Eventually(t, 10*time.Second, func() bool {
-			ok, _, c := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(id))
-			return ok && c == 1
-		}, "tenant consumed")
+		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed")
 	}
 	inspections := func() float64 { return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") }
 	before := inspections()

@@ -176,10 +176,7 @@ func TestCreateMakesEverythingAndDeleteRemovesIt(t *testing.T) {
 
 	require.Equal(t, 1, testenv.Count(t, db, `SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass
 		AND inhrelid = to_regclass($1)`, messaging.PartitionName(tid)))
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		ok, _, consumers := testenv.QueueState(t, a.Config.AMQPURL, consumer.QueueName(tid))
-		return ok && consumers == 1
-	}, "queue with one consumer")
+	awaitConsumed(t, a.Config.AMQPURL, tid, 5*time.Second, "queue with one consumer")
 	ok, _, _ := testenv.QueueState(t, a.Config.AMQPURL, consumer.DeadLetterQueueName(tid))
 	require.False(t, ok, "a tenant has no dead-letter queue of its own (dead letters are rows)")
 
@@ -221,10 +218,7 @@ func TestHundredTenantsConcurrently(t *testing.T) {
 		ON inhrelid = to_regclass('messages_tenant_' || replace(tenants.id::text, '-', '')) WHERE inhparent = 'messages'::regclass`))
 	for _, id := range ids {
 		tid := uuid.MustParse(id)
-		testenv.Eventually(t, 5*time.Second, func() bool {
-			ok, _, c := testenv.QueueState(t, a.Config.AMQPURL, consumer.QueueName(tid))
-			return ok && c == 1
-		}, "queue and consumer of %s", id)
+		awaitConsumed(t, a.Config.AMQPURL, tid, 5*time.Second, "queue and consumer of %s", id)
 	}
 	for _, id := range ids {
 		wg.Add(1)
