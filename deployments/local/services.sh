@@ -633,13 +633,16 @@ cluster_formation.lock_retry_limit = 120
 cluster_formation.lock_retry_timeout = 1000"
 		# RabbitMQ 3.10: a blank node that joins node 1 while node 1 itself boots can copy node 1's tables in
 		# the shape of feature flags it has not enabled yet, and its boot fails (schema_integrity_check_failed,
-		# table_attributes_mismatch; seen on a CI run). Only a blank node gets there, so it starts once more
-		# blank, by which time node 1 is up.
-		local lines
+		# table_attributes_mismatch; seen on a CI run), or asks node 1 for feature flags it has not registered
+		# yet (incompatible_feature_flags, {badmap,undefined} in rabbit_feature_flags:enable_dependencies; seen
+		# in a loop of the cluster test). Only a blank node gets there, so it starts once more blank, by which
+		# time node 1 is up.
+		local lines why
 		lines=$(wc -l <"$RMQ/log/startup.log" 2>/dev/null || echo 0)
 		if ! (rmq_start); then
-			tail -n "+$((lines + 1))" "$RMQ/log/startup.log" 2>/dev/null | grep -q schema_integrity_check_failed || return 1
-			log "node $1 copied node 1's tables mid-boot (schema_integrity_check_failed): starting it again blank"
+			why=$(tail -n "+$((lines + 1))" "$RMQ/log/startup.log" 2>/dev/null |
+				grep -o -m1 -E 'schema_integrity_check_failed|incompatible_feature_flags') || return 1
+			log "node $1 joined node 1 mid-boot ($why): starting it again blank"
 			rmq_stop
 			rm -rf "$RMQ/mnesia"
 			rmq_start

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -254,6 +255,15 @@ func settle(t *testing.T, dbURL, amqpURL string, tenants []string, acc map[strin
 	o.deadLettered = testenv.Count(t, conn, "SELECT count(*) FROM dead_letters")
 	if len(missing) > 5 {
 		missing = missing[:5]
+	}
+	if o.missing > 0 {
+		// Where they are: still ready in a queue the broker serves to no one, or held by a consumer.
+		var queues []string
+		for _, tn := range tenants {
+			_, ready, consumers := testenv.QueueState(t, amqpURL, consumer.QueueName(uuid.MustParse(tn)))
+			queues = append(queues, fmt.Sprintf("%s: %d ready, %d consumers", tn, ready, consumers))
+		}
+		t.Logf("queues after %s: %s", timeout, strings.Join(queues, "; "))
 	}
 	require.Zero(t, o.missing, "accepted but not stored after %s: %s (first: %v)", timeout, o, missing)
 	require.Zero(t, o.duplicates, "stored twice: %s", o)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -136,9 +137,30 @@ func RunServer(t testing.TB, o ServerOptions) *Server {
 		s.Kill()
 		if t.Failed() {
 			t.Logf("last log lines of %s:\n%s", s.Name, s.Tail(40))
+			if path, err := s.keepLog(t.Name()); err != nil {
+				t.Logf("could not keep the whole log of %s: %v", s.Name, err)
+			} else if path != "" {
+				t.Logf("the whole log of %s: %s", s.Name, path)
+			}
 		}
 	})
 	return s
+}
+
+// keepLog writes the process's whole output (what memory kept of it) to a file named after test in the folder
+// TEST_SERVER_LOGS names (`go tool task test` sets test/output/servers), and returns its path; without that
+// variable it writes nothing. A failure that shows only on some runs is read from there.
+func (s *Server) keepLog(test string) (string, error) {
+	dir := os.Getenv("TEST_SERVER_LOGS")
+	if dir == "" {
+		return "", nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(test + "-" + s.Name + ".log")
+	path := filepath.Join(dir, name)
+	return path, os.WriteFile(path, []byte(strings.Join(s.out.lines(), "\n")+"\n"), 0o644)
 }
 
 // FreePort returns a TCP port of 127.0.0.1 that nothing listened on a moment ago.
