@@ -104,6 +104,14 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	for k, i := range which {
 		seen[i], errsOf[i] = &states[k], inspectErrs[k]
 	}
+	for id, g := range r.findStalled(mine, seen, errsOf, inspected) {
+		if _, ok := unserved[id]; !ok {
+			if unserved == nil {
+				unserved = make(map[uuid.UUID]verdict)
+			}
+			unserved[id] = verdict{g: g, kind: "consumer_stalled"}
+		}
+	}
 	for i, t := range mine {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -198,10 +206,17 @@ func (r *Runtime) stopDisowned(ctx context.Context) {
 	wg.Wait()
 }
 
+// verdict is a generation judged to receive nothing while its queue holds messages for it (findUnserved,
+// findStalled), and the repair's kind as msgsvc_reconcile_repairs_total counts it.
+type verdict struct {
+	g    *generation
+	kind string
+}
+
 // reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected, nil when it
 // was not inspected this pass (the listing showed its queue and its consumer runs here); unserved is the
-// generation findUnserved found unserved, nil for none.
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time, unserved *generation) error {
+// generation findUnserved or findStalled judged unserved, the zero verdict for none.
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time, unserved verdict) error {
 	if r.isClosed() {
 		return nil
 	}
@@ -246,11 +261,16 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 		r.metrics.repairs.WithLabelValues("consumer_cancelled").Inc()
 		tc.stop(ctx, "consumer cancelled")
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
-	case unserved != nil && tc.stopGeneration(ctx, unserved, "consumer unserved"):
+	case unserved.g != nil && tc.stopGeneration(ctx, unserved.g, "consumer unserved"):
 		// Only the generation judged: one started since (a resize, a lost connection's replacement) is left alone.
-		r.log.Warn("tenant queue held messages unacknowledged by a consumer that received nothing; its channel is "+
-			"closed and the consumer starts again on a new one", zap.String("tenant_id", t.ID.String()))
-		r.metrics.repairs.WithLabelValues("consumer_unserved").Inc()
+		what := "unacknowledged by" // consumer_unserved: the statistics listing's messages unacknowledged
+		if unserved.kind == "consumer_stalled" {
+			what = "ready for" // the passive declare's messages ready
+		}
+		r.log.Warn("tenant queue held messages "+what+" a consumer that received nothing; its channel is "+
+			"closed and the consumer starts again on a new one", zap.String("tenant_id", t.ID.String()),
+			zap.String("repair", unserved.kind))
+		r.metrics.repairs.WithLabelValues(unserved.kind).Inc()
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
 	}
 	return nil
@@ -303,39 +323,99 @@ func judgeUnserved(prev unservedMark, seen bool, cur unservedMark, open bool) (m
 // can look like one, and the repair costs it a restart (the stored rows are kept and redeliveries skipped). The
 // listings are unservedSettle apart at least, and a generation younger than that is not judged. Without a
 // management API nothing is found.
-func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[uuid.UUID]*generation {
+func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[uuid.UUID]verdict {
 	if listed == nil || listed.unacked == nil {
 		return nil
 	}
-	var found map[uuid.UUID]*generation
+	var found map[uuid.UUID]verdict
 	now := time.Now()
 	marks := make(map[uuid.UUID]unservedMark)
 	for _, t := range mine {
 		if listed.unacked[QueueName(t.ID)] == 0 {
 			continue
 		}
-		tc := r.consumer(t.ID, false)
-		if tc == nil {
-			continue
-		}
-		g := tc.live()
-		if g == nil || now.Sub(g.started) < unservedSettle {
-			continue
-		}
-		high, open := g.acks.progress()
 		prev, seen := r.unserved[t.ID]
-		mark, unserved := judgeUnserved(prev, seen, unservedMark{g: g, high: high, at: now}, open)
-		if unserved {
+		if g, mark, keep := r.sight(t.ID, prev, seen, now); g != nil {
+			if found == nil {
+				found = make(map[uuid.UUID]verdict)
+			}
+			found[t.ID] = verdict{g: g, kind: "consumer_unserved"}
+		} else if keep {
+			marks[t.ID] = mark
+		}
+	}
+	r.unserved = marks
+	return found
+}
+
+// findStalled returns the owned tenants whose consumer receives nothing from a queue that holds messages ready
+// for it, by the passive declares of this pass (seen, nil for a tenant not inspected; at the time inspected).
+// Seen on RabbitMQ 3.10 (a CI run of TestClusterNodeKilledMidStream): after the node leading a quorum queue
+// was killed, the queue held thousands of messages ready and the broker counted one consumer, this one, but
+// delivered nothing to it for the minutes the test waited. It needs no management API (findUnserved does), and
+// judges as findUnserved does: two inspections at least unservedSettle apart showed messages ready and one
+// consumer, while the same generation received no delivery between them and holds none unsettled. A consumer
+// that has room for deliveries gets the ready messages at once, so a working one either received some or holds
+// them. Only a queue with one consumer is judged: with two (a handover under way), the other one may be the
+// single active consumer and this one rightly waits. An inspection that shows nothing ready, or another
+// consumer count, forgets the tenant's mark; a tenant not inspected this pass keeps it (inspectNeeded's turns).
+func (r *Runtime) findStalled(mine []events.Tenant, seen []*broker.QueueState, errs []error, inspected time.Time) map[uuid.UUID]*generation {
+	if r.stalled == nil {
+		r.stalled = make(map[uuid.UUID]unservedMark)
+	}
+	owned := make(map[uuid.UUID]bool, len(mine))
+	var found map[uuid.UUID]*generation
+	for i, t := range mine {
+		owned[t.ID] = true
+		st := seen[i]
+		if st == nil || errs[i] != nil {
+			continue // not inspected this pass: the mark waits for its turn
+		}
+		if !st.Exists || st.Messages == 0 || st.Consumers != 1 {
+			delete(r.stalled, t.ID)
+			continue
+		}
+		prev, ok := r.stalled[t.ID]
+		g, mark, keep := r.sight(t.ID, prev, ok, inspected)
+		switch {
+		case g != nil:
 			if found == nil {
 				found = make(map[uuid.UUID]*generation)
 			}
 			found[t.ID] = g
-			continue
+			delete(r.stalled, t.ID)
+		case keep:
+			r.stalled[t.ID] = mark
+		default:
+			delete(r.stalled, t.ID)
 		}
-		marks[t.ID] = mark
 	}
-	r.unserved = marks
+	for id := range r.stalled {
+		if !owned[id] {
+			delete(r.stalled, id)
+		}
+	}
 	return found
+}
+
+// sight judges tenant id's live generation at a sighting, at time now, of messages its queue holds for it
+// (judgeUnserved; prev is the tenant's mark from an earlier sighting when seen): it returns the generation
+// when judged unserved, and otherwise the mark to keep (keep false when no generation old enough runs).
+func (r *Runtime) sight(id uuid.UUID, prev unservedMark, seen bool, now time.Time) (unserved *generation, mark unservedMark, keep bool) {
+	tc := r.consumer(id, false)
+	if tc == nil {
+		return nil, unservedMark{}, false
+	}
+	g := tc.live()
+	if g == nil || now.Sub(g.started) < unservedSettle {
+		return nil, unservedMark{}, false
+	}
+	high, open := g.acks.progress()
+	mark, judged := judgeUnserved(prev, seen, unservedMark{g: g, high: high, at: now}, open)
+	if judged {
+		return g, mark, false
+	}
+	return nil, mark, true
 }
 
 // gone reports whether the database confirms that tenant id no longer exists; when it does, the tenant's

@@ -94,6 +94,7 @@ type Runtime struct {
 	reconcileMu sync.Mutex                 // held by a reconciliation pass: orphans, mgmtDown, warnedNoSAC and pass are its
 	warnedNoSAC map[string]bool            // tenant queues without single active consumer already logged
 	unserved    map[uuid.UUID]unservedMark // findUnserved's marks from the last statistics listing; reconcileMu
+	stalled     map[uuid.UUID]unservedMark // findStalled's marks from the last inspection of each queue; reconcileMu
 	lastStats   time.Time                  // when a pass last asked for the listing with statistics; reconcileMu
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
