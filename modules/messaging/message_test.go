@@ -40,6 +40,20 @@ func TestDecodeDelivery(t *testing.T) {
 	require.Error(t, err)
 	_, err = decodeDelivery(tenant, amqp.Delivery{MessageId: id.String(), Body: []byte(`not json`)}, time.Now())
 	require.Error(t, err)
+
+	// Creation times the API could not write as RFC 3339, though PostgreSQL would store them.
+	for _, at := range []time.Time{time.Date(-249, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(0, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		_, err = decodeDelivery(tenant, amqp.Delivery{MessageId: id.String(), Body: []byte(`{}`),
+			Headers: amqp.Table{HeaderCreatedAt: at.UnixMicro()}}, time.Now())
+		require.Error(t, err, "created at %s", at)
+	}
+	for _, at := range []time.Time{time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC)} {
+		m, err = decodeDelivery(tenant, amqp.Delivery{MessageId: id.String(), Body: []byte(`{}`),
+			Headers: amqp.Table{HeaderCreatedAt: at.UnixMicro()}}, time.Now())
+		require.NoError(t, err, "created at %s", at)
+		require.Equal(t, at, m.CreatedAt)
+	}
 }
 
 func TestMessageID(t *testing.T) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -262,9 +263,10 @@ func TestMalformedRequestFlood(t *testing.T) {
 		sent, len(requests), rounds, took.Round(time.Millisecond))
 }
 
-// TestUnstorableDirectPublishIsDeadLetteredAlone publishes straight to RabbitMQ a message whose creation time
-// PostgreSQL cannot store (x-created-at before year 1), among good ones that land in the same store batch:
-// the good ones are stored at once, and only the bad one is dead-lettered, without retries.
+// TestUnstorableDirectPublishIsDeadLetteredAlone publishes straight to RabbitMQ, among good messages that land
+// in the same store batch, one that PostgreSQL refuses (a trigger the test adds raises a data exception) and
+// one whose creation time the API could not write (x-created-at in 250 BC, which PostgreSQL would store): the
+// good ones are stored at once, and only the two bad ones are dead-lettered, without retries.
 func TestUnstorableDirectPublishIsDeadLetteredAlone(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
@@ -273,24 +275,38 @@ func TestUnstorableDirectPublishIsDeadLetteredAlone(t *testing.T) {
 	tenant := a.CreateTenant("unstorable", 1)
 	tid := uuid.MustParse(tenant)
 	require.NoError(t, a.Stop()) // publish while nothing consumes, so that the consumer takes them in one batch
+	// PostgreSQL refusing a value (SQLSTATE class 22, data exception), as it would a number or time it cannot
+	// represent: decodeDelivery catches those the service knows of first.
+	for _, ddl := range []string{`CREATE FUNCTION refuse_i_10() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.payload->>'i' = '10' THEN RAISE EXCEPTION 'the test refuses i = 10' USING ERRCODE = '22023'; END IF;
+	RETURN NEW;
+END $$`, `CREATE TRIGGER refuse_i_10 BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_i_10()`} {
+		_, err := db.Exec(context.Background(), ddl)
+		require.NoError(t, err)
+	}
 
-	bad := uuid.NewString()
+	refused, ancient := uuid.NewString(), uuid.NewString()
 	for i := range 20 {
 		id, headers := uuid.NewString(), amqp.Table{}
-		if i == 10 {
-			id, headers = bad, amqp.Table{messaging.HeaderCreatedAt: int64(-70_000_000_000_000_000)} // about 250 BC
+		switch i {
+		case 10:
+			id = refused
+		case 15:
+			id, headers = ancient, amqp.Table{messaging.HeaderCreatedAt: int64(-70_000_000_000_000_000)} // about 250 BC
 		}
 		publishDirect(t, cfg.AMQPURL, cfg.AMQPExchange, tenant, id, []byte(fmt.Sprintf(`{"i":%d}`, i)), headers)
 	}
 	b := testenv.Start(t, cfg)
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid) == 19
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid) == 18
 	}, "the good messages are not all stored")
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		return testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", tid) == 1
-	}, "the unstorable message is not dead-lettered")
+		return testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", tid) == 2
+	}, "the unstorable messages are not dead-lettered")
 	require.Zero(t, b.Logs.FilterMessage("store failed; retrying with backoff").Len(), "a data error was retried")
 	r := b.Do(http.MethodGet, "/api/v1/tenants/"+tenant+"/dead-letters", nil)
 	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
-	require.Contains(t, string(r.Body), bad)
+	require.Contains(t, string(r.Body), refused)
+	require.Contains(t, string(r.Body), ancient)
 }

@@ -81,7 +81,7 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 	}
 	defer conn.Close(ctx)
 
-	ids := make([]string, tenants)
+	ids := make([]uuid.UUID, tenants)
 	ddl := []string{
 		`CREATE TABLE messages (id uuid NOT NULL, tenant_id uuid NOT NULL, payload jsonb NOT NULL,
 		 created_at timestamptz NOT NULL, stored_at timestamptz NOT NULL DEFAULT now(),
@@ -89,7 +89,7 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 		`CREATE INDEX messages_keyset_idx ON messages (tenant_id, created_at DESC, id DESC)`,
 	}
 	for i := range ids {
-		ids[i] = uuid.NewString()
+		ids[i] = uuid.New()
 		ddl = append(ddl, fmt.Sprintf(`CREATE TABLE p%d PARTITION OF messages FOR VALUES IN ('%s')`, i, ids[i]))
 	}
 	for _, s := range ddl {
@@ -101,7 +101,7 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 		return err
 	}
-	payload := `{"data":"` + strings.Repeat("x", max(size-20, 0)) + `","n":1}`
+	payload := []byte(`{"data":"` + strings.Repeat("x", max(size-20, 0)) + `","n":1}`)
 	variants := []struct{ name, sql string }{{"ON CONFLICT DO NOTHING", messaging.InsertManySQL}, {"plain", messaging.InsertManyPlainSQL}}
 	fmt.Printf("PostgreSQL CPU per row (ms), %d rows per variant and round, %d partitions, %d-byte payloads\n", messages, tenants, len(payload))
 	fmt.Printf("%-6s %-24s %s\n", "rows", "variant", "rounds")
@@ -118,10 +118,12 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 					return err
 				}
 				for n := 0; n < messages; n += per {
-					ts, is, ps, cs := make([]string, per), make([]string, per), make([]string, per), make([]string, per)
+					// The parameters' Go types are the service's (messaging's rowArrays): pgx sends them in the same
+					// binary form.
+					ts, is, ps, cs := make([][16]byte, per), make([][16]byte, per), make([][]byte, per), make([]time.Time, per)
 					for j := range per {
-						ts[j], is[j], ps[j] = ids[(n+j)%tenants], uuid.NewString(), payload
-						cs[j] = time.Now().UTC().Format(time.RFC3339Nano)
+						ts[j], is[j], ps[j] = ids[(n+j)%tenants], uuid.New(), payload
+						cs[j] = time.Now().UTC().Truncate(time.Microsecond)
 					}
 					rows, err := conn.Query(ctx, variant.sql, ts, is, ps, cs)
 					if err != nil {
