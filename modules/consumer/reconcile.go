@@ -254,12 +254,12 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 	case r.Workers(t.ID) != t.Concurrency:
 		r.metrics.repairs.WithLabelValues("concurrency").Inc()
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
-	case st != nil && st.Consumers == 0 && tc.startedBefore(inspected):
+	case st != nil && st.Consumers == 0 && tc.stopStartedBefore(ctx, inspected, "consumer cancelled"):
 		// The broker counts no consumer though this one runs: the broker cancelled it (its channel closed on its
-		// own). go-rabbitmq does not re-consume on a pooled connection; start it again.
+		// own). go-rabbitmq does not re-consume on a pooled connection; start it again. Only a generation that
+		// ran at the inspection is stopped: one started since is left alone.
 		r.log.Warn("tenant queue has no consumer though its consumer runs; starting it again", zap.String("tenant_id", t.ID.String()))
 		r.metrics.repairs.WithLabelValues("consumer_cancelled").Inc()
-		tc.stop(ctx, "consumer cancelled")
 		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
 	case unserved.g != nil && tc.stopGeneration(ctx, unserved.g, "consumer unserved"):
 		// Only the generation judged: one started since (a resize, a lost connection's replacement) is left alone.

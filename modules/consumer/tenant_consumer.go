@@ -100,13 +100,6 @@ func (g *generation) alive() bool {
 	}
 }
 
-// startedBefore reports whether a live generation runs that started before t.
-func (tc *tenantConsumer) startedBefore(t time.Time) bool {
-	tc.mu.Lock()
-	defer tc.mu.Unlock()
-	return tc.gen != nil && tc.gen.alive() && tc.gen.started.Before(t)
-}
-
 // live returns the live generation, nil when none consumes.
 func (tc *tenantConsumer) live() *generation {
 	tc.mu.Lock()
@@ -384,6 +377,18 @@ func (tc *tenantConsumer) stop(ctx context.Context, reason string) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	tc.stopGen(ctx, reason)
+}
+
+// stopStartedBefore stops the live generation if it started before t, and reports whether it did: the check
+// and the stop under one lock, so that a generation started in between is never the one stopped.
+func (tc *tenantConsumer) stopStartedBefore(ctx context.Context, t time.Time, reason string) bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.gen == nil || !tc.gen.alive() || !tc.gen.started.Before(t) {
+		return false
+	}
+	tc.stopGen(ctx, reason)
+	return true
 }
 
 // stopGeneration drains and closes generation g if it is still the running one, and reports whether it was.
