@@ -114,7 +114,7 @@ func handoverRuntime(t *testing.T, wait time.Duration) (*Runtime, *handoverPlace
 	p.held.Store(true)
 	r := &Runtime{place: p, opts: Options{ReplicaID: "replica-a", HandoverWait: wait, HandoverLookback: time.Second, DrainTimeout: time.Second},
 		log: zap.NewNop(), metrics: NewMetrics(prometheus.NewRegistry(), false), consumers: map[uuid.UUID]*tenantConsumer{},
-		succ: newSuccessors(time.Now), noSAC: map[string]bool{}, stopLoop: make(chan struct{})}
+		succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{}, stopLoop: make(chan struct{})}
 	t.Cleanup(func() { close(r.stopLoop) })
 	return r, p
 }

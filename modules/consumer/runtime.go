@@ -97,6 +97,7 @@ type Runtime struct {
 	stalled     map[uuid.UUID]unservedMark // findStalled's marks from the last inspection of each queue; reconcileMu
 	lastStats   time.Time                  // when a pass last asked for the listing with statistics; reconcileMu
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
+	recheck     map[uuid.UUID]int          // tenants started again after a lost connection → passes left that inspect them; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
 	stopLoop    chan struct{}
 	loopDone    chan struct{}
@@ -137,7 +138,7 @@ func NewRuntime(p RuntimeParams) *Runtime {
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
-		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}}
+		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{}}
 	if p.Bus != nil {
 		r.ann = newAnnouncer(func(ctx context.Context, tenants []uuid.UUID) error {
 			return events.Publish(ctx, p.Bus, events.TenantsConsumed{Replica: opts.ReplicaID, Tenants: tenants})
@@ -229,12 +230,19 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 			tc.stopGen(ctx, "connection lost")
 		}
 		var err error
+		started := false
 		if r.place.Owns(tc.id) && !r.isClosed() {
 			err = tc.start(ctx, workers, "connection lost")
+			started = err == nil
 		}
 		tc.mu.Unlock()
 		cancel()
 		r.recordStart(tc, err)
+		if started {
+			r.mu.Lock()
+			r.recheck[tc.id] = inspectRotation
+			r.mu.Unlock()
+		}
 		if err == nil {
 			return
 		}

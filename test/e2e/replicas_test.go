@@ -316,6 +316,44 @@ func TestReconcileInspectsInTurns(t *testing.T) {
 	awaitStored(t, a.DB(), []uuid.UUID{id}, 10*time.Second, "stored after the repair")
 }
 
+// TestConsumersStartedAgainAfterAConnectionDropAreInspectedAtEveryPass: once the pooled connection carrying the
+// tenants' consumers drops and they start again on a new one, each of the next four passes inspects every one of
+// their queues (a failover can leave such a consume without a consumer on the queue, see inspectNeeded), and
+// after that the passes take their turns again (a quarter each).
+func TestConsumersStartedAgainAfterAConnectionDropAreInspectedAtEveryPass(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = time.Hour // only the passes this test runs
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	const n = 8
+	ids := make([]uuid.UUID, n)
+	for i := range ids {
+		ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("recheck-%d", i), 1))
+	}
+	for _, id := range ids {
+		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed")
+	}
+	inspected := func(passes int) float64 {
+		before := metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total")
+		for range passes {
+			require.NoError(t, rt.Reconcile(context.Background()))
+		}
+		return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") - before
+	}
+	require.Equal(t, float64(n), inspected(4), "four passes inspect each queue once")
+
+	closeConnection(t, s, cfg, "msgsvc-"+cfg.ReplicaID+"-consumer-1")
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return metricValue(t, scrape(t, a.URL), "msgsvc_consumer_connection_lost_restarts_total") == n
+	}, "every consumer started again after its connection dropped")
+	for _, id := range ids {
+		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed again")
+	}
+	require.Equal(t, float64(4*n), inspected(4), "the four passes after the drop inspect every restarted queue")
+	require.Equal(t, float64(n), inspected(4), "then the passes take their turns again")
+}
+
 // A tenant's queue deleted by hand (an operator, a script) and declared again at once: the tenant is served
 // again, whatever the queue type, and the other tenants throughout.
 //   - A classic queue's deletion cancels the consumer (basic.cancel): the runtime closes its channel and asks for
