@@ -286,25 +286,10 @@ func TestReconcileDoesNotStopNewTenants(t *testing.T) {
 // once a queue that the listing does not show: one deleted behind the service's back is declared again and
 // consumed at the next pass.
 func TestReconcileInspectsInTurns(t *testing.T) {
-	s := testenv.Get(t)
-	cfg := s.Config(t)
-	cfg.ReconcileInterval = time.Hour // only the passes this test runs
-	var rt *consumer.Runtime
-	a := testenv.Start(t, cfg, fx.Populate(&rt))
 	const n = 16
-	ids := make([]uuid.UUID, n)
-	for i := range ids {
-		ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("turns-%d", i), 1))
-	}
-	for _, id := range ids {
-		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed")
-	}
-	inspections := func() float64 { return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") }
-	before := inspections()
-	for range 4 {
-		require.NoError(t, rt.Reconcile(context.Background()))
-	}
-	require.Equal(t, float64(n), inspections()-before, "four passes inspect each listed and consumed queue once")
+	p := startInspected(t, "turns", n)
+	a, cfg, ids, rt := p.app, p.app.Config, p.ids, p.rt
+	require.Equal(t, float64(n), p.inspected(4), "four passes inspect each listed and consumed queue once")
 
 	victim := ids[0]
 	ch := testenv.AMQP(t, cfg.AMQPURL)
@@ -321,37 +306,53 @@ func TestReconcileInspectsInTurns(t *testing.T) {
 // their queues (a failover can leave such a consume without a consumer on the queue, see inspectNeeded), and
 // after that the passes take their turns again (a quarter each).
 func TestConsumersStartedAgainAfterAConnectionDropAreInspectedAtEveryPass(t *testing.T) {
-	s := testenv.Get(t)
-	cfg := s.Config(t)
-	cfg.ReconcileInterval = time.Hour // only the passes this test runs
-	var rt *consumer.Runtime
-	a := testenv.Start(t, cfg, fx.Populate(&rt))
 	const n = 8
-	ids := make([]uuid.UUID, n)
-	for i := range ids {
-		ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("recheck-%d", i), 1))
-	}
-	for _, id := range ids {
-		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed")
-	}
-	inspected := func(passes int) float64 {
-		before := metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total")
-		for range passes {
-			require.NoError(t, rt.Reconcile(context.Background()))
-		}
-		return metricValue(t, scrape(t, a.URL), "msgsvc_reconcile_queue_inspections_total") - before
-	}
-	require.Equal(t, float64(n), inspected(4), "four passes inspect each queue once")
+	p := startInspected(t, "recheck", n)
+	a, cfg := p.app, p.app.Config
+	require.Equal(t, float64(n), p.inspected(4), "four passes inspect each queue once")
 
-	closeConnection(t, s, cfg, "msgsvc-"+cfg.ReplicaID+"-consumer-1")
+	closeConnection(t, testenv.Get(t), cfg, "msgsvc-"+cfg.ReplicaID+"-consumer-1")
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		return metricValue(t, scrape(t, a.URL), "msgsvc_consumer_connection_lost_restarts_total") == n
 	}, "every consumer started again after its connection dropped")
-	for _, id := range ids {
+	for _, id := range p.ids {
 		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed again")
 	}
-	require.Equal(t, float64(4*n), inspected(4), "the four passes after the drop inspect every restarted queue")
-	require.Equal(t, float64(n), inspected(4), "then the passes take their turns again")
+	require.Equal(t, float64(4*n), p.inspected(4), "the four passes after the drop inspect every restarted queue")
+	require.Equal(t, float64(n), p.inspected(4), "then the passes take their turns again")
+}
+
+// inspectedApp is a service whose reconciliation runs only when a test asks, with n tenants consumed.
+type inspectedApp struct {
+	t   *testing.T
+	app *testenv.App
+	rt  *consumer.Runtime
+	ids []uuid.UUID
+}
+
+func startInspected(t *testing.T, prefix string, n int) *inspectedApp {
+	t.Helper()
+	cfg := testenv.Get(t).Config(t)
+	cfg.ReconcileInterval = time.Hour // only the passes the test runs
+	p := &inspectedApp{t: t, ids: make([]uuid.UUID, n)}
+	p.app = testenv.Start(t, cfg, fx.Populate(&p.rt))
+	for i := range p.ids {
+		p.ids[i] = uuid.MustParse(p.app.CreateTenant(fmt.Sprintf("%s-%d", prefix, i), 1))
+	}
+	for _, id := range p.ids {
+		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed")
+	}
+	return p
+}
+
+// inspected runs passes reconciliation passes and returns how many queues they inspected.
+func (p *inspectedApp) inspected(passes int) float64 {
+	t := p.t
+	before := metricValue(t, scrape(t, p.app.URL), "msgsvc_reconcile_queue_inspections_total")
+	for range passes {
+		require.NoError(t, p.rt.Reconcile(context.Background()))
+	}
+	return metricValue(t, scrape(t, p.app.URL), "msgsvc_reconcile_queue_inspections_total") - before
 }
 
 // A tenant's queue deleted by hand (an operator, a script) and declared again at once: the tenant is served
