@@ -351,9 +351,10 @@ func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[u
 
 // findStalled returns the owned tenants whose consumer receives nothing from a queue that holds messages ready
 // for it, by the passive declares of this pass (seen, nil for a tenant not inspected; at the time inspected).
-// Seen on RabbitMQ 3.10 (a CI run of TestClusterNodeKilledMidStream): after the node leading a quorum queue
-// was killed, the queue held thousands of messages ready and the broker counted one consumer, this one, but
-// delivered nothing to it for the minutes the test waited. It needs no management API (findUnserved does), and
+// Made for a CI run of TestClusterNodeKilledMidStream (RabbitMQ 3.10, no management API): after the node
+// leading a quorum queue was killed, 2,340 accepted messages stayed unstored for the minutes the test waited
+// while the broker counted a consumer on the queue (whether they waited ready was not recorded). It also finds
+// the quorum ghost findUnserved finds, when more messages wait than its prefetch. It needs no management API, and
 // judges as findUnserved does: two inspections at least unservedSettle apart showed messages ready and one
 // consumer, while the same generation received no delivery between them and holds none unsettled. A consumer
 // that has room for deliveries gets the ready messages at once, so a working one either received some or holds
