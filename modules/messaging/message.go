@@ -94,7 +94,8 @@ func decodeDelivery(tenantID uuid.UUID, d amqp.Delivery, now time.Time) (Message
 	if y := m.CreatedAt.Year(); y < 1 || y > 9999 {
 		// PostgreSQL would store it (4713 BC to 294276 AD), but the API could never answer it: JSON's time
 		// (RFC 3339) has four-digit years, and encoding/json refuses the others.
-		return m, fmt.Errorf("creation time %d µs since 1970 (%s) is outside the years 1 to 9999", m.CreatedAt.UnixMicro(), HeaderCreatedAt)
+		return m, fmt.Errorf("creation time %s (%s, or the timestamp property) is outside the years 1 to 9999",
+			m.CreatedAt.Format(time.RFC3339Nano), HeaderCreatedAt)
 	}
 	return m, nil
 }
