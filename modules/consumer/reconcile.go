@@ -584,8 +584,9 @@ const inspectRotation = 4
 // passes, whatever its turn (recheck): a node lost during a failover can leave a consume that succeeded
 // without a consumer on the queue, or drop it soon after. Seen on RabbitMQ 3.10, the busy tenant of
 // TestClusterNodeKilledMidStream started again when the node it was connected to, which led its quorum queue,
-// was killed: 18 s later (one run) and 32 s later (a CI run) the broker counted no consumer on the queue,
-// though the client's channel stayed open, and only an inspection found it. With the defaults that is within
+// was killed: 18 and 21 s later (two runs of a loop of 10) and 32 s later (a CI run) the broker counted no
+// consumer on the queue, though the client's channel stayed open, and only an inspection found it. With the
+// defaults that is within
 // one pass (30 s) of the loss instead of inspectRotation of them (2 minutes), for the first 2 minutes after
 // such a restart; a connection drop of thousands of consumers costs four passes a passive declare each.
 func (r *Runtime) inspectNeeded(id uuid.UUID, listed *queueListing, pass uint64) bool {
