@@ -563,6 +563,10 @@ func (r *Runtime) listQueues(ctx context.Context, stats bool) (*queueListing, er
 	return l, nil
 }
 
+// recheckPasses is how many passes after a consumer started again on a new connection inspect its queue
+// whatever its turn (see inspectNeeded): twice the longest loss seen (87 s) with the default interval.
+const recheckPasses = 2 * inspectRotation
+
 // inspectRotation is how many reconciliation passes it takes to inspect every owned queue that the listing
 // shows and whose consumer runs here: each pass inspects a quarter of them (by the tenant id's last byte, random in UUIDv4 and v7 alike).
 const inspectRotation = 4
@@ -580,15 +584,15 @@ const inspectRotation = 4
 // queues, RabbitMQ 3.10): reconciliation inspecting every queue every 30 s took 10 % of a core of RabbitMQ
 // and 2.4 % of the service, while everything else idle took 20 % and 3.7 %.
 //
-// A consumer started again after its connection dropped is inspected at each of the next inspectRotation
+// A consumer started again after its connection dropped is inspected at each of the next recheckPasses
 // passes, whatever its turn (recheck): a node lost during a failover can leave a consume that succeeded
 // without a consumer on the queue, or drop it soon after. Seen on RabbitMQ 3.10, the busy tenant of
 // TestClusterNodeKilledMidStream started again when the node it was connected to, which led its quorum queue,
-// was killed: 18 and 21 s later (two runs of a loop of 10) and 32 s later (a CI run) the broker counted no
-// consumer on the queue, though the client's channel stayed open, and only an inspection found it. With the
-// defaults that is within
-// one pass (30 s) of the loss instead of inspectRotation of them (2 minutes), for the first 2 minutes after
-// such a restart; a connection drop of thousands of consumers costs four passes a passive declare each.
+// was killed: 18 and 21 s later (two runs of a loop of 10), 32 s later (a CI run), and 83 and 87 s later (two
+// runs of 3 on a loaded machine) the broker counted no consumer on the queue, though the client's channel
+// stayed open, and only an inspection found it. With the defaults that is within one pass (30 s) of the loss
+// instead of inspectRotation of them (2 minutes), for the first 4 minutes after such a restart; a connection
+// drop of thousands of consumers costs eight passes a passive declare each.
 func (r *Runtime) inspectNeeded(id uuid.UUID, listed *queueListing, pass uint64) bool {
 	recheck := r.takeRecheck(id)
 	if listed == nil || !listed.exists[QueueName(id)] {

@@ -240,7 +240,7 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 		r.recordStart(tc, err)
 		if started {
 			r.mu.Lock()
-			r.recheck[tc.id] = inspectRotation
+			r.recheck[tc.id] = recheckPasses
 			r.mu.Unlock()
 		}
 		if err == nil {

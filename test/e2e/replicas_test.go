@@ -302,7 +302,7 @@ func TestReconcileInspectsInTurns(t *testing.T) {
 }
 
 // TestConsumersStartedAgainAfterAConnectionDropAreInspectedAtEveryPass: once the pooled connection carrying the
-// tenants' consumers drops and they start again on a new one, each of the next four passes inspects every one of
+// tenants' consumers drops and they start again on a new one, each of the next eight passes inspects every one of
 // their queues (a failover can leave such a consume without a consumer on the queue, see inspectNeeded), and
 // after that the passes take their turns again (a quarter each).
 func TestConsumersStartedAgainAfterAConnectionDropAreInspectedAtEveryPass(t *testing.T) {
@@ -318,7 +318,7 @@ func TestConsumersStartedAgainAfterAConnectionDropAreInspectedAtEveryPass(t *tes
 	for _, id := range p.ids {
 		awaitConsumed(t, cfg.AMQPURL, id, 10*time.Second, "tenant consumed again")
 	}
-	require.Equal(t, float64(4*n), p.inspected(4), "the four passes after the drop inspect every restarted queue")
+	require.Equal(t, float64(8*n), p.inspected(8), "the eight passes after the drop inspect every restarted queue")
 	require.Equal(t, float64(n), p.inspected(4), "then the passes take their turns again")
 }
 
