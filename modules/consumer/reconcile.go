@@ -83,8 +83,8 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		listed, listErr = r.listQueues(lctx, false)
 		cancel()
 	}
+	r.forgetDisowned(mine)
 	unserved := r.findUnserved(mine, listed)
-	r.pruneRecheck(mine)
 	var names []string
 	var which []int // index in mine of each name
 	for i, t := range mine {
@@ -105,14 +105,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	for k, i := range which {
 		seen[i], errsOf[i] = &states[k], inspectErrs[k]
 	}
-	for id, g := range r.findStalled(mine, seen, errsOf, inspected) {
-		if _, ok := unserved[id]; !ok {
-			if unserved == nil {
-				unserved = make(map[uuid.UUID]verdict)
-			}
-			unserved[id] = verdict{g: g, kind: "consumer_stalled"}
-		}
-	}
+	unserved = r.findStalled(mine, seen, errsOf, inspected, unserved)
 	for i, t := range mine {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -349,8 +342,9 @@ func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[u
 	return found
 }
 
-// findStalled returns the owned tenants whose consumer receives nothing from a queue that holds messages ready
-// for it, by the passive declares of this pass (seen, nil for a tenant not inspected; at the time inspected).
+// findStalled adds to found (findUnserved's verdicts, which it leaves as they are) the owned tenants whose
+// consumer receives nothing from a queue that holds messages ready for it, by the passive declares of this pass
+// (seen, nil for a tenant not inspected; at the time inspected), and returns it.
 // Made for a CI run of TestClusterNodeKilledMidStream (RabbitMQ 3.10, no management API): after the node
 // leading a quorum queue was killed, 2,340 accepted messages stayed unstored for the minutes the test waited
 // while the broker counted a consumer on the queue (whether they waited ready was not recorded). It also finds
@@ -361,14 +355,9 @@ func (r *Runtime) findUnserved(mine []events.Tenant, listed *queueListing) map[u
 // them. Only a queue with one consumer is judged: with two (a handover under way), the other one may be the
 // single active consumer and this one rightly waits. An inspection that shows nothing ready, or another
 // consumer count, forgets the tenant's mark; a tenant not inspected this pass keeps it (inspectNeeded's turns).
-func (r *Runtime) findStalled(mine []events.Tenant, seen []*broker.QueueState, errs []error, inspected time.Time) map[uuid.UUID]*generation {
-	if r.stalled == nil {
-		r.stalled = make(map[uuid.UUID]unservedMark)
-	}
-	owned := make(map[uuid.UUID]bool, len(mine))
-	var found map[uuid.UUID]*generation
+func (r *Runtime) findStalled(mine []events.Tenant, seen []*broker.QueueState, errs []error, inspected time.Time,
+	found map[uuid.UUID]verdict) map[uuid.UUID]verdict {
 	for i, t := range mine {
-		owned[t.ID] = true
 		st := seen[i]
 		if st == nil || errs[i] != nil {
 			continue // not inspected this pass: the mark waits for its turn
@@ -381,20 +370,17 @@ func (r *Runtime) findStalled(mine []events.Tenant, seen []*broker.QueueState, e
 		g, mark, keep := r.sight(t.ID, prev, ok, inspected)
 		switch {
 		case g != nil:
-			if found == nil {
-				found = make(map[uuid.UUID]*generation)
+			if _, ok := found[t.ID]; !ok {
+				if found == nil {
+					found = make(map[uuid.UUID]verdict)
+				}
+				found[t.ID] = verdict{g: g, kind: "consumer_stalled"}
 			}
-			found[t.ID] = g
 			delete(r.stalled, t.ID)
 		case keep:
 			r.stalled[t.ID] = mark
 		default:
 			delete(r.stalled, t.ID)
-		}
-	}
-	for id := range r.stalled {
-		if !owned[id] {
-			delete(r.stalled, id)
 		}
 	}
 	return found
@@ -604,16 +590,22 @@ func (r *Runtime) inspectNeeded(id uuid.UUID, listed *queueListing, pass uint64)
 	return recheck || uint64(id[15])%inspectRotation == pass%inspectRotation
 }
 
-// pruneRecheck forgets the rechecks of tenants this replica no longer owns (deleted, handed over).
-func (r *Runtime) pruneRecheck(mine []events.Tenant) {
+// forgetDisowned drops findStalled's marks and the rechecks of tenants this replica no longer owns (deleted,
+// handed over): both are kept across passes, and only owned tenants' entries are ever taken out otherwise.
+func (r *Runtime) forgetDisowned(mine []events.Tenant) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.recheck) == 0 {
+	if len(r.stalled) == 0 && len(r.recheck) == 0 {
 		return
 	}
 	owned := make(map[uuid.UUID]bool, len(mine))
 	for _, t := range mine {
 		owned[t.ID] = true
+	}
+	for id := range r.stalled {
+		if !owned[id] {
+			delete(r.stalled, id)
+		}
 	}
 	for id := range r.recheck {
 		if !owned[id] {

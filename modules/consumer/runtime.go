@@ -138,7 +138,8 @@ func NewRuntime(p RuntimeParams) *Runtime {
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
-		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{}}
+		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{},
+		stalled: map[uuid.UUID]unservedMark{}}
 	if p.Bus != nil {
 		r.ann = newAnnouncer(func(ctx context.Context, tenants []uuid.UUID) error {
 			return events.Publish(ctx, p.Bus, events.TenantsConsumed{Replica: opts.ReplicaID, Tenants: tenants})
