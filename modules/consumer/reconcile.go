@@ -241,13 +241,17 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 	tc := r.consumer(t.ID, false)
 	switch {
 	case tc == nil || !tc.running():
-		if tc != nil {
+		started, err := r.ensure(ctx, t.ID, t.Concurrency, "reconcile")
+		if started && tc != nil {
 			r.metrics.repairs.WithLabelValues("consumer").Inc()
 		}
-		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile")
+		return err
 	case r.Workers(t.ID) != t.Concurrency:
-		r.metrics.repairs.WithLabelValues("concurrency").Inc()
-		return r.Ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
+		started, err := r.ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
+		if started {
+			r.metrics.repairs.WithLabelValues("concurrency").Inc()
+		}
+		return err
 	case st != nil && st.Consumers == 0 && tc.stopStartedBefore(ctx, inspected, "consumer cancelled"):
 		// The broker counts no consumer though this one runs: the broker cancelled it (its channel closed on its
 		// own). go-rabbitmq does not re-consume on a pooled connection; start it again. Only a generation that

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -221,13 +222,13 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 			cancel()
 			return // stopped meanwhile
 		}
-		if tc.gen != nil && tc.gen != g {
+		if cur := tc.gen.Load(); cur != nil && cur != g {
 			tc.mu.Unlock()
 			cancel()
 			return // already replaced (reconciliation, a resize)
 		}
 		workers := g.workers
-		if tc.gen == g {
+		if tc.gen.Load() == g {
 			tc.stopGen(ctx, "connection lost")
 		}
 		var err error
@@ -303,13 +304,19 @@ func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
 }
 
 // AwaitNoConsumers waits until the tenant's queue has no consumer (every replica's consumer of it stopped), or
-// the drain timeout and a margin for the event to travel passed, or the queue is gone.
+// the drain timeout and a margin for the event to travel passed, or the queue is gone, or the broker does not
+// answer about the queue (an earlier wait gave up on it: asking again would only fail until the deadline).
 func (r *Runtime) AwaitNoConsumers(ctx context.Context, id uuid.UUID) {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.DrainTimeout+2*time.Second)
 	defer cancel()
 	for {
 		st, err := r.conn.InspectQueue(ctx, QueueName(id))
 		if err == nil && (!st.Exists || st.Consumers == 0) {
+			return
+		}
+		if errors.Is(err, broker.ErrUnanswered) {
+			r.log.Warn("the broker does not answer about a deleted tenant's queue; not waiting for its consumers to stop",
+				zap.String("tenant_id", id.String()), zap.Error(err))
 			return
 		}
 		select {
@@ -335,16 +342,24 @@ func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 
 // Ensure makes the tenant's consumer run with workers workers, starting or resizing it as needed.
 func (r *Runtime) Ensure(ctx context.Context, id uuid.UUID, workers int, reason string) error {
+	_, err := r.ensure(ctx, id, workers, reason)
+	return err
+}
+
+// ensure is Ensure, and reports whether it started a consumer that now runs: reconciliation counts a repair
+// only then, not when another start (an event's, a lost connection's replacement) made it run meanwhile or the
+// start failed.
+func (r *Runtime) ensure(ctx context.Context, id uuid.UUID, workers int, reason string) (started bool, err error) {
 	tc := r.consumer(id, true)
 	if tc == nil {
-		return fmt.Errorf("consumer runtime is stopped")
+		return false, fmt.Errorf("consumer runtime is stopped")
 	}
-	err := tc.ensure(ctx, workers, reason)
+	started, err = tc.ensure(ctx, workers, reason)
 	r.recordStart(tc, err)
 	if err != nil {
-		return fmt.Errorf("start consumer of tenant %s: %w", id, err)
+		return false, fmt.Errorf("start consumer of tenant %s: %w", id, err)
 	}
-	return nil
+	return started, nil
 }
 
 // recordStart keeps the outcome of a consumer's start for its status, the log and the metrics.
@@ -406,12 +421,10 @@ func (r *Runtime) Workers(id uuid.UUID) int {
 	if tc == nil {
 		return 0
 	}
-	tc.mu.Lock()
-	defer tc.mu.Unlock()
-	if tc.gen == nil || !tc.gen.alive() {
-		return 0
+	if g := tc.gen.Load(); g != nil && g.alive() {
+		return g.workers
 	}
-	return tc.gen.workers
+	return 0
 }
 
 // Start declares the exchanges and starts reconciliation, whose first run brings the topology and consumer of

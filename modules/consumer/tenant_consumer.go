@@ -34,8 +34,12 @@ type tenantConsumer struct {
 	id  uuid.UUID
 	log tenantLog // the runtime's logger with tenant_id added to each line
 
-	mu  sync.Mutex // serialises start, resize and stop
-	gen *generation
+	mu sync.Mutex // serialises start, resize and stop
+	// gen is the running generation, nil when none; set under mu, read without it (running, live, Workers): a
+	// start or stop holds mu for as long as the broker takes to answer (startWait, or RabbitMQ's 15 s channel
+	// operation timeout when the queue does not answer), and reconciliation asks every tenant whether its consumer
+	// runs, one after the other.
+	gen atomic.Pointer[generation]
 
 	// lastErr is why the last start failed, "" after a success; guarded by rt.mu.
 	lastErr string
@@ -102,19 +106,16 @@ func (g *generation) alive() bool {
 
 // live returns the live generation, nil when none consumes.
 func (tc *tenantConsumer) live() *generation {
-	tc.mu.Lock()
-	defer tc.mu.Unlock()
-	if tc.gen != nil && tc.gen.alive() {
-		return tc.gen
+	if g := tc.gen.Load(); g != nil && g.alive() {
+		return g
 	}
 	return nil
 }
 
 // running reports whether a live generation consumes.
 func (tc *tenantConsumer) running() bool {
-	tc.mu.Lock()
-	defer tc.mu.Unlock()
-	return tc.gen != nil && tc.gen.alive()
+	g := tc.gen.Load()
+	return g != nil && g.alive()
 }
 
 // start runs a new generation with workers workers; tc.mu must be held and no generation running. It returns
@@ -209,7 +210,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		tc.suspect.Store(false)
 	}
 	g.started = time.Now()
-	tc.gen = g
+	tc.gen.Store(g)
 	// When the connection drops, the runtime replaces the generation (paced with every other start). go-rabbitmq
 	// would not: the pool's connections never reconnect by themselves.
 	g.unwatch = lease.AfterLost(func() { rt.replaceLost(tc, g) })
@@ -301,11 +302,11 @@ func (g *generation) halt() {
 // broker gives the deliveries to the next consumer (a new generation, another replica) only after that, so a
 // one-worker tenant never has two stores at once.
 func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
-	g := tc.gen
+	g := tc.gen.Load()
 	if g == nil {
 		return
 	}
-	tc.gen = nil
+	tc.gen.Store(nil)
 	rt := tc.rt
 	if g.unwatch != nil {
 		g.unwatch()
@@ -360,16 +361,17 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 }
 
 // ensure makes a generation with workers run: it starts one when none is alive and replaces one of another size.
-func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string) error {
+// started reports that it started one (the start may still have failed: err).
+func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string) (started bool, err error) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if tc.gen != nil && tc.gen.alive() && tc.gen.workers == workers {
-		return nil
+	if g := tc.gen.Load(); g != nil && g.alive() && g.workers == workers {
+		return false, nil
 	}
-	if tc.gen != nil {
+	if tc.gen.Load() != nil {
 		tc.stopGen(ctx, reason)
 	}
-	return tc.start(ctx, workers, reason)
+	return true, tc.start(ctx, workers, reason)
 }
 
 // stop drains and stops the consumer.
@@ -384,7 +386,7 @@ func (tc *tenantConsumer) stop(ctx context.Context, reason string) {
 func (tc *tenantConsumer) stopStartedBefore(ctx context.Context, t time.Time, reason string) bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if tc.gen == nil || !tc.gen.alive() || !tc.gen.started.Before(t) {
+	if g := tc.gen.Load(); g == nil || !g.alive() || !g.started.Before(t) {
 		return false
 	}
 	tc.stopGen(ctx, reason)
@@ -395,7 +397,7 @@ func (tc *tenantConsumer) stopStartedBefore(ctx context.Context, t time.Time, re
 func (tc *tenantConsumer) stopGeneration(ctx context.Context, g *generation, reason string) bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if tc.gen != g {
+	if tc.gen.Load() != g {
 		return false
 	}
 	tc.stopGen(ctx, reason)

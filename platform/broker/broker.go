@@ -38,6 +38,8 @@ type Conn struct {
 
 	probeMu sync.Mutex
 	probes  []*amqp.Channel // idle channels of admin for InspectQueue
+
+	waiting unanswered // queues with a call given up on (awaitAnswer)
 }
 
 // Dial connects to RabbitMQ; it fails when no node of opts.URLs answers now.
@@ -233,7 +235,10 @@ func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
 // kept it from being inspected (nil for most), in the same order. It uses a few channels of the
 // administrative connection for the whole list (a missing or locked queue closes its channel; the next declare
 // opens another), so inspecting thousands of queues costs one round trip each, not a channel's open and close
-// as well. The error it returns itself means the broker did not answer at all.
+// as well. A queue the broker does not answer about within AnswerTimeout (awaitAnswer) gets ErrUnanswered, and
+// its lane goes on with a new channel: it costs the queues after it in its lane AnswerTimeout once, and the
+// passes after that nothing while it stays unanswered. The error it returns itself means the broker did not
+// answer at all.
 func (c *Conn) InspectQueues(ctx context.Context, names []string) ([]QueueState, []error, error) {
 	const lanes = 4
 	states := make([]QueueState, len(names))
@@ -263,6 +268,9 @@ func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueSt
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
+		if errs[i] = c.waiting.check(names[i : i+1]); errs[i] != nil {
+			continue
+		}
 		if ch == nil || ch.IsClosed() {
 			conn, err := c.adminConn(ctx)
 			if err != nil {
@@ -272,7 +280,14 @@ func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueSt
 				return fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
 			}
 		}
-		q, err := ch.QueueDeclarePassive(names[i], true, false, false, false, nil)
+		var q amqp.Queue
+		abandoned, err := c.awaitAnswer(ctx, names[i:i+1], ch, func() (err error) {
+			q, err = ch.QueueDeclarePassive(names[i], true, false, false, false, nil)
+			return err
+		})
+		if abandoned {
+			ch = nil
+		}
 		var ae *amqp.Error
 		switch {
 		case errors.As(err, &ae) && ae.Code == amqp.NotFound:

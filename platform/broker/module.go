@@ -19,12 +19,15 @@ const PublisherChannels = 4
 // Module provides *Conn, *ConsumerPool, *PoolHealth and *Publisher and closes them at stop, after every consumer stopped.
 var Module = fx.Module("broker",
 	fx.Provide(
-		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Conn, error) {
+		func(lc fx.Lifecycle, c config.Config, reg prometheus.Registerer, log *zap.Logger) (*Conn, error) {
 			conn, err := Dial(Options{URLs: c.AMQPURLList(), ReconnectInterval: c.AMQPReconnectInterval,
 				ConnectionName: "msgsvc-" + c.ReplicaID}, log)
 			if err != nil {
 				return nil, err
 			}
+			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "amqp_unanswered_queues",
+				Help: "Queues about which a call of the administrative connection (a declare, passive declare or delete) has had no answer from the broker for longer than its bound; calls about them fail at once until it comes."},
+				func() float64 { return float64(conn.Unanswered()) }))
 			lc.Append(fx.StopHook(conn.Close))
 			return conn, nil
 		},

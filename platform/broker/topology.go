@@ -34,7 +34,11 @@ func (c *Conn) DeclareExchange(ctx context.Context, name, kind string) error {
 // administrative connection's, as probes use: a tenant's creation or deletion then costs the broker no channel
 // opened and closed).
 func (c *Conn) DeclareQueues(ctx context.Context, qs ...Queue) error {
-	return c.withIdleChannel(ctx, func(ch *amqp.Channel) error {
+	names := make([]string, len(qs))
+	for i, q := range qs {
+		names[i] = q.Name
+	}
+	return c.withIdleChannel(ctx, names, func(ch *amqp.Channel) error {
 		for _, q := range qs {
 			if _, err := ch.QueueDeclare(q.Name, true, false, false, false, q.Args); err != nil {
 				return err
@@ -52,7 +56,7 @@ func (c *Conn) DeclareQueues(ctx context.Context, qs ...Queue) error {
 // DeleteQueues deletes the named queues with whatever they hold, on an idle channel as DeclareQueues; a queue
 // already gone is not an error.
 func (c *Conn) DeleteQueues(ctx context.Context, names ...string) error {
-	return c.withIdleChannel(ctx, func(ch *amqp.Channel) error {
+	return c.withIdleChannel(ctx, names, func(ch *amqp.Channel) error {
 		for _, n := range names {
 			if _, err := ch.QueueDelete(n, false, false, false); err != nil {
 				return err
@@ -62,13 +66,25 @@ func (c *Conn) DeleteQueues(ctx context.Context, names ...string) error {
 	})
 }
 
-// InspectQueue passively declares name and reports whether it exists, its ready messages and consumers.
+// InspectQueue passively declares name and reports whether it exists, its ready messages and consumers. It waits
+// for the broker's answer as long as ctx allows and at most AnswerTimeout (awaitAnswer).
 func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error) {
+	names := []string{name}
+	if err := c.waiting.check(names); err != nil {
+		return QueueState{}, err
+	}
 	ch, err := c.probeChannel(ctx)
 	if err != nil {
 		return QueueState{}, err
 	}
-	q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+	var q amqp.Queue
+	abandoned, err := c.awaitAnswer(ctx, names, ch, func() (err error) {
+		q, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		return err
+	})
+	if abandoned {
+		return QueueState{}, err
+	}
 	var ae *amqp.Error
 	if errors.As(err, &ae) && ae.Code == amqp.NotFound {
 		return QueueState{}, nil // the broker closed the channel with it
@@ -85,15 +101,23 @@ func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error
 // and DeleteQueues.
 const probeChannels = 16
 
-// withIdleChannel runs fn on an idle channel of the administrative connection (probeChannel) and keeps the
-// channel for the next caller when fn succeeded; a channel fn failed on is closed (the broker closed it already
-// on a channel error, and after any other error its state is not known).
-func (c *Conn) withIdleChannel(ctx context.Context, fn func(ch *amqp.Channel) error) error {
+// withIdleChannel runs fn, calls about the named queues, on an idle channel of the administrative connection
+// (probeChannel) and keeps the channel for the next caller when fn succeeded; a channel fn failed on is closed
+// (the broker closed it already on a channel error, and after any other error its state is not known). It
+// waits for fn as long as ctx allows and at most AnswerTimeout (awaitAnswer).
+func (c *Conn) withIdleChannel(ctx context.Context, names []string, fn func(ch *amqp.Channel) error) error {
+	if err := c.waiting.check(names); err != nil {
+		return err
+	}
 	ch, err := c.probeChannel(ctx)
 	if err != nil {
 		return err
 	}
-	if err := fn(ch); err != nil {
+	abandoned, err := c.awaitAnswer(ctx, names, ch, func() error { return fn(ch) })
+	if abandoned {
+		return err
+	}
+	if err != nil {
 		_ = ch.Close()
 		return err
 	}

@@ -1,0 +1,111 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+)
+
+// AnswerTimeout is the longest a call about queues on the administrative connection (a declare, a passive
+// declare, a delete) waits for the broker's answer, unless its context ends sooner. The broker answers them in
+// milliseconds, or in a few seconds under load; but a classic queue whose process does not answer (busy paging a
+// long backlog, or on a frozen node) holds a call about it, and the channel it runs on, until it does: amqp091's
+// synchronous methods take no context.
+const AnswerTimeout = 10 * time.Second
+
+// ErrUnanswered wraps (with ErrUnavailable) the failure of a call about a queue the broker did not answer
+// within AnswerTimeout, or about which an earlier call is still unanswered.
+var ErrUnanswered = errors.New("the broker does not answer about the queue")
+
+// unanswered counts, per queue, the calls given up on (awaitAnswer) that the broker has not answered yet.
+type unanswered struct {
+	mu    sync.Mutex
+	calls map[string]int
+	since map[string]time.Time
+}
+
+// check fails when a call about one of names is still unanswered.
+func (u *unanswered) check(names []string) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, n := range names {
+		if u.calls[n] > 0 {
+			return fmt.Errorf("%w: queue %s: %w: an earlier call about it has had no answer for %s", ErrUnavailable, n,
+				ErrUnanswered, time.Since(u.since[n]).Round(time.Second))
+		}
+	}
+	return nil
+}
+
+func (u *unanswered) add(names []string, since time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.calls == nil {
+		u.calls, u.since = map[string]int{}, map[string]time.Time{}
+	}
+	for _, n := range names {
+		if u.calls[n] == 0 {
+			u.since[n] = since
+		}
+		u.calls[n]++
+	}
+}
+
+func (u *unanswered) done(names []string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, n := range names {
+		if u.calls[n]--; u.calls[n] <= 0 {
+			delete(u.calls, n)
+			delete(u.since, n)
+		}
+	}
+}
+
+// Unanswered returns how many queues have a call of the administrative connection that the broker has not
+// answered within AnswerTimeout and still has not.
+func (c *Conn) Unanswered() int {
+	c.waiting.mu.Lock()
+	defer c.waiting.mu.Unlock()
+	return len(c.waiting.calls)
+}
+
+// awaitAnswer runs call, one or more synchronous methods on ch about the named queues, and waits for it until
+// ctx ends or AnswerTimeout passes. A call given up on keeps running: ch is closed only once the broker answered
+// it (or its connection closed), and until then every other call about the same queues fails at once, so that
+// one queue that does not answer holds one channel and one goroutine, not one more per pass or per retry, and
+// never another queue's call. abandoned reports that the caller must not use ch again.
+func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel, call func() error) (abandoned bool, err error) {
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- call() }()
+	t := time.NewTimer(AnswerTimeout)
+	defer t.Stop()
+	var why string
+	select {
+	case err := <-done:
+		return false, err
+	case <-t.C:
+		why = fmt.Sprintf("no answer within %s", AnswerTimeout)
+	case <-ctx.Done():
+		why = fmt.Sprintf("no answer before the caller gave up (%v)", ctx.Err())
+	}
+	c.waiting.add(names, start)
+	list := strings.Join(names, ", ")
+	c.log.Warn("the broker does not answer a call about a queue; calls about it fail until it does",
+		zap.String("queues", list), zap.String("why", why))
+	go func() {
+		err := <-done
+		c.waiting.done(names)
+		_ = ch.Close()
+		c.log.Info("the broker answered a call about a queue given up on", zap.String("queues", list),
+			zap.Duration("after", time.Since(start)), zap.Error(err))
+	}()
+	return true, fmt.Errorf("%w: queue %s: %w: %s", ErrUnavailable, list, ErrUnanswered, why)
+}
