@@ -172,7 +172,7 @@ const docTemplate = `{
                         }
                     },
                     "503": {
-                        "description": "broker-unavailable: no confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); publish-queue-full: PUBLISH_MAX_PENDING of the tenant's publishes wait. The detail says whether the message was not sent or may still be stored; retry with the same Idempotency-Key (Retry-After)",
+                        "description": "broker-unavailable: no confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); publish-queue-full: PUBLISH_MAX_PENDING of the tenant's publishes wait; queue-not-confirming: PUBLISH_MAX_UNCONFIRMED envelopes to the tenant's queue wait for RabbitMQ's confirm (its queue does not answer). The detail says whether the message was not sent or may still be stored; retry with the same Idempotency-Key (Retry-After)",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }
@@ -260,7 +260,7 @@ const docTemplate = `{
                         }
                     },
                     "503": {
-                        "description": "broker-unavailable: not every confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm). Unless the detail says nothing was sent, some messages may be stored: retry with the same Idempotency-Key",
+                        "description": "broker-unavailable: not every confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); queue-not-confirming: PUBLISH_MAX_UNCONFIRMED envelopes to the tenant's queue wait for RabbitMQ's confirm (its queue does not answer). Unless the detail says nothing was sent, some messages may be stored: retry with the same Idempotency-Key",
                         "schema": {
                             "$ref": "#/definitions/problem.Details"
                         }

@@ -50,7 +50,7 @@ type MessagePage = pagination.Page[Message]
 //	@Failure		413				{object}	problem.Details	"body too large"
 //	@Failure		415				{object}	problem.Details	"not JSON"
 //	@Failure		429				{object}	problem.Details	"the tenant's rate limit is exceeded (Retry-After)"
-//	@Failure		503				{object}	problem.Details	"broker-unavailable: no confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); publish-queue-full: PUBLISH_MAX_PENDING of the tenant's publishes wait. The detail says whether the message was not sent or may still be stored; retry with the same Idempotency-Key (Retry-After)"
+//	@Failure		503				{object}	problem.Details	"broker-unavailable: no confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); publish-queue-full: PUBLISH_MAX_PENDING of the tenant's publishes wait; queue-not-confirming: PUBLISH_MAX_UNCONFIRMED envelopes to the tenant's queue wait for RabbitMQ's confirm (its queue does not answer). The detail says whether the message was not sent or may still be stored; retry with the same Idempotency-Key (Retry-After)"
 //	@Router			/api/v1/messages [post]
 func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start
@@ -93,7 +93,7 @@ func (h *Handlers) publish(w http.ResponseWriter, r *http.Request) {
 //	@Failure		413				{object}	problem.Details	"body too large (HTTP_MAX_BATCH_BODY_BYTES)"
 //	@Failure		415				{object}	problem.Details	"not JSON"
 //	@Failure		429				{object}	problem.Details	"the tenant's rate limit is exceeded (Retry-After)"
-//	@Failure		503				{object}	problem.Details	"broker-unavailable: not every confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm). Unless the detail says nothing was sent, some messages may be stored: retry with the same Idempotency-Key"
+//	@Failure		503				{object}	problem.Details	"broker-unavailable: not every confirm within PUBLISH_CONFIRM_TIMEOUT of the request's start; broker-blocked: RabbitMQ blocks publishing (memory or disk alarm); queue-not-confirming: PUBLISH_MAX_UNCONFIRMED envelopes to the tenant's queue wait for RabbitMQ's confirm (its queue does not answer). Unless the detail says nothing was sent, some messages may be stored: retry with the same Idempotency-Key"
 //	@Router			/api/v1/messages/batch [post]
 func (h *Handlers) publishBatch(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.svc.publishTimeout) // from the request's start

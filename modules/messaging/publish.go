@@ -206,6 +206,13 @@ func (s *Service) publish(ctx context.Context, tenantID uuid.UUID, createdAt tim
 		s.metrics.pubFailed.WithLabelValues("pending_limit").Add(float64(len(ids)))
 		return &problem.Error{Kind: problem.KindUnavailable, Slug: "publish-queue-full", RetryAfter: time.Second, Err: err,
 			Detail: "too many of the tenant's publishes wait for RabbitMQ (PUBLISH_MAX_PENDING); the message was not sent: retry after the time in Retry-After"}
+	case errors.Is(err, broker.ErrUnconfirmed):
+		s.metrics.pubFailed.WithLabelValues("unconfirmed").Add(float64(len(ids)))
+		detail := "RabbitMQ has not confirmed PUBLISH_MAX_UNCONFIRMED earlier messages to the tenant's queue (it may not answer); the message was not sent: retry after the time in Retry-After"
+		if !isNotSent(err) {
+			detail = "RabbitMQ has not confirmed PUBLISH_MAX_UNCONFIRMED earlier messages to the tenant's queue (it may not answer), and did not confirm this one; it may still be stored: retry with the same Idempotency-Key to store it once"
+		}
+		return &problem.Error{Kind: problem.KindUnavailable, Slug: "queue-not-confirming", RetryAfter: 5 * time.Second, Detail: detail, Err: err}
 	case errors.Is(err, broker.ErrBlocked):
 		s.metrics.pubFailed.WithLabelValues("blocked").Add(float64(len(ids)))
 		detail := "RabbitMQ blocks publishing (a memory or disk alarm); the message was not sent: retry later"

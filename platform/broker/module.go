@@ -33,7 +33,8 @@ var Module = fx.Module("broker",
 		},
 		func(lc fx.Lifecycle, c config.Config, log *zap.Logger) (*Publisher, error) {
 			p, err := NewPublisher(PublisherOptions{URLs: c.AMQPURLList(), Name: "msgsvc-" + c.ReplicaID + "-publish",
-				Channels: PublisherChannels, Timeout: c.PublishConfirmTimeout, ReconnectMax: 16 * c.AMQPReconnectInterval}, log)
+				Channels: PublisherChannels, Timeout: c.PublishConfirmTimeout, ReconnectMax: 16 * c.AMQPReconnectInterval,
+				MaxUnconfirmed: c.PublishMaxUnconfirmed}, log)
 			if err != nil {
 				return nil, err
 			}

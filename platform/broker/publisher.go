@@ -21,6 +21,11 @@ var ErrUnroutable = errors.New("no queue is bound for the routing key")
 // without it may come after the message was handed over: the broker may have it and store it later.
 var ErrNotSent = errors.New("not sent")
 
+// ErrUnconfirmed is wrapped (beside ErrUnavailable, and ErrNotSent when nothing was sent) by a publish error when
+// PublisherOptions.MaxUnconfirmed messages to the same exchange and routing key wait for RabbitMQ's confirm, those
+// whose publishers gave up on them included.
+var ErrUnconfirmed = errors.New("RabbitMQ has not confirmed earlier messages to the same queue")
+
 // ErrBlocked is wrapped (beside ErrUnavailable) by a publish error when RabbitMQ blocks the publishing
 // connection (connection.blocked: a memory or disk alarm). Publishes then fail at once instead of waiting
 // for a broker that does not read them.
@@ -51,6 +56,12 @@ type PublisherOptions struct {
 	// ReconnectMax caps the backoff between reconnect attempts; the first attempt follows a loss at once,
 	// the next ones after 100 ms, 200 ms, … up to ReconnectMax.
 	ReconnectMax time.Duration
+	// MaxUnconfirmed bounds the messages to one exchange and routing key that wait for their confirm, whether
+	// their publisher still waits or gave up (0: no bound); a publish past it fails at once (ErrUnconfirmed).
+	// RabbitMQ gives a channel credit for 400 messages to a queue that has not taken them: a classic queue whose
+	// process does not answer blocks the channel after 400 messages to it, and the whole connection 400 messages
+	// later, every tenant's publishes with it. Kept under 400, one queue never blocks a channel.
+	MaxUnconfirmed int
 }
 
 // Publisher publishes persistent messages in confirm mode on its own AMQP connection, apart from the consumers'
@@ -76,6 +87,74 @@ type Publisher struct {
 	dialIdx int
 	stop    chan struct{}
 	wg      sync.WaitGroup
+
+	unconfMu    sync.Mutex
+	unconfirmed map[route]int // messages handed to a channel whose confirm has not come, per route
+}
+
+// route is where a message goes: an exchange and a routing key (one tenant's queue).
+type route struct{ exchange, key string }
+
+// reserve counts ms as unconfirmed, or none of them when a route would pass MaxUnconfirmed; a route with nothing
+// unconfirmed takes any number.
+func (p *Publisher) reserve(ms []Message) error {
+	if p.opts.MaxUnconfirmed <= 0 {
+		return nil
+	}
+	p.unconfMu.Lock()
+	defer p.unconfMu.Unlock()
+	for i, m := range ms {
+		r := route{m.Exchange, m.RoutingKey}
+		if n := p.unconfirmed[r]; n > 0 && n+countRoute(ms[:i+1], r) > p.opts.MaxUnconfirmed {
+			return fmt.Errorf("%w: %w: %d to %q with key %q wait for their confirm (the queue may not answer)",
+				ErrUnavailable, ErrUnconfirmed, n, m.Exchange, m.RoutingKey)
+		}
+	}
+	if p.unconfirmed == nil {
+		p.unconfirmed = map[route]int{}
+	}
+	for _, m := range ms {
+		p.unconfirmed[route{m.Exchange, m.RoutingKey}]++
+	}
+	return nil
+}
+
+func countRoute(ms []Message, r route) int {
+	n := 0
+	for _, m := range ms {
+		if m.Exchange == r.exchange && m.RoutingKey == r.key {
+			n++
+		}
+	}
+	return n
+}
+
+// release takes ms out of the unconfirmed count: their confirm came, or they were not sent.
+func (p *Publisher) release(ms []Message) {
+	if p.opts.MaxUnconfirmed <= 0 || len(ms) == 0 {
+		return
+	}
+	p.unconfMu.Lock()
+	defer p.unconfMu.Unlock()
+	for _, m := range ms {
+		r := route{m.Exchange, m.RoutingKey}
+		if p.unconfirmed[r]--; p.unconfirmed[r] <= 0 {
+			delete(p.unconfirmed, r)
+		}
+	}
+}
+
+// releaseWhenConfirmed releases each message of ms that was sent (its confirm in confs is not nil: the others
+// were released as they failed) once its confirm comes, or its channel closes, which ends every confirm still
+// awaited. Its publisher gave up on them.
+func (p *Publisher) releaseWhenConfirmed(ms []Message, confs []*amqp.DeferredConfirmation) {
+	for i, dc := range confs {
+		if dc == nil {
+			break
+		}
+		<-dc.Done()
+		p.release(ms[i : i+1])
+	}
 }
 
 // pubConn is one connection with its confirming channels.
@@ -450,6 +529,9 @@ func (p *Publisher) sendAll(ctx context.Context, handover *atomic.Int32, build f
 		var retry []Message
 		retry, last, err = p.publishOn(ctx, pc, c, todo)
 		if err != nil {
+			if attempt == 0 && errors.Is(err, ErrUnconfirmed) {
+				err = fmt.Errorf("%w: %w", err, ErrNotSent) // nothing of it was written
+			}
 			return err
 		}
 		if todo = retry; len(todo) == 0 {
@@ -466,6 +548,9 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms [
 			return nil, nil, fmt.Errorf("publish: headers: %w", err)
 		}
 	}
+	if err := p.reserve(ms); err != nil {
+		return nil, nil, err
+	}
 	confs := make([]*amqp.DeferredConfirmation, len(ms))
 	for i, m := range ms {
 		dc, perr := c.ch.PublishWithDeferredConfirm(m.Exchange, m.RoutingKey, m.Mandatory, false, amqp.Publishing{
@@ -478,6 +563,7 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms [
 			}
 			// The channel or connection is gone: this message and every later one go again.
 			retry, why = append(retry, ms[i:]...), perr
+			p.release(ms[i:])
 			break
 		}
 		confs[i] = dc
@@ -490,6 +576,7 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms [
 		select {
 		case <-dc.Done():
 		case <-ctx.Done():
+			go p.releaseWhenConfirmed(ms[i:], confs[i:])
 			return nil, nil, fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.opts.Timeout, context.Cause(ctx))
 		case <-blocked:
 			select {
@@ -497,10 +584,13 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms [
 			default:
 				// RabbitMQ blocked the connection before this confirm: it may still confirm (and store) the
 				// message later.
+				go p.releaseWhenConfirmed(ms[i:], confs[i:])
 				return nil, nil, fmt.Errorf("%w: %w: waiting for a confirm", ErrUnavailable, ErrBlocked)
 			}
 		}
+		p.release(ms[i : i+1])
 		if ms[i].Mandatory && c.claimReturn(ms[i].MessageID) {
+			go p.releaseWhenConfirmed(ms[i+1:], confs[i+1:])
 			return nil, nil, ErrUnroutable
 		}
 		if !dc.Acked() {

@@ -102,6 +102,11 @@ type Config struct {
 	// PublishMaxPending is how many of one tenant's publishes may wait for the tenant's publish in flight; the
 	// next ones are answered 503 at once (PUBLISH_MAX_PENDING).
 	PublishMaxPending int
+	// PublishMaxUnconfirmed is how many envelopes to one tenant's queue may wait for RabbitMQ's confirm, those
+	// whose requests gave up included; the next publishes are answered 503 at once (PUBLISH_MAX_UNCONFIRMED).
+	// Under 400, RabbitMQ's credit for a queue per channel, so a queue that does not answer never blocks a
+	// publishing channel.
+	PublishMaxUnconfirmed int
 	// PublishLinger is how long a busy tenant's next envelope waits for the publishers its last confirm just
 	// answered to come back (PUBLISH_LINGER); a tenant that had one message in flight never waits; 0 never waits.
 	PublishLinger time.Duration
@@ -212,6 +217,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		PublishConfirmTimeout:     r.dur("PUBLISH_CONFIRM_TIMEOUT", 5*time.Second),
 		PublishLinger:             r.durOrZero("PUBLISH_LINGER", time.Millisecond),
 		PublishMaxPending:         r.int("PUBLISH_MAX_PENDING", 1024, 1, 1<<20),
+		PublishMaxUnconfirmed:     r.int("PUBLISH_MAX_UNCONFIRMED", 256, 1, 399),
 		TenantDefaultConcurrency:  r.int("TENANT_DEFAULT_CONCURRENCY", 3, 1, 10000),
 		TenantMaxConcurrency:      r.int("TENANT_MAX_CONCURRENCY", 100, 1, 10000),
 		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),

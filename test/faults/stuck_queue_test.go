@@ -3,8 +3,8 @@ package faults
 import (
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,27 +14,6 @@ import (
 	"github.com/acme/msgsvc/modules/consumer"
 	"github.com/acme/msgsvc/test/testenv"
 )
-
-// suspendQueue stops the Erlang process of a classic queue (sys:suspend) until resume is called: the queue's
-// node and every other queue go on, but anything that needs the queue's answer (a declare, a passive declare, a
-// consumer's cancel, a delete, a publish's confirm) waits, as when the queue's process is busy for minutes
-// (a long backlog paged from disk) or its node is frozen while the node the client talks to is not. A quorum
-// queue answers a passive declare from its member's local state, so this is a classic queue's failure.
-func suspendQueue(t *testing.T, s *testenv.Servers, vhost, queue string) (resume func()) {
-	t.Helper()
-	pid := fmt.Sprintf(`begin {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<%q>>, queue, <<%q>>)), amqqueue:get_pid(Q) end`,
-		vhost, queue)
-	s.RunScript(t, "rabbitmqctl", "eval", "sys:suspend("+pid+").")
-	done := false
-	resume = func() {
-		if !done {
-			done = true
-			s.RunScript(t, "rabbitmqctl", "eval", "sys:resume("+pid+").")
-		}
-	}
-	t.Cleanup(resume)
-	return resume
-}
 
 // TestOneStuckQueueHoldsNoOtherTenantBack stops one tenant's classic queue from answering the broker's own
 // calls while two other tenants go on. Everything that waits on that queue (reconciliation's passive declares
@@ -54,10 +33,8 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 	cfg.AMQPQueueType = "classic"
 	cfg.PublishConfirmTimeout = 3 * time.Second
 	cfg.ReconcileOrphanGrace = 5 * time.Second
+	cfg.PublishMaxUnconfirmed = 8
 	a := testenv.Start(t, cfg)
-	u, err := url.Parse(cfg.AMQPURL)
-	require.NoError(t, err)
-	vhost := strings.TrimPrefix(u.Path, "/")
 	stuck := a.CreateTenant("stuck", 2)
 	bystander := a.CreateTenant("bystander", 2)
 	mended := a.CreateTenant("mended", 2)
@@ -74,8 +51,8 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 	}, "the tenants' first messages were not stored")
 
 	goneQueue := consumer.QueueName(uuid.MustParse(gone))
-	resumeGone := suspendQueue(t, s, vhost, goneQueue)
-	resume := suspendQueue(t, s, vhost, consumer.QueueName(uuid.MustParse(stuck)))
+	resumeGone := s.SuspendQueue(t, cfg.AMQPURL, goneQueue)
+	resume := s.SuspendQueue(t, cfg.AMQPURL, consumer.QueueName(uuid.MustParse(stuck)))
 	suspended := time.Now()
 
 	// A deletion is answered, and the tenant is gone; its queue stays until the broker answers about it.
@@ -96,6 +73,40 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 		"Idempotency-Key", "stuck-during")
 	require.Equal(t, http.StatusServiceUnavailable, r.Status, "%s", r.Body)
 
+	// Clients keep publishing to it: past PUBLISH_MAX_UNCONFIRMED envelopes waiting for their confirm, its
+	// publishes are refused at once, nothing sent, so that the queue never blocks the publishing channels.
+	var (
+		flood     sync.WaitGroup
+		mu        sync.Mutex
+		floodSent int // batches handed to RabbitMQ: stored once the queue answers
+		refused   int
+	)
+	for i := range 12 {
+		flood.Add(1)
+		go func() {
+			defer flood.Done()
+			r := a.Do(http.MethodPost, "/api/v1/messages/batch", map[string]any{"tenant_id": stuck,
+				"messages": []map[string]any{{"payload": map[string]any{"flood": i}}, {"payload": map[string]any{"flood": i}}}},
+				"Idempotency-Key", fmt.Sprintf("flood-%d", i))
+			mu.Lock()
+			defer mu.Unlock()
+			switch typ, _ := r.Map(t)["type"].(string); {
+			case r.Status == http.StatusServiceUnavailable && strings.HasSuffix(typ, "/queue-not-confirming"):
+				if !strings.Contains(string(r.Body), "was not sent") || r.Header.Get("Retry-After") == "" {
+					t.Errorf("a refusal past PUBLISH_MAX_UNCONFIRMED without \"was not sent\" or Retry-After: %s", r.Body)
+				}
+				refused++
+			case r.Status == http.StatusServiceUnavailable && strings.HasSuffix(typ, "/broker-unavailable"):
+				floodSent++
+			default:
+				t.Errorf("a publish to the stuck tenant: %d %s", r.Status, r.Body)
+			}
+		}()
+	}
+	flood.Wait()
+	require.Positive(t, refused, "no publish to the stuck tenant was refused past PUBLISH_MAX_UNCONFIRMED")
+	require.LessOrEqual(t, floodSent, 7, "more envelopes than PUBLISH_MAX_UNCONFIRMED waited for their confirm")
+
 	// Passes go on past the stuck queue's turn (every queue is inspected within inspectRotation passes), and
 	// the bystander is served all along.
 	passes := metric(t, a.URL, "msgsvc_reconcile_runs_total")
@@ -113,7 +124,7 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 
 	// A queue deleted by hand is declared again by a pass, and its tenant served.
 	ch := testenv.AMQP(t, cfg.AMQPURL)
-	_, err = ch.QueueDelete(consumer.QueueName(uuid.MustParse(mended)), false, false, false)
+	_, err := ch.QueueDelete(consumer.QueueName(uuid.MustParse(mended)), false, false, false)
 	require.NoError(t, err)
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(uuid.MustParse(mended)))
@@ -137,10 +148,12 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 		return r.Status == http.StatusAccepted
 	}, "the stuck tenant's publishes were not accepted after its queue answered again")
 	a.Publish(stuck, map[string]any{"after": true})
-	require.True(t, testenv.Wait(60*time.Second, func() bool { return stored(stuck) == 3 }),
-		"the stuck tenant's messages were not stored once after its queue answered again (%d of 3)", stored(stuck))
+	want := 3 + 2*floodSent
+	require.True(t, testenv.Wait(60*time.Second, func() bool { return stored(stuck) == want }),
+		"the stuck tenant's messages were not stored once after its queue answered again (%d of %d)", stored(stuck), want)
 	time.Sleep(2 * time.Second)
-	require.Equal(t, 3, stored(stuck), "a message was stored twice")
+	require.Equal(t, want, stored(stuck), "a message was stored twice")
+	t.Logf("%d batches to the stuck tenant sent, %d refused at once;", floodSent, refused)
 	t.Logf("stuck for %s; %d bystander messages stored meanwhile; the deletion took %s, the resize %s",
 		time.Since(suspended).Round(time.Second), sent, deleteTook.Round(time.Millisecond), resizeTook.Round(time.Millisecond))
 }

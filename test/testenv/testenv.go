@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -255,4 +256,37 @@ func (s *Servers) RunScript(t testing.TB, args ...string) {
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", s.Script, args, err, out)
 	}
+}
+
+// SuspendQueue stops the Erlang process of the classic queue named queue in amqpURL's virtual host
+// (sys:suspend) until resume is called, or t ends: the node and every other queue go on, but anything that needs
+// the queue's answer (a declare, a passive declare, a consume, a cancel, a delete, a publish's confirm) waits, as
+// when the queue's process is busy for minutes (a long backlog paged from disk) or its node is frozen while the
+// node the client talks to is not. A quorum queue answers a passive declare from its member's state, so this is
+// a classic queue's failure. It runs `rabbitmqctl eval` (RunScript).
+func (s *Servers) SuspendQueue(t testing.TB, amqpURL, queue string) (resume func()) {
+	t.Helper()
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vhost, err := url.PathUnescape(strings.TrimPrefix(u.EscapedPath(), "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vhost == "" {
+		vhost = "/"
+	}
+	pid := fmt.Sprintf(`begin {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<%q>>, queue, <<%q>>)), amqqueue:get_pid(Q) end`,
+		vhost, queue)
+	s.RunScript(t, "rabbitmqctl", "eval", "sys:suspend("+pid+").")
+	done := false
+	resume = func() {
+		if !done {
+			done = true
+			s.RunScript(t, "rabbitmqctl", "eval", "sys:resume("+pid+").")
+		}
+	}
+	t.Cleanup(resume)
+	return resume
 }
