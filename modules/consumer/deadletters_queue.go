@@ -295,7 +295,5 @@ func (s *DeadLetters) Stop(ctx context.Context) error {
 
 // unbind removes the shared dead-letter queue's binding for a deleted tenant.
 func (s *DeadLetters) unbind(ctx context.Context, id uuid.UUID) error {
-	return s.conn.WithChannel(ctx, func(ch *amqp.Channel) error {
-		return ch.QueueUnbind(DeadQueueName(s.opts.Exchange), id.String(), DeadLetterExchange(s.opts.Exchange), nil)
-	})
+	return s.conn.UnbindQueue(ctx, DeadQueueName(s.opts.Exchange), id.String(), DeadLetterExchange(s.opts.Exchange))
 }

@@ -122,7 +122,9 @@ func (c *Conn) Close() error {
 
 // WithChannel runs fn on a fresh channel of the administrative connection, dialling it again when the
 // broker restarted since. Errors that close the channel (a missing queue on a passive declare) are confined
-// to that channel.
+// to that channel. It waits for fn as long as fn takes (it may do long work, such as moving a queue's messages):
+// a single call about a queue that must not wait on a broker that does not answer goes through DeclareQueues,
+// DeleteQueues, UnbindQueue or InspectQueue(s), which wait at most AnswerTimeout.
 func (c *Conn) WithChannel(ctx context.Context, fn func(ch *amqp.Channel) error) error {
 	conn, err := c.adminConn(ctx)
 	if err != nil {

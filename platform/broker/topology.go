@@ -66,6 +66,14 @@ func (c *Conn) DeleteQueues(ctx context.Context, names ...string) error {
 	})
 }
 
+// UnbindQueue removes queue's binding to exchange with key, on an idle channel as DeclareQueues, waiting for the
+// broker's answer at most AnswerTimeout.
+func (c *Conn) UnbindQueue(ctx context.Context, queue, key, exchange string) error {
+	return c.withIdleChannel(ctx, []string{queue}, func(ch *amqp.Channel) error {
+		return ch.QueueUnbind(queue, key, exchange, nil)
+	})
+}
+
 // InspectQueue passively declares name and reports whether it exists, its ready messages and consumers. It waits
 // for the broker's answer as long as ctx allows and at most AnswerTimeout (awaitAnswer).
 func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error) {
