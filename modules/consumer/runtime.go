@@ -456,6 +456,17 @@ func (r *Runtime) Started() <-chan struct{} { return r.firstRun }
 // loop reconciles every ReconcileInterval, and at once when kicked.
 func (r *Runtime) loop() {
 	defer close(r.loopDone)
+	// A pass ends when the loop is stopped: a shutdown does not wait for its calls to the broker (up to
+	// broker.AnswerTimeout for a queue that does not answer).
+	stopped, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		select {
+		case <-r.stopLoop:
+			stop()
+		case <-stopped.Done():
+		}
+	}()
 	t := time.NewTicker(r.opts.ReconcileInterval)
 	defer t.Stop()
 	for {
@@ -465,7 +476,7 @@ func (r *Runtime) loop() {
 		case <-t.C:
 		case <-r.kick:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.ReconcileInterval, 5*time.Minute))
+		ctx, cancel := context.WithTimeout(stopped, max(r.opts.ReconcileInterval, 5*time.Minute))
 		began := time.Now()
 		err := r.Reconcile(ctx)
 		cancel()
@@ -535,7 +546,21 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 			tc.stop(ctx, "shutdown")
 		}()
 	}
-	wg.Wait()
+	// A consumer's stop ends with its channel's close, which RabbitMQ answers only once every queue the channel
+	// used did, or after its 15 s channel operation timeout: a queue that does not answer must not take the
+	// shutdown past its deadline. The connections close after this hook, and with them such channels.
+	stopped := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		r.log.Warn("consumers still stopping at the shutdown deadline (a queue RabbitMQ does not answer about); "+
+			"their connections close now", zap.Int("consumers", len(all)))
+		return ctx.Err()
+	}
 	r.log.Info("all consumers stopped", zap.Int("consumers", len(all)),
 		zap.Int64("without_successor_announced", unannounced.Load()))
 	return nil

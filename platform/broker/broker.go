@@ -110,7 +110,9 @@ func (c *Conn) ChannelMax(ctx context.Context) (int, error) {
 func (c *Conn) Close() error {
 	c.adminMu.Lock()
 	if c.admin != nil {
-		_ = c.admin.Close() // closes the probe channels too
+		// Closes the probe channels too. A channel left to a call about a queue that does not answer
+		// (awaitAnswer) holds RabbitMQ's answer to the connection's close: wait for it at most closeWait.
+		_ = c.admin.CloseDeadline(time.Now().Add(closeWait))
 		c.admin = nil
 	}
 	c.adminMu.Unlock()

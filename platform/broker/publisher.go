@@ -669,7 +669,13 @@ func (p *Publisher) Close() {
 	p.conn = nil
 	p.mu.Unlock()
 	if pc != nil {
-		_ = pc.conn.Close()
+		// RabbitMQ answers a connection's close once all its channels closed, and a channel that sent a message
+		// to a queue that does not answer closes only after its channel operation timeout (15 s).
+		_ = pc.conn.CloseDeadline(time.Now().Add(closeWait))
 	}
 	p.wg.Wait()
 }
+
+// closeWait bounds the wait for RabbitMQ's answer to a connection's close at shutdown; the socket closes then,
+// and RabbitMQ cleans up after it.
+const closeWait = time.Second

@@ -157,3 +157,32 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 	t.Logf("stuck for %s; %d bystander messages stored meanwhile; the deletion took %s, the resize %s",
 		time.Since(suspended).Round(time.Second), sent, deleteTook.Round(time.Millisecond), resizeTook.Round(time.Millisecond))
 }
+
+// TestShutdownWhileAQueueDoesNotAnswer stops the service while one tenant's classic queue does not answer and a
+// reconciliation pass waits on it (without the management API every pass inspects every queue). The stop must
+// end within SHUTDOWN_TIMEOUT: the pass is cancelled at once, and the stuck tenant's consumer stops within
+// RabbitMQ's 15 s channel operation timeout (its channel's close waits on the queue). Before, the shutdown
+// waited for the pass first and ran past its deadline.
+func TestShutdownWhileAQueueDoesNotAnswer(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.AMQPQueueType = "classic"
+	cfg.RabbitMQManagementURL = ""
+	cfg.PublishConfirmTimeout = 2 * time.Second
+	cfg.ShutdownTimeout = 20 * time.Second
+	a := testenv.Start(t, cfg)
+	stuck := a.CreateTenant("stuck", 2)
+	other := a.CreateTenant("other", 2)
+	a.Publish(other, map[string]any{"before": true})
+	s.SuspendQueue(t, cfg.AMQPURL, consumer.QueueName(uuid.MustParse(stuck)))
+	r := a.Do(http.MethodPost, "/api/v1/messages", map[string]any{"tenant_id": stuck, "payload": map[string]any{"x": 1}})
+	require.Equal(t, http.StatusServiceUnavailable, r.Status, "%s", r.Body)
+	require.True(t, testenv.Wait(15*time.Second, func() bool {
+		return len(a.Logs.FilterMessageSnippet("the broker does not answer a call about a queue").All()) == 0 &&
+			metric(t, a.URL, "msgsvc_reconcile_queue_inspections_total") > 0
+	}))
+	time.Sleep(3 * time.Second) // a pass is waiting on the queue's declare now (it gives up after 10 s)
+	began := time.Now()
+	require.NoError(t, a.Stop(), "the shutdown ran past SHUTDOWN_TIMEOUT while a queue did not answer")
+	t.Logf("stopped in %s", time.Since(began).Round(time.Millisecond))
+}
