@@ -98,13 +98,19 @@ func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel
 	}
 	c.waiting.add(names, start)
 	list := strings.Join(names, ", ")
-	c.log.Warn("the broker does not answer a call about a queue; calls about it fail until it does",
+	// A caller that gave up early (a shutdown cancelling a pass in the middle of a declare) says nothing of the
+	// broker: only a call that waited a second or more is worth a warning.
+	lvl := zap.DebugLevel
+	if time.Since(start) >= time.Second {
+		lvl = zap.WarnLevel
+	}
+	c.log.Log(lvl, "the broker does not answer a call about a queue; calls about it fail until it does",
 		zap.String("queues", list), zap.String("why", why))
 	go func() {
 		err := <-done
 		c.waiting.done(names)
 		_ = ch.Close()
-		c.log.Info("the broker answered a call about a queue given up on", zap.String("queues", list),
+		c.log.Log(lvl, "the broker answered a call about a queue given up on", zap.String("queues", list),
 			zap.Duration("after", time.Since(start)), zap.Error(err))
 	}()
 	return true, fmt.Errorf("%w: queue %s: %w: %s", ErrUnavailable, list, ErrUnanswered, why)
