@@ -182,9 +182,15 @@ func LoggerWith(log *zap.Logger, fields ...zap.Field) rabbitmq.Logger {
 // open and the queue has no consumer the client serves.
 const cancelNotice = "attempting to reconnect to amqp server after cancel"
 
+// closeNotice begins what go-rabbitmq logs, at error level, when the broker closes a consumer's channel. With a
+// 404 (the consume of a queue deleted meanwhile: thousands at once in a storm of cancels) the consumer's Run
+// returns the error and reconciliation declares the queue again: expected, so it is logged at warn level.
+const closeNotice = "attempting to reconnect to amqp server after close with error"
+
 // WatchCancel returns l, except that go-rabbitmq's report of a cancel by the broker calls onCancel instead of
-// being logged (once: later reports are dropped). onCancel runs on the library's goroutine and must not block;
-// the caller logs what it does about it.
+// being logged (once: later reports are dropped), and its report of a channel closed for a missing queue is a
+// warning (closeNotice). onCancel runs on the library's goroutine and must not block; the caller logs what it
+// does about it.
 func WatchCancel(l rabbitmq.Logger, onCancel func()) rabbitmq.Logger {
 	return &cancelWatch{Logger: l, onCancel: onCancel}
 }
@@ -199,6 +205,12 @@ func (c *cancelWatch) Errorf(f string, v ...any) {
 	if strings.HasPrefix(f, cancelNotice) {
 		c.once.Do(c.onCancel)
 		return
+	}
+	if strings.HasPrefix(f, closeNotice) && len(v) == 1 {
+		if ae, ok := v[0].(*amqp.Error); ok && ae.Code == amqp.NotFound {
+			c.Logger.Warnf(f, v...)
+			return
+		}
 	}
 	c.Logger.Errorf(f, v...)
 }

@@ -4,17 +4,21 @@ import (
 	"fmt"
 	"testing"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/acme/msgsvc/platform/broker"
 )
 
 // go-rabbitmq reports a broker's basic.cancel only in its log: the watch calls back once for it and keeps every
-// other line.
+// other line, a channel closed for a missing queue as a warning.
 func TestWatchCancelCallsBackOnceForTheLibrarysCancelReport(t *testing.T) {
 	var lines []string
 	base := recordingLogger{lines: &lines}
 	cancels := 0
 	l := broker.WatchCancel(base, func() { cancels++ })
 	l.Errorf("attempting to reconnect to amqp server after close with error: %v", "404")
+	l.Errorf("attempting to reconnect to amqp server after close with error: %v",
+		&amqp.Error{Code: amqp.NotFound, Reason: "NOT_FOUND - no queue 'tenant.x'"})
 	l.Errorf("attempting to reconnect to amqp server after cancel with error: %s", "replica-1/tenant.x/1234")
 	l.Errorf("attempting to reconnect to amqp server after cancel with error: %s", "replica-1/tenant.x/1234")
 	l.Warnf("successfully reconnected to amqp server after cancel")
@@ -22,6 +26,7 @@ func TestWatchCancelCallsBackOnceForTheLibrarysCancelReport(t *testing.T) {
 		t.Fatalf("onCancel ran %d times, want 1", cancels)
 	}
 	want := []string{"E attempting to reconnect to amqp server after close with error: 404",
+		`W attempting to reconnect to amqp server after close with error: Exception (404) Reason: "NOT_FOUND - no queue 'tenant.x'"`,
 		"W successfully reconnected to amqp server after cancel"}
 	if fmt.Sprint(lines) != fmt.Sprint(want) {
 		t.Fatalf("logged %q, want %q", lines, want)
