@@ -297,8 +297,9 @@ func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueSt
 			}
 		}
 		var q amqp.Queue
-		abandoned, err := c.awaitAnswer(ctx, names[i:i+1], ch, func() (err error) {
-			q, err = ch.QueueDeclarePassive(names[i], true, false, false, false, nil)
+		declare := ch // the call may run after the lane moved on to a new channel
+		abandoned, err := c.awaitAnswer(ctx, names[i:i+1], declare, func() (err error) {
+			q, err = declare.QueueDeclarePassive(names[i], true, false, false, false, nil)
 			return err
 		})
 		if abandoned {
