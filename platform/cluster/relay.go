@@ -36,12 +36,31 @@ type Relay struct {
 	log       *zap.Logger
 	consumer  *rabbitmq.Consumer
 	handlers  map[string]func(context.Context, json.RawMessage) error
+
+	// outbox holds the events to relay, in order, for one sender (sendLoop): the caller of events.Publish (a
+	// tenant's creation, resize or deletion, a handover's announcement) never waits for RabbitMQ's confirm. The
+	// fanout reaches every replica's queue, and RabbitMQ confirms only once all of them took the event: one
+	// replica's queue that does not answer (a classic queue on a frozen node) held every tenant operation of every
+	// replica for PUBLISH_CONFIRM_TIMEOUT.
+	outbox   chan broker.Message
+	stopSend chan struct{}
+	sent     chan struct{} // closed when sendLoop returned
 }
+
+// outboxSize is how many events may wait to be relayed; more are dropped (the other replicas catch up at their
+// next reconciliation and view refresh), with a warning.
+const outboxSize = 4096
+
+// relayBatch is the most events one publish of the sender carries (their confirms in flight together), under
+// broker.PublisherOptions.MaxUnconfirmed.
+const relayBatch = 64
 
 // NewRelay returns a relay over the fanout exchange for replica.
 func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange, replica string, log *zap.Logger) *Relay {
 	r := &Relay{conn: conn, publisher: p, bus: bus, exchange: exchange, replica: replica, log: log.Named("cluster"),
-		handlers: map[string]func(context.Context, json.RawMessage) error{}}
+		handlers: map[string]func(context.Context, json.RawMessage) error{},
+		outbox:   make(chan broker.Message, outboxSize), stopSend: make(chan struct{}), sent: make(chan struct{})}
+	go r.sendLoop()
 	relay[events.TenantCreated](r, "tenant.created")
 	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
 	relay[events.TenantRateLimitChanged](r, "tenant.rate_limit_changed")
@@ -75,11 +94,68 @@ func (r *Relay) send(ctx context.Context, name string, e any) error {
 		return err
 	}
 	body, _ := json.Marshal(envelope{Type: name, Origin: r.replica, Data: data})
-	if err := r.publisher.Publish(ctx, broker.Message{Exchange: r.exchange, MessageID: uuid.NewString(), Body: body}); err != nil {
+	select {
+	case r.outbox <- broker.Message{Exchange: r.exchange, MessageID: uuid.NewString(), Body: body}:
+	default:
 		// Other replicas catch up at their next reconciliation.
-		r.log.Warn("could not relay event to other replicas", zap.String("event", name), zap.Error(err))
+		r.log.Warn("could not relay event to other replicas: too many wait for RabbitMQ's confirm", zap.String("event", name),
+			zap.Int("waiting", outboxSize))
 	}
 	return nil
+}
+
+// sendLoop publishes the outbox's events in order, up to relayBatch at a time, until Stop; then it sends what
+// is left once.
+func (r *Relay) sendLoop() {
+	defer close(r.sent)
+	for {
+		var batch []broker.Message
+		select {
+		case m := <-r.outbox:
+			batch = append(batch, m)
+		case <-r.stopSend:
+			r.flush()
+			return
+		}
+		batch = r.take(batch)
+		r.publish(batch)
+	}
+}
+
+// take adds to batch the events waiting, up to relayBatch.
+func (r *Relay) take(batch []broker.Message) []broker.Message {
+	for len(batch) < relayBatch {
+		select {
+		case m := <-r.outbox:
+			batch = append(batch, m)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// flush sends the events still waiting at Stop, in one round.
+func (r *Relay) flush() {
+	for {
+		batch := r.take(nil)
+		if len(batch) == 0 {
+			return
+		}
+		if !r.publish(batch) {
+			return
+		}
+	}
+}
+
+// publish sends batch and reports whether RabbitMQ confirmed it; a failure is logged, and the other replicas
+// catch up at their next reconciliation.
+func (r *Relay) publish(batch []broker.Message) bool {
+	if err := r.publisher.PublishAll(context.Background(), batch); err != nil {
+		r.log.Warn("could not relay events to other replicas", zap.Int("events", len(batch)), zap.Error(err))
+		return false
+	}
+	return true
 }
 
 // Start declares the fanout exchange and consumes this replica's queue.
@@ -151,8 +227,19 @@ func (r *Relay) receive(d rabbitmq.Delivery) rabbitmq.Action {
 	return rabbitmq.Ack
 }
 
-// Stop stops consuming; the replica's queue expires a minute later unless the replica comes back.
+// Stop sends the events still waiting (for a second at most: a stuck publish must not take the shutdown's time)
+// and stops consuming; the replica's queue expires a minute later unless the replica comes back.
 func (r *Relay) Stop(ctx context.Context) error {
+	select {
+	case <-r.stopSend:
+	default:
+		close(r.stopSend)
+	}
+	select {
+	case <-r.sent:
+	case <-ctx.Done():
+	case <-time.After(time.Second):
+	}
 	if r.consumer != nil {
 		r.consumer.CloseWithContext(ctx)
 	}

@@ -186,3 +186,42 @@ func TestShutdownWhileAQueueDoesNotAnswer(t *testing.T) {
 	require.NoError(t, a.Stop(), "the shutdown ran past SHUTDOWN_TIMEOUT while a queue did not answer")
 	t.Logf("stopped in %s", time.Since(began).Round(time.Millisecond))
 }
+
+// TestAReplicasStuckEventQueueSlowsNoTenantOperation suspends the cluster-events queue of one replica (a classic
+// queue: on a frozen node, or busy) while another replica creates and resizes tenants. The events go through a
+// fanout exchange to every replica's queue, and RabbitMQ confirms one only once every queue took it: when the
+// relay waited for that confirm, each creation and resize on every replica took PUBLISH_CONFIRM_TIMEOUT. The
+// relay now sends from an outbox of its own, so the operations answer as fast as without the fault, and the
+// events reach the replica once its queue answers again.
+func TestAReplicasStuckEventQueueSlowsNoTenantOperation(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.PublishConfirmTimeout = 6 * time.Second
+	a := testenv.Start(t, cfg)
+	cfgB := cfg
+	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	testenv.Start(t, cfgB)
+	eventsQueue := cfg.AMQPExchange + ".events." + cfgB.ReplicaID
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, eventsQueue)
+		return ok && consumers == 1
+	}, "replica B does not consume its events queue")
+	resume := s.SuspendQueue(t, cfg.AMQPURL, eventsQueue)
+
+	began := time.Now()
+	for range 5 {
+		id := a.CreateTenant("during", 1)
+		r := a.Do(http.MethodPut, "/api/v1/tenants/"+id+"/config/concurrency", map[string]any{"workers": 2})
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	}
+	took := time.Since(began)
+	require.Less(t, took, cfg.PublishConfirmTimeout,
+		"5 creations and 5 resizes waited for the confirm of events a stuck replica's queue does not take")
+
+	resume()
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		ok, messages, _ := testenv.QueueState(t, cfg.AMQPURL, eventsQueue)
+		return ok && messages == 0
+	}, "the events relayed meanwhile did not reach replica B once its queue answered")
+	t.Logf("5 creations and 5 resizes took %s with replica B's events queue suspended", took.Round(time.Millisecond))
+}
