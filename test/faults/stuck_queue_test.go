@@ -18,12 +18,13 @@ import (
 // TestOneStuckQueueHoldsNoOtherTenantBack stops one tenant's classic queue from answering the broker's own
 // calls while two other tenants go on. Everything that waits on that queue (reconciliation's passive declares
 // share a few channels for all tenants) must give up on it alone, within a bound:
-//   - publishes to the stuck tenant are answered 503 within PUBLISH_CONFIRM_TIMEOUT, and the bystander tenant's
-//     are accepted and stored all along;
+//   - publishes to the stuck tenant are answered 503 within PUBLISH_CONFIRM_TIMEOUT, and past
+//     PUBLISH_MAX_UNCONFIRMED at once, nothing sent; the bystander tenant's are accepted and stored all along;
 //   - reconciliation passes go on, and still mend another tenant: its queue deleted by hand is declared again and
 //     served;
-//   - a tenant deleted while its queue does not answer is deleted at once, and its queue is removed once it
-//     answers again;
+//   - a tenant deleted while its queue does not answer is answered 204 and gone (within about 22 s: its
+//     consumer's channel closes after RabbitMQ's 15 s channel operation timeout), and its queue is removed once
+//     it answers again; a resize is answered 200 likewise;
 //   - msgsvc_amqp_unanswered_queues shows the queues the broker does not answer about;
 //   - once the queue answers again, the stuck tenant is served: a publish retried with its Idempotency-Key is
 //     stored once.
