@@ -296,24 +296,35 @@ func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueSt
 				return fmt.Errorf("%w: open channel: %v", ErrUnavailable, err)
 			}
 		}
-		var q amqp.Queue
-		declare := ch // the call may run after the lane moved on to a new channel
-		abandoned, err := c.awaitAnswer(ctx, names[i:i+1], declare, func() (err error) {
-			q, err = declare.QueueDeclarePassive(names[i], true, false, false, false, nil)
-			return err
-		})
+		st, abandoned, err := c.declarePassive(ctx, ch, names[i])
 		if abandoned {
-			ch = nil
+			ch = nil // left to the call; the next declare opens another
 		}
-		var ae *amqp.Error
-		switch {
-		case errors.As(err, &ae) && ae.Code == amqp.NotFound:
-			states[i] = QueueState{}
-		case err != nil:
+		if err != nil {
 			errs[i] = fmt.Errorf("inspect queue %s: %w", names[i], err)
-		default:
-			states[i] = QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}
+			continue
 		}
+		states[i] = st
 	}
 	return nil
+}
+
+// declarePassive passively declares name on ch and waits for the answer as awaitAnswer does. A missing queue is
+// no error: its state says so (the broker closed ch with its 404). abandoned reports that ch is left to the call.
+func (c *Conn) declarePassive(ctx context.Context, ch *amqp.Channel, name string) (st QueueState, abandoned bool, err error) {
+	var q amqp.Queue
+	abandoned, err = c.awaitAnswer(ctx, []string{name}, ch, func() (err error) {
+		q, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		return err
+	})
+	var ae *amqp.Error
+	switch {
+	case abandoned:
+		return QueueState{}, true, err
+	case errors.As(err, &ae) && ae.Code == amqp.NotFound:
+		return QueueState{}, false, nil
+	case err != nil:
+		return QueueState{}, false, err
+	}
+	return QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}, false, nil
 }

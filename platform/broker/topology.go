@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -77,32 +76,25 @@ func (c *Conn) UnbindQueue(ctx context.Context, queue, key, exchange string) err
 // InspectQueue passively declares name and reports whether it exists, its ready messages and consumers. It waits
 // for the broker's answer as long as ctx allows and at most AnswerTimeout (awaitAnswer).
 func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error) {
-	names := []string{name}
-	if err := c.waiting.check(names); err != nil {
+	if err := c.waiting.check([]string{name}); err != nil {
 		return QueueState{}, err
 	}
 	ch, err := c.probeChannel(ctx)
 	if err != nil {
 		return QueueState{}, err
 	}
-	var q amqp.Queue
-	abandoned, err := c.awaitAnswer(ctx, names, ch, func() (err error) {
-		q, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
-		return err
-	})
-	if abandoned {
+	st, abandoned, err := c.declarePassive(ctx, ch, name)
+	switch {
+	case abandoned:
 		return QueueState{}, err
-	}
-	var ae *amqp.Error
-	if errors.As(err, &ae) && ae.Code == amqp.NotFound {
-		return QueueState{}, nil // the broker closed the channel with it
-	}
-	if err != nil {
+	case err != nil:
 		_ = ch.Close()
 		return QueueState{}, err
+	case !st.Exists:
+		return st, nil // the broker closed the channel with it
 	}
 	c.putProbeChannel(ch)
-	return QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}, nil
+	return st, nil
 }
 
 // probeChannels is the most idle channels the administrative connection keeps for InspectQueue, DeclareQueues
