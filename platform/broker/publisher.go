@@ -101,32 +101,25 @@ func (p *Publisher) reserve(ms []Message) error {
 	if p.opts.MaxUnconfirmed <= 0 {
 		return nil
 	}
+	adding := make(map[route]int, 1)
+	for _, m := range ms {
+		adding[route{m.Exchange, m.RoutingKey}]++
+	}
 	p.unconfMu.Lock()
 	defer p.unconfMu.Unlock()
-	for i, m := range ms {
-		r := route{m.Exchange, m.RoutingKey}
-		if n := p.unconfirmed[r]; n > 0 && n+countRoute(ms[:i+1], r) > p.opts.MaxUnconfirmed {
+	for r, k := range adding {
+		if n := p.unconfirmed[r]; n > 0 && n+k > p.opts.MaxUnconfirmed {
 			return fmt.Errorf("%w: %w: %d to %q with key %q wait for their confirm (the queue may not answer)",
-				ErrUnavailable, ErrUnconfirmed, n, m.Exchange, m.RoutingKey)
+				ErrUnavailable, ErrUnconfirmed, n, r.exchange, r.key)
 		}
 	}
 	if p.unconfirmed == nil {
 		p.unconfirmed = map[route]int{}
 	}
-	for _, m := range ms {
-		p.unconfirmed[route{m.Exchange, m.RoutingKey}]++
+	for r, k := range adding {
+		p.unconfirmed[r] += k
 	}
 	return nil
-}
-
-func countRoute(ms []Message, r route) int {
-	n := 0
-	for _, m := range ms {
-		if m.Exchange == r.exchange && m.RoutingKey == r.key {
-			n++
-		}
-	}
-	return n
 }
 
 // release takes ms out of the unconfirmed count: their confirm came, or they were not sent.
