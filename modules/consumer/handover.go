@@ -249,11 +249,11 @@ func (r *Runtime) handOver(id uuid.UUID) {
 			// heartbeat interval, and however long this replica's reconciliation was busy).
 			since := time.Now().Add(-r.opts.HandoverLookback)
 			ctx, cancel := context.WithTimeout(context.Background(), handoverCap*r.opts.HandoverWait)
-			successor = r.succ.waitProgress(ctx, id, since, r.place.Owner(id), r.opts.HandoverWait, r.stopLoop)
+			successor = r.succ.waitProgress(ctx, id, since, r.place.Owner(id), r.opts.HandoverWait, r.loopCtx.Done())
 			cancel()
 		}
 		select {
-		case <-r.stopLoop:
+		case <-r.loopCtx.Done():
 			return // shutting down: Shutdown hands every tenant over
 		default:
 		}

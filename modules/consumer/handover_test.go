@@ -114,8 +114,9 @@ func handoverRuntime(t *testing.T, wait time.Duration) (*Runtime, *handoverPlace
 	p.held.Store(true)
 	r := &Runtime{place: p, opts: Options{ReplicaID: "replica-a", HandoverWait: wait, HandoverLookback: time.Second, DrainTimeout: time.Second},
 		log: zap.NewNop(), metrics: NewMetrics(prometheus.NewRegistry(), false), consumers: map[uuid.UUID]*tenantConsumer{},
-		succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{}, stopLoop: make(chan struct{})}
-	t.Cleanup(func() { close(r.stopLoop) })
+		succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{}}
+	r.loopCtx, r.stopLoop = context.WithCancel(context.Background())
+	t.Cleanup(r.stopLoop)
 	return r, p
 }
 

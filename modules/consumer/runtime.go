@@ -100,7 +100,8 @@ type Runtime struct {
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
 	recheck     map[uuid.UUID]int          // tenants started again after a lost connection → passes left that inspect them; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
-	stopLoop    chan struct{}
+	loopCtx     context.Context            // ends when the reconciliation loop is told to stop (Shutdown): the loop's passes run in it
+	stopLoop    context.CancelFunc         // ends loopCtx
 	loopDone    chan struct{}
 	firstRun    chan struct{} // closed after the first reconciliation run
 	firstOnce   sync.Once
@@ -138,9 +139,10 @@ func NewRuntime(p RuntimeParams) *Runtime {
 	r := &Runtime{conn: p.Conn, pool: p.Pool, place: place, publisher: p.Publisher, handler: p.Handler, dir: p.Directory,
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
 		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
-		kick: make(chan struct{}, 1), stopLoop: make(chan struct{}), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
+		kick: make(chan struct{}, 1), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
 		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{},
 		stalled: map[uuid.UUID]unservedMark{}}
+	r.loopCtx, r.stopLoop = context.WithCancel(context.Background())
 	if p.Bus != nil {
 		r.ann = newAnnouncer(func(ctx context.Context, tenants []uuid.UUID) error {
 			return events.Publish(ctx, p.Bus, events.TenantsConsumed{Replica: opts.ReplicaID, Tenants: tenants})
@@ -207,7 +209,7 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			select {
-			case <-r.stopLoop:
+			case <-r.loopCtx.Done():
 				return
 			case <-time.After(backoff):
 			}
@@ -444,7 +446,7 @@ func (r *Runtime) Start(ctx context.Context) error {
 	r.Kick()
 	go r.loop()
 	if r.ann != nil {
-		go r.ann.loop(r.stopLoop, r.log)
+		go r.ann.loop(r.loopCtx.Done(), r.log)
 	}
 	return nil
 }
@@ -456,27 +458,18 @@ func (r *Runtime) Started() <-chan struct{} { return r.firstRun }
 // loop reconciles every ReconcileInterval, and at once when kicked.
 func (r *Runtime) loop() {
 	defer close(r.loopDone)
-	// A pass ends when the loop is stopped: a shutdown does not wait for its calls to the broker (up to
-	// broker.AnswerTimeout for a queue that does not answer).
-	stopped, stop := context.WithCancel(context.Background())
-	defer stop()
-	go func() {
-		select {
-		case <-r.stopLoop:
-			stop()
-		case <-stopped.Done():
-		}
-	}()
 	t := time.NewTicker(r.opts.ReconcileInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-r.stopLoop:
+		case <-r.loopCtx.Done():
 			return
 		case <-t.C:
 		case <-r.kick:
 		}
-		ctx, cancel := context.WithTimeout(stopped, max(r.opts.ReconcileInterval, 5*time.Minute))
+		// A pass ends when the loop is stopped: a shutdown does not wait for its calls to the broker (up to
+		// broker.AnswerTimeout for a queue that does not answer).
+		ctx, cancel := context.WithTimeout(r.loopCtx, max(r.opts.ReconcileInterval, 5*time.Minute))
 		began := time.Now()
 		err := r.Reconcile(ctx)
 		cancel()
@@ -516,7 +509,7 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	r.consumers = map[uuid.UUID]*tenantConsumer{}
 	r.mu.Unlock()
 	if stopLoop {
-		close(r.stopLoop)
+		r.stopLoop()
 		select {
 		case <-r.loopDone:
 		case <-ctx.Done():
