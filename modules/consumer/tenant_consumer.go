@@ -365,10 +365,11 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string) (started bool, err error) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if g := tc.gen.Load(); g != nil && g.alive() && g.workers == workers {
+	g := tc.gen.Load()
+	if g != nil && g.alive() && g.workers == workers {
 		return false, nil
 	}
-	if tc.gen.Load() != nil {
+	if g != nil {
 		tc.stopGen(ctx, reason)
 	}
 	return true, tc.start(ctx, workers, reason)
