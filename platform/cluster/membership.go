@@ -117,6 +117,14 @@ func (m *Membership) placing(now time.Time) []string {
 	return slices.DeleteFunc(slices.Clone(m.live), func(r string) bool { return r == m.opts.Self })
 }
 
+// Members returns the ids of the replicas whose heartbeat was younger than the TTL at the last heartbeat, sorted:
+// the ones alive, whether or not they (or this replica) hold their lease.
+func (m *Membership) Members() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return slices.Clone(m.live)
+}
+
 // Owner returns the live replica that owns key ("" when this replica lost its lease and saw no other).
 func (m *Membership) Owner(key uuid.UUID) string {
 	m.mu.RLock()

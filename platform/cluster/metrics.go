@@ -23,3 +23,12 @@ func registerMetrics(reg prometheus.Registerer, m *Membership) {
 			func() float64 { return float64(len(m.Live())) }),
 	)
 }
+
+// registerRelayMetrics registers the relay's counter of events dropped.
+func registerRelayMetrics(reg prometheus.Registerer) prometheus.Counter {
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "cluster_events_dropped_total",
+		Help: "Tenant events not relayed to another replica: its outbox was full, or RabbitMQ did not confirm them " +
+			"(its events queue does not answer, or the broker is down); that replica catches up at its next reconciliation."})
+	reg.MustRegister(dropped)
+	return dropped
+}

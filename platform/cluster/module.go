@@ -43,8 +43,8 @@ var Module = fx.Module("cluster",
 		return m, nil
 	}),
 	fx.Invoke(func(lc fx.Lifecycle, h *relayStop, conn *broker.Conn, p *broker.Publisher, bus *events.Bus, c config.Config,
-		log *zap.Logger) {
-		h.r = NewRelay(conn, p, bus, c.AMQPExchange+".events", c.ReplicaID, log)
+		m *Membership, reg prometheus.Registerer, log *zap.Logger) {
+		h.r = NewRelay(conn, p, bus, c.AMQPExchange+".events", c.ReplicaID, m.Members, registerRelayMetrics(reg), log)
 		lc.Append(fx.Hook{OnStart: h.r.Start})
 	}),
 )

@@ -1,16 +1,19 @@
-// Package cluster carries tenant lifecycle events between replicas through RabbitMQ: a fanout exchange with
-// one queue per replica. Events published locally are forwarded; events from other replicas are published on
-// the local bus marked remote (events.IsRemote), so subscribers apply only their local effects.
+// Package cluster carries tenant lifecycle events between replicas through RabbitMQ, one queue per replica.
+// Events published locally are forwarded to each other replica's queue; events from other replicas are published
+// on the local bus marked remote (events.IsRemote), so subscribers apply only their local effects.
 package cluster
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	rabbitmq "github.com/wagslane/go-rabbitmq"
 	"go.uber.org/zap"
@@ -27,40 +30,77 @@ type envelope struct {
 }
 
 // Relay forwards tenant events to and from the other replicas.
+//
+// Each event goes to every other replica's queue by name (the default exchange), one route per replica, from an
+// outbox of that replica's own with one sender: the caller of events.Publish (a tenant's creation, resize or
+// deletion, a handover's announcement, a demand report) never waits for RabbitMQ's confirm, and one replica's
+// queue that does not answer (a classic queue on a frozen node, or busy) holds only the events to that replica.
+// A fanout exchange reached every queue with one publish, but RabbitMQ confirms it only once all of them took it:
+// one stuck queue held every replica's events to every other replica, PUBLISH_CONFIRM_TIMEOUT per batch, and
+// then PUBLISH_MAX_UNCONFIRMED refused them all (the tenant's rate limit went to N × meanwhile).
+//
+// The replicas sent to are the ones with a heartbeat (Membership.Members) and the ones heard from, each for
+// peerLinger after it was last seen: a replica that left keeps hearing, while its consumers drain, which replicas
+// took its tenants over (events.TenantsConsumed), and one cut off from PostgreSQL keeps hearing the demand
+// reports of the replicas it reports to.
 type Relay struct {
 	conn      *broker.Conn
 	publisher *broker.Publisher
 	bus       *events.Bus
 	exchange  string
 	replica   string
+	members   func() []string
+	dropped   prometheus.Counter
 	log       *zap.Logger
 	consumer  *rabbitmq.Consumer
 	handlers  map[string]func(context.Context, json.RawMessage) error
+	now       func() time.Time
 
-	// outbox holds the events to relay, in order, for one sender (sendLoop): the caller of events.Publish (a
-	// tenant's creation, resize or deletion, a handover's announcement) never waits for RabbitMQ's confirm. The
-	// fanout reaches every replica's queue, and RabbitMQ confirms only once all of them took the event: one
-	// replica's queue that does not answer (a classic queue on a frozen node) held every tenant operation of every
-	// replica for PUBLISH_CONFIRM_TIMEOUT.
-	outbox   chan broker.Message
-	stopSend chan struct{}
-	sent     chan struct{} // closed when sendLoop returned
+	mu      sync.Mutex
+	peers   map[string]*peer
+	stopped bool
+
+	sendCtx    context.Context // cancelled once Stop stopped waiting for the senders
+	cancelSend context.CancelFunc
+	stopSend   chan struct{} // closed at Stop: the senders flush what waits, once
+	senders    sync.WaitGroup
 }
 
-// outboxSize is how many events may wait to be relayed; more are dropped (the other replicas catch up at their
-// next reconciliation and view refresh), with a warning.
-const outboxSize = 4096
+// peer is another replica the relay sends to.
+type peer struct {
+	id     string
+	queue  string
+	outbox chan broker.Message
+	gone   chan struct{} // closed when the replica was not seen for peerLinger: its sender stops
+	seen   time.Time     // Relay.mu
+	// dropping is set while events to this replica are dropped (its outbox full, or a publish failed), so that
+	// the warning comes once per spell.
+	dropping atomic.Bool
+}
 
-// relayBatch is the most events one publish of the sender carries (their confirms in flight together), under
-// broker.PublisherOptions.MaxUnconfirmed.
-const relayBatch = 64
+const (
+	// outboxSize is how many events may wait to be relayed to one replica; more are dropped (it catches up at
+	// its next reconciliation and view refresh, and a demand report is current for seconds only), with a warning.
+	outboxSize = 1024
+	// relayBatch is the most events one publish of a sender carries (their confirms in flight together), under
+	// broker.PublisherOptions.MaxUnconfirmed.
+	relayBatch = 64
+	// peerLinger is how long the relay still sends to a replica after it last saw its heartbeat or heard from it:
+	// longer than a leaving replica's drain (CONSUMER_DRAIN_TIMEOUT), and than its queue's expiry (a minute).
+	peerLinger = 2 * time.Minute
+	// retryPause is how long a sender waits after a publish failed before it sends again.
+	retryPause = time.Second
+)
 
-// NewRelay returns a relay over the fanout exchange for replica.
-func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange, replica string, log *zap.Logger) *Relay {
-	r := &Relay{conn: conn, publisher: p, bus: bus, exchange: exchange, replica: replica, log: log.Named("cluster"),
+// NewRelay returns a relay for replica: it sends events to the queues of the replicas members returns (and of
+// those heard from) and consumes its own, bound to exchange. dropped counts the events dropped.
+func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange, replica string, members func() []string,
+	dropped prometheus.Counter, log *zap.Logger) *Relay {
+	r := &Relay{conn: conn, publisher: p, bus: bus, exchange: exchange, replica: replica, members: members,
+		dropped: dropped, log: log.Named("cluster"), now: time.Now,
 		handlers: map[string]func(context.Context, json.RawMessage) error{},
-		outbox:   make(chan broker.Message, outboxSize), stopSend: make(chan struct{}), sent: make(chan struct{})}
-	go r.sendLoop()
+		peers:    map[string]*peer{}, stopSend: make(chan struct{})}
+	r.sendCtx, r.cancelSend = context.WithCancel(context.Background())
 	relay[events.TenantCreated](r, "tenant.created")
 	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
 	relay[events.TenantRateLimitChanged](r, "tenant.rate_limit_changed")
@@ -88,45 +128,114 @@ func relay[E any](r *Relay, name string) {
 	}
 }
 
+// queueOf is the name of replica's events queue.
+func (r *Relay) queueOf(replica string) string { return r.exchange + "." + replica }
+
 func (r *Relay) send(ctx context.Context, name string, e any) error {
 	data, err := json.Marshal(e)
 	if err != nil {
 		return err
 	}
 	body, _ := json.Marshal(envelope{Type: name, Origin: r.replica, Data: data})
-	select {
-	case r.outbox <- broker.Message{Exchange: r.exchange, MessageID: uuid.NewString(), Body: body}:
-	default:
-		// Other replicas catch up at their next reconciliation.
-		r.log.Warn("could not relay event to other replicas: too many wait for RabbitMQ's confirm", zap.String("event", name),
-			zap.Int("waiting", outboxSize))
+	for _, p := range r.current() {
+		select {
+		case p.outbox <- broker.Message{RoutingKey: p.queue, MessageID: uuid.NewString(), Body: body}:
+		default:
+			// The replica catches up at its next reconciliation.
+			r.dropped.Inc()
+			if !p.dropping.Swap(true) {
+				r.log.Warn("dropping events to a replica: too many wait for RabbitMQ's confirm of its events queue",
+					zap.String("to", p.id), zap.String("queue", p.queue), zap.String("event", name), zap.Int("waiting", outboxSize))
+			}
+		}
 	}
 	return nil
 }
 
-// sendLoop publishes the outbox's events in order, up to relayBatch at a time, until Stop; then it sends what
-// is left once.
-func (r *Relay) sendLoop() {
-	defer close(r.sent)
+// current returns the replicas to send to now: it adds the replicas with a heartbeat, and forgets (stopping
+// their senders) those not seen for peerLinger.
+func (r *Relay) current() []*peer {
+	members := r.members()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	for _, id := range members {
+		r.seenLocked(id, now)
+	}
+	out := make([]*peer, 0, len(r.peers))
+	for id, p := range r.peers {
+		if now.Sub(p.seen) > peerLinger {
+			close(p.gone)
+			delete(r.peers, id)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// heard notes that replica is alive: the relay sends to it for peerLinger from now.
+func (r *Relay) heard(replica string) {
+	r.mu.Lock()
+	r.seenLocked(replica, r.now())
+	r.mu.Unlock()
+}
+
+// seenLocked notes replica as seen at now, starting its sender when it is new; r.mu must be held.
+func (r *Relay) seenLocked(replica string, now time.Time) {
+	if replica == r.replica || replica == "" || r.stopped {
+		return
+	}
+	if p, ok := r.peers[replica]; ok {
+		p.seen = now
+		return
+	}
+	p := &peer{id: replica, queue: r.queueOf(replica), outbox: make(chan broker.Message, outboxSize),
+		gone: make(chan struct{}), seen: now}
+	r.peers[replica] = p
+	r.senders.Add(1)
+	go r.sendLoop(p)
+}
+
+// sendLoop publishes p's outbox in order, up to relayBatch at a time, until p is gone or Stop; at Stop it sends
+// what waits, once. A batch RabbitMQ cannot have got (broker.ErrNotSent: PUBLISH_MAX_UNCONFIRMED of them wait
+// for the stuck queue's confirm, or no connection) is sent again after retryPause; one it may have got and did
+// not confirm is dropped.
+func (r *Relay) sendLoop(p *peer) {
+	defer r.senders.Done()
+	var batch []broker.Message
 	for {
-		var batch []broker.Message
+		if len(batch) == 0 {
+			select {
+			case m := <-p.outbox:
+				batch = append(batch, m)
+			case <-p.gone:
+				return
+			case <-r.stopSend:
+				r.flush(p, nil)
+				return
+			}
+		}
+		var ok bool
+		if batch, ok = r.publish(p, take(p.outbox, batch)); ok {
+			continue
+		}
 		select {
-		case m := <-r.outbox:
-			batch = append(batch, m)
+		case <-time.After(retryPause):
+		case <-p.gone:
+			return
 		case <-r.stopSend:
-			r.flush()
+			r.flush(p, batch)
 			return
 		}
-		batch = r.take(batch)
-		r.publish(batch)
 	}
 }
 
-// take adds to batch the events waiting, up to relayBatch.
-func (r *Relay) take(batch []broker.Message) []broker.Message {
+// take adds to batch the events waiting in outbox, up to relayBatch.
+func take(outbox chan broker.Message, batch []broker.Message) []broker.Message {
 	for len(batch) < relayBatch {
 		select {
-		case m := <-r.outbox:
+		case m := <-outbox:
 			batch = append(batch, m)
 		default:
 			return batch
@@ -135,30 +244,47 @@ func (r *Relay) take(batch []broker.Message) []broker.Message {
 	return batch
 }
 
-// flush sends the events still waiting at Stop, in one round.
-func (r *Relay) flush() {
+// flush sends batch and the events still waiting for p at Stop, until one publish fails.
+func (r *Relay) flush(p *peer, batch []broker.Message) {
 	for {
-		batch := r.take(nil)
+		batch = take(p.outbox, batch)
 		if len(batch) == 0 {
 			return
 		}
-		if !r.publish(batch) {
+		var ok bool
+		if batch, ok = r.publish(p, batch); !ok {
 			return
 		}
 	}
 }
 
-// publish sends batch and reports whether RabbitMQ confirmed it; a failure is logged, and the other replicas
-// catch up at their next reconciliation.
-func (r *Relay) publish(batch []broker.Message) bool {
-	if err := r.publisher.PublishAll(context.Background(), batch); err != nil {
-		r.log.Warn("could not relay events to other replicas", zap.Int("events", len(batch)), zap.Error(err))
-		return false
+// publish sends batch to p and reports whether RabbitMQ confirmed it, returning what is left to send: nothing
+// when it was confirmed, or when it may have reached RabbitMQ (dropped: the replica catches up at its next
+// reconciliation); the whole batch when it cannot have (broker.ErrNotSent), to be sent again. The first failure of
+// a spell is logged.
+func (r *Relay) publish(p *peer, batch []broker.Message) (rest []broker.Message, ok bool) {
+	err := r.publisher.PublishAll(r.sendCtx, batch)
+	if err == nil {
+		if p.dropping.Swap(false) {
+			r.log.Info("relaying events to a replica again", zap.String("to", p.id))
+		}
+		return batch[:0], true
 	}
-	return true
+	notSent := errors.Is(err, broker.ErrNotSent)
+	if !p.dropping.Swap(true) {
+		r.log.Warn("could not relay events to a replica; those not sent are sent again, and the replica catches up at its next reconciliation",
+			zap.String("to", p.id), zap.Int("events", len(batch)), zap.Bool("not_sent", notSent), zap.Error(err))
+	}
+	if notSent {
+		return batch, false
+	}
+	r.dropped.Add(float64(len(batch)))
+	clear(batch)
+	return batch[:0], false
 }
 
-// Start declares the fanout exchange and consumes this replica's queue.
+// Start consumes this replica's queue. The queue is also bound to the fanout exchange, which replicas of earlier
+// versions publish their events to (one publish for every queue), so that a rolling upgrade loses none of them.
 func (r *Relay) Start(ctx context.Context) error {
 	return broker.Retry(ctx, r.log, "cluster events: consuming this replica's queue", r.start)
 }
@@ -167,7 +293,7 @@ func (r *Relay) start(ctx context.Context) error {
 	if err := r.conn.DeclareExchange(ctx, r.exchange, amqp.ExchangeFanout); err != nil {
 		return fmt.Errorf("cluster: declare exchange: %w", err)
 	}
-	queue := r.exchange + "." + r.replica
+	queue := r.queueOf(r.replica)
 	// Not auto-delete: the queue keeps the events relayed while this replica reconnects (an auto-delete queue
 	// went with the connection, and those events with it). It expires a minute after its replica is gone.
 	c, err := rabbitmq.NewConsumer(r.conn.Conn, queue,
@@ -215,6 +341,7 @@ func (r *Relay) receive(d rabbitmq.Delivery) rabbitmq.Action {
 	if env.Origin == r.replica {
 		return rabbitmq.Ack
 	}
+	r.heard(env.Origin)
 	h, ok := r.handlers[env.Type]
 	if !ok {
 		r.log.Warn("unknown cluster event dropped", zap.String("event", env.Type))
@@ -230,16 +357,23 @@ func (r *Relay) receive(d rabbitmq.Delivery) rabbitmq.Action {
 // Stop sends the events still waiting (for a second at most: a stuck publish must not take the shutdown's time)
 // and stops consuming; the replica's queue expires a minute later unless the replica comes back.
 func (r *Relay) Stop(ctx context.Context) error {
-	select {
-	case <-r.stopSend:
-	default:
+	r.mu.Lock()
+	if !r.stopped {
+		r.stopped = true
 		close(r.stopSend)
 	}
+	r.mu.Unlock()
+	sent := make(chan struct{})
+	go func() {
+		r.senders.Wait()
+		close(sent)
+	}()
 	select {
-	case <-r.sent:
+	case <-sent:
 	case <-ctx.Done():
 	case <-time.After(time.Second):
 	}
+	r.cancelSend()
 	if r.consumer != nil {
 		r.consumer.CloseWithContext(ctx)
 	}

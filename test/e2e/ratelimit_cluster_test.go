@@ -181,3 +181,42 @@ func TestRateLimitFollowsAReplicaJoiningAndLeaving(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, float64(alone), 0.9*clusterLimit*4, "after B left, A alone gets about the whole limit")
 }
+
+// TestRateLimitHoldsWhileAThirdReplicasEventsQueueIsStuck runs three replicas and suspends the cluster-events
+// queue of the third (a classic queue on a frozen node, or busy: RabbitMQ does not answer about it), while a
+// tenant limited to clusterLimit messages per second is offered twice its limit spread evenly over the other
+// two. Their demand reports must keep reaching each other: after 3 s of warm-up, over 10 s, the two hold the
+// tenant to about its limit (≤ 1.3 ×). With one fanout to every replica's queue, RabbitMQ confirmed a report
+// only once the stuck queue took it, so each replica heard the other's reports once per PUBLISH_CONFIRM_TIMEOUT
+// at best and applied the whole limit in between (about 2 ×).
+func TestRateLimitHoldsWhileAThirdReplicasEventsQueueIsStuck(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.PublishConfirmTimeout = 6 * time.Second
+	a := testenv.Start(t, cfg)
+	cfgB, cfgC := cfg, cfg
+	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgC.ReplicaID = testenv.RandomName("replica-c-")
+	b := testenv.Start(t, cfgB)
+	testenv.Start(t, cfgC)
+	stuck := testenv.AwaitEventsQueueConsumed(t, cfgC)
+	tenant := a.CreateTenant("stuck-third", 1)
+	setRateLimit(t, a, tenant, clusterLimit)
+	resume := s.SuspendQueue(t, cfg.AMQPURL, stuck)
+	defer resume()
+
+	const warm, window = 3 * time.Second, 10 * time.Second
+	var load offeredLoad
+	load.run(t, tenant, 2*clusterLimit, warm, warm+window, func(i int) *testenv.App {
+		if i%2 == 0 {
+			return a
+		}
+		return b
+	})
+	t.Logf("even split over two replicas while the third's events queue is suspended: %s", &load)
+	require.Zero(t, load.failed.Load())
+	limit := float64(clusterLimit) * window.Seconds()
+	require.LessOrEqual(t, float64(load.accepted.Load()), 1.3*limit,
+		"a third replica's stuck events queue let the other two each apply the whole limit")
+	require.GreaterOrEqual(t, float64(load.accepted.Load()), 0.8*limit)
+}

@@ -189,11 +189,11 @@ func TestShutdownWhileAQueueDoesNotAnswer(t *testing.T) {
 }
 
 // TestAReplicasStuckEventQueueSlowsNoTenantOperation suspends the cluster-events queue of one replica (a classic
-// queue: on a frozen node, or busy) while another replica creates and resizes tenants. The events go through a
-// fanout exchange to every replica's queue, and RabbitMQ confirms one only once every queue took it: when the
-// relay waited for that confirm, each creation and resize on every replica took PUBLISH_CONFIRM_TIMEOUT. The
-// relay now sends from an outbox of its own, so the operations answer as fast as without the fault, and the
-// events reach the replica once its queue answers again.
+// queue: on a frozen node, or busy) while another replica creates and resizes tenants. When the relay published
+// each event on the operation's path, through a fanout exchange that RabbitMQ confirms only once every queue took
+// the event, each creation and resize on every replica took PUBLISH_CONFIRM_TIMEOUT. The relay now sends from an
+// outbox per replica, so the operations answer as fast as without the fault, and the events reach the replica
+// once its queue answers again.
 func TestAReplicasStuckEventQueueSlowsNoTenantOperation(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
@@ -202,11 +202,7 @@ func TestAReplicasStuckEventQueueSlowsNoTenantOperation(t *testing.T) {
 	cfgB := cfg
 	cfgB.ReplicaID = testenv.RandomName("replica-b-")
 	testenv.Start(t, cfgB)
-	eventsQueue := cfg.AMQPExchange + ".events." + cfgB.ReplicaID
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, eventsQueue)
-		return ok && consumers == 1
-	}, "replica B does not consume its events queue")
+	eventsQueue := testenv.AwaitEventsQueueConsumed(t, cfgB)
 	resume := s.SuspendQueue(t, cfg.AMQPURL, eventsQueue)
 
 	began := time.Now()

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/acme/msgsvc/platform/config"
 )
 
 // Response is an HTTP answer with its decoded JSON body.
@@ -138,6 +140,18 @@ func AMQP(t testing.TB, amqpURL string) *amqp.Channel {
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// AwaitEventsQueueConsumed waits until the replica cfg configures consumes its cluster-events queue, and returns
+// the queue's name.
+func AwaitEventsQueueConsumed(t testing.TB, cfg config.Config) string {
+	t.Helper()
+	queue := cfg.AMQPExchange + ".events." + cfg.ReplicaID
+	Eventually(t, 30*time.Second, func() bool {
+		ok, _, consumers := QueueState(t, cfg.AMQPURL, queue)
+		return ok && consumers == 1
+	}, "replica %s does not consume its events queue", cfg.ReplicaID)
+	return queue
 }
 
 // QueueState returns a queue's ready messages and consumers, or exists=false.
