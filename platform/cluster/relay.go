@@ -39,6 +39,8 @@ type envelope struct {
 // one stuck queue held every replica's events to every other replica, PUBLISH_CONFIRM_TIMEOUT per batch, and
 // then PUBLISH_MAX_UNCONFIRMED refused them all (the tenant's rate limit went to N × meanwhile).
 //
+// Events from other replicas are applied per tenant in order, different tenants side by side (applying).
+//
 // The replicas sent to are the ones with a heartbeat (Membership.Members) and the ones heard from, each for
 // peerLinger after it was last seen: a replica that left keeps hearing, while its consumers drain, which replicas
 // took its tenants over (events.TenantsConsumed), and one cut off from PostgreSQL keeps hearing the demand
@@ -53,8 +55,16 @@ type Relay struct {
 	dropped   prometheus.Counter
 	log       *zap.Logger
 	consumer  *rabbitmq.Consumer
-	handlers  map[string]func(context.Context, json.RawMessage) error
+	handlers  map[string]func(json.RawMessage) (remote, error)
 	now       func() time.Time
+
+	// applying runs the events of other replicas, those of one tenant in order, different tenants side by side:
+	// applying one can take long (a resize drains the tenant's consumer for up to CONSUMER_DRAIN_TIMEOUT), and
+	// run one after the other, every event behind it waited, every other tenant's creation, resize and deletion
+	// on this replica with them. applyCtx is their context, cancelled at Stop.
+	applying    *keyed
+	applyCtx    context.Context
+	cancelApply context.CancelFunc
 
 	mu      sync.Mutex
 	peers   map[string]*peer
@@ -64,6 +74,13 @@ type Relay struct {
 	cancelSend context.CancelFunc
 	stopSend   chan struct{} // closed at Stop: the senders flush what waits, once
 	senders    sync.WaitGroup
+}
+
+// remote is an event of another replica, decoded: the tenant it is about ("" for none: it is applied at once,
+// on the consuming goroutine), and what applies it.
+type remote struct {
+	tenant string
+	apply  func(context.Context) error
 }
 
 // peer is another replica the relay sends to.
@@ -90,6 +107,8 @@ const (
 	peerLinger = 2 * time.Minute
 	// retryPause is how long a sender waits after a publish failed before it sends again.
 	retryPause = time.Second
+	// applyWorkers bounds the tenants whose remote events apply at once.
+	applyWorkers = 64
 )
 
 // NewRelay returns a relay for replica: it sends events to the queues of the replicas members returns (and of
@@ -98,33 +117,40 @@ func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange,
 	dropped prometheus.Counter, log *zap.Logger) *Relay {
 	r := &Relay{conn: conn, publisher: p, bus: bus, exchange: exchange, replica: replica, members: members,
 		dropped: dropped, log: log.Named("cluster"), now: time.Now,
-		handlers: map[string]func(context.Context, json.RawMessage) error{},
-		peers:    map[string]*peer{}, stopSend: make(chan struct{})}
+		handlers: map[string]func(json.RawMessage) (remote, error){},
+		peers:    map[string]*peer{}, stopSend: make(chan struct{}), applying: newKeyed(applyWorkers)}
 	r.sendCtx, r.cancelSend = context.WithCancel(context.Background())
-	relay[events.TenantCreated](r, "tenant.created")
-	relay[events.TenantConcurrencyChanged](r, "tenant.concurrency_changed")
-	relay[events.TenantRateLimitChanged](r, "tenant.rate_limit_changed")
-	relay[events.TenantRetentionChanged](r, "tenant.retention_changed")
-	relay[events.TenantDeleting](r, "tenant.deleting")
-	relay[events.TenantDemand](r, "tenant.demand")
-	relay[events.TenantsConsumed](r, "tenants.consumed")
+	r.applyCtx, r.cancelApply = context.WithCancel(context.Background())
+	relay(r, "tenant.created", func(e events.TenantCreated) uuid.UUID { return e.Tenant.ID })
+	relay(r, "tenant.concurrency_changed", func(e events.TenantConcurrencyChanged) uuid.UUID { return e.TenantID })
+	relay(r, "tenant.rate_limit_changed", func(e events.TenantRateLimitChanged) uuid.UUID { return e.TenantID })
+	relay(r, "tenant.retention_changed", func(e events.TenantRetentionChanged) uuid.UUID { return e.TenantID })
+	relay(r, "tenant.deleting", func(e events.TenantDeleting) uuid.UUID { return e.TenantID })
+	// These two are applied in memory at once (a demand report's shares, a handover's successors).
+	relay[events.TenantDemand](r, "tenant.demand", nil)
+	relay[events.TenantsConsumed](r, "tenants.consumed", nil)
 	return r
 }
 
-// relay forwards local events of type E under name and accepts remote ones.
-func relay[E any](r *Relay, name string) {
+// relay forwards local events of type E under name and accepts remote ones; tenant names the tenant an event is
+// about (nil: none).
+func relay[E any](r *Relay, name string, tenant func(E) uuid.UUID) {
 	events.Subscribe(r.bus, "cluster.relay", func(ctx context.Context, e E) error {
 		if events.IsRemote(ctx) {
 			return nil
 		}
 		return r.send(ctx, name, e)
 	})
-	r.handlers[name] = func(ctx context.Context, data json.RawMessage) error {
+	r.handlers[name] = func(data json.RawMessage) (remote, error) {
 		var e E
 		if err := json.Unmarshal(data, &e); err != nil {
-			return err
+			return remote{}, err
 		}
-		return events.Publish(ctx, r.bus, e)
+		ev := remote{apply: func(ctx context.Context) error { return events.Publish(ctx, r.bus, e) }}
+		if tenant != nil {
+			ev.tenant = tenant(e).String()
+		}
+		return ev, nil
 	}
 }
 
@@ -347,15 +373,30 @@ func (r *Relay) receive(d rabbitmq.Delivery) rabbitmq.Action {
 		r.log.Warn("unknown cluster event dropped", zap.String("event", env.Type))
 		return rabbitmq.Ack
 	}
-	if err := h(events.WithRemote(context.Background(), env.Origin), env.Data); err != nil {
-		r.log.Warn("applying a remote event failed; reconciliation will catch up", zap.String("event", env.Type),
-			zap.String("origin", env.Origin), zap.Error(err))
+	ev, err := h(env.Data)
+	if err != nil {
+		r.log.Warn("undecodable cluster event dropped", zap.String("event", env.Type), zap.String("origin", env.Origin), zap.Error(err))
+		return rabbitmq.Ack
+	}
+	apply := func() {
+		if err := ev.apply(events.WithRemote(r.applyCtx, env.Origin)); err != nil {
+			r.log.Warn("applying a remote event failed; reconciliation will catch up", zap.String("event", env.Type),
+				zap.String("origin", env.Origin), zap.Error(err))
+		}
+	}
+	if ev.tenant == "" {
+		apply()
+	} else {
+		// Acked once queued: an event not applied when this replica stops is caught up by its next start's
+		// reconciliation, as one lost would be.
+		r.applying.submit(ev.tenant, apply)
 	}
 	return rabbitmq.Ack
 }
 
-// Stop sends the events still waiting (for a second at most: a stuck publish must not take the shutdown's time)
-// and stops consuming; the replica's queue expires a minute later unless the replica comes back.
+// Stop sends the events still waiting (for a second at most: a stuck publish must not take the shutdown's time),
+// stops consuming, and drops the other replicas' events not yet applied (the consumer runtime stopped before); the
+// replica's queue expires a minute later unless the replica comes back.
 func (r *Relay) Stop(ctx context.Context) error {
 	r.mu.Lock()
 	if !r.stopped {
@@ -377,5 +418,7 @@ func (r *Relay) Stop(ctx context.Context) error {
 	if r.consumer != nil {
 		r.consumer.CloseWithContext(ctx)
 	}
+	r.applying.stop()
+	r.cancelApply()
 	return nil
 }
