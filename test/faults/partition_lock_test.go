@@ -78,6 +78,27 @@ func publishEvery(t *testing.T, baseURL, tenant string, interval time.Duration, 
 	}
 }
 
+// lockPartition locks tenant's partition against writes (SHARE mode, as a CREATE INDEX without CONCURRENTLY
+// holds it) in a transaction of its own until unlock, or until t ends.
+func lockPartition(t *testing.T, databaseURL, tenant string) (unlock func()) {
+	t.Helper()
+	ctx := context.Background()
+	holder := testenv.Connect(t, databaseURL)
+	_, err := holder.Exec(ctx, "BEGIN")
+	require.NoError(t, err)
+	_, err = holder.Exec(ctx, "LOCK TABLE "+pgx.Identifier{messaging.PartitionName(uuid.MustParse(tenant))}.Sanitize()+" IN SHARE MODE")
+	require.NoError(t, err)
+	var once sync.Once
+	unlock = func() {
+		once.Do(func() {
+			_, err := holder.Exec(ctx, "ROLLBACK")
+			require.NoError(t, err)
+		})
+	}
+	t.Cleanup(unlock)
+	return unlock
+}
+
 // TestPartitionLockHoldsOnlyItsTenant locks one tenant's partition against writes (as a CREATE INDEX without
 // CONCURRENTLY, or an operator's long transaction, would) while that tenant and two others publish 5 messages a
 // second each: every message of the others is stored within 3 s of its publish, during the lock, and every
@@ -99,12 +120,7 @@ func TestPartitionLockHoldsOnlyItsTenant(t *testing.T) {
 	db := testenv.Connect(t, cfg.DatabaseURL)
 
 	const lockFor, pace, bound = 40 * time.Second, 200 * time.Millisecond, 3 * time.Second
-	ctx := context.Background()
-	holder := testenv.Connect(t, cfg.DatabaseURL)
-	_, err := holder.Exec(ctx, "BEGIN")
-	require.NoError(t, err)
-	_, err = holder.Exec(ctx, "LOCK TABLE "+pgx.Identifier{messaging.PartitionName(uuid.MustParse(locked))}.Sanitize()+" IN SHARE MODE")
-	require.NoError(t, err)
+	unlock := lockPartition(t, cfg.DatabaseURL, locked)
 	lockedAt := time.Now()
 
 	stop := make(chan struct{})
@@ -120,8 +136,7 @@ func TestPartitionLockHoldsOnlyItsTenant(t *testing.T) {
 	}
 	require.Equal(t, 0, testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", uuid.MustParse(locked)),
 		"the locked tenant stored messages while its partition was locked")
-	_, err = holder.Exec(ctx, "COMMIT")
-	require.NoError(t, err)
+	unlock()
 	unlockedAt := time.Now()
 
 	for _, o := range others {
@@ -157,7 +172,7 @@ func TestPartitionLockHoldsOnlyItsTenant(t *testing.T) {
 		metric(t, p.URL, "msgsvc_store_groups_split_total"), failed)
 	require.Positive(t, failed, "the lock must outlast a store's bound (STORE_RETRY_BUDGET) for the test to cover the retries")
 	require.Zero(t, metric(t, p.URL, "msgsvc_store_tenants_alone"), "every tenant is back on the grouped inserts")
-	rows, err := db.Query(ctx, "SELECT id::text FROM messages WHERE tenant_id = $1", lockedID)
+	rows, err := db.Query(context.Background(), "SELECT id::text FROM messages WHERE tenant_id = $1", lockedID)
 	require.NoError(t, err)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)

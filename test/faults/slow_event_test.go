@@ -7,10 +7,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/acme/msgsvc/modules/messaging"
 	"github.com/acme/msgsvc/platform/cluster"
 	"github.com/acme/msgsvc/test/testenv"
 )
@@ -49,14 +47,7 @@ func TestOneTenantsSlowResizeHoldsNoOtherTenantsEvents(t *testing.T) {
 
 	slow := ownedByB("slow")
 	testenv.Eventually(t, 30*time.Second, func() bool { return workersOnB(slow) == 1 }, "B does not consume the slow tenant")
-	ctx := context.Background()
-	holder := testenv.Connect(t, cfg.DatabaseURL)
-	_, err := holder.Exec(ctx, "BEGIN")
-	require.NoError(t, err)
-	_, err = holder.Exec(ctx, "LOCK TABLE "+pgx.Identifier{messaging.PartitionName(uuid.MustParse(slow))}.Sanitize()+" IN SHARE MODE")
-	require.NoError(t, err)
-	unlock := func() { _, _ = holder.Exec(ctx, "ROLLBACK") }
-	defer unlock()
+	unlock := lockPartition(t, cfg.DatabaseURL, slow)
 	stuck := a.Publish(slow, map[string]any{"stuck": true})
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		return metric(t, b.URL, "msgsvc_consumer_inflight", `tenant="`+slow+`"`) == 1
@@ -80,6 +71,7 @@ func TestOneTenantsSlowResizeHoldsNoOtherTenantsEvents(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool { return workersOnB(slow) == 2 }, "B did not resize the slow tenant")
 	a.Publish(other, map[string]any{"other": true})
 	db := testenv.Connect(t, cfg.DatabaseURL)
+	ctx := context.Background()
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		var n int
 		require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM messages WHERE id = $1", stuck).Scan(&n))
