@@ -234,6 +234,7 @@ func run() int {
 		return 1
 	}
 	r.cleanLeftovers(ctx)
+	r.warnForeignQueues(ctx)
 	defer r.cleanup()
 
 	needServer := opt.scenarios[1] || opt.scenarios[2] || opt.scenarios[4] || opt.scenarios[5] || opt.scenarios[6]
