@@ -335,7 +335,9 @@ func (p *ConsumerPool) Stats() (connections, channels int) {
 // PerConn is the most consumer channels one pooled connection carries.
 func (p *ConsumerPool) PerConn() int { return p.perConn }
 
-// Close closes every connection of the pool; close the consumers first.
+// Close closes every connection of the pool; close the consumers first. A connection whose close RabbitMQ does
+// not answer within closeWait (a channel on a queue that does not answer holds the answer) is dropped: the error
+// is logged, not returned, since the connection is gone either way.
 func (p *ConsumerPool) Close() error {
 	p.mu.Lock()
 	p.closed = true
@@ -345,15 +347,13 @@ func (p *ConsumerPool) Close() error {
 		c.gone = true
 	}
 	p.mu.Unlock()
-	var first error
 	for _, c := range conns {
 		c.closeLost()
-		// A channel on a queue that does not answer holds RabbitMQ's answer to the connection's close.
-		if err := c.conn.CloseDeadline(time.Now().Add(closeWait)); err != nil && first == nil {
-			first = err
+		if err := c.conn.CloseDeadline(time.Now().Add(closeWait)); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			p.log.Warn("consumer connection closed without RabbitMQ's answer", zap.String("connection", c.name), zap.Error(err))
 		}
 	}
-	return first
+	return nil
 }
 
 // dialPooled opens a plain amqp091 connection named name to the first of urls that answers, in order; onLost is
