@@ -36,9 +36,9 @@ type tenantConsumer struct {
 
 	mu sync.Mutex // serialises start, resize and stop
 	// gen is the running generation, nil when none; set under mu, read without it (running, live, Workers): a
-	// start or stop holds mu for as long as the broker takes to answer (startWait, or RabbitMQ's 15 s channel
-	// operation timeout when the queue does not answer), and reconciliation asks every tenant whether its consumer
-	// runs, one after the other.
+	// start or stop holds mu for as long as the broker takes to answer, up to startWait or the drain timeout (a
+	// channel on a queue that does not answer closes after RabbitMQ's 15 s channel operation timeout; the stop
+	// waits no longer), and reconciliation asks every tenant whether its consumer runs, one after the other.
 	gen atomic.Pointer[generation]
 
 	// lastErr is why the last start failed, "" after a success; guarded by rt.mu.
