@@ -164,10 +164,10 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 			tc.log.Warn("the broker closed the consumer's whole connection in answer to its consume; the tenant's "+
 				"consumer starts on a connection of its own until it consumes", zap.Error(g.err))
 		}
-		select {
-		case <-g.lease.Lost():
-			return // stopLost or replaceLost stops the generation
-		default:
+		// The connection dropped (amqp091 marks it closed before it ends its channels' deliveries; the pool learns
+		// of it when the socket closes, just after): stopLost or replaceLost stops the generation.
+		if g.lease.Conn.IsClosed() {
+			return
 		}
 		if g.err != nil && !g.stopping.Swap(true) {
 			failed <- g.err
