@@ -569,7 +569,7 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms [
 		select {
 		case <-dc.Done():
 		case <-ctx.Done():
-			go p.releaseWhenConfirmed(ms[i:], confs[i:])
+			go p.releaseWhenConfirmed(slices.Clone(ms[i:]), confs[i:]) // the caller may reuse ms once this returns
 			return nil, nil, fmt.Errorf("%w: no confirm within %s: %v", ErrUnavailable, p.opts.Timeout, context.Cause(ctx))
 		case <-blocked:
 			select {
@@ -577,13 +577,13 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubConn, c *pubChan, ms [
 			default:
 				// RabbitMQ blocked the connection before this confirm: it may still confirm (and store) the
 				// message later.
-				go p.releaseWhenConfirmed(ms[i:], confs[i:])
+				go p.releaseWhenConfirmed(slices.Clone(ms[i:]), confs[i:]) // the caller may reuse ms once this returns
 				return nil, nil, fmt.Errorf("%w: %w: waiting for a confirm", ErrUnavailable, ErrBlocked)
 			}
 		}
 		p.release(ms[i : i+1])
 		if ms[i].Mandatory && c.claimReturn(ms[i].MessageID) {
-			go p.releaseWhenConfirmed(ms[i+1:], confs[i+1:])
+			go p.releaseWhenConfirmed(slices.Clone(ms[i+1:]), confs[i+1:])
 			return nil, nil, ErrUnroutable
 		}
 		if !dc.Acked() {

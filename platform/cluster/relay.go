@@ -305,8 +305,7 @@ func (r *Relay) publish(p *peer, batch []broker.Message) (rest []broker.Message,
 		return batch, false
 	}
 	r.dropped.Add(float64(len(batch)))
-	clear(batch)
-	return batch[:0], false
+	return nil, false
 }
 
 // Start consumes this replica's queue. The queue is also bound to the fanout exchange, which replicas of earlier
