@@ -19,16 +19,16 @@ import (
 
 // tenantConsumer supervises the consumer of one tenant's queue on this replica.
 //
-// One generation of it is a consume on a channel of its own (amqp091, on a pooled connection) with prefetch
-// workers × PrefetchPerWorker, whose single goroutine only hands deliveries over to at most `workers` store workers. Each worker takes what
-// is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery after the
-// commit, so a tenant's worker count is the number of store transactions it runs at once. Workers start when a
-// delivery is handed over and none is idle, and leave after workerIdle without one, so an idle tenant runs none:
-// its goroutines are the consume's and amqp091's delivery buffer (two per consumer; go-rabbitmq's consumer, used
-// until 2026-12-06, kept five), and its connection is watched without a goroutine (Lease.AfterLost). The
-// prefetch is fixed when a consume starts, so a resize stops the running generation (in-flight batches finish and are acked, the
-// deliveries not started yet are returned to the queue) and starts a new one with the new size and prefetch.
-// The queue itself is never touched.
+// One generation of it is a consume on a channel of its own (amqp091, on a pooled connection) with prefetch workers ×
+// PrefetchPerWorker, whose single goroutine only hands deliveries over to at most `workers` store workers. Each
+// worker takes what is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery
+// after the commit, so a tenant's worker count is the number of store transactions it runs at once. Workers start
+// when a delivery is handed over and none is idle, and leave after workerIdle without one, so an idle tenant runs
+// none: its goroutines are the consume's and amqp091's delivery buffer (two per consumer; go-rabbitmq's consumer,
+// used until 2026-12-06, kept five), and its connection is watched without a goroutine (Lease.AfterLost). The
+// prefetch is fixed when a consume starts, so a resize stops the running generation (in-flight batches finish and are
+// acked, the deliveries not started yet are returned to the queue) and starts a new one with the new size and
+// prefetch. The queue itself is never touched.
 type tenantConsumer struct {
 	rt  *Runtime
 	id  uuid.UUID
@@ -184,10 +184,10 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		}
 	}()
 	// consume runs while the consumer lives and returns early when the consume fails (a missing queue, a refused
-	// consume, the broker down); that it consumes, the broker says: the queue counts a consumer. That is this one when the queue had none (a start, a restart after a dropped connection); while
-	// a handover goes on it may be the old owner's (a quorum queue counts only its single active consumer, so a
-	// waiting one cannot be seen), and the start returns at once: a consume that fails later ends the
-	// generation, which reconciliation starts again.
+	// consume, the broker down); that it consumes, the broker says: the queue counts a consumer. That is this one when
+	// the queue had none (a start, a restart after a dropped connection); while a handover goes on it may be the old
+	// owner's (a quorum queue counts only its single active consumer, so a waiting one cannot be seen), and the start
+	// returns at once: a consume that fails later ends the generation, which reconciliation starts again.
 	consuming := make(chan struct{})
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()

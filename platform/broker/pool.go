@@ -22,14 +22,14 @@ const ChannelHeadroom = 0.1
 // the number of tenants one replica consumes has no per-connection ceiling (RabbitMQ's channel_max, 2,047 by
 // default).
 //
-// The pool owns reconnects: a pooled connection that drops is retired at once (Lease.Lost is closed for each of
-// its consumers, which their owner closes and starts again on another lease, paced), and a new one is dialled
-// when a consumer next needs a slot, with a backoff after a failed dial. The connections are plain amqp091 ones,
-// which never reconnect, so the consumers of a dropped connection never re-consume on their own, all at once;
-// and a consumer on them costs no goroutine of a reconnecting library (go-rabbitmq's consumer kept four per
-// tenant, idle or not, for a reconnect the pool never let run). A consumer that may itself make its connection drop (RabbitMQ 3.10 closes the whole connection
-// on a consume of a quorum queue that is not running yet) takes an isolated lease, on a connection of its own.
-// It is safe for concurrent use.
+// The pool owns reconnects: a pooled connection that drops is retired at once (Lease.Lost is closed for each of its
+// consumers, which their owner closes and starts again on another lease, paced), and a new one is dialled when a
+// consumer next needs a slot, with a backoff after a failed dial. The connections are plain amqp091 ones, which never
+// reconnect, so the consumers of a dropped connection never re-consume on their own, all at once; and a consumer on
+// them costs no goroutine of a reconnecting library (go-rabbitmq's consumer kept four per tenant, idle or not, for a
+// reconnect the pool never let run). A consumer that may itself make its connection drop (RabbitMQ 3.10 closes the
+// whole connection on a consume of a quorum queue that is not running yet) takes an isolated lease, on a connection
+// of its own. It is safe for concurrent use.
 type ConsumerPool struct {
 	perConn   int
 	name      string
