@@ -19,8 +19,7 @@ func TestReplicasConvergeAfterLostEvents(t *testing.T) {
 	cfg := s.Config(t)
 	cfg.ViewRefreshInterval = 500 * time.Millisecond
 	a := testenv.Start(t, cfg)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB)
 	limited := a.CreateTenant("converge-limited", 1)
 	deleted := a.CreateTenant("converge-deleted", 1)

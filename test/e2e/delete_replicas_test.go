@@ -53,8 +53,7 @@ func TestDeleteWaitsForOtherReplicasConsumers(t *testing.T) {
 	var rtA *consumer.Runtime
 	a := testenv.Start(t, cfg, fx.Populate(&rtA),
 		fx.Decorate(func(h consumer.Handler) consumer.Handler { hA.inner = h; return hA }))
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	hB := &pausingHandler{pause: 700 * time.Millisecond}
 	var rtB *consumer.Runtime
 	b := testenv.Start(t, cfgB, fx.Populate(&rtB),

@@ -39,8 +39,7 @@ func TestApplicationStartsReadyAndStopsCleanly(t *testing.T) {
 func TestMigrationsAppliedOnceWhenTwoApplicationsStartTogether(t *testing.T) {
 	s := testenv.Get(t)
 	cfgA := s.Config(t)
-	cfgB := cfgA
-	cfgB.ReplicaID = testenv.RandomName("replica-")
+	cfgB := testenv.AnotherReplica(cfgA, "b")
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)

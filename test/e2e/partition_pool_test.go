@@ -159,8 +159,7 @@ func TestTwoReplicasRefillingNeverShareAPartition(t *testing.T) {
 	cfg := s.Config(t)
 	cfg.PartitionPoolSize, cfg.PartitionPoolBatch = 6, 3
 	a := testenv.Start(t, cfg)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB)
 	db := a.DB()
 
@@ -276,8 +275,7 @@ func TestDeletedPartitionsDroppedInBackgroundAndAfterRestart(t *testing.T) {
 	release()
 	require.Equal(t, 4, testenv.Count(t, db, "SELECT count(*) FROM partition_drops"))
 
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-restarted-")
+	cfgB := testenv.AnotherReplica(cfg, "restarted")
 	testenv.Start(t, cfgB)
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		return testenv.Count(t, db, "SELECT count(*) FROM partition_drops") == 0

@@ -95,8 +95,7 @@ func TestRateLimitHoldsForTheCluster(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
 	a := testenv.Start(t, cfg)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB)
 	even, one := a.CreateTenant("even", 1), a.CreateTenant("one", 1)
 	setRateLimit(t, a, even, clusterLimit)
@@ -158,8 +157,7 @@ func TestRateLimitFollowsAReplicaJoiningAndLeaving(t *testing.T) {
 	start := time.Now()
 
 	time.Sleep(4 * time.Second)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB)
 	live.Store(&[]*testenv.App{a, b})
 	joined := time.Since(start)
@@ -194,9 +192,7 @@ func TestRateLimitHoldsWhileAThirdReplicasEventsQueueIsStuck(t *testing.T) {
 	cfg := s.Config(t)
 	cfg.PublishConfirmTimeout = 6 * time.Second
 	a := testenv.Start(t, cfg)
-	cfgB, cfgC := cfg, cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
-	cfgC.ReplicaID = testenv.RandomName("replica-c-")
+	cfgB, cfgC := testenv.AnotherReplica(cfg, "b"), testenv.AnotherReplica(cfg, "c")
 	b := testenv.Start(t, cfgB)
 	testenv.Start(t, cfgC)
 	stuck := testenv.AwaitEventsQueueConsumed(t, cfgC)

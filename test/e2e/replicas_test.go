@@ -125,8 +125,7 @@ func TestTwoReplicasShareTheWork(t *testing.T) {
 	}
 
 	time.Sleep(time.Second)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB, fx.Populate(&rtB), watch.decorate("b"))
 	owned := func(rt *consumer.Runtime) (n int) {
 		for _, id := range tenants {

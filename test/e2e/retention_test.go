@@ -195,8 +195,7 @@ func TestRetentionChangeHoldsOnEveryReplica(t *testing.T) {
 	cfg.ReplicaHeartbeatInterval = 300 * time.Millisecond
 	cfg.ReplicaTTL = 3 * time.Second
 	a := testenv.Start(t, cfg)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB)
 	db := a.DB()
 	tenant := a.CreateTenant("replicated", 1)

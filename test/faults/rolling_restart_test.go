@@ -33,8 +33,7 @@ func TestRollingRestartKeepsQueuesConsumed(t *testing.T) {
 	// Long enough that a heartbeat slowed by a loaded machine does not lapse the lease (a replica without its lease
 	// stops its consumers at once); the replicas leave by deleting their row, so the TTL does not slow the test.
 	cfg.ReplicaTTL = 12 * time.Second
-	cfgA, cfgB := cfg, cfg
-	cfgA.ReplicaID, cfgB.ReplicaID = testenv.RandomName("replica-a-"), testenv.RandomName("replica-b-")
+	cfgA, cfgB := testenv.AnotherReplica(cfg, "a"), testenv.AnotherReplica(cfg, "b")
 	a := testenv.Start(t, cfgA)
 	b := testenv.Start(t, cfgB)
 

@@ -26,8 +26,7 @@ func TestOneTenantsSlowResizeHoldsNoOtherTenantsEvents(t *testing.T) {
 	cfg.ConsumerDrainTimeout = 8 * time.Second
 	cfg.ReplicaTTL = 30 * time.Second // at least the drain timeout and three heartbeats
 	a := testenv.Start(t, cfg)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	b := testenv.Start(t, cfgB)
 	live := []string{cfg.ReplicaID, cfgB.ReplicaID}
 	testenv.Eventually(t, 30*time.Second, func() bool {

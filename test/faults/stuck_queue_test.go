@@ -199,8 +199,7 @@ func TestAReplicasStuckEventQueueSlowsNoTenantOperation(t *testing.T) {
 	cfg := s.Config(t)
 	cfg.PublishConfirmTimeout = 6 * time.Second
 	a := testenv.Start(t, cfg)
-	cfgB := cfg
-	cfgB.ReplicaID = testenv.RandomName("replica-b-")
+	cfgB := testenv.AnotherReplica(cfg, "b")
 	testenv.Start(t, cfgB)
 	eventsQueue := testenv.AwaitEventsQueueConsumed(t, cfgB)
 	resume := s.SuspendQueue(t, cfg.AMQPURL, eventsQueue)

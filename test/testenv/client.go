@@ -142,6 +142,13 @@ func AMQP(t testing.TB, amqpURL string) *amqp.Channel {
 	return ch
 }
 
+// AnotherReplica returns cfg for one more replica of the same servers: the same database and virtual host, and
+// a replica id of its own, named after name.
+func AnotherReplica(cfg config.Config, name string) config.Config {
+	cfg.ReplicaID = RandomName("replica-" + name + "-")
+	return cfg
+}
+
 // AwaitEventsQueueConsumed waits until the replica cfg configures consumes its cluster-events queue, and returns
 // the queue's name.
 func AwaitEventsQueueConsumed(t testing.TB, cfg config.Config) string {
