@@ -92,6 +92,7 @@ func TryStart(t testing.TB, cfg config.Config, extra ...fx.Option) (*App, error)
 	t.Cleanup(func() {
 		_ = a.Stop()
 		a.checkNoKeyMaterialLogged()
+		a.logWarningsIfFailed()
 	})
 	return a, nil
 }
@@ -150,5 +151,34 @@ func (a *App) checkNoKeyMaterialLogged() {
 		if line := fmt.Sprint(e.Message, " ", e.ContextMap()); keyMaterial.MatchString(line) {
 			a.t.Errorf("API key material in a log line: %s", keyMaterial.ReplaceAllString(line, "<key>"))
 		}
+	}
+}
+
+// failedLogLines is how many of an application's warnings and errors a failed test prints.
+const failedLogLines = 40
+
+// logWarningsIfFailed prints the application's last warnings and errors into a failed test's output: CI keeps
+// only the failures' summary (test/failures.sh), which leaves the service's JSON log lines out, and a failure
+// that shows only on some runs is read from there.
+func (a *App) logWarningsIfFailed() {
+	if !a.t.Failed() {
+		return
+	}
+	var lines []string
+	for _, e := range a.Logs.All() {
+		if e.Level < zap.WarnLevel {
+			continue
+		}
+		line := fmt.Sprintf("%s %s %s %v", e.Time.Format("15:04:05.000"), e.Level.CapitalString(), e.Message, e.ContextMap())
+		lines = append(lines, keyMaterial.ReplaceAllString(line, "<key>"))
+	}
+	if len(lines) > failedLogLines {
+		a.t.Logf("replica %s: %d warnings and errors, the last %d:", a.Config.ReplicaID, len(lines), failedLogLines)
+		lines = lines[len(lines)-failedLogLines:]
+	} else {
+		a.t.Logf("replica %s: %d warnings and errors", a.Config.ReplicaID, len(lines))
+	}
+	for _, l := range lines {
+		a.t.Logf("  %s", l)
 	}
 }
