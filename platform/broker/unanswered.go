@@ -19,6 +19,10 @@ import (
 // synchronous methods take no context.
 const AnswerTimeout = 10 * time.Second
 
+// unansweredAfter is how long a call must have waited for the broker's answer, when its caller gives up, to count
+// as unanswered (the next calls about its queues fail at once until the broker answers it).
+const unansweredAfter = time.Second
+
 // ErrUnanswered wraps (with ErrUnavailable) the failure of a call about a queue the broker did not answer
 // within AnswerTimeout, or about which an earlier call is still unanswered.
 var ErrUnanswered = errors.New("the broker does not answer about the queue")
@@ -78,9 +82,9 @@ func (c *Conn) Unanswered() int {
 
 // awaitAnswer runs call, one or more synchronous methods on ch about the named queues, and waits for it until
 // ctx ends or AnswerTimeout passes. A call given up on keeps running: ch is closed only once the broker answered
-// it (or its connection closed), and until then every other call about the same queues fails at once, so that
-// one queue that does not answer holds one channel and one goroutine, not one more per pass or per retry, and
-// never another queue's call. abandoned reports that the caller must not use ch again.
+// it (or its connection closed). When it had waited unansweredAfter or more, every other call about the same
+// queues fails at once until then, so that one queue that does not answer holds one channel and one goroutine,
+// not one more per pass or per retry, and never another queue's call. abandoned reports that the caller must not use ch again.
 func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel, call func() error) (abandoned bool, err error) {
 	start := time.Now()
 	done := make(chan error, 1)
@@ -96,19 +100,25 @@ func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel
 	case <-ctx.Done():
 		why = fmt.Sprintf("no answer before the caller gave up (%v)", ctx.Err())
 	}
-	c.waiting.add(names, start)
 	list := strings.Join(names, ", ")
-	// A caller that gave up early (a shutdown cancelling a pass in the middle of a declare) says nothing of the
-	// broker: only a call that waited a second or more is worth a warning.
+	// A caller that gave up early (a start that stops probing its queue once it returns, a shutdown cancelling a
+	// pass in the middle of a declare) says nothing of the broker: only a call that waited unansweredAfter or
+	// more is worth a warning, and refuses the next calls about its queues. Refusing them after an early give-up
+	// failed the deletion of a tenant's queue whose consumer was starting at that moment, and left the queue.
+	counted := time.Since(start) >= unansweredAfter
 	lvl := zap.DebugLevel
-	if time.Since(start) >= time.Second {
+	msg := "a call about a queue given up on early; it is left to finish on its channel"
+	if counted {
+		c.waiting.add(names, start)
 		lvl = zap.WarnLevel
+		msg = "the broker does not answer a call about a queue; calls about it fail until it does"
 	}
-	c.log.Log(lvl, "the broker does not answer a call about a queue; calls about it fail until it does",
-		zap.String("queues", list), zap.String("why", why))
+	c.log.Log(lvl, msg, zap.String("queues", list), zap.String("why", why))
 	go func() {
 		err := <-done
-		c.waiting.done(names)
+		if counted {
+			c.waiting.done(names)
+		}
 		_ = ch.Close()
 		c.log.Log(lvl, "the broker answered a call about a queue given up on", zap.String("queues", list),
 			zap.Duration("after", time.Since(start)), zap.Error(err))

@@ -1,0 +1,63 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/test/testenv"
+)
+
+// TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue: a consumer's start stops probing its queue as soon as
+// it returns, often with a passive declare still on its way. That says nothing of the broker, and a deletion of
+// the same queue a moment later (the tenant deleted while its consumer started) must still delete it. The queue's
+// process is suspended so that the probe is still unanswered when its caller gives up; the delete that follows
+// waits for the broker like any call and deletes the queue once it answers. A call that waited a second or more
+// before its caller gave up still refuses the next ones at once (a queue that does not answer holds one channel).
+func TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue(t *testing.T) {
+	s := testenv.Get(t)
+	amqpURL := s.NewVHost(t)
+	ch := testenv.AMQP(t, amqpURL)
+	for _, q := range []string{"probed", "stuck"} {
+		_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
+		require.NoError(t, err)
+	}
+	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
+		ConnectionName: t.Name()}, zap.NewNop())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+
+	resume := s.SuspendQueue(t, amqpURL, "probed")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err = conn.InspectQueue(ctx, "probed")
+	cancel()
+	require.ErrorIs(t, err, broker.ErrUnanswered, "the probe of a suspended queue was answered")
+	deleted := make(chan error, 1)
+	go func() { deleted <- conn.DeleteQueues(context.Background(), "probed") }()
+	time.Sleep(300 * time.Millisecond)
+	resume()
+	require.NoError(t, <-deleted, "the delete after a probe given up on early")
+	st, err := conn.InspectQueue(context.Background(), "probed")
+	require.NoError(t, err)
+	require.False(t, st.Exists, "the queue is still there")
+
+	resumeStuck := s.SuspendQueue(t, amqpURL, "stuck")
+	ctx, cancel = context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	_, err = conn.InspectQueue(ctx, "stuck")
+	cancel()
+	require.ErrorIs(t, err, broker.ErrUnanswered)
+	start := time.Now()
+	err = conn.DeleteQueues(context.Background(), "stuck")
+	require.True(t, errors.Is(err, broker.ErrUnanswered), "a delete while a call unanswered for a second still runs: %v", err)
+	require.Less(t, time.Since(start), time.Second, "the delete was not refused at once")
+	require.Equal(t, 1, conn.Unanswered())
+	resumeStuck()
+	require.Eventually(t, func() bool { return conn.Unanswered() == 0 }, 5*time.Second, 20*time.Millisecond)
+	require.NoError(t, conn.DeleteQueues(context.Background(), "stuck"))
+}
