@@ -76,7 +76,7 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 		return nil
 	})
 	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {
-		r.Stop(ctx, e.TenantID, "tenant deleted")
+		r.StopDeleted(ctx, e.TenantID, "tenant deleted")
 		return nil
 	})
 	// TenantDeleted is local to the replica that deleted the tenant and follows TenantDeleting, which reached the

@@ -128,6 +128,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	wg.Wait()
 	r.metrics.owned.Set(float64(owned))
 
+	r.forgetDeleted(time.Now())
 	r.mu.Lock()
 	var stale []uuid.UUID
 	for id := range r.consumers {
@@ -144,7 +145,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		}
 		r.log.Info("stopping the consumer of a tenant that no longer exists", zap.String("tenant_id", id.String()))
 		r.metrics.repairs.WithLabelValues("stale_consumer").Inc()
-		r.Stop(ctx, id, "tenant gone")
+		r.StopDeleted(ctx, id, "tenant gone")
 	}
 	if err := r.removeOrphanQueues(ctx, known, listed, listErr); err != nil {
 		errs = append(errs, fmt.Errorf("orphan queues: %w", err))
@@ -419,7 +420,7 @@ func (r *Runtime) gone(ctx context.Context, id uuid.UUID) (bool, error) {
 	}
 	if !exists {
 		r.log.Info("tenant deleted during reconciliation; leaving it alone", zap.String("tenant_id", id.String()))
-		r.Stop(ctx, id, "tenant gone")
+		r.StopDeleted(ctx, id, "tenant gone")
 	}
 	return !exists, nil
 }

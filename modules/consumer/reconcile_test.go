@@ -99,3 +99,59 @@ func TestReconcileDoesNotRecreateADeletedTenant(t *testing.T) {
 		})
 	}
 }
+
+// TestAPassWithATenantListFromBeforeADeletionStartsNoConsumerForIt: a deletion stops the tenant's consumer, then
+// waits for the queue's other consumers to leave before it deletes the queue. A reconciliation pass that read the
+// tenant list before the deletion and reaches the tenant in that window found no consumer of it here and started
+// one, on a queue about to go: the deletion waited for it too (up to the drain timeout), or deleted the queue
+// from under it mid-start. Here another client's consumer on the queue holds the deletion in that window while
+// the pass goes on; the pass must start nothing for the deleted tenant, and the deletion ends with the queue gone.
+func TestAPassWithATenantListFromBeforeADeletionStartsNoConsumerForIt(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = time.Hour // only the pass this test runs
+	dir := &holdingDirectory{}
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt), fx.Decorate(func(d events.TenantDirectory) events.TenantDirectory {
+		dir.TenantDirectory = d
+		return dir
+	}))
+	tenant := a.CreateTenant("doomed", 1)
+	tid := uuid.MustParse(tenant)
+	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == 1 }, "the tenant's consumer runs")
+	// Another client's consumer: the single active consumer's follower, then the queue's only consumer.
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	_, err := ch.Consume(consumer.QueueName(tid), "bystander", false, false, false, false, nil)
+	require.NoError(t, err)
+
+	deleted := make(chan int, 1)
+	dir.mu.Lock()
+	dir.onList = func() {
+		go func() { deleted <- a.Do(http.MethodDelete, "/api/v1/tenants/"+tenant, nil).Status }()
+		// The deletion stopped this replica's consumer and waits for the bystander to leave the queue.
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			for _, e := range a.Logs.FilterMessage("consumer stopped").All() {
+				if e.ContextMap()["tenant_id"] == tenant {
+					return true
+				}
+			}
+			return false
+		}, "the deleted tenant's consumer stopped")
+	}
+	dir.mu.Unlock()
+	require.NoError(t, rt.Reconcile(context.Background()))
+	require.NoError(t, ch.Cancel("bystander", false))
+	select {
+	case status := <-deleted:
+		require.Equal(t, http.StatusNoContent, status)
+	case <-time.After(15 * time.Second):
+		t.Fatal("the deletion did not end once the bystander left")
+	}
+	for _, e := range a.Logs.FilterMessage("consumer started").All() {
+		if m := e.ContextMap(); m["tenant_id"] == tenant && m["reason"] != "tenant created" {
+			t.Errorf("a consumer of the tenant started during its deletion (%v)", m["reason"])
+		}
+	}
+	exists, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
+	require.False(t, exists, "the deleted tenant's queue is still there")
+}

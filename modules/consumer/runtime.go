@@ -85,6 +85,7 @@ type Runtime struct {
 
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
+	deleted   map[uuid.UUID]time.Time // tenants heard deleted (StopDeleted) → when; no consumer starts for them again
 	closed    bool
 	started   bool
 	leaving   bool // Shutdown began: it hands every tenant over itself
@@ -138,7 +139,7 @@ func NewRuntime(p RuntimeParams) *Runtime {
 	}
 	r := &Runtime{conn: p.Conn, pool: p.Pool, place: place, publisher: p.Publisher, handler: p.Handler, dir: p.Directory,
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
-		consumers: map[uuid.UUID]*tenantConsumer{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
+		consumers: map[uuid.UUID]*tenantConsumer{}, deleted: map[uuid.UUID]time.Time{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
 		kick: make(chan struct{}, 1), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
 		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{},
 		stalled: map[uuid.UUID]unservedMark{}}
@@ -335,7 +336,7 @@ func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	tc := r.consumers[id]
-	if tc == nil && create && !r.closed {
+	if _, gone := r.deleted[id]; tc == nil && create && !r.closed && !gone {
 		tc = &tenantConsumer{rt: r, id: id, log: tenantLog{base: r.log, id: id}}
 		r.consumers[id] = tc
 	}
@@ -354,6 +355,9 @@ func (r *Runtime) Ensure(ctx context.Context, id uuid.UUID, workers int, reason 
 func (r *Runtime) ensure(ctx context.Context, id uuid.UUID, workers int, reason string) (started bool, err error) {
 	tc := r.consumer(id, true)
 	if tc == nil {
+		if r.wasDeleted(id) {
+			return false, nil // a reconciliation pass's tenant list, read before the deletion
+		}
 		return false, fmt.Errorf("consumer runtime is stopped")
 	}
 	started, err = tc.ensure(ctx, workers, reason)
@@ -386,7 +390,44 @@ func (r *Runtime) recordStart(tc *tenantConsumer, err error) {
 
 // Stop drains and stops the tenant's consumer and forgets it.
 func (r *Runtime) Stop(ctx context.Context, id uuid.UUID, reason string) {
+	r.stop(ctx, id, reason, false)
+}
+
+// StopDeleted is Stop for a tenant that was deleted, and no consumer starts for it on this replica from then on.
+// A reconciliation pass that read the tenant list before the deletion would otherwise start a new one on the
+// queue while the deletion waits for the queue's consumers to leave: the deletion waited for it (up to the drain
+// timeout), or deleted the queue under it.
+func (r *Runtime) StopDeleted(ctx context.Context, id uuid.UUID, reason string) {
+	r.stop(ctx, id, reason, true)
+}
+
+// deletedMemory is how long StopDeleted keeps a deleted tenant from starting again: far longer than a
+// reconciliation pass, whose tenant list is the only stale one (tenant ids are never reused).
+const deletedMemory = 10 * time.Minute
+
+func (r *Runtime) wasDeleted(id uuid.UUID) bool {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.deleted[id]
+	return ok
+}
+
+// forgetDeleted drops the deleted tenants older than deletedMemory; a reconciliation pass calls it.
+func (r *Runtime) forgetDeleted(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, at := range r.deleted {
+		if now.Sub(at) > deletedMemory {
+			delete(r.deleted, id)
+		}
+	}
+}
+
+func (r *Runtime) stop(ctx context.Context, id uuid.UUID, reason string, deleted bool) {
+	r.mu.Lock()
+	if deleted {
+		r.deleted[id] = time.Now()
+	}
 	tc := r.consumers[id]
 	delete(r.consumers, id)
 	if tc != nil && tc.lastErr != "" {
