@@ -306,6 +306,31 @@ func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
 	return nil
 }
 
+// deleteRetries are the pauses before DeleteTopology's second and third attempts for a deleted tenant: a failure
+// that is not the queue's own (a connection dropped mid-call, a channel the broker closed) is over by then. A
+// queue that does not answer is not asked again (ErrUnanswered: every call about it fails until it answers).
+// After the last one the queues are left to reconciliation's orphan cleanup (RECONCILE_ORPHAN_GRACE).
+var deleteRetries = []time.Duration{250 * time.Millisecond, time.Second}
+
+// deleteTopologyRetrying is DeleteTopology for a deleted tenant, tried again after deleteRetries.
+func (r *Runtime) deleteTopologyRetrying(ctx context.Context, id uuid.UUID) error {
+	err := r.DeleteTopology(ctx, id)
+	for _, pause := range deleteRetries {
+		if err == nil || errors.Is(err, broker.ErrUnanswered) {
+			break
+		}
+		r.log.Warn("could not delete a deleted tenant's queues; trying again", zap.String("tenant_id", id.String()),
+			zap.Duration("in", pause), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		err = r.DeleteTopology(ctx, id)
+	}
+	return err
+}
+
 // AwaitNoConsumers waits until the tenant's queue has no consumer (every replica's consumer of it stopped), or
 // the drain timeout and a margin for the event to travel passed, or the queue is gone, or the broker does not
 // answer about the queue (an earlier wait gave up on it: asking again would only fail until the deadline).
