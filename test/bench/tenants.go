@@ -176,6 +176,13 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	s.add("goroutines", "service goroutines (go_goroutines)", m["go_goroutines"], "", fmtInt(m["go_goroutines"]))
 	s.add("amqp_connections", "service AMQP consumer connections", m["msgsvc_amqp_connections"], "", fmtInt(m["msgsvc_amqp_connections"]))
 	s.add("amqp_channels", "service AMQP consumer channels", m["msgsvc_amqp_channels"], "", fmtInt(m["msgsvc_amqp_channels"]))
+	// What reconciliation did meanwhile: a pass that inspects or repairs many queues costs the broker too.
+	s.add("reconcile_runs", "reconciliation passes so far", m["msgsvc_reconcile_runs_total"], "", fmtInt(m["msgsvc_reconcile_runs_total"]))
+	s.add("reconcile_inspections", "queues inspected by passive declare in those passes", m["msgsvc_reconcile_queue_inspections_total"], "",
+		fmtInt(m["msgsvc_reconcile_queue_inspections_total"]))
+	s.add("reconcile_repairs", "repairs in those passes (every kind)", m["msgsvc_reconcile_repairs_total"], "", fmtInt(m["msgsvc_reconcile_repairs_total"]))
+	s.add("consumer_starts", "consumer starts (every reason) / start failures", m["msgsvc_consumer_restarts_total"], "",
+		fmt.Sprintf("%s / %s", fmtInt(m["msgsvc_consumer_restarts_total"]), fmtInt(m["msgsvc_consumer_start_failures_total"])))
 	if b, ok := rssBytes(r.beam); ok {
 		s.add("rss_rabbitmq", "RabbitMQ RSS (whole node)", b, "B", fmtMB(b))
 		s.add("rss_rabbitmq_per_1k", "RabbitMQ RSS over the empty node, per 1,000 tenants", (b-beamEmpty)*1000/float64(o.scaleTenants), "B",
