@@ -87,6 +87,33 @@ func (c *rabbitCluster) run(args ...string) string {
 	return string(out)
 }
 
+// dumpOnFailure logs, when t failed, what each node says of the virtual host's consumers (their channel's
+// process, so its node, and whether the single active consumer) and of queue's Raft members: a queue that
+// holds ready messages for a consumer it counts but does not serve is told apart from the service's own stall.
+func (c *rabbitCluster) dumpOnFailure(t *testing.T, queue string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for n := 1; n <= len(c.nodes); n++ {
+			for _, args := range [][]string{
+				{"node-ctl", fmt.Sprint(n), "-q", "list_consumers", "-p", c.vhost, "queue_name", "channel_pid", "consumer_tag",
+					"active", "activity_status", "prefetch_count"},
+				{"node-ctl", fmt.Sprint(n), "-q", "list_queues", "-p", c.vhost, "name", "leader", "messages_ready",
+					"messages_unacknowledged", "consumers"},
+			} {
+				out, err := exec.Command(c.script, args...).CombinedOutput()
+				t.Logf("node %d: %s: %v\n%s", n, args[3], err, out)
+			}
+		}
+		for n := 1; n <= len(c.nodes); n++ {
+			out, err := exec.Command(c.script, "node-ctl", fmt.Sprint(n), "eval",
+				fmt.Sprintf(`rabbit_quorum_queue:status(<<%q>>, <<%q>>).`, c.vhost, queue)).CombinedOutput()
+			t.Logf("node %d: quorum status of %s: %v\n%s", n, queue, err, out)
+		}
+	})
+}
+
 // node returns the number (1-3) of a node name.
 func (c *rabbitCluster) node(name string) int {
 	c.t.Helper()
@@ -231,6 +258,7 @@ func TestClusterNodeKilledMidStream(t *testing.T) {
 	quiet := createTenant(t, p.URL, "cluster-quiet", 1)
 	busyQueue := consumer.QueueName(uuid.MustParse(busy))
 	tenants := []string{busy, quiet}
+	cl.dumpOnFailure(t, busyQueue)
 
 	// Replicated on every node, led by the node the service declared it through (node 1, its first URL).
 	require.Equal(t, cl.nodes, cl.queue(1, busyQueue).Members, "the busy tenant's quorum queue is not on all 3 nodes")
