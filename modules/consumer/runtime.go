@@ -139,8 +139,8 @@ func NewRuntime(p RuntimeParams) *Runtime {
 	}
 	r := &Runtime{conn: p.Conn, pool: p.Pool, place: place, publisher: p.Publisher, handler: p.Handler, dir: p.Directory,
 		opts: opts, metrics: p.Metrics, dead: p.DeadLetters, gate: p.Gate, log: p.Log.Named("consumer"),
-		consumers: map[uuid.UUID]*tenantConsumer{}, deleted: map[uuid.UUID]time.Time{}, orphans: map[string]time.Time{}, warnedNoSAC: map[string]bool{},
-		kick: make(chan struct{}, 1), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
+		consumers: map[uuid.UUID]*tenantConsumer{}, deleted: map[uuid.UUID]time.Time{}, orphans: map[string]time.Time{},
+		warnedNoSAC: map[string]bool{}, kick: make(chan struct{}, 1), loopDone: make(chan struct{}), firstRun: make(chan struct{}),
 		starts: newPacer(startParallelism, p.Metrics), succ: newSuccessors(time.Now), noSAC: map[string]bool{}, recheck: map[uuid.UUID]int{},
 		stalled: map[uuid.UUID]unservedMark{}}
 	r.loopCtx, r.stopLoop = context.WithCancel(context.Background())

@@ -84,7 +84,8 @@ func (c *Conn) Unanswered() int {
 // ctx ends or AnswerTimeout passes. A call given up on keeps running: ch is closed only once the broker answered
 // it (or its connection closed). When it had waited unansweredAfter or more, every other call about the same
 // queues fails at once until then, so that one queue that does not answer holds one channel and one goroutine,
-// not one more per pass or per retry, and never another queue's call. abandoned reports that the caller must not use ch again.
+// not one more per pass or per retry, and never another queue's call. abandoned reports that the caller must
+// not use ch again.
 func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel, call func() error) (abandoned bool, err error) {
 	start := time.Now()
 	done := make(chan error, 1)

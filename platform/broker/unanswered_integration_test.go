@@ -54,7 +54,8 @@ func TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue(t *testing.T) {
 	require.ErrorIs(t, err, broker.ErrUnanswered)
 	start := time.Now()
 	err = conn.DeleteQueues(context.Background(), "stuck")
-	require.True(t, errors.Is(err, broker.ErrUnanswered), "a delete while a call unanswered for a second still runs: %v", err)
+	require.True(t, errors.Is(err, broker.ErrUnanswered),
+		"a delete while a call unanswered for a second still runs: %v", err)
 	require.Less(t, time.Since(start), time.Second, "the delete was not refused at once")
 	require.Equal(t, 1, conn.Unanswered())
 	resumeStuck()
