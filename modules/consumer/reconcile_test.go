@@ -12,6 +12,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/acme/msgsvc/modules/consumer"
+	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/test/testenv"
 )
@@ -50,6 +51,18 @@ func (d *holdingDirectory) Tenant(ctx context.Context, id uuid.UUID) (events.Ten
 	return t, ok, err
 }
 
+// startHolding starts the application with cfg and its tenant directory wrapped in a holdingDirectory.
+func startHolding(t *testing.T, cfg config.Config) (*testenv.App, *consumer.Runtime, *holdingDirectory) {
+	t.Helper()
+	dir := &holdingDirectory{}
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt), fx.Decorate(func(d events.TenantDirectory) events.TenantDirectory {
+		dir.TenantDirectory = d
+		return dir
+	}))
+	return a, rt, dir
+}
+
 // TestReconcileDoesNotRecreateADeletedTenant holds a reconciliation pass after it read the tenant list, or
 // after it checked that the tenant still exists, and deletes the tenant meanwhile: the pass must not re-create
 // the deleted tenant's queues (they would leak: without the management API nothing removes them) nor start a
@@ -61,12 +74,7 @@ func TestReconcileDoesNotRecreateADeletedTenant(t *testing.T) {
 			cfg := s.Config(t)
 			cfg.ReconcileInterval = time.Hour // only the passes this test runs
 			cfg.RabbitMQManagementURL = ""    // no orphan cleanup to hide a leak
-			dir := &holdingDirectory{}
-			var rt *consumer.Runtime
-			a := testenv.Start(t, cfg, fx.Populate(&rt), fx.Decorate(func(d events.TenantDirectory) events.TenantDirectory {
-				dir.TenantDirectory = d
-				return dir
-			}))
+			a, rt, dir := startHolding(t, cfg)
 			tenant := a.CreateTenant("doomed", 1)
 			tid := uuid.MustParse(tenant)
 			// The tenant's queue is lost (an operator deleted it, a broker lost it): the pass would declare it again.
@@ -110,12 +118,7 @@ func TestAPassWithATenantListFromBeforeADeletionStartsNoConsumerForIt(t *testing
 	s := testenv.Get(t)
 	cfg := s.Config(t)
 	cfg.ReconcileInterval = time.Hour // only the pass this test runs
-	dir := &holdingDirectory{}
-	var rt *consumer.Runtime
-	a := testenv.Start(t, cfg, fx.Populate(&rt), fx.Decorate(func(d events.TenantDirectory) events.TenantDirectory {
-		dir.TenantDirectory = d
-		return dir
-	}))
+	a, rt, dir := startHolding(t, cfg)
 	tenant := a.CreateTenant("doomed", 1)
 	tid := uuid.MustParse(tenant)
 	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == 1 }, "the tenant's consumer runs")
