@@ -85,7 +85,7 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 	// the same way before it dropped the partition, so this wait is short).
 	events.Subscribe(bus, "consumer.topology", func(ctx context.Context, e events.TenantDeleted) error {
 		r.AwaitNoConsumers(ctx, e.TenantID)
-		return r.deleteTopologyRetrying(ctx, e.TenantID)
+		return r.DeleteTopology(ctx, e.TenantID)
 	})
 	lc.Append(fx.Hook{OnStart: r.Start, OnStop: r.Shutdown})
 }

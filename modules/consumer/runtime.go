@@ -296,7 +296,33 @@ func (r *Runtime) DeclareTopology(ctx context.Context, id uuid.UUID) error {
 }
 
 // DeleteTopology deletes a tenant's queue (and the dead-letter queue of older versions) with whatever they hold.
+// A delete the broker refuses is tried again after deleteRetries, so that a deletion, a failed creation's
+// cleanup and a pass's take-back leave no queue to the orphan cleanup (minutes later, never without the
+// management API) for a failure that was over in a moment.
 func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
+	err := r.deleteTopologyOnce(ctx, id)
+	for _, pause := range deleteRetries {
+		if err == nil || errors.Is(err, broker.ErrUnanswered) {
+			break
+		}
+		r.log.Warn("could not delete a tenant's queues; trying again", zap.String("tenant_id", id.String()),
+			zap.Duration("in", pause), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		err = r.deleteTopologyOnce(ctx, id)
+	}
+	return err
+}
+
+// deleteRetries are the pauses before DeleteTopology's second and third attempts: a failure that is not the
+// queue's own (a connection dropped mid-call, a channel the broker closed) is over by then. A queue that does not
+// answer is not asked again (ErrUnanswered: every call about it fails until it answers).
+var deleteRetries = []time.Duration{250 * time.Millisecond, time.Second}
+
+func (r *Runtime) deleteTopologyOnce(ctx context.Context, id uuid.UUID) error {
 	if err := r.conn.DeleteQueues(ctx, QueueName(id), DeadLetterQueueName(id)); err != nil {
 		return fmt.Errorf("delete queues of tenant %s: %w", id, err)
 	}
@@ -304,31 +330,6 @@ func (r *Runtime) DeleteTopology(ctx context.Context, id uuid.UUID) error {
 		return r.dead.unbind(ctx, id)
 	}
 	return nil
-}
-
-// deleteRetries are the pauses before DeleteTopology's second and third attempts for a deleted tenant: a failure
-// that is not the queue's own (a connection dropped mid-call, a channel the broker closed) is over by then. A
-// queue that does not answer is not asked again (ErrUnanswered: every call about it fails until it answers).
-// After the last one the queues are left to reconciliation's orphan cleanup (RECONCILE_ORPHAN_GRACE).
-var deleteRetries = []time.Duration{250 * time.Millisecond, time.Second}
-
-// deleteTopologyRetrying is DeleteTopology for a deleted tenant, tried again after deleteRetries.
-func (r *Runtime) deleteTopologyRetrying(ctx context.Context, id uuid.UUID) error {
-	err := r.DeleteTopology(ctx, id)
-	for _, pause := range deleteRetries {
-		if err == nil || errors.Is(err, broker.ErrUnanswered) {
-			break
-		}
-		r.log.Warn("could not delete a deleted tenant's queues; trying again", zap.String("tenant_id", id.String()),
-			zap.Duration("in", pause), zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(pause):
-		}
-		err = r.DeleteTopology(ctx, id)
-	}
-	return err
 }
 
 // AwaitNoConsumers waits until the tenant's queue has no consumer (every replica's consumer of it stopped), or
