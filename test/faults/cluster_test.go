@@ -79,12 +79,18 @@ func startCluster(t *testing.T, s *testenv.Servers) *rabbitCluster {
 // run runs the services script and returns its standard output; it fails t when the script fails.
 func (c *rabbitCluster) run(args ...string) string {
 	c.t.Helper()
+	out, stderr, err := c.try(args...)
+	require.NoError(c.t, err, "%s %v: %s%s", c.script, args, out, stderr)
+	return out
+}
+
+// try runs the services script and returns its standard output and error, failing nothing.
+func (c *rabbitCluster) try(args ...string) (stdout, stderr string, err error) {
 	cmd := exec.Command(c.script, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	var e bytes.Buffer
+	cmd.Stderr = &e
 	out, err := cmd.Output()
-	require.NoError(c.t, err, "%s %v: %s%s", c.script, args, out, stderr.String())
-	return string(out)
+	return string(out), e.String(), err
 }
 
 // dumpOnFailure logs, when t failed, what each node says of the virtual host's consumers (their channel's
@@ -102,14 +108,14 @@ func (c *rabbitCluster) dumpOnFailure(t *testing.T, queue string) {
 				{"node-ctl", fmt.Sprint(n), "-q", "list_queues", "-p", c.vhost, "name", "leader", "messages_ready",
 					"messages_unacknowledged", "consumers"},
 			} {
-				out, err := exec.Command(c.script, args...).CombinedOutput()
-				t.Logf("node %d: %s: %v\n%s", n, args[3], err, out)
+				out, stderr, err := c.try(args...)
+				t.Logf("node %d: %s: %v\n%s%s", n, args[3], err, out, stderr)
 			}
 		}
 		for n := 1; n <= len(c.nodes); n++ {
-			out, err := exec.Command(c.script, "node-ctl", fmt.Sprint(n), "eval",
-				fmt.Sprintf(`rabbit_quorum_queue:status(<<%q>>, <<%q>>).`, c.vhost, queue)).CombinedOutput()
-			t.Logf("node %d: quorum status of %s: %v\n%s", n, queue, err, out)
+			out, stderr, err := c.try("node-ctl", fmt.Sprint(n), "eval",
+				fmt.Sprintf(`rabbit_quorum_queue:status(<<%q>>, <<%q>>).`, c.vhost, queue))
+			t.Logf("node %d: quorum status of %s: %v\n%s%s", n, queue, err, out, stderr)
 		}
 	})
 }
