@@ -34,7 +34,7 @@ const ackBound = 20 * time.Millisecond
 // covers a pending or held tag (a multiple ack covers every lower unacknowledged tag on the channel, so above a
 // hole only single acks are safe), and every tag is acked once: a single ack marks it settled, and a later
 // multiple ack, whose own tag is always one still unacknowledged, passes over it. flush acks what is left one by
-// one. Deliveries of an earlier channel (go-rabbitmq reopened it after a connection loss) are ignored: their
+// one. Deliveries of an earlier channel (one reopened after a connection loss) are ignored: their
 // tags mean nothing on the new channel, and the broker redelivers them.
 //
 // All methods are safe for concurrent use; send is called under the acker's lock, so acks reach the channel in

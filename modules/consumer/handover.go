@@ -21,8 +21,8 @@ import (
 // announceDelay is how long the announcer collects consumer starts before it relays them in one event: in a
 // rolling restart hundreds of tenants start within a second. It also leaves time for the consume itself: while
 // the old owner's consumer is active, a start returns as soon as it sent its consume (RabbitMQ 3.10 counts only
-// a quorum queue's active consumer, so the waiting one cannot be seen, and go-rabbitmq tells nothing of its
-// consume-ok), and the old owner must not cancel before the broker registered it.
+// a quorum queue's active consumer, so the waiting one cannot be seen, and the start does not wait
+// for its consume's consume-ok), and the old owner must not cancel before the broker registered it.
 const announceDelay = 250 * time.Millisecond
 
 // leaseHolder is implemented by a Placement that can tell whether this replica holds its ownership lease

@@ -255,7 +255,7 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 		return err
 	case st != nil && st.Consumers == 0 && tc.stopStartedBefore(ctx, inspected, "consumer cancelled"):
 		// The broker counts no consumer though this one runs: the broker cancelled it (its channel closed on its
-		// own). go-rabbitmq does not re-consume on a pooled connection; start it again. Only a generation that
+		// own, or the cancel was missed); start it again. Only a generation that
 		// ran at the inspection is stopped: one started since is left alone.
 		r.log.Warn("tenant queue has no consumer though its consumer runs; starting it again", zap.String("tenant_id", t.ID.String()))
 		r.metrics.repairs.WithLabelValues("consumer_cancelled").Inc()

@@ -185,8 +185,8 @@ func (p *pacer) release() {
 }
 
 // stopCancelled closes generation g of the tenant's consumer after the broker cancelled it (its queue was deleted,
-// or the node holding it went away), and asks for a reconciliation pass now, which starts the consumer again:
-// go-rabbitmq would not consume on that channel again. The pass, not this, starts it, because it declares a
+// or the node holding it went away), and asks for a reconciliation pass now, which starts the consumer again. The
+// pass, not this, starts it, because it declares a
 // missing queue before it consumes: a consume that reaches a quorum queue being declared (by an operator, or a
 // pass) before the queue runs makes RabbitMQ close the whole connection (541 INTERNAL_ERROR), and with it every
 // consumer it carries. Passes run one at a time, so this one follows any declare a pass makes.

@@ -161,6 +161,54 @@ func TestDeleteTenantsWithMessagesInFlight(t *testing.T) {
 	)
 }
 
+// TestAStopBeforeTheConsumeWasSentKeepsTheConnection stops generations whose consume the client has not sent yet.
+// A start returns once the tenant's queue counts a consumer, and here another client's consumer is counted
+// already (as the old owner's is in a handover), so each resize stops a generation a few milliseconds after its
+// start, while its consume waits (a loaded machine's scheduling; here until the stop closes the channel). A
+// channel.close sent before the consume makes RabbitMQ close the whole connection (504 "expected
+// 'channel.open'"), and with it every consumer on it.
+func TestAStopBeforeTheConsumeWasSentKeepsTheConnection(t *testing.T) {
+	var delay atomic.Bool
+	consumer.SetBeforeConsume(func(closing func() bool) {
+		// The consume waits for the stop's close of its channel (300 ms at most), then goes at once.
+		for deadline := time.Now().Add(300 * time.Millisecond); delay.Load() && !closing() && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Microsecond)
+		}
+	})
+	t.Cleanup(func() { consumer.SetBeforeConsume(nil) })
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	tenant := a.CreateTenant("stopped-early", 1)
+	tid := uuid.MustParse(tenant)
+	other := a.CreateTenant("bystander", 1) // its consumer shares the connection
+
+	ch := testenv.AMQP(t, cfg.AMQPURL)
+	_, err := ch.Consume(consumer.QueueName(tid), "another-client", false, false, false, false, nil)
+	require.NoError(t, err)
+	delay.Store(true)
+	for i := range 10 {
+		workers := 2 + i%2
+		r := a.Do(http.MethodPut, "/api/v1/tenants/"+tenant+"/config/concurrency", map[string]int{"workers": workers})
+		require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+		testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == workers }, "resize to %d", workers)
+	}
+	time.Sleep(time.Second) // the delayed consumes are sent
+	delay.Store(false)
+	require.NoError(t, ch.Close())
+
+	require.Empty(t, a.Logs.FilterMessageSnippet("connection lost").All(), "a consumer connection was lost")
+	db := testenv.Connect(t, cfg.DatabaseURL)
+	for _, id := range []string{tenant, other} {
+		msg := a.Publish(id, map[string]string{"after": "resizes"})
+		testenv.Eventually(t, 20*time.Second, func() bool {
+			return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", msg) == 1
+		}, "tenant %s stores a message after the resizes", id)
+	}
+	require.Empty(t, a.Logs.FilterMessageSnippet("connection lost").All(), "a consumer connection was lost")
+}
+
 // TestStopsUnderLoadKeepTheConnection resizes a consumer again and again while its queue holds a backlog, so
 // that every stop happens with deliveries arriving: nothing may reach the broker on a channel after its close
 // (a connection error that would close the connection every consumer and publisher shares), and every
@@ -195,12 +243,13 @@ func TestStopsUnderLoadKeepTheConnection(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", tid) == len(ids)
 	}, "all %d messages stored", len(ids))
-	require.Empty(t, a.Logs.FilterMessageSnippet("reconnect").All(), "a connection or channel was lost during the stops")
+	require.Empty(t, a.Logs.FilterMessageSnippet("connection lost").All(), "a connection was lost during the stops")
+	require.Empty(t, a.Logs.FilterMessageSnippet("consumer channel closed").All(), "a channel was closed by the broker during the stops")
 	require.Empty(t, a.Logs.FilterLevelExact(zapcore.ErrorLevel).All(), "errors were logged")
 
-	// The tenant consumer's log lines, its own and go-rabbitmq's, name the tenant once each.
+	// The tenant consumer's log lines name the tenant once each.
 	consumerLogs := a.Logs.Filter(func(e observer.LoggedEntry) bool { return e.LoggerName == "consumer" })
-	for _, msg := range []string{"consumer started", "consumer stopped", "Processing messages on"} {
+	for _, msg := range []string{"consumer started", "consumer stopped"} {
 		entries := consumerLogs.FilterMessageSnippet(msg).All()
 		require.NotEmpty(t, entries, "no %q line was logged", msg)
 		for _, e := range entries {

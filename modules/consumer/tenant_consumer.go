@@ -19,16 +19,16 @@ import (
 
 // tenantConsumer supervises the consumer of one tenant's queue on this replica.
 //
-// One generation of it is a go-rabbitmq consumer with prefetch workers × PrefetchPerWorker, whose single
-// handler goroutine only hands deliveries over to at most `workers` store workers. Each worker takes what
-// is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery after the
-// commit, so a tenant's worker count is the number of store transactions it runs at once. Workers start when a
-// delivery is handed over and none is idle, and leave after workerIdle without one, so an idle tenant runs none:
-// its goroutines are go-rabbitmq's and amqp091's (five per consumer; README.md, "What a tenant costs"), and its
-// connection is watched without a goroutine (Lease.AfterLost). go-rabbitmq fixes concurrency and prefetch when
-// a consumer starts, so a resize stops the running generation (in-flight batches finish and are acked, the
-// deliveries not started yet are returned to the queue) and starts a new one with the new size and prefetch.
-// The queue itself is never touched.
+// One generation of it is a consume on a channel of its own (amqp091, on a pooled connection) with prefetch workers ×
+// PrefetchPerWorker, whose single goroutine only hands deliveries over to at most `workers` store workers. Each
+// worker takes what is waiting (up to BatchSize deliveries), stores it in one multi-row insert and acks each delivery
+// after the commit, so a tenant's worker count is the number of store transactions it runs at once. Workers start
+// when a delivery is handed over and none is idle, and leave after workerIdle without one, so an idle tenant runs
+// none: its goroutines are the consume's and amqp091's delivery buffer (two per consumer; go-rabbitmq's consumer,
+// used until 2026-12-06, kept five), and its connection is watched without a goroutine (Lease.AfterLost). The
+// prefetch is fixed when a consume starts, so a resize stops the running generation (in-flight batches finish and are
+// acked, the deliveries not started yet are returned to the queue) and starts a new one with the new size and
+// prefetch. The queue itself is never touched.
 type tenantConsumer struct {
 	rt  *Runtime
 	id  uuid.UUID
@@ -36,9 +36,9 @@ type tenantConsumer struct {
 
 	mu sync.Mutex // serialises start, resize and stop
 	// gen is the running generation, nil when none; set under mu, read without it (running, live, Workers): a
-	// start or stop holds mu for as long as the broker takes to answer (startWait, or RabbitMQ's 15 s channel
-	// operation timeout when the queue does not answer), and reconciliation asks every tenant whether its consumer
-	// runs, one after the other.
+	// start or stop holds mu for as long as the broker takes to answer, up to startWait or the drain timeout (a
+	// channel on a queue that does not answer closes after RabbitMQ's 15 s channel operation timeout; the stop
+	// waits no longer), and reconciliation asks every tenant whether its consumer runs, one after the other.
 	gen atomic.Pointer[generation]
 
 	// lastErr is why the last start failed, "" after a success; guarded by rt.mu.
@@ -52,13 +52,18 @@ type tenantConsumer struct {
 	handing atomic.Bool
 }
 
-// generation is one go-rabbitmq consumer with a fixed worker count.
+// generation is one consume of the tenant's queue, on a channel of its own, with a fixed worker count.
 type generation struct {
-	c       *rabbitmq.Consumer
-	lease   *broker.Lease // the channel slot c holds on a pooled connection
+	chMu sync.Mutex
+	ch   *amqp.Channel // the consume's channel, once its consume was answered and no stop came; guarded by chMu
+	shut bool          // closeChannel ran: a consume being set up closes its channel once answered; guarded by chMu
+	// opened is closed when the consume's setup (channel, qos, consume) ended, answered or failed: ch is set
+	// then, or stays nil.
+	opened  chan struct{}
+	lease   *broker.Lease // the channel slot ch holds on a pooled connection
 	started time.Time     // when its start returned
 	workers int           // the most store workers at once
-	// pending holds the deliveries handed over by go-rabbitmq, waiting for a store worker. It holds pointers: its
+	// pending holds the deliveries handed over by the consume, waiting for a store worker. It holds pointers: its
 	// capacity is the prefetch, allocated for the generation's life, and an idle tenant keeps it.
 	pending chan *rabbitmq.Delivery
 	// unwatch cancels the replacement of the generation when its connection drops (Lease.AfterLost).
@@ -79,8 +84,8 @@ type generation struct {
 	storeCtx    context.Context
 	cancelStore context.CancelCauseFunc
 	workersDone sync.WaitGroup
-	done        chan struct{} // closed when go-rabbitmq's Run returned
-	err         error         // Run's error, valid after done
+	done        chan struct{} // closed when consume returned
+	err         error         // consume's error, valid after done
 	// chanMu orders everything sent on the consumer's channel before the channel's close: acks, nacks and
 	// rejects hold it shared and are skipped once closed is set (the closing channel returns their deliveries
 	// to the queue), handOver holds it shared while it runs, and the stop holds it exclusively to set closed
@@ -91,7 +96,7 @@ type generation struct {
 	closed bool
 }
 
-// alive reports whether the generation consumes: its Run did not return and its connection did not drop (a
+// alive reports whether the generation consumes: its consume did not return and its connection did not drop (a
 // generation of a dropped connection never consumes again; it is replaced).
 func (g *generation) alive() bool {
 	select {
@@ -139,7 +144,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		return err
 	}
 	g := &generation{workers: workers, lease: lease, pending: make(chan *rabbitmq.Delivery, prefetch),
-		done: make(chan struct{}), stopped: make(chan struct{})}
+		done: make(chan struct{}), stopped: make(chan struct{}), opened: make(chan struct{})}
 	g.storeCtx, g.cancelStore = context.WithCancelCause(context.Background())
 	g.acks = newAcker(func(ch amqp.Acknowledger, tag uint64, multiple bool) {
 		if err := ch.Ack(tag, multiple); err != nil {
@@ -147,30 +152,25 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 				zap.Uint64("delivery_tag", tag), zap.Bool("multiple", multiple), zap.Error(err))
 		}
 	}, g.whileOpen)
-	c, err := rabbitmq.NewConsumer(lease.Conn, QueueName(tc.id),
-		rabbitmq.WithConsumerOptionsQueueNoDeclare,
-		rabbitmq.WithConsumerOptionsConcurrency(1),
-		rabbitmq.WithConsumerOptionsQOSPrefetch(prefetch),
-		// go-rabbitmq's graceful close nacks deliveries that arrive while it waits for the handler, concurrently
-		// with the channel's close; the stop below waits for handOver itself and sends nothing after the close.
-		rabbitmq.WithConsumerOptionsForceShutdown,
-		rabbitmq.WithConsumerOptionsConsumerName(rt.opts.ReplicaID+"/"+QueueName(tc.id)+"/"+uuid.NewString()[:8]),
-		rabbitmq.WithConsumerOptionsLogger(broker.WatchCancel(broker.LoggerWith(rt.log, tc.log.field()),
-			func() { go rt.stopCancelled(tc, g) })),
-	)
-	if err != nil {
-		lease.Release()
-		return err
-	}
-	g.c = c
+	tag := rt.opts.ReplicaID + "/" + QueueName(tc.id) + "/" + uuid.NewString()[:8]
 	failed := make(chan error, 1)
 	go func() {
 		defer close(g.done)
-		g.err = c.Run(func(d rabbitmq.Delivery) rabbitmq.Action { return tc.handOver(g, d) })
+		g.err = tc.consume(g, prefetch, tag)
+		if errors.Is(g.err, errCancelled) {
+			g.err = nil
+			go rt.stopCancelled(tc, g)
+			return
+		}
 		if closedConnection(g.err) {
 			tc.suspect.Store(true)
 			tc.log.Warn("the broker closed the consumer's whole connection in answer to its consume; the tenant's "+
 				"consumer starts on a connection of its own until it consumes", zap.Error(g.err))
+		}
+		// The connection dropped (amqp091 marks it closed before it ends its channels' deliveries; the pool learns
+		// of it when the socket closes, just after): stopLost or replaceLost stops the generation.
+		if g.lease.Conn.IsClosed() {
+			return
 		}
 		if g.err != nil && !g.stopping.Swap(true) {
 			failed <- g.err
@@ -178,16 +178,19 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 			g.halt()
 			g.workersDone.Wait()
 			g.cancelStore(errStopped)
-			g.c.Close()
+			g.closeChannel(context.Background())
 			g.lease.Release()
+			if tc.gen.Load() == g {
+				tc.log.Warn("the tenant's consumer channel closed; reconciliation starts it again now", zap.Error(g.err))
+				rt.Kick()
+			}
 		}
 	}()
-	// Run blocks while the consumer lives and returns early only when the first consume fails (a missing
-	// queue, a refused consume, the broker down); that it consumes, the broker says: the queue counts a
-	// consumer. That is this one when the queue had none (a start, a restart after a dropped connection); while
-	// a handover goes on it may be the old owner's (a quorum queue counts only its single active consumer, so a
-	// waiting one cannot be seen), and the start returns at once: a consume that fails later ends the
-	// generation, which reconciliation starts again.
+	// consume runs while the consumer lives and returns early when the consume fails (a missing queue, a refused
+	// consume, the broker down); that it consumes, the broker says: the queue counts a consumer. That is this one when
+	// the queue had none (a start, a restart after a dropped connection); while a handover goes on it may be the old
+	// owner's (a quorum queue counts only its single active consumer, so a waiting one cannot be seen), and the start
+	// returns at once: a consume that fails later ends the generation, which reconciliation starts again.
 	consuming := make(chan struct{})
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
@@ -211,8 +214,8 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	}
 	g.started = time.Now()
 	tc.gen.Store(g)
-	// When the connection drops, the runtime replaces the generation (paced with every other start). go-rabbitmq
-	// would not: the pool's connections never reconnect by themselves.
+	// When the connection drops, the runtime replaces the generation (paced with every other start): the pool's
+	// connections never reconnect by themselves.
 	g.unwatch = lease.AfterLost(func() { rt.replaceLost(tc, g) })
 	rt.metrics.workers.WithLabelValues(rt.metrics.tenant(tc.id)).Add(float64(workers))
 	rt.metrics.running.Inc()
@@ -226,6 +229,116 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 	tc.log.Info("consumer started", zap.Int("workers", workers),
 		zap.Int("prefetch", prefetch), zap.String("reason", reason), zap.Bool("isolated", lease.Isolated()))
 	return nil
+}
+
+// errCancelled is consume's answer when the broker cancelled the consumer (its queue was deleted, or its quorum
+// queue lost its leader for good): the channel is still open, and the stop closes it.
+var errCancelled = errors.New("consumer cancelled by the broker")
+
+// consume opens the generation's channel on its lease, consumes the tenant's queue with prefetch, and hands every
+// delivery over (handOver) until the deliveries end. It returns nil when the stop closed the channel, the
+// channel's close error when the broker or the connection closed it, and errCancelled when the broker cancelled
+// the consumer. Besides this goroutine, a consume costs one of amqp091's (its delivery buffer): two per idle tenant.
+func (tc *tenantConsumer) consume(g *generation, prefetch int, tag string) error {
+	deliveries, closed, err := tc.openConsume(g, prefetch, tag)
+	if err != nil || deliveries == nil {
+		return err
+	}
+	for d := range deliveries {
+		tc.handOver(g, rabbitmq.Delivery{Delivery: d})
+	}
+	// amqp091 sends a channel's close error, and closes its close notifications, before it ends the deliveries.
+	select {
+	case e, ok := <-closed:
+		if ok && e != nil {
+			return e
+		}
+		return nil // closed by closeChannel
+	default:
+		return errCancelled
+	}
+}
+
+// beforeConsume, when set (by a test), runs between the consume's qos and its consume, and is told whether a stop
+// closed the generation's channel.
+var beforeConsume func(closing func() bool)
+
+// openConsume opens the generation's channel, sets its prefetch and consumes the tenant's queue on it. The channel
+// is never closed while this runs: amqp091 sends a command on a channel whose close it sent, and RabbitMQ answers
+// any command on a channel it closed but channel.open by closing the whole connection (504 CHANNEL_ERROR "expected
+// 'channel.open'"), with every consumer on it. A start returns once the queue counts a consumer, which may be
+// another's (a handover, or a consumer of the last generation the queue still counts), so a resize can stop a
+// generation whose consume was not sent yet. When a stop came meanwhile, this closes the channel itself, after the
+// broker answered the consume; deliveries is nil when the stop came before the qos.
+func (tc *tenantConsumer) openConsume(g *generation, prefetch int, tag string) (deliveries <-chan amqp.Delivery,
+	closed chan *amqp.Error, err error) {
+	defer close(g.opened)
+	ch, err := g.lease.Conn.Channel()
+	if err != nil {
+		return nil, nil, err
+	}
+	if g.isShut() {
+		_ = ch.Close()
+		return nil, nil, nil
+	}
+	if err = ch.Qos(prefetch, 0, false); err == nil {
+		if beforeConsume != nil {
+			beforeConsume(g.isShut)
+		}
+		closed = ch.NotifyClose(make(chan *amqp.Error, 1))
+		deliveries, err = ch.Consume(QueueName(tc.id), tag, false, false, false, false, nil)
+	}
+	// Whoever sees the other's mark closes the channel: closeChannel once ch is set, this when shut is.
+	g.chMu.Lock()
+	shut := g.shut
+	if !shut {
+		g.ch = ch
+	}
+	g.chMu.Unlock()
+	if err != nil || shut {
+		_ = ch.Close() // at once when the broker closed it already (a failed qos or consume)
+	}
+	return deliveries, closed, err
+}
+
+// isShut reports whether closeChannel ran.
+func (g *generation) isShut() bool {
+	g.chMu.Lock()
+	defer g.chMu.Unlock()
+	return g.shut
+}
+
+// closeChannel closes the generation's channel, waiting for RabbitMQ's answer (which returns the deliveries not
+// acked to the queue) until ctx ends; the close goes out even when ctx has ended already (the drain timeout). A
+// consume still being set up closes its channel itself once the broker answered it (openConsume): this then waits
+// for that, until ctx ends. It may be called more than once.
+func (g *generation) closeChannel(ctx context.Context) {
+	g.chMu.Lock()
+	g.shut = true
+	ch := g.ch
+	g.chMu.Unlock()
+	if ch == nil {
+		select {
+		case <-g.opened:
+		case <-ctx.Done():
+		}
+		return
+	}
+	if ch.IsClosed() {
+		return
+	}
+	// amqp091's close takes no context; on a queue that does not answer, RabbitMQ answers after its channel
+	// operation timeout (15 s). Two closes of one channel are safe: amqp091 runs them one after the other, and the
+	// second returns at once.
+	done := make(chan struct{})
+	go func() {
+		_ = ch.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // awaitConsumer closes consuming once the broker counts a consumer on the tenant's queue, polling until ctx ends:
@@ -275,7 +388,7 @@ const (
 // stopLost closes a generation that never became tc.gen because its connection dropped while it started.
 func (tc *tenantConsumer) stopLost(g *generation) {
 	if g.stopping.Swap(true) {
-		return // Run failed, and its goroutine closes the consumer and releases the lease
+		return // the consume failed, and its goroutine closes the channel and releases the lease
 	}
 	close(g.stopped)
 	g.halt()
@@ -286,7 +399,7 @@ func (tc *tenantConsumer) stopLost(g *generation) {
 	g.chanMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	g.c.CloseWithContext(ctx)
+	g.closeChannel(ctx)
 	g.lease.Release()
 }
 
@@ -344,11 +457,7 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 	g.chanMu.Lock() // waits for a running handOver and settlements
 	g.closed = true
 	g.chanMu.Unlock()
-	select {
-	case <-g.done:
-	default:
-		g.c.CloseWithContext(ctx)
-	}
+	g.closeChannel(ctx)
 	// Deliveries handed over after the workers left were not acked; the closed channel returned them.
 	for n := len(g.pending); n > 0; n-- {
 		<-g.pending
@@ -405,7 +514,7 @@ func (tc *tenantConsumer) stopGeneration(ctx context.Context, g *generation, rea
 	return true
 }
 
-// handOver runs on go-rabbitmq's handler goroutine: it passes the delivery to the store workers, which settle
+// handOver runs on the consume's goroutine: it passes the delivery to the store workers, which settle
 // it themselves, or, when the generation is stopping, leaves it unacknowledged: the channel's close returns it
 // to the queue (a nack now could reach the broker after the close).
 func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.Action {

@@ -8,7 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"net"
 	"sync"
 	"time"
 
@@ -72,8 +72,9 @@ func dialReconnecting(urls []string, name string, reconnectInterval time.Duratio
 }
 
 // dialFirst opens a plain amqp091 connection to the first of urls that answers, in order, within ctx's
-// deadline (5 s without one), shared between the URLs still to try. cfg.Dial is set here.
-func dialFirst(ctx context.Context, urls []string, cfg amqp.Config) (*amqp.Connection, error) {
+// deadline (5 s without one), shared between the URLs still to try. cfg.Dial is set here; wrap, when not nil,
+// wraps each socket it opens.
+func dialFirst(ctx context.Context, urls []string, cfg amqp.Config, wrap func(net.Conn) net.Conn) (*amqp.Connection, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(5 * time.Second)
@@ -84,7 +85,17 @@ func dialFirst(ctx context.Context, urls []string, cfg amqp.Config) (*amqp.Conne
 		if left <= 0 {
 			break
 		}
-		cfg.Dial = amqp.DefaultDial(left / time.Duration(len(urls)-i))
+		dial := amqp.DefaultDial(left / time.Duration(len(urls)-i))
+		cfg.Dial = dial
+		if wrap != nil {
+			cfg.Dial = func(network, addr string) (net.Conn, error) {
+				c, err := dial(network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return wrap(c), nil
+			}
+		}
 		conn, err := amqp.DialConfig(u, cfg)
 		if err == nil {
 			return conn, nil
@@ -147,7 +158,7 @@ func (c *Conn) adminConn(ctx context.Context) (*amqp.Connection, error) {
 		return c.admin, nil
 	}
 	cfg := amqp.Config{Properties: amqp.Table{"connection_name": c.opts.ConnectionName + "-admin"}, Heartbeat: 10 * time.Second}
-	conn, err := dialFirst(ctx, c.opts.URLs, cfg)
+	conn, err := dialFirst(ctx, c.opts.URLs, cfg, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -169,55 +180,8 @@ var ErrUnavailable = errors.New("broker unavailable")
 // Logger adapts zap to go-rabbitmq's logger; the library's chatty info lines are logged at debug level.
 func Logger(log *zap.Logger) rabbitmq.Logger { return zapAdapter{log: log} }
 
-// LoggerWith is Logger with fields added to every line. The fields are added as a line is written, not kept in a
-// derived logger (whose encoder holds a buffer of its own): a consumer per tenant keeps its logger for life.
-func LoggerWith(log *zap.Logger, fields ...zap.Field) rabbitmq.Logger {
-	return zapAdapter{log: log, fields: fields}
-}
-
-// cancelNotice begins what go-rabbitmq v0.16.1's channel manager logs, at error level, when the broker cancels
-// the consumer on its channel (basic.cancel: the queue was deleted, or the node holding it went away). That log line
-// is the library's only report of a cancel: its consumer neither returns from Run nor closes, and it opens a new
-// channel only after its reconnect interval (a pooled connection's is neverReconnect). Until then the channel stays
-// open and the queue has no consumer the client serves.
-const cancelNotice = "attempting to reconnect to amqp server after cancel"
-
-// closeNotice begins what go-rabbitmq logs, at error level, when the broker closes a consumer's channel. With a
-// 404 (the consume of a queue deleted meanwhile: thousands at once in a storm of cancels) the consumer's Run
-// returns the error and reconciliation declares the queue again: expected, so it is logged at warn level.
-const closeNotice = "attempting to reconnect to amqp server after close with error"
-
-// WatchCancel returns l, except that go-rabbitmq's report of a cancel by the broker calls onCancel instead of
-// being logged (once: later reports are dropped), and its report of a channel closed for a missing queue is a
-// warning (closeNotice). onCancel runs on the library's goroutine and must not block; the caller logs what it
-// does about it.
-func WatchCancel(l rabbitmq.Logger, onCancel func()) rabbitmq.Logger {
-	return &cancelWatch{Logger: l, onCancel: onCancel}
-}
-
-type cancelWatch struct {
-	rabbitmq.Logger
-	onCancel func()
-	once     sync.Once
-}
-
-func (c *cancelWatch) Errorf(f string, v ...any) {
-	if strings.HasPrefix(f, cancelNotice) {
-		c.once.Do(c.onCancel)
-		return
-	}
-	if strings.HasPrefix(f, closeNotice) && len(v) == 1 {
-		if ae, ok := v[0].(*amqp.Error); ok && ae.Code == amqp.NotFound {
-			c.Logger.Warnf(f, v...)
-			return
-		}
-	}
-	c.Logger.Errorf(f, v...)
-}
-
 type zapAdapter struct {
-	log    *zap.Logger
-	fields []zap.Field
+	log *zap.Logger
 }
 
 func (z zapAdapter) write(lvl zapcore.Level, f string, v []any) {
@@ -225,7 +189,7 @@ func (z zapAdapter) write(lvl zapcore.Level, f string, v []any) {
 		return
 	}
 	if ce := z.log.Check(lvl, fmt.Sprintf(f, v...)); ce != nil {
-		ce.Write(z.fields...)
+		ce.Write()
 	}
 }
 

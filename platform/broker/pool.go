@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	rabbitmq "github.com/wagslane/go-rabbitmq"
 	"go.uber.org/zap"
 )
 
@@ -22,14 +22,14 @@ const ChannelHeadroom = 0.1
 // the number of tenants one replica consumes has no per-connection ceiling (RabbitMQ's channel_max, 2,047 by
 // default).
 //
-// The pool, not go-rabbitmq, owns reconnects: a pooled connection that drops is retired at once (Lease.Lost is
-// closed for each of its consumers, which their owner closes and starts again on another lease, paced), and a
-// new one is dialled when a consumer next needs a slot, with a backoff after a failed dial. go-rabbitmq's own
-// reconnect of the connection and of its consumers' channels never runs on a pooled connection (its interval
-// is set beyond any process's life), so the consumers of a dropped connection never re-consume on their own,
-// all at once. A consumer that may itself make its connection drop (RabbitMQ 3.10 closes the whole connection
-// on a consume of a quorum queue that is not running yet) takes an isolated lease, on a connection of its own.
-// It is safe for concurrent use.
+// The pool owns reconnects: a pooled connection that drops is retired at once (Lease.Lost is closed for each of its
+// consumers, which their owner closes and starts again on another lease, paced), and a new one is dialled when a
+// consumer next needs a slot, with a backoff after a failed dial. The connections are plain amqp091 ones, which never
+// reconnect, so the consumers of a dropped connection never re-consume on their own, all at once; and a consumer on
+// them costs no goroutine of a reconnecting library (go-rabbitmq's consumer kept four per tenant, idle or not, for a
+// reconnect the pool never let run). A consumer that may itself make its connection drop (RabbitMQ 3.10 closes the
+// whole connection on a consume of a quorum queue that is not running yet) takes an isolated lease, on a connection
+// of its own. It is safe for concurrent use.
 type ConsumerPool struct {
 	perConn   int
 	name      string
@@ -54,7 +54,7 @@ type ConsumerPool struct {
 }
 
 type pooledConn struct {
-	conn     *rabbitmq.Conn
+	conn     *amqp.Connection
 	name     string
 	used     int
 	isolated bool          // one consumer's own connection, closed when it is released
@@ -79,17 +79,12 @@ func (pc *pooledConn) closeLost() {
 	pc.markLost()
 }
 
-// neverReconnect is the reconnect interval of go-rabbitmq's connection manager on a pooled connection: the pool
-// replaces a dropped connection itself, so the library's reconnect (and its consumers' channel re-opens, which
-// wait as long) never runs.
-const neverReconnect = 1000 * time.Hour
-
 // Lease is one channel slot on a pooled connection, held by one consumer until Release. When the connection
 // drops, Lost is closed: the consumer must be closed (it will not consume again by itself) and started again on
 // a new lease.
 type Lease struct {
 	// Conn is the connection the consumer opens its channel on.
-	Conn *rabbitmq.Conn
+	Conn *amqp.Connection
 	pool *ConsumerPool
 	pc   *pooledConn
 	once sync.Once
@@ -182,7 +177,7 @@ func (p *ConsumerPool) dial(isolated bool) (*pooledConn, error) {
 	}
 	p.mu.Unlock()
 	pc := newPooledConn(name, isolated)
-	c, err := dialPooled(p.urls, name, p.log, func() { p.lose(pc) })
+	c, err := dialPooled(p.urls, name, func() { p.lose(pc) })
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err != nil {
@@ -195,7 +190,7 @@ func (p *ConsumerPool) dial(isolated bool) (*pooledConn, error) {
 	p.dials.Add(1)
 	pc.conn = c
 	if p.closed || pc.gone {
-		go func() { _ = c.Close() }()
+		go func() { _ = c.CloseDeadline(time.Now().Add(closeWait)) }()
 		return nil, fmt.Errorf("%w: consumer connection %s closed as it opened", ErrUnavailable, name)
 	}
 	p.conns = append(p.conns, pc)
@@ -209,8 +204,8 @@ func (p *ConsumerPool) dial(isolated bool) (*pooledConn, error) {
 	return pc, nil
 }
 
-// lose retires a connection that dropped: no new lease goes to it, its leases' Lost is closed, and go-rabbitmq's
-// connection manager of it is closed. It runs on amqp091's shutdown, so it does not block.
+// lose retires a connection that dropped: no new lease goes to it, and its leases' Lost is closed. It runs on
+// amqp091's shutdown, so it does not block.
 func (p *ConsumerPool) lose(pc *pooledConn) {
 	p.mu.Lock()
 	if pc.gone {
@@ -257,7 +252,7 @@ func (p *ConsumerPool) retire(pc *pooledConn) {
 	pc.closeLost()
 	go func() {
 		if pc.conn != nil {
-			_ = pc.conn.Close()
+			_ = pc.conn.CloseDeadline(time.Now().Add(closeWait))
 		}
 	}()
 }
@@ -340,7 +335,9 @@ func (p *ConsumerPool) Stats() (connections, channels int) {
 // PerConn is the most consumer channels one pooled connection carries.
 func (p *ConsumerPool) PerConn() int { return p.perConn }
 
-// Close closes every connection of the pool; close the consumers first.
+// Close closes every connection of the pool; close the consumers first. A connection whose close RabbitMQ does
+// not answer within closeWait (a channel on a queue that does not answer holds the answer) is dropped: the error
+// is logged, not returned, since the connection is gone either way.
 func (p *ConsumerPool) Close() error {
 	p.mu.Lock()
 	p.closed = true
@@ -350,32 +347,23 @@ func (p *ConsumerPool) Close() error {
 		c.gone = true
 	}
 	p.mu.Unlock()
-	var first error
 	for _, c := range conns {
 		c.closeLost()
-		if err := c.conn.Close(); err != nil && first == nil {
-			first = err
+		if err := c.conn.CloseDeadline(time.Now().Add(closeWait)); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			p.log.Warn("consumer connection closed without RabbitMQ's answer", zap.String("connection", c.name), zap.Error(err))
 		}
 	}
-	return first
+	return nil
 }
 
-// dialPooled opens a go-rabbitmq connection named name to the first of urls that answers, whose library
-// reconnect never runs (neverReconnect); onLost is called once its socket closes, whatever closed it.
-func dialPooled(urls []string, name string, log *zap.Logger, onLost func()) (*rabbitmq.Conn, error) {
-	cfg := rabbitmq.Config{Properties: amqp.Table{"connection_name": name},
-		Dial: func(network, addr string) (net.Conn, error) {
-			c, err := amqp.DefaultDial(5*time.Second)(network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &watchedConn{Conn: c, onClose: onLost}, nil
-		}}
-	c, err := rabbitmq.NewClusterConn(rabbitmq.NewStaticResolver(urls, false),
-		rabbitmq.WithConnectionOptionsLogger(Logger(log)),
-		rabbitmq.WithConnectionOptionsBaseReconnectInterval(neverReconnect),
-		rabbitmq.WithConnectionOptionsConfig(cfg),
-	)
+// dialPooled opens a plain amqp091 connection named name to the first of urls that answers, in order; onLost is
+// called once its socket closes, whatever closed it.
+func dialPooled(urls []string, name string, onLost func()) (*amqp.Connection, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("broker: connect: no AMQP URL")
+	}
+	c, err := dialFirst(context.Background(), urls, amqp.Config{Properties: amqp.Table{"connection_name": name}},
+		func(c net.Conn) net.Conn { return &watchedConn{Conn: c, onClose: onLost} })
 	if err != nil {
 		return nil, fmt.Errorf("broker: connect: %w", err)
 	}

@@ -4,16 +4,16 @@ import (
 	"sync"
 	"time"
 
-	rabbitmq "github.com/wagslane/go-rabbitmq"
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // PoolHealth watches whether the consumer pool's connections are up, so that a replica that cannot keep them up
 // can give its tenants to the others (cluster.Membership stops heartbeating after REPLICA_BROKER_GRACE).
 //
-// A sweep asks every pooled connection go-rabbitmq's IsClosed every few hundred milliseconds: a connection that
-// is closed (lost, and its reconnects failing: the broker unreachable, the user refused) is down. IsClosed waits
-// for a reconnect's dial in progress, so a sweep that has not finished within stuckAfter counts as down too,
-// since the sweep began. Nothing is learned from log text.
+// A sweep asks every pooled connection whether it is closed every few hundred milliseconds: a connection that
+// is closed (lost; the pool dials a new one when a consumer needs it) is down, as is a pool whose last dial
+// failed. A sweep that has not finished within stuckAfter (a dial that hangs) counts as down too, since the
+// sweep began. Nothing is learned from log text.
 type PoolHealth struct {
 	closed     func() bool // whether a pooled connection is closed; may block during a reconnect's dial
 	now        func() time.Time
@@ -116,7 +116,7 @@ func (p *ConsumerPool) anyClosed() bool {
 		}
 	}
 	p.mu.Lock()
-	conns := make([]*rabbitmq.Conn, 0, len(p.conns))
+	conns := make([]*amqp.Connection, 0, len(p.conns))
 	for _, c := range p.conns {
 		if c.conn != nil {
 			conns = append(conns, c.conn)

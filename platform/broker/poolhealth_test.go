@@ -50,9 +50,9 @@ func TestPoolHealthIsDownFromTheFirstSweepThatFoundAConnectionClosed(t *testing.
 	require.False(t, down, "up again once every connection is open")
 }
 
-// TestPoolHealthCountsASweepStuckInAReconnectAsDown: go-rabbitmq's IsClosed waits while a reconnect dials; a
-// sweep that has not returned within stuckAfter means the connection is not up, since the sweep began, and
-// Down never waits for it.
+// TestPoolHealthCountsASweepStuckInAReconnectAsDown: a sweep dials itself after a failed dial, and a dial may
+// hang; a sweep that has not returned within stuckAfter means the connections are not up, since the sweep began,
+// and Down never waits for it.
 func TestPoolHealthCountsASweepStuckInAReconnectAsDown(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)}
 	entered, release := make(chan struct{}), make(chan struct{})

@@ -22,9 +22,10 @@ import (
 //     PUBLISH_MAX_UNCONFIRMED at once, nothing sent; the bystander tenant's are accepted and stored all along;
 //   - reconciliation passes go on, and still mend another tenant: its queue deleted by hand is declared again and
 //     served;
-//   - a tenant deleted while its queue does not answer is answered 204 and gone (within about 22 s: its
-//     consumer's channel closes after RabbitMQ's 15 s channel operation timeout), and its queue is removed once
-//     it answers again; a resize is answered 200 likewise;
+//   - a tenant deleted while its queue does not answer is answered 204 and gone (within about 12 s: its
+//     consumer's stop waits for its channel's close, which RabbitMQ answers after its 15 s channel operation
+//     timeout, no longer than the drain timeout), and its queue is removed once it answers again; a resize is
+//     answered 200 likewise;
 //   - msgsvc_amqp_unanswered_queues shows the queues the broker does not answer about;
 //   - once the queue answers again, the stuck tenant is served: a publish retried with its Idempotency-Key is
 //     stored once.
@@ -161,9 +162,9 @@ func TestOneStuckQueueHoldsNoOtherTenantBack(t *testing.T) {
 
 // TestShutdownWhileAQueueDoesNotAnswer stops the service while one tenant's classic queue does not answer and a
 // reconciliation pass waits on it (without the management API every pass inspects every queue). The stop must
-// end within SHUTDOWN_TIMEOUT: the pass is cancelled at once, and the stuck tenant's consumer stops within
-// RabbitMQ's 15 s channel operation timeout (its channel's close waits on the queue). Before, the shutdown
-// waited for the pass first and ran past its deadline.
+// end within SHUTDOWN_TIMEOUT: the pass is cancelled at once, and the stuck tenant's consumer stops within the
+// drain timeout (its channel's close, which waits on the queue up to RabbitMQ's 15 s channel operation timeout,
+// is not waited for longer). Before, the shutdown waited for the pass first and ran past its deadline.
 func TestShutdownWhileAQueueDoesNotAnswer(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
