@@ -78,6 +78,15 @@ func (p *Partitions) Reconcile(ctx context.Context) error {
 		if attached[name] {
 			continue
 		}
+		// The tenants were read before the partitions: a tenant deleted in between may have had its partition
+		// dropped already (the drop follows the row's delete), and is not made again. Asked after the partitions
+		// were read, the directory no longer has such a tenant.
+		if _, ok, err := p.dir.Tenant(ctx, t.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		} else if !ok {
+			continue
+		}
 		missing++
 		p.log.Error("tenant has no partition; making it again", zap.String("tenant_id", t.ID.String()), zap.String("partition", name))
 		err := p.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {

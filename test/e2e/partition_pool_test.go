@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
 	"go.uber.org/fx"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/acme/msgsvc/modules/messaging"
 	"github.com/acme/msgsvc/platform/database"
+	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/test/testenv"
 )
 
@@ -318,4 +320,38 @@ func TestReconcilerKeepsPooledPartitions(t *testing.T) {
 	require.Equal(t, 3, testenv.Count(t, db, `SELECT count(*) FROM partition_pool WHERE EXISTS (SELECT 1 FROM pg_inherits
 		WHERE inhparent = 'messages'::regclass AND inhrelid = to_regclass('messages_tenant_' || replace(tenant_id::text, '-', '')))`),
 		"every pooled partition is still attached")
+}
+
+// staleDirectory answers Tenants with a list read earlier, as a reconciliation pass that read its tenants
+// before a deletion does.
+type staleDirectory struct {
+	events.TenantDirectory
+	tenants []events.Tenant
+}
+
+func (d staleDirectory) Tenants(context.Context) ([]events.Tenant, error) { return d.tenants, nil }
+
+// A reconciliation pass that read its tenant list before a deletion, and the partitions after the deleted
+// tenant's partition was dropped, makes no partition for it again (it did, and the partition stayed an orphan
+// until RECONCILE_ORPHAN_GRACE).
+func TestAPassWithATenantListFromBeforeADeletionMakesNoPartitionForIt(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	var dir events.TenantDirectory
+	a := testenv.Start(t, cfg, fx.Populate(&dir))
+	tenant := uuid.MustParse(a.CreateTenant("deleted-meanwhile", 1))
+	ctx := context.Background()
+	before, err := dir.Tenants(ctx)
+	require.NoError(t, err)
+	r := a.Do(http.MethodDelete, "/api/v1/tenants/"+tenant.String(), nil)
+	require.Equal(t, http.StatusNoContent, r.Status, string(r.Body))
+	db := a.DB()
+	partition := "SELECT count(*) FROM pg_class WHERE relname = $1"
+	testenv.Eventually(t, 30*time.Second, func() bool { return testenv.Count(t, db, partition, messaging.PartitionName(tenant)) == 0 },
+		"the deleted tenant's partition dropped")
+
+	parts := messaging.NewPartitions(bunDB(t, cfg.DatabaseURL), staleDirectory{dir, before}, time.Hour, time.Hour,
+		prometheus.NewRegistry(), zap.NewNop())
+	require.NoError(t, parts.Reconcile(ctx))
+	require.Equal(t, 0, testenv.Count(t, db, partition, messaging.PartitionName(tenant)), "the deleted tenant's partition was made again")
 }
