@@ -75,6 +75,9 @@ func dialReconnecting(urls []string, name string, reconnectInterval time.Duratio
 // deadline (5 s without one), shared between the URLs still to try. cfg.Dial is set here; wrap, when not nil,
 // wraps each socket it opens.
 func dialFirst(ctx context.Context, urls []string, cfg amqp.Config, wrap func(net.Conn) net.Conn) (*amqp.Connection, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("no AMQP URL")
+	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(5 * time.Second)

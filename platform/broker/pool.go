@@ -359,9 +359,6 @@ func (p *ConsumerPool) Close() error {
 // dialPooled opens a plain amqp091 connection named name to the first of urls that answers, in order; onLost is
 // called once its socket closes, whatever closed it.
 func dialPooled(urls []string, name string, onLost func()) (*amqp.Connection, error) {
-	if len(urls) == 0 {
-		return nil, errors.New("broker: connect: no AMQP URL")
-	}
 	c, err := dialFirst(context.Background(), urls, amqp.Config{Properties: amqp.Table{"connection_name": name}},
 		func(c net.Conn) net.Conn { return &watchedConn{Conn: c, onClose: onLost} })
 	if err != nil {
