@@ -371,8 +371,12 @@ func uuidArray(ids []uuid.UUID) string {
 	for i, id := range ids {
 		s[i] = id.String()
 	}
-	return "{" + strings.Join(s, ",") + "}"
+	return arrayLiteral(s)
 }
+
+// arrayLiteral renders items as a PostgreSQL array literal; they must need no quoting (no comma, brace, quote,
+// backslash or space: ids, partition names).
+func arrayLiteral(items []string) string { return "{" + strings.Join(items, ",") + "}" }
 
 // SubscribePartitions registers the partitions' part of the tenant lifecycle: a creation whose id did not come
 // from the pool attaches its partition inside its transaction (the pool was empty or off); a deletion's

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -218,7 +217,7 @@ func (s *Sweeper) readSizes(ctx context.Context, ids []uuid.UUID, sizes map[uuid
 	err := s.bounded(ctx, func(tx *sql.Tx) error {
 		// Partition names are letters, digits and underscores: the array literal needs no quoting.
 		rows, err := tx.QueryContext(ctx, `SELECT n, pg_total_relation_size(to_regclass(n)) FROM unnest($1::text[]) AS n`,
-			pgx.QueryExecModeSimpleProtocol, "{"+strings.Join(names, ",")+"}")
+			pgx.QueryExecModeSimpleProtocol, arrayLiteral(names))
 		if err != nil {
 			return err
 		}
