@@ -449,6 +449,51 @@ func TestSweepOfTenantsWithoutRetention(t *testing.T) {
 	require.Equal(t, 1, testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", stored), "no retention: the message stays")
 }
 
+// TestBatchedSweepPassesOverAHeldPartition: a partition of a tenant without a retention held against reads (an
+// ACCESS EXCLUSIVE lock, as a drop holds it) makes the size read of its thousand wait 200 ms and pass them over,
+// counted; it holds back neither the sweep nor the other tenants' dead letters.
+func TestBatchedSweepPassesOverAHeldPartition(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = time.Hour
+	var bdb *bun.DB
+	var dir events.TenantDirectory
+	a := testenv.Start(t, cfg, fx.Populate(&bdb, &dir))
+	db := a.DB()
+	ctx := context.Background()
+	held, other := a.CreateTenant("held", 1), a.CreateTenant("other", 1)
+	_, err := db.Exec(ctx, `INSERT INTO dead_letters (tenant_id, id, reason, body, dead_lettered_at)
+		VALUES ($1, $2, 'test', '\x7b7d', now() - interval '2 hours')`, other, uuid.Must(uuid.NewV7()))
+	require.NoError(t, err)
+
+	holder := testenv.Connect(t, cfg.DatabaseURL)
+	tx, err := holder.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `LOCK TABLE `+messaging.PartitionName(uuid.MustParse(held))+` IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+
+	reg := prometheus.NewRegistry()
+	sw := messaging.NewSweeper(bdb, dir, func(uuid.UUID) bool { return true },
+		messaging.SweeperOptions{DeadLetters: time.Hour, Batch: 10}, messaging.NewRetentionMetrics(reg, true), zap.NewNop())
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	require.NoError(t, sw.Sweep(sctx), "a held partition is passed over, not an error")
+	require.Zero(t, testenv.Count(t, db, "SELECT count(*) FROM dead_letters WHERE tenant_id = $1", other),
+		"the other tenant's expired dead letter deleted")
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	var passed float64
+	for _, f := range families {
+		if f.GetName() == "msgsvc_retention_locked_total" {
+			for _, m := range f.GetMetric() {
+				passed += m.GetCounter().GetValue()
+			}
+		}
+	}
+	require.Equal(t, 1.0, passed, "the pass-over is counted")
+}
+
 // countingTracer counts the statements a pgx connection sends.
 type countingTracer struct{ n atomic.Int64 }
 
