@@ -37,7 +37,9 @@ const poolLockKey = 0x6d7367706c // "msgpl"
 // Refill: one transaction takes poolLockKey (or leaves the refill to the replica holding it), counts the pool
 // and attaches up to PoolOptions.Batch new partitions, inserting their rows in partition_pool; DDL is
 // transactional in PostgreSQL, so a replica killed mid-refill leaves no partition and no row. Claim: a
-// creation deletes the oldest row it can lock (FOR UPDATE SKIP LOCKED) in its own transaction.
+// creation marks the oldest unclaimed row it can lock (FOR UPDATE SKIP LOCKED) with a token and a lease, in a
+// statement of its own; it declares its queues with no transaction open, then deletes the row (Take, only
+// while the token is still there) in the transaction that inserts the tenant.
 //
 // Drops: the transaction that deletes a tenant's row inserts a row in partition_drops, due after DueAfter
 // (the consumers' drain) or as soon as the deleting replica saw every consumer of the tenant stop (Due).
@@ -74,7 +76,14 @@ type PoolOptions struct {
 	// Interval is how often the pool's size and the due drops are checked without a kick (other replicas'
 	// claims, drops due by time).
 	Interval time.Duration
+	// ClaimLease is how long a claim holds an id for its creation (DefaultClaimLease when 0): far longer than
+	// a creation takes, so that it lapses only when the creation's replica died between claim and take.
+	ClaimLease time.Duration
 }
+
+// DefaultClaimLease is a claim's lease when PoolOptions.ClaimLease is 0. A creation holds its claim across the
+// queues' declare (at most broker.AnswerTimeout, 10 s) and its transaction.
+const DefaultClaimLease = 2 * time.Minute
 
 // NewPool returns a Pool; Run keeps it filled and drops what is due.
 func NewPool(db *bun.DB, opt PoolOptions, reg prometheus.Registerer, log *zap.Logger) *Pool {
@@ -87,9 +96,12 @@ func NewPool(db *bun.DB, opt PoolOptions, reg prometheus.Registerer, log *zap.Lo
 	if opt.Interval <= 0 {
 		opt.Interval = 2 * time.Second
 	}
+	if opt.ClaimLease <= 0 {
+		opt.ClaimLease = DefaultClaimLease
+	}
 	p := &Pool{db: db, opt: opt, log: log.Named("partition_pool"), kick: make(chan struct{}, 1), due: make(chan struct{}, 1),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "partition_pool_ready",
-			Help: "Partitions attached ahead of time and not claimed yet, at this replica's last look."}),
+			Help: "Partitions attached ahead of time and not taken by a creation yet, at this replica's last look."}),
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "partition_pool_claims_total",
 			Help: "Tenant creations by where their partition came from: pool (claimed) or inline (attached by the creation, the pool being empty)."}, []string{"source"}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "partition_drops_pending",
@@ -103,24 +115,49 @@ func NewPool(db *bun.DB, opt PoolOptions, reg prometheus.Registerer, log *zap.Lo
 	return p
 }
 
-// Claim implements events.PartitionPool.
-func (p *Pool) Claim(ctx context.Context, tx bun.IDB) (uuid.UUID, bool, error) {
+// Claim implements events.PartitionPool: one statement, committed on its own, marks the oldest unclaimed row
+// (or one whose claim lapsed) with a fresh token for ClaimLease.
+func (p *Pool) Claim(ctx context.Context) (events.Claim, bool, error) {
 	if p.opt.Size == 0 {
-		return uuid.Nil, false, nil
+		return events.Claim{}, false, nil
 	}
-	var id uuid.UUID
-	err := tx.QueryRowContext(ctx, `DELETE FROM partition_pool WHERE tenant_id = (
-		SELECT tenant_id FROM partition_pool ORDER BY made_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING tenant_id`).Scan(&id)
+	c := events.Claim{Token: uuid.New()}
+	err := p.db.QueryRowContext(ctx, `UPDATE partition_pool SET claim = ?, claimed_until = now() + ? * interval '1 millisecond'
+		WHERE tenant_id = (SELECT tenant_id FROM partition_pool WHERE claimed_until IS NULL OR claimed_until < now()
+			ORDER BY made_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING tenant_id`, c.Token, p.opt.ClaimLease.Milliseconds()).Scan(&c.ID)
 	p.lastClaim.Store(time.Now().UnixNano())
 	p.lastReady.Add(-1)
 	p.wake(p.kick)
 	if errors.Is(err, sql.ErrNoRows) {
-		return uuid.Nil, false, nil
+		return events.Claim{}, false, nil
 	}
 	if err != nil {
-		return uuid.Nil, false, fmt.Errorf("claim a pooled partition: %w", err)
+		return events.Claim{}, false, fmt.Errorf("claim a pooled partition: %w", err)
 	}
-	return id, true, nil
+	return c, true, nil
+}
+
+// Take implements events.PartitionPool.
+func (p *Pool) Take(ctx context.Context, tx bun.IDB, c events.Claim) error {
+	res, err := tx.ExecContext(ctx, "DELETE FROM partition_pool WHERE tenant_id = ? AND claim = ?", c.ID, c.Token)
+	if err != nil {
+		return fmt.Errorf("take the claimed partition: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("take the claimed partition: %w", err)
+	} else if n == 0 {
+		return fmt.Errorf("partition of tenant %s: %w", c.ID, events.ErrClaimLost)
+	}
+	return nil
+}
+
+// Release implements events.PartitionPool.
+func (p *Pool) Release(ctx context.Context, c events.Claim) error {
+	if _, err := p.db.ExecContext(ctx, "UPDATE partition_pool SET claim = NULL, claimed_until = NULL WHERE tenant_id = ? AND claim = ?",
+		c.ID, c.Token); err != nil {
+		return fmt.Errorf("release the claimed partition of tenant %s: %w", c.ID, err)
+	}
+	return nil
 }
 
 // created counts a creation by where its partition came from.

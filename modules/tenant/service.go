@@ -2,6 +2,7 @@ package tenant
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -52,11 +53,12 @@ func (s *Service) RegisterMetrics(reg prometheus.Registerer) {
 // Create makes a tenant with everything it needs: its queues are declared first, then the row and its
 // partition commit together, then its consumer starts. On any failure nothing is left half made.
 //
-// With the partition pool, the creation's transaction claims a tenant id whose partition is attached already
-// (its row stays locked until commit, so no other creation gets it), declares the queues, and inserts the rows:
-// no DDL, and no lock on messages. Only a creation that finds the pool empty attaches its partition itself
-// (its queues declared before its transaction, as no transaction holding a lock on messages may wait on the
-// broker).
+// With the partition pool, the creation first claims a tenant id whose partition is attached already (a
+// statement of its own: a lease on the pool's row, so no other creation gets it), declares the queues, and then
+// takes the claimed id and inserts the rows in one transaction: no DDL, and no lock on messages. Only a
+// creation that finds the pool empty attaches its partition itself in its transaction. Either way no
+// transaction is open while the creation waits on the broker, so a broker that does not answer holds no
+// database connection (TestCreationsAgainstAStuckBrokerHoldNoDatabaseConnection).
 func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error) {
 	name, err := validateName(req.Name)
 	if err != nil {
@@ -85,38 +87,41 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 		}
 		return events.Publish(ctx, s.bus, events.TenantCreating{Tenant: t.event(), Tx: tx, PartitionReady: pooled})
 	}
-	provisioning := false // TenantProvisioning was published: a failure must publish TenantCreateFailed
+	var claim events.Claim
 	if s.pool != nil {
+		if claim, pooled, err = s.pool.Claim(ctx); err != nil {
+			return Created{}, problem.Dependency(err)
+		}
+	}
+	t.ID = claim.ID
+	if !pooled {
+		t.ID = uuid.Must(uuid.NewV7())
+	}
+	err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
+	provisioned = time.Now()
+	if err == nil {
 		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-			id, ok, err := s.pool.Claim(ctx, tx)
-			if err != nil || !ok {
-				return err
+			if pooled {
+				if err := s.pool.Take(ctx, tx, claim); err != nil {
+					return err
+				}
 			}
-			pooled, t.ID = true, id
-			provisioning = true
-			if err := events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()}); err != nil {
-				return err
-			}
-			provisioned = time.Now()
 			return insert(ctx, tx)
 		})
 	}
-	if err == nil && !pooled {
-		t.ID = uuid.Must(uuid.NewV7())
-		provisioning = true
-		err = events.Publish(ctx, s.bus, events.TenantProvisioning{Tenant: t.event()})
-		provisioned = time.Now()
-		if err == nil {
-			err = s.db.RunInTx(ctx, nil, insert)
-		}
-	}
 	if err != nil {
 		s.log.Warn("tenant creation failed; rolling back", zap.String("tenant_id", t.ID.String()), zap.Error(err))
-		if provisioning {
+		// A lost claim's id, and its queues, are another creation's now: nothing of it is this one's to remove.
+		if !errors.Is(err, events.ErrClaimLost) {
 			cleanup := context.WithoutCancel(ctx)
 			if cerr := events.Publish(cleanup, s.bus, events.TenantCreateFailed{TenantID: t.ID}); cerr != nil {
 				s.log.Warn("cleanup after failed creation incomplete; reconciliation will finish it",
 					zap.String("tenant_id", t.ID.String()), zap.Error(cerr))
+			}
+			if pooled {
+				if rerr := s.pool.Release(cleanup, claim); rerr != nil {
+					s.log.Warn("claimed partition not released; its claim lapses", zap.String("tenant_id", t.ID.String()), zap.Error(rerr))
+				}
 			}
 		}
 		return Created{}, problem.Dependency(err)
@@ -128,8 +133,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 		s.log.Warn("tenant created but its consumer did not start yet; reconciliation retries", zap.String("tenant_id", t.ID.String()), zap.Error(err))
 	}
 	// The durations tell where a creation's time goes (queues at the broker, the row and partition in
-	// PostgreSQL, the consumer's start and the event relay). With a pooled partition the queues are declared
-	// inside the transaction.
+	// PostgreSQL, the consumer's start and the event relay).
 	s.log.Info("tenant created", zap.String("tenant_id", t.ID.String()), zap.Int("concurrency", workers),
 		zap.String("api_key_id", key.KeyID), zap.Bool("pooled_partition", pooled), zap.Duration("queues", provisioned.Sub(began)),
 		zap.Duration("transaction", committed.Sub(provisioned)), zap.Duration("start", time.Since(committed)))

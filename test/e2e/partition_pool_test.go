@@ -295,6 +295,50 @@ func bunDB(t *testing.T, url string) *bun.DB {
 	return db
 }
 
+// A claim holds its pooled id for its lease only: once it lapsed (the creation's replica died between claim and
+// take), another creation claims the id, and the first creation can neither take it (ErrClaimLost: it leaves the
+// id and its queues to the other) nor release the other's claim. Without a lapse, a claimed id is never
+// claimed twice.
+func TestALapsedClaimGoesToAnotherCreation(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.PartitionPoolSize = 0 // the application's own pool stays out of the way
+	a := testenv.Start(t, cfg)
+	db := a.DB()
+	ctx := context.Background()
+	bdb := bunDB(t, cfg.DatabaseURL)
+	const lease = 2 * time.Second
+	p := messaging.NewPool(bdb, messaging.PoolOptions{Size: 1, Batch: 1, ClaimLease: lease}, nil, zap.NewNop())
+	made, err := p.Refill(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, made)
+
+	first, ok, err := p.Claim(ctx)
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, ok, err = p.Claim(ctx)
+	require.NoError(t, err)
+	require.False(t, ok, "the only pooled id was claimed twice within its lease")
+
+	time.Sleep(lease + 500*time.Millisecond)
+	second, ok, err := p.Claim(ctx)
+	require.NoError(t, err)
+	require.True(t, ok, "a lapsed claim's id was not claimed again")
+	require.Equal(t, first.ID, second.ID)
+
+	take := func(c events.Claim) error {
+		return bdb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error { return p.Take(ctx, tx, c) })
+	}
+	require.ErrorIs(t, take(first), events.ErrClaimLost)
+	require.NoError(t, p.Release(ctx, first))
+	_, ok, err = p.Claim(ctx)
+	require.NoError(t, err)
+	require.False(t, ok, "the lapsed claimer's release freed the new claimer's id")
+	require.NoError(t, take(second))
+	require.Equal(t, 0, testenv.Count(t, db, "SELECT count(*) FROM partition_pool"), "the taken id left the pool")
+	require.ErrorIs(t, take(second), events.ErrClaimLost, "an id was taken twice")
+}
+
 // The partition reconciler drops partitions without a tenant after RECONCILE_ORPHAN_GRACE, but never a pooled one
 // (attached ahead of time for a tenant not created yet) nor one waiting for the background dropper.
 func TestReconcilerKeepsPooledPartitions(t *testing.T) {

@@ -266,6 +266,38 @@ func (s *Servers) RunScript(t testing.TB, args ...string) {
 // a classic queue's failure. It runs `rabbitmqctl eval` (RunScript).
 func (s *Servers) SuspendQueue(t testing.TB, amqpURL, queue string) (resume func()) {
 	t.Helper()
+	pid := fmt.Sprintf(`begin {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<%q>>, queue, <<%q>>)), amqqueue:get_pid(Q) end`,
+		vhostOf(t, amqpURL), queue)
+	return s.suspend(t, pid)
+}
+
+// SuspendQueueCreation stops the supervisor that starts the classic queues of amqpURL's virtual host (sys:suspend)
+// until resume is called, or t ends: every queue that exists goes on (publishes, consumes, confirms), but the
+// declare of a new classic queue waits, as when the broker's node is overloaded or partly frozen. It runs
+// `rabbitmqctl eval` (RunScript).
+func (s *Servers) SuspendQueueCreation(t testing.TB, amqpURL string) (resume func()) {
+	t.Helper()
+	return s.suspend(t, fmt.Sprintf(`begin {ok, Sup} = rabbit_amqqueue_sup_sup:find_for_vhost(<<%q>>), Sup end`, vhostOf(t, amqpURL)))
+}
+
+// suspend suspends the Erlang process that pid (an expression) names until resume is called, or t ends.
+func (s *Servers) suspend(t testing.TB, pid string) (resume func()) {
+	t.Helper()
+	s.RunScript(t, "rabbitmqctl", "eval", "sys:suspend("+pid+").")
+	done := false
+	resume = func() {
+		if !done {
+			done = true
+			s.RunScript(t, "rabbitmqctl", "eval", "sys:resume("+pid+").")
+		}
+	}
+	t.Cleanup(resume)
+	return resume
+}
+
+// vhostOf returns the virtual host of amqpURL ("/" when it names none).
+func vhostOf(t testing.TB, amqpURL string) string {
+	t.Helper()
 	u, err := url.Parse(amqpURL)
 	if err != nil {
 		t.Fatal(err)
@@ -277,16 +309,5 @@ func (s *Servers) SuspendQueue(t testing.TB, amqpURL, queue string) (resume func
 	if vhost == "" {
 		vhost = "/"
 	}
-	pid := fmt.Sprintf(`begin {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<%q>>, queue, <<%q>>)), amqqueue:get_pid(Q) end`,
-		vhost, queue)
-	s.RunScript(t, "rabbitmqctl", "eval", "sys:suspend("+pid+").")
-	done := false
-	resume = func() {
-		if !done {
-			done = true
-			s.RunScript(t, "rabbitmqctl", "eval", "sys:resume("+pid+").")
-		}
-	}
-	t.Cleanup(resume)
-	return resume
+	return vhost
 }
