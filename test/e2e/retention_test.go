@@ -494,12 +494,117 @@ func TestBatchedSweepPassesOverAHeldPartition(t *testing.T) {
 	require.Equal(t, 1.0, passed, "the pass-over is counted")
 }
 
-// countingTracer counts the statements a pgx connection sends.
-type countingTracer struct{ n atomic.Int64 }
+// countingTracer counts the statements a pgx connection sends, and the partition sizes they read (the rows of
+// the statements that call pg_total_relation_size).
+type countingTracer struct{ n, sizes atomic.Int64 }
 
-func (c *countingTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+type sizeQuery struct{}
+
+func (c *countingTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
 	c.n.Add(1)
+	if strings.Contains(d.SQL, "pg_total_relation_size") {
+		return context.WithValue(ctx, sizeQuery{}, true)
+	}
 	return ctx
 }
 
-func (c *countingTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (c *countingTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
+	if ctx.Value(sizeQuery{}) != nil {
+		c.sizes.Add(d.CommandTag.RowsAffected())
+	}
+}
+
+// countedDB opens a database handle whose statements tracer counts.
+func countedDB(t *testing.T, url string, tracer *countingTracer) *bun.DB {
+	t.Helper()
+	pcfg, err := pgx.ParseConfig(url)
+	require.NoError(t, err)
+	pcfg.Tracer = tracer
+	db := bun.NewDB(stdlib.OpenDB(*pcfg), pgdialect.New())
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// storageFigures gathers msgsvc_tenant_storage_bytes by tenant from reg.
+func storageFigures(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "msgsvc_tenant_storage_bytes" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "tenant" {
+					out[l.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestASweepReadsOnlyTheSizesThatChanged: a sweep reads the size of a partition only when PostgreSQL counted a
+// write into it (or a vacuum of it) since its last read, or never read it. Reading every size every minute cost
+// PostgreSQL 3–6 s of CPU at 10,000 tenants. The first sweep reads every partition; one with nothing written since
+// reads none and keeps every figure; new tenants are read at most FirstReads a sweep; a tenant written to is read
+// again, alone, and its figure grows.
+func TestASweepReadsOnlyTheSizesThatChanged(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.RetentionInterval = time.Hour
+	var dir events.TenantDirectory
+	a := testenv.Start(t, cfg, fx.Populate(&dir))
+	ctx := context.Background()
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, a.CreateTenant(fmt.Sprintf("sized-%d", i), 1))
+	}
+	sent := &countingTracer{}
+	reg := prometheus.NewRegistry()
+	sw := messaging.NewSweeper(countedDB(t, cfg.DatabaseURL, sent), dir, func(uuid.UUID) bool { return true },
+		messaging.SweeperOptions{FirstReads: 2}, messaging.NewRetentionMetrics(reg, true), zap.NewNop())
+	sweep := func() int64 {
+		t.Helper()
+		before := sent.sizes.Load()
+		require.NoError(t, sw.Sweep(ctx))
+		return sent.sizes.Load() - before
+	}
+
+	require.Equal(t, int64(4), sweep(), "the first sweep reads every partition")
+	first := storageFigures(t, reg)
+	for _, id := range ids {
+		require.Greater(t, first[id], 0.0, "tenant %s's storage figure", id)
+	}
+	require.Zero(t, sweep(), "a sweep with nothing written since read partition sizes")
+	require.Equal(t, first, storageFigures(t, reg), "the figures kept")
+
+	var later []string
+	for i := range 3 {
+		later = append(later, a.CreateTenant(fmt.Sprintf("later-%d", i), 1))
+	}
+	require.Equal(t, int64(2), sweep(), "new tenants are read FirstReads at a time")
+	require.Equal(t, int64(1), sweep(), "the last new tenant is read at the next sweep")
+	figures := storageFigures(t, reg)
+	for _, id := range later {
+		require.Greater(t, figures[id], 0.0, "new tenant %s's storage figure", id)
+	}
+
+	db := a.DB()
+	stored := a.Publish(ids[0], map[string]string{"grows": strings.Repeat("x", 4096)})
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = $1", stored) == 1
+	}, "the message stored")
+	var read int64
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		read += sweep()
+		return storageFigures(t, reg)[ids[0]] > first[ids[0]]
+	}, "the written tenant's figure did not grow")
+	require.Equal(t, int64(1), read, "only the written tenant's partition was read again")
+	figures = storageFigures(t, reg)
+	for _, id := range ids[1:] {
+		require.Equal(t, first[id], figures[id], "tenant %s's figure kept", id)
+	}
+}
