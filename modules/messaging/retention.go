@@ -270,12 +270,7 @@ func (s *Sweeper) sizesToRead(ctx context.Context, ids []uuid.UUID, sizes map[uu
 // rows inserted, updated and deleted, vacuums, and its live rows (which a TRUNCATE sets to 0); a partition that does
 // not exist is left out.
 func (s *Sweeper) readWrites(ctx context.Context, ids []uuid.UUID, writes map[uuid.UUID]string) error {
-	names := make([]string, len(ids))
-	byName := make(map[string]uuid.UUID, len(ids))
-	for i, id := range ids {
-		names[i] = PartitionName(id)
-		byName[names[i]] = id
-	}
+	names, byName := partitionNames(ids)
 	rows, err := s.db.DB.QueryContext(ctx, `SELECT n, concat_ws(',', pg_stat_get_tuples_inserted(o), pg_stat_get_tuples_updated(o),
 		pg_stat_get_tuples_deleted(o), pg_stat_get_vacuum_count(o), pg_stat_get_autovacuum_count(o), pg_stat_get_live_tuples(o))
 		FROM (SELECT n, to_regclass(n) AS o FROM unnest($1::text[]) AS n) p WHERE o IS NOT NULL`,
@@ -297,16 +292,22 @@ func (s *Sweeper) readWrites(ctx context.Context, ids []uuid.UUID, writes map[uu
 	return nil
 }
 
-// readSizes reads the sizes of the tenants' partitions in one statement into sizes: 0 for a partition gone (its
-// tenant deleted meanwhile), -1 for all of them when a partition's lock could not be had in time (the sweep
-// passes them over until the next one).
-func (s *Sweeper) readSizes(ctx context.Context, ids []uuid.UUID, sizes map[uuid.UUID]float64) error {
+// partitionNames returns the names of the tenants' partitions, and the tenant of each name.
+func partitionNames(ids []uuid.UUID) ([]string, map[string]uuid.UUID) {
 	names := make([]string, len(ids))
 	byName := make(map[string]uuid.UUID, len(ids))
 	for i, id := range ids {
 		names[i] = PartitionName(id)
 		byName[names[i]] = id
 	}
+	return names, byName
+}
+
+// readSizes reads the sizes of the tenants' partitions in one statement into sizes: 0 for a partition gone (its
+// tenant deleted meanwhile), -1 for all of them when a partition's lock could not be had in time (the sweep
+// passes them over until the next one).
+func (s *Sweeper) readSizes(ctx context.Context, ids []uuid.UUID, sizes map[uuid.UUID]float64) error {
+	names, byName := partitionNames(ids)
 	got := make(map[uuid.UUID]float64, len(ids))
 	err := s.bounded(ctx, func(tx *sql.Tx) error {
 		// Partition names are letters, digits and underscores: the array literal needs no quoting.
