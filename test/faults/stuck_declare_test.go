@@ -26,7 +26,7 @@ import (
 //
 // Once the broker takes queues again, every creation has answered 201 or 503 (a problem), each failed one gave
 // its claimed partition back to the pool at once (no claim is left held), no id went to two tenants, and a
-// creation now succeeds and is served.
+// creation succeeds within seconds and is served.
 func TestCreationsAgainstAStuckBrokerHoldNoDatabaseConnection(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
@@ -106,7 +106,17 @@ func TestCreationsAgainstAStuckBrokerHoldNoDatabaseConnection(t *testing.T) {
 		"a failed creation kept its claim on a pooled partition")
 	require.Equal(t, len(created)+1, testenv.Count(t, db, "SELECT count(*) FROM tenants"))
 
-	after := a.CreateTenant("after", 1)
+	// The calls given up on are answered once the broker takes queues again; until then a declare that names the
+	// same queues (the shared dead-letter queue's binding) fails at once, so the first creation may still answer
+	// 503.
+	var after string
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		r := a.Do(http.MethodPost, "/api/v1/tenants", map[string]any{"name": "after", "concurrency_config": 1})
+		if r.Status == http.StatusCreated {
+			after = r.Map(t)["id"].(string)
+		}
+		return after != ""
+	}, "no creation succeeded once the broker took queues again")
 	ok, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(uuid.MustParse(after)))
 	require.True(t, ok, "the new tenant's queue exists")
 	a.Publish(after, map[string]any{"n": 1})
