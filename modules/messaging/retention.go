@@ -203,10 +203,8 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 	for id, size := range sizes {
 		if size < 0 { // its size could not be read this time: keep the last figure
 			size = s.last[id].size
-		} else if w, ok := writes[id]; ok {
-			s.last[id] = sizeRead{size: size, writes: w}
 		} else {
-			s.last[id] = sizeRead{size: size}
+			s.last[id] = sizeRead{size: size, writes: writes[id]} // "" when not read (a tenant with a retention)
 		}
 		bytes[s.m.tenant(id)] += size
 	}
