@@ -67,12 +67,12 @@ load_settings() {
 			[[ $k =~ ^[A-Z_]+$ ]] && rec[$k]=$v
 		done <"$PORTS_FILE"
 	fi
-	PG_PORT="${PG_PORT:-${rec[PG_PORT]:-55432}}"
-	AMQP_PORT="${AMQP_PORT:-${rec[AMQP_PORT]:-55672}}"
-	RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-${rec[RABBITMQ_MGMT_PORT]:-55673}}"
-	RABBITMQ_PROM_PORT="${RABBITMQ_PROM_PORT:-${rec[RABBITMQ_PROM_PORT]:-55676}}"
-	RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-${rec[RABBITMQ_DIST_PORT]:-55674}}"
-	ERL_EPMD_PORT="${ERL_EPMD_PORT:-${rec[ERL_EPMD_PORT]:-55675}}"
+	PG_PORT="${PG_PORT:-${rec[PG_PORT]:-27432}}"
+	AMQP_PORT="${AMQP_PORT:-${rec[AMQP_PORT]:-27672}}"
+	RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-${rec[RABBITMQ_MGMT_PORT]:-27673}}"
+	RABBITMQ_PROM_PORT="${RABBITMQ_PROM_PORT:-${rec[RABBITMQ_PROM_PORT]:-27676}}"
+	RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-${rec[RABBITMQ_DIST_PORT]:-27674}}"
+	ERL_EPMD_PORT="${ERL_EPMD_PORT:-${rec[ERL_EPMD_PORT]:-27675}}"
 	RABBITMQ_CLUSTER_PORT="${RABBITMQ_CLUSTER_PORT:-${rec[RABBITMQ_CLUSTER_PORT]:-61700}}"
 	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_PROM_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT RABBITMQ_CLUSTER_PORT; do
 		[[ ${!k} =~ ^[0-9]+$ ]] && ((${!k} > 0 && ${!k} < 65536)) || die "$k=${!k} is not a valid port"
@@ -702,19 +702,22 @@ EOF
 	mv -f "$CLUSTER_ENV_FILE.tmp" "$CLUSTER_ENV_FILE"
 }
 
-# Warn when the cluster's ports lie in the ephemeral port range (see cluster_node).
-cluster_warn_ephemeral() {
-	local lo hi
+# warn_ephemeral VAR [SPAN]: warn when the port in VAR, or the SPAN ports above it, lie in the kernel's
+# ephemeral port range. While the server is down, any outgoing connection on the machine may take such a
+# port as its source port, and the server then fails to start (eaddrinuse, or RabbitMQ's
+# dist_port_already_used) though nothing listens there. The defaults lie outside that range.
+warn_ephemeral() {
+	local var="$1" span="${2:-0}" lo hi
 	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || return 0
-	if ((RABBITMQ_CLUSTER_PORT + 30 >= lo && RABBITMQ_CLUSTER_PORT <= hi)); then
-		log "WARNING: RABBITMQ_CLUSTER_PORT=$RABBITMQ_CLUSTER_PORT overlaps the ephemeral port range $lo-$hi: a stopped or killed node may fail to start again (eaddrinuse) while another connection holds its port"
+	if ((${!var} + span >= lo && ${!var} <= hi)); then
+		log "WARNING: $var=${!var} overlaps the ephemeral port range $lo-$hi: the server may fail to start (eaddrinuse) while another connection holds its port as its source port"
 	fi
 }
 
 cmd_cluster_up() {
 	local t0 i
 	t0=$(now)
-	cluster_warn_ephemeral
+	warn_ephemeral RABBITMQ_CLUSTER_PORT 30
 	take_lock
 	ensure_packages
 	save_settings
@@ -790,8 +793,11 @@ EOF
 }
 
 cmd_up() {
-	local t0
+	local t0 k
 	t0=$(now)
+	for k in PG_PORT AMQP_PORT RABBITMQ_MGMT_PORT RABBITMQ_PROM_PORT RABBITMQ_DIST_PORT ERL_EPMD_PORT; do
+		warn_ephemeral "$k"
+	done
 	take_lock
 	ensure_packages
 	save_settings

@@ -70,7 +70,7 @@ func TestConfigTableCheckCatchesDrift(t *testing.T) {
 		"wrong choice":          {setDefault("AMQP_QUEUE_TYPE", "`classic`"), "AMQP_QUEUE_TYPE"},
 		"wrong bool":            {setDefault("METRICS_PER_TENANT", "`false`"), "METRICS_PER_TENANT"},
 		"invalid value":         {setDefault("CONSUMER_LINGER", "`soon`"), "CONSUMER_LINGER"},
-		"default of no default": {setDefault("AMQP_URLS", "`amqp://127.0.0.1:55672/`"), "AMQP_URLS"},
+		"default of no default": {setDefault("AMQP_URLS", "`amqp://127.0.0.1:27672/`"), "AMQP_URLS"},
 		"empty but has one":     {setDefault("LOG_FORMAT", "(empty)"), "LOG_FORMAT"},
 		"required but is not":   {setDefault("PPROF_ADDR", "(required)"), "PPROF_ADDR"},
 		"words for a constant":  {setDefault("HTTP_ADDR", "port 8080 on every interface"), "HTTP_ADDR"},

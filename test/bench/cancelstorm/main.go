@@ -6,11 +6,11 @@
 //
 // Against the local servers (deployments/local/services.sh up), in a virtual host and database of their own:
 //
-//	curl -u guest:guest -X PUT http://127.0.0.1:55673/api/vhosts/storm
+//	curl -u guest:guest -X PUT http://127.0.0.1:27673/api/vhosts/storm
 //	psql "$DATABASE_URL" -c 'CREATE DATABASE storm'
 //	go build -o /tmp/msgsvc-server ./cmd/server
-//	DATABASE_URL=postgres://msgsvc:msgsvc@127.0.0.1:55432/storm?sslmode=disable \
-//	  AMQP_URL=amqp://guest:guest@127.0.0.1:55672/storm RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:55673 \
+//	DATABASE_URL=postgres://msgsvc:msgsvc@127.0.0.1:27432/storm?sslmode=disable \
+//	  AMQP_URL=amqp://guest:guest@127.0.0.1:27672/storm RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:27673 \
 //	  AMQP_QUEUE_TYPE=classic HTTP_ADDR=127.0.0.1:18080 ADMIN_API_KEYS=storm-admin-key-0123456789 LOG_LEVEL=warn \
 //	  /tmp/msgsvc-server &
 //	go run ./test/bench/cancelstorm -n 1000 -pid $(pgrep -f /tmp/msgsvc-server)
@@ -38,9 +38,9 @@ import (
 var (
 	api   = flag.String("api", "http://127.0.0.1:18080", "the service's base URL")
 	key   = flag.String("key", "storm-admin-key-0123456789", "an admin API key of the service")
-	mgmt  = flag.String("mgmt", "http://guest:guest@127.0.0.1:55673", "RabbitMQ's management API")
+	mgmt  = flag.String("mgmt", "http://guest:guest@127.0.0.1:27673", "RabbitMQ's management API")
 	vhost = flag.String("vhost", "storm", "the service's virtual host")
-	amqpU = flag.String("amqp", "amqp://guest:guest@127.0.0.1:55672/storm", "AMQP URL of the service's virtual host, for the deletes")
+	amqpU = flag.String("amqp", "amqp://guest:guest@127.0.0.1:27672/storm", "AMQP URL of the service's virtual host, for the deletes")
 	n     = flag.Int("n", 1000, "tenants whose queues are deleted (one more is the bystander)")
 	pid   = flag.Int("pid", 0, "the service's process id (its CPU time is read from /proc)")
 )
