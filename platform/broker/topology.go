@@ -31,46 +31,43 @@ func (c *Conn) DeclareExchange(ctx context.Context, name, kind string) error {
 
 // DeclareQueues declares each durable queue and its binding, in order, on one channel (an idle one of the
 // administrative connection's, as probes use: a tenant's creation or deletion then costs the broker no channel
-// opened and closed).
+// opened and closed). It waits for each queue's answer on its own (withIdleChannel): a queue the broker does not
+// answer about is the only one marked unanswered, never the shared dead-letter queue a creation names with it.
 func (c *Conn) DeclareQueues(ctx context.Context, qs ...Queue) error {
-	names := make([]string, len(qs))
+	steps := make([]queueCall, len(qs))
 	for i, q := range qs {
-		names[i] = q.Name
-	}
-	return c.withIdleChannel(ctx, names, func(ch *amqp.Channel) error {
-		for _, q := range qs {
+		steps[i] = queueCall{q.Name, func(ch *amqp.Channel) error {
 			if _, err := ch.QueueDeclare(q.Name, true, false, false, false, q.Args); err != nil {
 				return err
 			}
 			if q.Exchange != "" {
-				if err := ch.QueueBind(q.Name, q.Key, q.Exchange, false, nil); err != nil {
-					return err
-				}
+				return ch.QueueBind(q.Name, q.Key, q.Exchange, false, nil)
 			}
-		}
-		return nil
-	})
+			return nil
+		}}
+	}
+	return c.withIdleChannel(ctx, steps...)
 }
 
 // DeleteQueues deletes the named queues with whatever they hold, on an idle channel as DeclareQueues; a queue
 // already gone is not an error.
 func (c *Conn) DeleteQueues(ctx context.Context, names ...string) error {
-	return c.withIdleChannel(ctx, names, func(ch *amqp.Channel) error {
-		for _, n := range names {
-			if _, err := ch.QueueDelete(n, false, false, false); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	steps := make([]queueCall, len(names))
+	for i, n := range names {
+		steps[i] = queueCall{n, func(ch *amqp.Channel) error {
+			_, err := ch.QueueDelete(n, false, false, false)
+			return err
+		}}
+	}
+	return c.withIdleChannel(ctx, steps...)
 }
 
 // UnbindQueue removes queue's binding to exchange with key, on an idle channel as DeclareQueues, waiting for the
 // broker's answer at most AnswerTimeout.
 func (c *Conn) UnbindQueue(ctx context.Context, queue, key, exchange string) error {
-	return c.withIdleChannel(ctx, []string{queue}, func(ch *amqp.Channel) error {
+	return c.withIdleChannel(ctx, queueCall{queue, func(ch *amqp.Channel) error {
 		return ch.QueueUnbind(queue, key, exchange, nil)
-	})
+	}})
 }
 
 // InspectQueue passively declares name and reports whether it exists, its ready messages and consumers. It waits
@@ -101,11 +98,24 @@ func (c *Conn) InspectQueue(ctx context.Context, name string) (QueueState, error
 // and DeleteQueues.
 const probeChannels = 16
 
-// withIdleChannel runs fn, calls about the named queues, on an idle channel of the administrative connection
-// (probeChannel) and keeps the channel for the next caller when fn succeeded; a channel fn failed on is closed
-// (the broker closed it already on a channel error, and after any other error its state is not known). It
-// waits for fn as long as ctx allows and at most AnswerTimeout (awaitAnswer).
-func (c *Conn) withIdleChannel(ctx context.Context, names []string, fn func(ch *amqp.Channel) error) error {
+// queueCall is one or more synchronous methods about one queue, run on a channel of withIdleChannel's.
+type queueCall struct {
+	queue string
+	fn    func(ch *amqp.Channel) error
+}
+
+// withIdleChannel runs calls, in order, on an idle channel of the administrative connection (probeChannel) and
+// keeps the channel for the next caller when all succeeded; a channel a call failed on is closed (the broker
+// closed it already on a channel error, and after any other error its state is not known). It fails at once when
+// a call about one of the queues is still unanswered, and waits for each call on its own as long as ctx allows and
+// at most AnswerTimeout (awaitAnswer). A call given up on marks its own queue alone: the calls after it are not
+// sent, and those before it were answered. Waiting for them together marked every queue they named, and one
+// tenant queue whose declare hung refused every creation, since each names the shared dead-letter queue.
+func (c *Conn) withIdleChannel(ctx context.Context, calls ...queueCall) error {
+	names := make([]string, len(calls))
+	for i, call := range calls {
+		names[i] = call.queue
+	}
 	if err := c.waiting.check(names); err != nil {
 		return err
 	}
@@ -113,13 +123,15 @@ func (c *Conn) withIdleChannel(ctx context.Context, names []string, fn func(ch *
 	if err != nil {
 		return err
 	}
-	abandoned, err := c.awaitAnswer(ctx, names, ch, func() error { return fn(ch) })
-	if abandoned {
-		return err
-	}
-	if err != nil {
-		_ = ch.Close()
-		return err
+	for _, call := range calls {
+		abandoned, err := c.awaitAnswer(ctx, []string{call.queue}, ch, func() error { return call.fn(ch) })
+		if abandoned {
+			return err
+		}
+		if err != nil {
+			_ = ch.Close()
+			return err
+		}
 	}
 	c.putProbeChannel(ch)
 	return nil

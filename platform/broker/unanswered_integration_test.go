@@ -62,3 +62,45 @@ func TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue(t *testing.T) {
 	require.Eventually(t, func() bool { return conn.Unanswered() == 0 }, 5*time.Second, 20*time.Millisecond)
 	require.NoError(t, conn.DeleteQueues(context.Background(), "stuck"))
 }
+
+// TestAQueueThatDoesNotAnswerMarksNoOtherQueueItsCallNamed: a tenant's declare names the shared dead-letter queue
+// (its binding for the tenant) before the tenant's own queue. When the broker answers about the shared queue but
+// not about the tenant's (its process busy or frozen), only the tenant's queue is marked unanswered: the next
+// tenant's declare, which names the shared queue too, is served at once. Marking every queue of the call refused
+// every creation for as long as one queue did not answer.
+func TestAQueueThatDoesNotAnswerMarksNoOtherQueueItsCallNamed(t *testing.T) {
+	s := testenv.Get(t)
+	amqpURL := s.NewVHost(t)
+	ch := testenv.AMQP(t, amqpURL)
+	require.NoError(t, ch.ExchangeDeclare("dead.x", "direct", true, false, false, false, nil))
+	classic := amqp.Table{"x-queue-type": "classic"}
+	for _, q := range []string{"dead", "stuck"} {
+		_, err := ch.QueueDeclare(q, true, false, false, false, classic)
+		require.NoError(t, err)
+	}
+	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
+		ConnectionName: t.Name()}, zap.NewNop())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	shared := func(key string) broker.Queue {
+		return broker.Queue{Name: "dead", Args: classic, Exchange: "dead.x", Key: key}
+	}
+
+	resume := s.SuspendQueue(t, amqpURL, "stuck")
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	err = conn.DeclareQueues(ctx, shared("stuck"), broker.Queue{Name: "stuck", Args: classic})
+	cancel()
+	require.ErrorIs(t, err, broker.ErrUnanswered, "the declare of a suspended queue was answered")
+	require.Equal(t, 1, conn.Unanswered(), "queues marked unanswered")
+
+	start := time.Now()
+	require.NoError(t, conn.DeclareQueues(context.Background(), shared("next"), broker.Queue{Name: "next", Args: classic}),
+		"the next declare naming the shared queue")
+	require.Less(t, time.Since(start), 5*time.Second)
+	err = conn.DeclareQueues(context.Background(), broker.Queue{Name: "stuck", Args: classic})
+	require.ErrorIs(t, err, broker.ErrUnanswered, "a declare of the queue that does not answer is refused at once")
+
+	resume()
+	require.Eventually(t, func() bool { return conn.Unanswered() == 0 }, 5*time.Second, 20*time.Millisecond)
+	require.NoError(t, conn.DeclareQueues(context.Background(), shared("stuck"), broker.Queue{Name: "stuck", Args: classic}))
+}
