@@ -330,13 +330,13 @@ func (tc *tenantConsumer) deadLetter(g *generation, ds []rabbitmq.Delivery, rows
 		for _, d := range ds {
 			tc.settle(g, d, func() error { return d.Nack(false, true) })
 		}
-		rt.metrics.requeued.WithLabelValues(label, "stopping").Add(float64(len(ds)))
+		rt.metrics.requeued.WithLabelValues(label, requeueStopping).Add(float64(len(ds)))
 		return
 	}
 	for _, d := range ds {
 		tc.settle(g, d, func() error { return d.Ack(false) })
 	}
 	for _, r := range rows {
-		rt.metrics.deadLettered.WithLabelValues(label, r.reason).Inc()
+		rt.metrics.deadLetter(label, r.reason).Inc()
 	}
 }

@@ -270,7 +270,7 @@ func (s *DeadLetters) handle(d rabbitmq.Delivery) rabbitmq.Action {
 		}
 	}
 	for _, row := range rows {
-		s.metrics.deadLettered.WithLabelValues(s.metrics.tenant(row.tenant), row.reason).Inc()
+		s.metrics.deadLetter(s.metrics.tenant(row.tenant), row.reason).Inc()
 	}
 	return rabbitmq.Manual
 }

@@ -1,6 +1,8 @@
 package consumer
 
 import (
+	"sync"
+
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -36,17 +38,27 @@ type Metrics struct {
 	startsInFlight   prometheus.Gauge
 	startConcurrency prometheus.Histogram
 	restartsLost     prometheus.Counter
+	// deadReasons are the reasons deadLettered has seen (forget deletes each tenant's series by them).
+	reasonsMu   sync.Mutex
+	deadReasons map[string]struct{}
 }
+
+// Reasons of msgsvc_messages_requeued_total.
+const (
+	requeueStopping    = "stopping"
+	requeueRetryBudget = "retry_budget"
+)
 
 // NewMetrics registers the runtime's series on reg. With perTenant false the tenant label is "all".
 func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	ns := metrics.Namespace
 	m := &Metrics{
-		perTenant: perTenant,
-		running:   prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumers_running", Help: "Tenant consumers running on this replica."}),
-		workers:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_workers", Help: "Workers of each tenant's consumer on this replica."}, []string{"tenant"}),
-		inflight:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_inflight", Help: "Deliveries being processed, by tenant."}, []string{"tenant"}),
-		retried:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_retried_total", Help: "Store attempts retried after a transient failure, by tenant."}, []string{"tenant"}),
+		perTenant:   perTenant,
+		deadReasons: map[string]struct{}{},
+		running:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumers_running", Help: "Tenant consumers running on this replica."}),
+		workers:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_workers", Help: "Workers of each tenant's consumer on this replica."}, []string{"tenant"}),
+		inflight:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_inflight", Help: "Deliveries being processed, by tenant."}, []string{"tenant"}),
+		retried:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_retried_total", Help: "Store attempts retried after a transient failure, by tenant."}, []string{"tenant"}),
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_dead_lettered_total",
 			Help: "Deliveries sent to the dead-letter queue by this service, by tenant and reason."}, []string{"tenant", "reason"}),
 		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "messages_requeued_total",
@@ -92,11 +104,26 @@ func (m *Metrics) forget(id uuid.UUID) {
 	if !m.perTenant {
 		return
 	}
-	l := prometheus.Labels{"tenant": id.String()}
-	m.workers.DeletePartialMatch(l)
-	m.inflight.DeletePartialMatch(l)
-	m.retried.DeletePartialMatch(l)
-	m.deadLettered.DeletePartialMatch(l)
-	m.requeued.DeletePartialMatch(l)
-	m.replayed.DeletePartialMatch(l)
+	// By each series' labels: DeletePartialMatch scans every series of the vector under its lock, so each deletion
+	// cost time in the tenant count, and held back the workers' and the scrape's use of the vector meanwhile.
+	t := id.String()
+	m.workers.DeleteLabelValues(t)
+	m.inflight.DeleteLabelValues(t)
+	m.retried.DeleteLabelValues(t)
+	m.replayed.DeleteLabelValues(t)
+	m.requeued.DeleteLabelValues(t, requeueStopping)
+	m.requeued.DeleteLabelValues(t, requeueRetryBudget)
+	m.reasonsMu.Lock()
+	for r := range m.deadReasons {
+		m.deadLettered.DeleteLabelValues(t, r)
+	}
+	m.reasonsMu.Unlock()
+}
+
+// deadLetter returns the counter of tenant's dead letters for reason, remembering reason for forget.
+func (m *Metrics) deadLetter(tenant, reason string) prometheus.Counter {
+	m.reasonsMu.Lock()
+	m.deadReasons[reason] = struct{}{}
+	m.reasonsMu.Unlock()
+	return m.deadLettered.WithLabelValues(tenant, reason)
 }

@@ -523,7 +523,7 @@ func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.
 	label := tc.rt.metrics.tenant(tc.id)
 	if g.stopping.Load() {
 		g.acks.register(d.Delivery, true)
-		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+		tc.rt.metrics.requeued.WithLabelValues(label, requeueStopping).Inc()
 		return rabbitmq.Manual
 	}
 	tc.rt.metrics.inflight.WithLabelValues(label).Inc()
@@ -536,7 +536,7 @@ func (tc *tenantConsumer) handOver(g *generation, d rabbitmq.Delivery) rabbitmq.
 	case <-g.stopped:
 		g.acks.register(d.Delivery, true)
 		tc.rt.metrics.inflight.WithLabelValues(label).Dec()
-		tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+		tc.rt.metrics.requeued.WithLabelValues(label, requeueStopping).Inc()
 		return rabbitmq.Manual
 	}
 }
@@ -663,7 +663,7 @@ func (tc *tenantConsumer) requeueWaiting(g *generation) {
 		select {
 		case d := <-g.pending:
 			tc.settle(g, *d, func() error { return d.Nack(false, true) })
-			tc.rt.metrics.requeued.WithLabelValues(label, "stopping").Inc()
+			tc.rt.metrics.requeued.WithLabelValues(label, requeueStopping).Inc()
 			tc.rt.metrics.inflight.WithLabelValues(label).Dec()
 		default:
 			return
@@ -825,7 +825,7 @@ func (tc *tenantConsumer) awaitDatabase(g *generation) bool {
 func (tc *tenantConsumer) requeueStopping(g *generation, ds []rabbitmq.Delivery) {
 	for _, d := range ds {
 		tc.settle(g, d, func() error { return d.Nack(false, true) })
-		tc.rt.metrics.requeued.WithLabelValues(tc.rt.metrics.tenant(tc.id), "stopping").Inc()
+		tc.rt.metrics.requeued.WithLabelValues(tc.rt.metrics.tenant(tc.id), requeueStopping).Inc()
 	}
 }
 
@@ -878,13 +878,13 @@ func (tc *tenantConsumer) exhausted(g *generation, ds []rabbitmq.Delivery, lastE
 		for _, d := range again {
 			tc.settle(g, d, func() error { return d.Nack(false, true) })
 		}
-		rt.metrics.requeued.WithLabelValues(label, "retry_budget").Add(float64(len(again)))
+		rt.metrics.requeued.WithLabelValues(label, requeueRetryBudget).Add(float64(len(again)))
 		return
 	}
 	for _, d := range again {
 		tc.settle(g, d, func() error { return d.Ack(false) })
 	}
-	rt.metrics.requeued.WithLabelValues(label, "retry_budget").Add(float64(len(again)))
+	rt.metrics.requeued.WithLabelValues(label, requeueRetryBudget).Add(float64(len(again)))
 }
 
 const maxBackoff = 5 * time.Second
