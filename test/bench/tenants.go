@@ -50,12 +50,12 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		return err
 	}
 	parts1k := r.partitionCount(ctx, env)
-	delHTTP1k, delDrop1k, err := r.deleteTenants(ctx, srv, env, gone, o.scaleClients)
+	delHTTP1k, delDrop1k, cpuDel1k, err := r.deleteTenants(ctx, srv, env, gone, o.scaleClients)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("   1,000 tenants deleted at 1,010 (%d partitions): answered in %s, partitions dropped in %s\n", parts1k,
-		delHTTP1k.Round(time.Millisecond), delDrop1k.Round(time.Millisecond))
+	fmt.Printf("   1,000 tenants deleted at 1,010 (%d partitions): answered in %s, partitions dropped in %s%s\n", parts1k,
+		delHTTP1k.Round(time.Millisecond), delDrop1k.Round(time.Millisecond), cpuPer(cpuDel1k, len(gone), "deletion"))
 
 	// The pool is filled ahead of the creations (partitions attached in the background, before the burst).
 	total := o.scaleTenants + len(probes)
@@ -298,12 +298,13 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 
 	// 1,000 tenants deleted at N, against 1,000 deleted at 1,010.
 	partsDel := r.partitionCount(ctx, env)
-	delHTTPN, delDropN, err := r.deleteTenants(ctx, srv, env, scaled[len(scaled)-min(1000, len(scaled)):], o.scaleClients)
+	deleted := scaled[len(scaled)-min(1000, len(scaled)):]
+	delHTTPN, delDropN, cpuDelN, err := r.deleteTenants(ctx, srv, env, deleted, o.scaleClients)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("   1,000 tenants deleted at %d (%d partitions): answered in %s, partitions dropped in %s\n", total, partsDel,
-		delHTTPN.Round(time.Millisecond), delDropN.Round(time.Millisecond))
+	fmt.Printf("   1,000 tenants deleted at %d (%d partitions): answered in %s, partitions dropped in %s%s\n", total, partsDel,
+		delHTTPN.Round(time.Millisecond), delDropN.Round(time.Millisecond), cpuPer(cpuDelN, len(deleted), "deletion"))
 	s.add("delete_1k_http_1k", fmt.Sprintf("1,000 tenants deleted at 1,010 (%s partitions): all answered", fmtInt(float64(parts1k))), delHTTP1k.Seconds(), "s", fmtSeconds(delHTTP1k))
 	s.add("delete_1k_1k", "… and their partitions dropped", delDrop1k.Seconds(), "s", fmtSeconds(delDrop1k))
 	s.add("delete_1k_http_n", fmt.Sprintf("1,000 tenants deleted at %s (%s partitions): all answered", fmtInt(float64(total)), fmtInt(float64(partsDel))), delHTTPN.Seconds(), "s", fmtSeconds(delHTTPN))
@@ -413,10 +414,22 @@ func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UU
 	return percentile(pubs, 0.5), percentile(gets, 0.5), nil
 }
 
+// cpuPer describes u spent on n operations (what), as the creation blocks do: "; CPU per deletion: ...".
+func cpuPer(u cpuUse, n int, what string) string {
+	if n == 0 {
+		return ""
+	}
+	f := float64(n)
+	return fmt.Sprintf("; CPU per %s: service %.2f, RabbitMQ %.2f, PostgreSQL %.2f ms; machine busy %.0f %%", what,
+		u.service/f, u.beam/f, u.pg/f, 100*u.machineBusy)
+}
+
 // deleteTenants deletes ids with clients concurrent requests; it returns when every answer came (answered) and
-// when their partitions were gone from the database (dropped, counted from the same start).
-func (r *runner) deleteTenants(ctx context.Context, srv *server, env *benchEnv, ids []uuid.UUID, clients int) (answered, dropped time.Duration, err error) {
+// when their partitions were gone from the database (dropped, counted from the same start), and what each process
+// spent until the last answer.
+func (r *runner) deleteTenants(ctx context.Context, srv *server, env *benchEnv, ids []uuid.UUID, clients int) (answered, dropped time.Duration, cpu cpuUse, err error) {
 	start := time.Now()
+	c0 := r.snapCPU(srv.PID())
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
@@ -442,9 +455,10 @@ func (r *runner) deleteTenants(ctx context.Context, srv *server, env *benchEnv, 
 	}
 	wg.Wait()
 	answered = time.Since(start)
+	cpu = cpuBetween(c0, r.snapCPU(srv.PID()))
 	select {
 	case err := <-errs:
-		return 0, 0, err
+		return 0, 0, cpu, err
 	default:
 	}
 	names := make([]string, len(ids))
@@ -454,13 +468,13 @@ func (r *runner) deleteTenants(ctx context.Context, srv *server, env *benchEnv, 
 	for {
 		var left int
 		if err := env.pool.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = ANY($1)", names).Scan(&left); err != nil {
-			return 0, 0, fmt.Errorf("count partitions left: %w", err)
+			return 0, 0, cpu, fmt.Errorf("count partitions left: %w", err)
 		}
 		if left == 0 {
-			return answered, time.Since(start), nil
+			return answered, time.Since(start), cpu, nil
 		}
 		if time.Since(start) > 30*time.Minute {
-			return 0, 0, fmt.Errorf("%d partitions of deleted tenants left after 30 min", left)
+			return 0, 0, cpu, fmt.Errorf("%d partitions of deleted tenants left after 30 min", left)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
