@@ -187,14 +187,24 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 		}
 	}()
 	// consume runs while the consumer lives and returns early when the consume fails (a missing queue, a refused
-	// consume, the broker down); that it consumes, the broker says: the queue counts a consumer. That is this one when
-	// the queue had none (a start, a restart after a dropped connection); while a handover goes on it may be the old
-	// owner's (a quorum queue counts only its single active consumer, so a waiting one cannot be seen), and the start
-	// returns at once: a consume that fails later ends the generation, which reconciliation starts again.
+	// consume, the broker down). That it consumes, the broker says:
+	//   - a classic queue answers the consume (consume-ok) once its process registered the consumer, waiting or
+	//     active, so its answer is enough (awaitConsumeOK). Polling the queue instead cost the broker two to four
+	//     passive declares a creation, and tens of thousands at a restart;
+	//   - a quorum queue may answer the consume before its Raft member turns out not to run, and RabbitMQ 3.10 then
+	//     closes the whole connection (541): counting that consume as started would clear the tenant's suspect mark.
+	//     So the queue must count a consumer (awaitConsumer). That is this one when the queue had none; while a
+	//     handover goes on it may be the old owner's (a quorum queue counts only its single active consumer, so a
+	//     waiting one cannot be seen), and the start returns at once: a consume that fails later ends the
+	//     generation, which reconciliation starts again.
 	consuming := make(chan struct{})
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
-	go tc.awaitConsumer(probeCtx, consuming)
+	if rt.opts.QueueType == "classic" {
+		go g.awaitConsumeOK(probeCtx, consuming)
+	} else {
+		go tc.awaitConsumer(probeCtx, consuming)
+	}
 	counted := false
 	select {
 	case err := <-failed:
@@ -338,6 +348,23 @@ func (g *generation) closeChannel(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
+	}
+}
+
+// awaitConsumeOK closes consuming once the broker answered the generation's consume with consume-ok (openConsume
+// set its channel), unless ctx ends first. A consume that failed leaves consuming open: start learns of it from
+// the failure.
+func (g *generation) awaitConsumeOK(ctx context.Context, consuming chan<- struct{}) {
+	select {
+	case <-g.opened:
+	case <-ctx.Done():
+		return
+	}
+	g.chMu.Lock()
+	ok := g.ch != nil
+	g.chMu.Unlock()
+	if ok {
+		close(consuming)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -41,6 +42,10 @@ func (s *Servers) Config(t testing.TB) config.Config {
 	c.AMQPReconnectInterval = 200 * time.Millisecond
 	c.ShutdownTimeout = 20 * time.Second
 	c.ConsumerDrainTimeout = 5 * time.Second
+	// TEST_AMQP_QUEUE_TYPE runs the tests on the other queue type (quorum by default, as the service).
+	if qt := os.Getenv("TEST_AMQP_QUEUE_TYPE"); qt != "" {
+		c.AMQPQueueType = qt
+	}
 	return c
 }
 
