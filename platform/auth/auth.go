@@ -85,6 +85,9 @@ type Authenticator struct {
 
 	mu    sync.Mutex
 	cache map[string]cached
+	// byTenant indexes cache's found keys by tenant, so that a tenant's deletion drops its keys without a scan of
+	// every cached key (up to 100,000) under mu, which every authenticated request takes.
+	byTenant map[uuid.UUID]map[string]struct{}
 }
 
 type cached struct {
@@ -96,7 +99,8 @@ type cached struct {
 
 // New returns an Authenticator.
 func New(opts Options, keys TenantKeys, log *zap.Logger) *Authenticator {
-	a := &Authenticator{opts: opts, keys: keys, log: log.Named("auth"), cache: map[string]cached{}}
+	a := &Authenticator{opts: opts, keys: keys, log: log.Named("auth"), cache: map[string]cached{},
+		byTenant: map[uuid.UUID]map[string]struct{}{}}
 	for _, k := range opts.AdminKeys {
 		h := sha256.Sum256([]byte(k))
 		a.admins = append(a.admins, h[:])
@@ -183,26 +187,50 @@ func (a *Authenticator) lookup(ctx context.Context, id string) (cached, error) {
 	a.mu.Lock()
 	if len(a.cache) > 100_000 {
 		clear(a.cache)
+		clear(a.byTenant)
 	}
+	a.drop(id)
 	a.cache[id] = c
+	if c.found {
+		ids := a.byTenant[c.tenantID]
+		if ids == nil {
+			ids = map[string]struct{}{}
+			a.byTenant[c.tenantID] = ids
+		}
+		ids[id] = struct{}{}
+	}
 	a.mu.Unlock()
 	return c, nil
+}
+
+// drop removes key id from the cache and its tenant's index; a.mu must be held.
+func (a *Authenticator) drop(id string) {
+	c, ok := a.cache[id]
+	if !ok {
+		return
+	}
+	delete(a.cache, id)
+	if ids := a.byTenant[c.tenantID]; ids != nil {
+		delete(ids, id)
+		if len(ids) == 0 {
+			delete(a.byTenant, c.tenantID)
+		}
+	}
 }
 
 // Forget drops a key from the cache (after a revocation on this replica).
 func (a *Authenticator) Forget(id string) {
 	a.mu.Lock()
-	delete(a.cache, id)
+	a.drop(id)
 	a.mu.Unlock()
 }
 
 // ForgetTenant drops every cached key of a tenant (when it is deleted).
 func (a *Authenticator) ForgetTenant(tenantID uuid.UUID) {
 	a.mu.Lock()
-	for id, c := range a.cache {
-		if c.tenantID == tenantID {
-			delete(a.cache, id)
-		}
+	for id := range a.byTenant[tenantID] {
+		delete(a.cache, id)
 	}
+	delete(a.byTenant, tenantID)
 	a.mu.Unlock()
 }

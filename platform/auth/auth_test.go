@@ -145,3 +145,50 @@ func TestDisabled(t *testing.T) {
 	require.Equal(t, 200, rec.Code)
 	require.True(t, got.Admin)
 }
+
+// A deleted tenant's cached keys are all dropped, whichever key was cached when, and no other tenant's: the next
+// request with one of them asks the store again, and the other tenant's key is still served from the cache.
+func TestForgetTenantDropsOnlyThatTenantsKeys(t *testing.T) {
+	gone, kept := uuid.New(), uuid.New()
+	keys := &memKeys{rows: map[string]struct {
+		tenant uuid.UUID
+		hash   []byte
+	}{}}
+	var goneKeys []string
+	for range 3 {
+		key, id, hash := NewKey()
+		keys.rows[id] = struct {
+			tenant uuid.UUID
+			hash   []byte
+		}{gone, hash}
+		goneKeys = append(goneKeys, key)
+	}
+	keptKey, keptID, keptHash := NewKey()
+	keys.rows[keptID] = struct {
+		tenant uuid.UUID
+		hash   []byte
+	}{kept, keptHash}
+	a := New(Options{CacheTTL: time.Minute}, keys, zap.NewNop())
+	auth := func(key string) error {
+		_, err := a.authenticate(context.Background(), "Bearer "+key)
+		return err
+	}
+	for _, k := range append(goneKeys, keptKey) {
+		require.NoError(t, auth(k))
+	}
+	require.Equal(t, 4, keys.lookups)
+	for _, k := range goneKeys {
+		id, _, _ := Parse(k)
+		delete(keys.rows, id)
+	}
+	a.ForgetTenant(gone)
+	for _, k := range goneKeys {
+		require.Error(t, auth(k), "a deleted tenant's key still works from the cache")
+	}
+	require.Equal(t, 7, keys.lookups, "each of the deleted tenant's keys was looked up again")
+	require.NoError(t, auth(keptKey))
+	require.Equal(t, 7, keys.lookups, "the other tenant's key was dropped from the cache")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	require.Len(t, a.byTenant, 1, "the index keeps only the other tenant")
+}
