@@ -124,7 +124,8 @@ func (tc *tenantConsumer) running() bool {
 }
 
 // start runs a new generation with workers workers; tc.mu must be held and no generation running. It returns
-// once the consumer consumes (the broker counts a consumer on the queue), or its consume failed, or ctx ended or
+// once the consumer consumes (a classic queue answered its consume; a quorum queue counts a consumer), or its
+// consume failed, or ctx ended or
 // startWait passed (it goes on starting, and reconciliation looks at it again if it fails). At most
 // startParallelism consumes run at once in the runtime, whatever starts them (reconciliation, events, the
 // restart of the consumers of a dropped connection).
