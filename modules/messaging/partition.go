@@ -98,19 +98,33 @@ func detachLocked(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
 	return nil
 }
 
-// finishPendingDetach finishes a concurrent detach of the tenant's partition that was interrupted (the partition
-// is then still listed, pending detach, and cannot be dropped); otherwise it does nothing. The caller holds
-// detachMu and the detach advisory lock on conn.
-func finishPendingDetach(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
-	var pending bool
-	err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(?) AND inhdetachpending)`,
-		PartitionName(id)).Scan(&pending)
+// pendingDetaches returns which of ids have a partition that a DETACH … CONCURRENTLY, of an older version,
+// left pending detach (interrupted or cancelled between its two transactions).
+func pendingDetaches(ctx context.Context, conn bun.IConn, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
+	names, byName := partitionNames(ids)
+	rows, err := conn.QueryContext(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhdetachpending AND i.inhparent = 'messages'::regclass AND c.relname = ANY(?::text[])`, arrayLiteral(names))
 	if err != nil {
-		return fmt.Errorf("drop partition %s: %w", PartitionName(id), err)
+		return nil, fmt.Errorf("look for partitions pending detach: %w", err)
 	}
-	if !pending {
-		return nil
+	defer rows.Close()
+	pending := map[uuid.UUID]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("look for partitions pending detach: %w", err)
+		}
+		pending[byName[name]] = true
 	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("look for partitions pending detach: %w", err)
+	}
+	return pending, nil
+}
+
+// finishDetach finishes the detach of the tenant's partition, pending detach (pendingDetaches). The caller holds
+// detachMu and the detach advisory lock on conn.
+func finishDetach(ctx context.Context, conn bun.IConn, id uuid.UUID) error {
 	if _, err := conn.ExecContext(ctx, fmt.Sprintf(`ALTER TABLE messages DETACH PARTITION %s FINALIZE`, partitionIdent(id))); err != nil {
 		return fmt.Errorf("finish detaching partition %s: %w", PartitionName(id), err)
 	}

@@ -399,3 +399,60 @@ func TestAPassWithATenantListFromBeforeADeletionMakesNoPartitionForIt(t *testing
 	require.NoError(t, parts.Reconcile(ctx))
 	require.Equal(t, 0, testenv.Count(t, db, partition, messaging.PartitionName(tenant)), "the deleted tenant's partition was made again")
 }
+
+// A partition that an older version's DETACH … CONCURRENTLY left pending detach (cancelled between its two
+// transactions) is dropped with its tenant like any other, in the same batch as a partition that never began one,
+// and other tenants' partitions are left alone. The dropper finishes such a detach first; PostgreSQL 15 would
+// drop the partition without that too.
+func TestADropFinishesADetachLeftPending(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.PartitionPoolSize = 0
+	a := testenv.Start(t, cfg)
+	db := a.DB()
+	ctx := context.Background()
+	left := uuid.MustParse(a.CreateTenant("left-pending", 1))
+	plain := uuid.MustParse(a.CreateTenant("plain", 1))
+	kept := a.CreateTenant("kept", 1)
+
+	// The detach's second transaction waits for every transaction holding a lock on messages: one holds it there,
+	// and the detach is cancelled while it waits.
+	holder := testenv.Connect(t, cfg.DatabaseURL)
+	tx, err := holder.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "SELECT 1 FROM messages LIMIT 1")
+	require.NoError(t, err)
+	detacher := testenv.Connect(t, cfg.DatabaseURL)
+	detached := make(chan error, 1)
+	go func() {
+		_, err := detacher.Exec(ctx, `ALTER TABLE messages DETACH PARTITION "`+messaging.PartitionName(left)+`" CONCURRENTLY`)
+		detached <- err
+	}()
+	pendingDetach := `SELECT count(*) FROM pg_inherits WHERE inhdetachpending`
+	testenv.Eventually(t, 10*time.Second, func() bool { return testenv.Count(t, db, pendingDetach) == 1 },
+		"the detach's first transaction marked the partition")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+			detacher.PgConn().PID()) == 1
+	}, "the detach waiting for the holder")
+	require.Equal(t, 1, testenv.Count(t, db, `SELECT count(*) FROM (SELECT pg_cancel_backend($1)) c`, detacher.PgConn().PID()))
+	require.Error(t, <-detached, "the cancelled detach")
+	require.NoError(t, tx.Rollback(ctx))
+	require.Equal(t, 1, testenv.Count(t, db, pendingDetach), "the partition is left pending detach")
+
+	for _, id := range []uuid.UUID{left, plain} {
+		require.Equal(t, http.StatusNoContent, a.Do(http.MethodDelete, "/api/v1/tenants/"+id.String(), nil).Status)
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM partition_drops") == 0
+	}, "both drops done")
+	require.Equal(t, 0, testenv.Count(t, db, `SELECT count(*) FROM pg_class WHERE relname = ANY($1)`,
+		[]string{messaging.PartitionName(left), messaging.PartitionName(plain)}), "a deleted tenant's partition is left")
+	require.Equal(t, 0, testenv.Count(t, db, pendingDetach))
+	require.Equal(t, 1, testenv.Count(t, db, `SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass
+		AND inhrelid = to_regclass($1)`, messaging.PartitionName(uuid.MustParse(kept))), "the other tenant's partition is attached")
+	a.Publish(kept, map[string]any{"n": 1})
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", kept) == 1
+	}, "the other tenant's message stored")
+}
