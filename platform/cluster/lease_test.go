@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 const (
@@ -156,4 +157,24 @@ func TestMembershipWithoutLeaseOwnsNothingAndTellsSubscribers(t *testing.T) {
 	renew("a", "b")
 	<-changed
 	require.Positive(t, owned())
+}
+
+// The lease margin is kept whole whenever the lease still lasts two heartbeats (the defaults: TTL 20 s, margin
+// 12 s, heartbeat 2 s), with no warning; only a margin that leaves less than that (a TTL the configuration refuses)
+// is cut to TTL/2, with a warning.
+func TestTheLeaseMarginIsCutOnlyWhenTheLeaseWouldNotLastTwoHeartbeats(t *testing.T) {
+	for _, tc := range []struct {
+		ttl, margin, want time.Duration
+		warned            bool
+	}{
+		{ttl: 20 * time.Second, margin: 12 * time.Second, want: 12 * time.Second},
+		{ttl: 16 * time.Second, margin: 12 * time.Second, want: 12 * time.Second},
+		{ttl: 14 * time.Second, margin: 12 * time.Second, want: 7 * time.Second, warned: true},
+	} {
+		core, logs := observer.New(zap.WarnLevel)
+		m := NewMembership(nil, nil, MembershipOptions{Self: "a", Interval: 2 * time.Second, TTL: tc.ttl, Margin: tc.margin},
+			zap.New(core))
+		require.Equal(t, tc.want, m.opts.Margin, "TTL %s, margin %s", tc.ttl, tc.margin)
+		require.Equal(t, tc.warned, logs.Len() > 0, "TTL %s, margin %s: warned", tc.ttl, tc.margin)
+	}
 }

@@ -27,8 +27,9 @@ type MembershipOptions struct {
 	// TTL is how long the other replicas count this one live after its last heartbeat.
 	TTL time.Duration
 	// Margin is how long before the TTL runs out a replica that could not renew its heartbeat stops owning
-	// tenants (config.Config.ReplicaLeaseMargin): long enough for its consumers to drain. It is cut to TTL/2 when
-	// longer, so that a lease lasts at all.
+	// tenants (config.Config.ReplicaLeaseMargin): long enough for its consumers to drain. When the lease would not
+	// last two heartbeats with it (a REPLICA_TTL the configuration refuses), it is cut to TTL/2, so that a lease
+	// lasts at all.
 	Margin time.Duration
 	// BrokerGrace is how long the consumer connections may stay down before this replica stops heartbeating
 	// and gives its tenants up; 0 never does.
@@ -76,7 +77,9 @@ type Membership struct {
 // be nil.
 func NewMembership(beats *Heartbeats, broker BrokerHealth, opts MembershipOptions, log *zap.Logger) *Membership {
 	log = log.Named("membership")
-	if opts.Margin > opts.TTL/2 {
+	// Until 2026-12-06 any margin over TTL/2 was cut: with the defaults (TTL 20 s, drain 10 s, heartbeat 2 s)
+	// every start warned and cut the margin to 10 s, less than the drain it is there for.
+	if opts.Margin > opts.TTL-2*opts.Interval {
 		log.Warn("REPLICA_TTL is too short for the lease margin (CONSUMER_DRAIN_TIMEOUT and a heartbeat): a replica "+
 			"cut off may still drain when another takes its tenants over", zap.Duration("ttl", opts.TTL),
 			zap.Duration("margin", opts.Margin), zap.Duration("margin_used", opts.TTL/2))
