@@ -291,8 +291,8 @@ func (p *Pool) DropDue(ctx context.Context) (int, error) {
 	// A concurrent detach that an older version left unfinished is finished first, so that the drop never
 	// depends on how a PostgreSQL version treats a partition pending detach (15 drops it as it is: checked by
 	// hand; TestADropFinishesADetachLeftPending passes either way). One statement finds them for the batch: one
-	// per partition was most of the dropper's statements, and a quarter of the service's CPU while 1,000 tenants
-	// were deleted at 10,000.
+	// per partition was the dropper's largest share of statements (and the dropper a quarter of the service's CPU
+	// while 1,000 tenants were deleted at 10,000).
 	detaching, err := pendingDetaches(ctx, conn, ids)
 	if err != nil {
 		return 0, fmt.Errorf("drop partitions: %w", err)
