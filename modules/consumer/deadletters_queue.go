@@ -35,10 +35,12 @@ func (o Options) deadQueue() broker.Queue {
 	return broker.Queue{Name: DeadQueueName(o.Exchange), Args: args}
 }
 
-// deadBinding binds the shared dead-letter queue to the dead-letter exchange for a tenant's routing key.
+// deadBinding binds the shared dead-letter queue to the dead-letter exchange for a tenant's routing key. It binds
+// only (the runtime declared the queue at start, and declares it again only when it is missing): a creation then
+// never waits on the shared queue's process, which a backlog of dead letters or a frozen node can keep busy.
 func (o Options) deadBinding(id uuid.UUID) broker.Queue {
 	q := o.deadQueue()
-	q.Exchange, q.Key = DeadLetterExchange(o.Exchange), id.String()
+	q.Exchange, q.Key, q.BindOnly = DeadLetterExchange(o.Exchange), id.String(), true
 	return q
 }
 

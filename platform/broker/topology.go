@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -13,6 +15,10 @@ type Queue struct {
 	Args     amqp.Table
 	Exchange string // bound to Exchange with RoutingKey when not empty
 	Key      string
+	// BindOnly binds a queue declared elsewhere (at start) without declaring it again: a declare of an existing
+	// queue asks the queue's process for its figures and waits for it, a bind does not. A queue found missing is
+	// declared, then bound (DeclareQueues).
+	BindOnly bool
 }
 
 // QueueState is what a passive declare tells about a queue.
@@ -34,11 +40,27 @@ func (c *Conn) DeclareExchange(ctx context.Context, name, kind string) error {
 // opened and closed). It waits for each queue's answer on its own (withIdleChannel): a queue the broker does not
 // answer about is the only one marked unanswered, never the shared dead-letter queue a creation names with it.
 func (c *Conn) DeclareQueues(ctx context.Context, qs ...Queue) error {
+	err := c.declareQueues(ctx, qs)
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.NotFound || !slices.ContainsFunc(qs, func(q Queue) bool { return q.BindOnly }) {
+		return err
+	}
+	// A queue to bind only is missing (deleted by hand): declare every queue, in the same order.
+	again := slices.Clone(qs)
+	for i := range again {
+		again[i].BindOnly = false
+	}
+	return c.declareQueues(ctx, again)
+}
+
+func (c *Conn) declareQueues(ctx context.Context, qs []Queue) error {
 	steps := make([]queueCall, len(qs))
 	for i, q := range qs {
 		steps[i] = queueCall{q.Name, func(ch *amqp.Channel) error {
-			if _, err := ch.QueueDeclare(q.Name, true, false, false, false, q.Args); err != nil {
-				return err
+			if !q.BindOnly {
+				if _, err := ch.QueueDeclare(q.Name, true, false, false, false, q.Args); err != nil {
+					return err
+				}
 			}
 			if q.Exchange != "" {
 				return ch.QueueBind(q.Name, q.Key, q.Exchange, false, nil)

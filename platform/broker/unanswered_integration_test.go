@@ -104,3 +104,45 @@ func TestAQueueThatDoesNotAnswerMarksNoOtherQueueItsCallNamed(t *testing.T) {
 	require.Eventually(t, func() bool { return conn.Unanswered() == 0 }, 5*time.Second, 20*time.Millisecond)
 	require.NoError(t, conn.DeclareQueues(context.Background(), shared("stuck"), broker.Queue{Name: "stuck", Args: classic}))
 }
+
+// TestABindOnlyQueueNeverWaitsOnItsProcessAndIsDeclaredWhenMissing: a queue to bind only (the shared dead-letter
+// queue, which every creation binds) is bound without a call to its process, so a queue whose process does not
+// answer is bound at once; a queue to bind only that is missing (deleted by hand) is declared, then bound, and
+// the queues after it in the call are declared too.
+func TestABindOnlyQueueNeverWaitsOnItsProcessAndIsDeclaredWhenMissing(t *testing.T) {
+	s := testenv.Get(t)
+	amqpURL := s.NewVHost(t)
+	ch := testenv.AMQP(t, amqpURL)
+	require.NoError(t, ch.ExchangeDeclare("shared.x", "direct", true, false, false, false, nil))
+	classic := amqp.Table{"x-queue-type": "classic"}
+	_, err := ch.QueueDeclare("shared", true, false, false, false, classic)
+	require.NoError(t, err)
+	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
+		ConnectionName: t.Name()}, zap.NewNop())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	bind := func(name, key string) broker.Queue {
+		return broker.Queue{Name: name, Args: classic, Exchange: "shared.x", Key: key, BindOnly: true}
+	}
+
+	resume := s.SuspendQueue(t, amqpURL, "shared")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	err = conn.DeclareQueues(ctx, bind("shared", "a"), broker.Queue{Name: "a", Args: classic})
+	cancel()
+	require.NoError(t, err, "binding a queue whose process does not answer")
+	resume()
+
+	require.NoError(t, conn.DeclareQueues(context.Background(), bind("gone", "b"), broker.Queue{Name: "b", Args: classic}),
+		"binding a missing queue")
+	for _, q := range []string{"gone", "b"} {
+		st, err := conn.InspectQueue(context.Background(), q)
+		require.NoError(t, err)
+		require.True(t, st.Exists, "queue %s was not declared", q)
+	}
+	// The binding routes: a message published with the key reaches the queue declared on the way.
+	require.NoError(t, ch.PublishWithContext(context.Background(), "shared.x", "b", false, false, amqp.Publishing{Body: []byte("x")}))
+	require.Eventually(t, func() bool {
+		st, err := conn.InspectQueue(context.Background(), "gone")
+		return err == nil && st.Messages == 1
+	}, 5*time.Second, 20*time.Millisecond, "the binding of the declared queue does not route")
+}
