@@ -280,7 +280,7 @@ func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueSt
 // no error: its state says so (the broker closed ch with its 404). abandoned reports that ch is left to the call.
 func (c *Conn) declarePassive(ctx context.Context, ch *amqp.Channel, name string) (st QueueState, abandoned bool, err error) {
 	var q amqp.Queue
-	abandoned, err = c.awaitAnswer(ctx, []string{name}, ch, func() (err error) {
+	abandoned, err = c.awaitAnswer(ctx, name, ch, func() (err error) {
 		q, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
 		return err
 	})

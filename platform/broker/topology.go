@@ -146,7 +146,7 @@ func (c *Conn) withIdleChannel(ctx context.Context, calls ...queueCall) error {
 		return err
 	}
 	for _, call := range calls {
-		abandoned, err := c.awaitAnswer(ctx, []string{call.queue}, ch, func() error { return call.fn(ch) })
+		abandoned, err := c.awaitAnswer(ctx, call.queue, ch, func() error { return call.fn(ch) })
 		if abandoned {
 			return err
 		}

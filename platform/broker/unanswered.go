@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -47,28 +46,24 @@ func (u *unanswered) check(names []string) error {
 	return nil
 }
 
-func (u *unanswered) add(names []string, since time.Time) {
+func (u *unanswered) add(name string, since time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.calls == nil {
 		u.calls, u.since = map[string]int{}, map[string]time.Time{}
 	}
-	for _, n := range names {
-		if u.calls[n] == 0 {
-			u.since[n] = since
-		}
-		u.calls[n]++
+	if u.calls[name] == 0 {
+		u.since[name] = since
 	}
+	u.calls[name]++
 }
 
-func (u *unanswered) done(names []string) {
+func (u *unanswered) done(name string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for _, n := range names {
-		if u.calls[n]--; u.calls[n] <= 0 {
-			delete(u.calls, n)
-			delete(u.since, n)
-		}
+	if u.calls[name]--; u.calls[name] <= 0 {
+		delete(u.calls, name)
+		delete(u.since, name)
 	}
 }
 
@@ -80,13 +75,13 @@ func (c *Conn) Unanswered() int {
 	return len(c.waiting.calls)
 }
 
-// awaitAnswer runs call, one or more synchronous methods on ch about the named queues, and waits for it until
+// awaitAnswer runs call, one or more synchronous methods on ch about queue, and waits for it until
 // ctx ends or AnswerTimeout passes. A call given up on keeps running: ch is closed only once the broker answered
 // it (or its connection closed). When it had waited unansweredAfter or more, every other call about the same
-// queues fails at once until then, so that one queue that does not answer holds one channel and one goroutine,
+// queue fails at once until then, so that one queue that does not answer holds one channel and one goroutine,
 // not one more per pass or per retry, and never another queue's call. abandoned reports that the caller must
 // not use ch again.
-func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel, call func() error) (abandoned bool, err error) {
+func (c *Conn) awaitAnswer(ctx context.Context, queue string, ch *amqp.Channel, call func() error) (abandoned bool, err error) {
 	start := time.Now()
 	done := make(chan error, 1)
 	go func() { done <- call() }()
@@ -101,28 +96,27 @@ func (c *Conn) awaitAnswer(ctx context.Context, names []string, ch *amqp.Channel
 	case <-ctx.Done():
 		why = fmt.Sprintf("no answer before the caller gave up (%v)", ctx.Err())
 	}
-	list := strings.Join(names, ", ")
 	// A caller that gave up early (a start that stops probing its queue once it returns, a shutdown cancelling a
 	// pass in the middle of a declare) says nothing of the broker: only a call that waited unansweredAfter or
-	// more is worth a warning, and refuses the next calls about its queues. Refusing them after an early give-up
+	// more is worth a warning, and refuses the next calls about its queue. Refusing them after an early give-up
 	// failed the deletion of a tenant's queue whose consumer was starting at that moment, and left the queue.
 	counted := time.Since(start) >= unansweredAfter
 	lvl := zap.DebugLevel
 	msg := "a call about a queue given up on early; it is left to finish on its channel"
 	if counted {
-		c.waiting.add(names, start)
+		c.waiting.add(queue, start)
 		lvl = zap.WarnLevel
 		msg = "the broker does not answer a call about a queue; calls about it fail until it does"
 	}
-	c.log.Log(lvl, msg, zap.String("queues", list), zap.String("why", why))
+	c.log.Log(lvl, msg, zap.String("queues", queue), zap.String("why", why))
 	go func() {
 		err := <-done
 		if counted {
-			c.waiting.done(names)
+			c.waiting.done(queue)
 		}
 		_ = ch.Close()
-		c.log.Log(lvl, "the broker answered a call about a queue given up on", zap.String("queues", list),
+		c.log.Log(lvl, "the broker answered a call about a queue given up on", zap.String("queues", queue),
 			zap.Duration("after", time.Since(start)), zap.Error(err))
 	}()
-	return true, fmt.Errorf("%w: queue %s: %w: %s", ErrUnavailable, list, ErrUnanswered, why)
+	return true, fmt.Errorf("%w: queue %s: %w: %s", ErrUnavailable, queue, ErrUnanswered, why)
 }
