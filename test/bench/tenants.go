@@ -125,10 +125,9 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 			others = 100 * max(0, cu.machineMS-cu.service-cu.beam-cu.pg-cu.own) / cu.machineAll
 		}
 		// Which part paid for a slow block: CPU per creation of each, and whether the machine was busy at all.
-		fmt.Printf("   tenants %d–%d created at %.1f /s (%.2f × the first block; p50 %s, p99 %s; other processes %.0f %% of the machine; "+
-			"CPU per creation: service %.2f, RabbitMQ %.2f, PostgreSQL %.2f ms; machine busy %.0f %%)\n",
+		fmt.Printf("   tenants %d–%d created at %.1f /s (%.2f × the first block; p50 %s, p99 %s; other processes %.0f %% of the machine%s)\n",
 			from+1, from+n, rate, rate/firstBlock, fmtMS(percentile(l, 0.5)), fmtMS(percentile(l, 0.99)), others,
-			cu.service/float64(n), cu.beam/float64(n), cu.pg/float64(n), 100*cu.machineBusy)
+			cpuPer(cu, n, "creation"))
 		s.add(fmt.Sprintf("create_rate_%d", from/1000+1), fmt.Sprintf("tenants %s–%s created/s", fmtInt(float64(from+1)), fmtInt(float64(from+n))),
 			rate, "1/s", fmt.Sprintf("%.1f /s", rate))
 		if from > 0 {
@@ -414,7 +413,8 @@ func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UU
 	return percentile(pubs, 0.5), percentile(gets, 0.5), nil
 }
 
-// cpuPer describes u spent on n operations (what), as the creation blocks do: "; CPU per deletion: ...".
+// cpuPer describes u spent on n operations (what): "; CPU per creation: service …, RabbitMQ …, PostgreSQL … ms;
+// machine busy … %".
 func cpuPer(u cpuUse, n int, what string) string {
 	if n == 0 {
 		return ""
