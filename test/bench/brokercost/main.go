@@ -47,6 +47,7 @@ type options struct {
 	exchange      string
 	out           string
 	keep          bool
+	bindPublish   bool
 }
 
 func parseFlags() options {
@@ -65,6 +66,7 @@ func parseFlags() options {
 	flag.IntVar(&o.channelsPer, "channels-per-connection", 0, "AMQP_CHANNELS_PER_CONNECTION (0: 90 % of the negotiated channel_max, as the service)")
 	flag.StringVar(&o.exchange, "exchange", "msgsvc.messages", "AMQP_EXCHANGE")
 	flag.StringVar(&o.out, "out", "test/output/brokercost.json", "JSON report path (relative to the module root)")
+	flag.BoolVar(&o.bindPublish, "publish-binding", true, "bind each tenant queue to -exchange with the tenant id, as the service does (false leaves the binding out, to measure what it costs)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the container (-image) after the run, for inspection")
 	flag.Parse()
 	for _, t := range strings.Split(*types, ",") {

@@ -16,20 +16,23 @@ type sample struct {
 	// DeclareSeconds and ConsumeSeconds are how long this step's new queues took to declare and to consume.
 	DeclareSeconds float64 `json:"declare_seconds"`
 	ConsumeSeconds float64 `json:"consume_seconds"`
-	Retries        int64   `json:"retries"` // declares and consumes that failed and were tried again, so far
-	LastRetry      string  `json:"last_retry,omitempty"`
-	RSSBytes       float64 `json:"rss_bytes"`      // VmRSS of beam.smp
-	MemUsedBytes   float64 `json:"mem_used_bytes"` // what RabbitMQ counts (management API mem_used)
-	MemLimitBytes  float64 `json:"mem_limit_bytes"`
-	MemAlarm       bool    `json:"mem_alarm"`
-	Procs          int     `json:"erlang_processes"`
-	ProcLimit      int     `json:"erlang_process_limit"`
-	FDs            int     `json:"file_descriptors"`
-	FDLimit        int     `json:"file_descriptor_limit"`
-	Connections    int     `json:"consumer_connections"`
-	IdleCPU        float64 `json:"idle_cpu_percent"`  // beam.smp's CPU over the window, % of one core
-	OtherCPU       float64 `json:"other_cpu_percent"` // the rest of the machine's busy CPU in the window, % of all cores
-	WindowSeconds  float64 `json:"window_seconds"`
+	// CreateCPUms is the node's CPU per new tenant queue while this step declared and consumed them (ms), its
+	// idle work over that time included.
+	CreateCPUms   float64 `json:"create_cpu_ms_per_queue,omitempty"`
+	Retries       int64   `json:"retries"` // declares and consumes that failed and were tried again, so far
+	LastRetry     string  `json:"last_retry,omitempty"`
+	RSSBytes      float64 `json:"rss_bytes"`      // VmRSS of beam.smp
+	MemUsedBytes  float64 `json:"mem_used_bytes"` // what RabbitMQ counts (management API mem_used)
+	MemLimitBytes float64 `json:"mem_limit_bytes"`
+	MemAlarm      bool    `json:"mem_alarm"`
+	Procs         int     `json:"erlang_processes"`
+	ProcLimit     int     `json:"erlang_process_limit"`
+	FDs           int     `json:"file_descriptors"`
+	FDLimit       int     `json:"file_descriptor_limit"`
+	Connections   int     `json:"consumer_connections"`
+	IdleCPU       float64 `json:"idle_cpu_percent"`  // beam.smp's CPU over the window, % of one core
+	OtherCPU      float64 `json:"other_cpu_percent"` // the rest of the machine's busy CPU in the window, % of all cores
+	WindowSeconds float64 `json:"window_seconds"`
 }
 
 // run is one queue type's measurement on one node.
@@ -101,13 +104,19 @@ func measureType(ctx context.Context, root string, opt options, typ string) (res
 	printSample(res.Empty)
 	for _, want := range opt.steps {
 		s := sample{}
+		before := len(f.ids)
+		cpu0, _ := cpuMS(n.beam)
 		t0 := time.Now()
 		derr := f.declare(ctx, want)
 		s.DeclareSeconds = time.Since(t0).Seconds()
 		t0 = time.Now()
 		cerr := f.consume(ctx)
 		s.ConsumeSeconds = time.Since(t0).Seconds()
-		fmt.Printf("   %d queues: declared in %.1f s, consumed in %.1f s\n", len(f.ids), s.DeclareSeconds, s.ConsumeSeconds)
+		if cpu1, err := cpuMS(n.beam); err == nil && len(f.ids) > before {
+			s.CreateCPUms = (cpu1 - cpu0) / float64(len(f.ids)-before)
+		}
+		fmt.Printf("   %d queues: declared in %.1f s, consumed in %.1f s, node CPU %.2f ms per new queue\n", len(f.ids),
+			s.DeclareSeconds, s.ConsumeSeconds, s.CreateCPUms)
 		if stepErr := errors.Join(derr, cerr); stepErr != nil {
 			res.Note = fmt.Sprintf("stopped while declaring %d queues (%d consuming): %v", len(f.ids), f.consumed-f.missing, stepErr)
 			fmt.Println("   " + res.Note)
@@ -122,7 +131,7 @@ func measureType(ctx context.Context, root string, opt options, typ string) (res
 		}
 		fmt.Printf("   settling %s, then measuring %s\n", opt.settle, opt.window)
 		m, err := measure(ctx, n, f, opt)
-		m.DeclareSeconds, m.ConsumeSeconds = s.DeclareSeconds, s.ConsumeSeconds
+		m.DeclareSeconds, m.ConsumeSeconds, m.CreateCPUms = s.DeclareSeconds, s.ConsumeSeconds, s.CreateCPUms
 		res.Steps = append(res.Steps, m)
 		printSample(m)
 		if err != nil {

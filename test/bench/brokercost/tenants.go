@@ -167,6 +167,9 @@ func (f *fleet) declareOne(ch *amqp.Channel, id uuid.UUID) error {
 	if _, err := ch.QueueDeclare(q, true, false, false, false, f.queueArgs(id)); err != nil {
 		return fmt.Errorf("declare %s: %w", q, err)
 	}
+	if !f.opt.bindPublish {
+		return nil
+	}
 	if err := ch.QueueBind(q, id.String(), f.opt.exchange, false, nil); err != nil {
 		return fmt.Errorf("bind %s: %w", q, err)
 	}
