@@ -246,7 +246,8 @@ func run() int {
 		}
 	}
 
-	rep := &Report{Date: time.Now(), Machine: machine(), Commit: devenv.GitCommit(root), Options: strings.Join(os.Args[1:], " ")}
+	rep := &Report{Date: time.Now(), Machine: machine(), Commit: devenv.GitCommit(root), Options: strings.Join(os.Args[1:], " "),
+		MgmtSampleSeconds: mgmtSampleSeconds(root)}
 	ids := make([]int, 0, len(opt.scenarios))
 	for id := range opt.scenarios {
 		ids = append(ids, id)
@@ -529,6 +530,22 @@ func (r *runner) cleanup() {
 			r.dropEnvs()
 		}
 	}
+}
+
+// mgmtSampleSeconds reads how often the local RabbitMQ node samples its management statistics from the
+// configuration services.sh wrote for it; 0 when it cannot tell.
+func mgmtSampleSeconds(root string) int {
+	b, err := os.ReadFile(filepath.Join(root, ".dev", "rabbitmq", "rabbitmq.conf"))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "management.sample_retention_policies.basic.minute"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), "=")))
+			return n
+		}
+	}
+	return 5 // RabbitMQ's default
 }
 
 func machine() Machine {

@@ -15,12 +15,15 @@ import (
 
 // Report is everything one run measured; it is printed as one table and written as JSON.
 type Report struct {
-	Date      time.Time   `json:"date"`
-	Machine   Machine     `json:"machine"`
-	Commit    string      `json:"commit"`
-	Options   string      `json:"options"`
-	Scenarios []*Scenario `json:"scenarios"`
-	Missed    int         `json:"targets_missed"`
+	Date    time.Time `json:"date"`
+	Machine Machine   `json:"machine"`
+	Commit  string    `json:"commit"`
+	Options string    `json:"options"`
+	// MgmtSampleSeconds is how often the local RabbitMQ node samples its management statistics
+	// (services.sh's RMQ_MGMT_SAMPLE_INTERVAL; 0: unknown). Its idle CPU at thousands of queues depends on it.
+	MgmtSampleSeconds int         `json:"rabbitmq_mgmt_sample_seconds,omitempty"`
+	Scenarios         []*Scenario `json:"scenarios"`
+	Missed            int         `json:"targets_missed"`
 }
 
 // Machine describes where the run happened.
@@ -177,8 +180,12 @@ func padLeft(s string, w int) string { return strings.Repeat(" ", max(0, w-width
 // Table renders the report as one text table.
 func (r *Report) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "msgsvc benchmark  %s  ·  %d CPUs (%s)  ·  %s  ·  commit %s\n",
+	fmt.Fprintf(&b, "msgsvc benchmark  %s  ·  %d CPUs (%s)  ·  %s  ·  commit %s",
 		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine.CPUs, r.Machine.Model, r.Machine.GoVersion, r.Commit)
+	if r.MgmtSampleSeconds > 0 {
+		fmt.Fprintf(&b, "  ·  RabbitMQ management sampled every %d s", r.MgmtSampleSeconds)
+	}
+	b.WriteString("\n")
 	wn, wv, wt := len("metric"), len("value"), len("target")
 	for _, s := range r.Scenarios {
 		for _, m := range s.Metrics {
