@@ -78,8 +78,9 @@ load_settings() {
 		[[ ${!k} =~ ^[0-9]+$ ]] && ((${!k} > 0 && ${!k} < 65536)) || die "$k=${!k} is not a valid port"
 	done
 	RMQ_MGMT_SAMPLE_INTERVAL="${RMQ_MGMT_SAMPLE_INTERVAL:-5}"
-	[[ $RMQ_MGMT_SAMPLE_INTERVAL =~ ^[0-9]+$ ]] && ((RMQ_MGMT_SAMPLE_INTERVAL >= 1 && RMQ_MGMT_SAMPLE_INTERVAL <= 60)) ||
+	[[ $RMQ_MGMT_SAMPLE_INTERVAL =~ ^[0-9]{1,2}$ ]] && ((10#$RMQ_MGMT_SAMPLE_INTERVAL >= 1 && 10#$RMQ_MGMT_SAMPLE_INTERVAL <= 60)) ||
 		die "RMQ_MGMT_SAMPLE_INTERVAL=$RMQ_MGMT_SAMPLE_INTERVAL is not a number of seconds from 1 to 60"
+	RMQ_MGMT_SAMPLE_INTERVAL=$((10#$RMQ_MGMT_SAMPLE_INTERVAL))
 	((RABBITMQ_CLUSTER_PORT + 30 < 65536)) || die "RABBITMQ_CLUSTER_PORT=$RABBITMQ_CLUSTER_PORT: the cluster needs it and the 30 ports above it"
 }
 
