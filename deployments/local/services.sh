@@ -385,8 +385,8 @@ vm_memory_high_watermark.relative = 0.8
 log.console = false
 log.file.level = info
 # Management statistics are sampled every RMQ_MGMT_SAMPLE_INTERVAL seconds (RabbitMQ's default: 5). Each sample
-# walks every queue's and channel's figures: at 10,000 idle tenants that was half of the node's idle CPU, and
-# 30 halves it (deployments/rabbitmq/msgsvc.conf; the bench's node uses 30).
+# walks every queue's and channel's figures: at 10,000 idle tenants 30 s halved the node's idle CPU (the bench's
+# node and deployments/rabbitmq/msgsvc.conf use 30).
 management.sample_retention_policies.global.minute = $RMQ_MGMT_SAMPLE_INTERVAL
 management.sample_retention_policies.global.hour = 60
 management.sample_retention_policies.global.day = 1200
