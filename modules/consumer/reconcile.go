@@ -38,6 +38,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	// First, whatever the database answers: a replica whose lease ran out (cut off from PostgreSQL) owns
 	// nothing, and its consumers must stop before the others take its tenants over.
 	r.stopDisowned(ctx)
+	listedAt := time.Now() // the tenant list holds every change committed before this
 	tenants, err := r.dir.Tenants(ctx)
 	if err != nil {
 		return err
@@ -113,7 +114,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 			defer func() { <-sem; wg.Done() }()
 			err := errsOf[i]
 			if err == nil {
-				err = r.reconcileTenant(ctx, t, seen[i], inspected, unserved[t.ID])
+				err = r.reconcileTenant(ctx, t, listedAt, seen[i], inspected, unserved[t.ID])
 			}
 			if err != nil {
 				if tc := r.consumer(t.ID, true); tc != nil && !tc.running() {
@@ -208,10 +209,11 @@ type verdict struct {
 	kind string
 }
 
-// reconcileTenant repairs one owned tenant; st is its queue's state as inspected at time inspected, nil when it
-// was not inspected this pass (the listing showed its queue and its consumer runs here); unserved is the
-// generation findUnserved or findStalled judged unserved, the zero verdict for none.
-func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *broker.QueueState, inspected time.Time, unserved verdict) error {
+// reconcileTenant repairs one owned tenant, t as the pass's tenant list read it at time listed; st is its queue's
+// state as inspected at time inspected, nil when it was not inspected this pass (the listing showed its queue and
+// its consumer runs here); unserved is the generation findUnserved or findStalled judged unserved, the zero
+// verdict for none.
+func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, listed time.Time, st *broker.QueueState, inspected time.Time, unserved verdict) error {
 	if r.isClosed() {
 		return nil
 	}
@@ -242,13 +244,15 @@ func (r *Runtime) reconcileTenant(ctx context.Context, t events.Tenant, st *brok
 	tc := r.consumer(t.ID, false)
 	switch {
 	case tc == nil || !tc.running():
-		started, err := r.ensure(ctx, t.ID, t.Concurrency, "reconcile")
+		started, err := r.ensure(ctx, t.ID, t.Concurrency, "reconcile", listed)
 		if started && tc != nil {
 			r.metrics.repairs.WithLabelValues("consumer").Inc()
 		}
 		return err
 	case r.Workers(t.ID) != t.Concurrency:
-		started, err := r.ensure(ctx, t.ID, t.Concurrency, "reconcile resize")
+		// A generation started since the list was read had a count at least as new (a concurrency change's
+		// event, applied while this pass ran): it is left alone, or this pass would undo the change until the next.
+		started, err := r.ensure(ctx, t.ID, t.Concurrency, "reconcile resize", listed)
 		if started {
 			r.metrics.repairs.WithLabelValues("concurrency").Inc()
 		}

@@ -158,3 +158,35 @@ func TestAPassWithATenantListFromBeforeADeletionStartsNoConsumerForIt(t *testing
 	exists, _, _ := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(tid))
 	require.False(t, exists, "the deleted tenant's queue is still there")
 }
+
+// TestAPassWithATenantListFromBeforeAResizeKeepsTheNewSize: a reconciliation pass reads the tenant list, then a
+// concurrency change resizes the tenant's consumer, then the pass reaches the tenant with the count it read
+// before. It must leave the new size: before, it resized the consumer back to the old count ("reconcile
+// resize"), and the change was undone until the next pass (30 s by default). TestResizeLiveConsumer saw it once.
+func TestAPassWithATenantListFromBeforeAResizeKeepsTheNewSize(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.ReconcileInterval = time.Hour // only the pass this test runs
+	a, rt, dir := startHolding(t, cfg)
+	tenant := a.CreateTenant("resized", 3)
+	tid := uuid.MustParse(tenant)
+	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == 3 }, "the tenant's consumer runs")
+
+	dir.mu.Lock()
+	dir.onList = func() {
+		r := a.Do(http.MethodPut, "/api/v1/tenants/"+tenant+"/config/concurrency", map[string]int{"workers": 1})
+		require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+		testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == 1 }, "the resize took effect")
+	}
+	dir.mu.Unlock()
+	require.NoError(t, rt.Reconcile(context.Background()))
+	require.Equal(t, 1, rt.Workers(tid), "the pass undid the concurrency change")
+	for _, e := range a.Logs.FilterMessage("consumer started").All() {
+		if m := e.ContextMap(); m["tenant_id"] == tenant && m["reason"] == "reconcile resize" {
+			t.Errorf("the pass resized the consumer to the count it read before the change (%v workers)", m["workers"])
+		}
+	}
+	// The next pass reads the new count and has nothing to do.
+	require.NoError(t, rt.Reconcile(context.Background()))
+	require.Equal(t, 1, rt.Workers(tid))
+}

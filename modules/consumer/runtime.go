@@ -371,14 +371,14 @@ func (r *Runtime) consumer(id uuid.UUID, create bool) *tenantConsumer {
 
 // Ensure makes the tenant's consumer run with workers workers, starting or resizing it as needed.
 func (r *Runtime) Ensure(ctx context.Context, id uuid.UUID, workers int, reason string) error {
-	_, err := r.ensure(ctx, id, workers, reason)
+	_, err := r.ensure(ctx, id, workers, reason, time.Time{})
 	return err
 }
 
 // ensure is Ensure, and reports whether it started a consumer that now runs: reconciliation counts a repair
 // only then, not when another start (an event's, a lost connection's replacement) made it run meanwhile or the
 // start failed.
-func (r *Runtime) ensure(ctx context.Context, id uuid.UUID, workers int, reason string) (started bool, err error) {
+func (r *Runtime) ensure(ctx context.Context, id uuid.UUID, workers int, reason string, listed time.Time) (started bool, err error) {
 	tc := r.consumer(id, true)
 	if tc == nil {
 		if r.wasDeleted(id) {
@@ -386,7 +386,7 @@ func (r *Runtime) ensure(ctx context.Context, id uuid.UUID, workers int, reason 
 		}
 		return false, fmt.Errorf("consumer runtime is stopped")
 	}
-	started, err = tc.ensure(ctx, workers, reason)
+	started, err = tc.ensure(ctx, workers, reason, listed)
 	r.recordStart(tc, err)
 	if err != nil {
 		return false, fmt.Errorf("start consumer of tenant %s: %w", id, err)

@@ -498,12 +498,14 @@ func (tc *tenantConsumer) stopGen(ctx context.Context, reason string) {
 }
 
 // ensure makes a generation with workers run: it starts one when none is alive and replaces one of another size.
-// started reports that it started one (the start may still have failed: err).
-func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string) (started bool, err error) {
+// started reports that it started one (the start may still have failed: err). listed, when not zero, is when
+// workers was read (a reconciliation pass's tenant list): a generation started since then keeps its size, since
+// what started it (a concurrency change's event) read a count at least as new.
+func (tc *tenantConsumer) ensure(ctx context.Context, workers int, reason string, listed time.Time) (started bool, err error) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	g := tc.gen.Load()
-	if g != nil && g.alive() && g.workers == workers {
+	if g != nil && g.alive() && (g.workers == workers || !listed.IsZero() && !g.started.Before(listed)) {
 		return false, nil
 	}
 	if g != nil {
