@@ -63,6 +63,19 @@ func startHolding(t *testing.T, cfg config.Config) (*testenv.App, *consumer.Runt
 	return a, rt, dir
 }
 
+// heldTenant starts the application with a holdingDirectory and no reconciliation pass but the test's own, creates
+// a tenant with workers workers and waits until its consumer runs.
+func heldTenant(t *testing.T, name string, workers int) (cfg config.Config, a *testenv.App, rt *consumer.Runtime, dir *holdingDirectory, tenant string, tid uuid.UUID) {
+	t.Helper()
+	cfg = testenv.Get(t).Config(t)
+	cfg.ReconcileInterval = time.Hour // only the passes the test runs
+	a, rt, dir = startHolding(t, cfg)
+	tenant = a.CreateTenant(name, workers)
+	tid = uuid.MustParse(tenant)
+	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == workers }, "the tenant's consumer runs")
+	return cfg, a, rt, dir, tenant, tid
+}
+
 // TestReconcileDoesNotRecreateADeletedTenant holds a reconciliation pass after it read the tenant list, or
 // after it checked that the tenant still exists, and deletes the tenant meanwhile: the pass must not re-create
 // the deleted tenant's queues (they would leak: without the management API nothing removes them) nor start a
@@ -115,13 +128,7 @@ func TestReconcileDoesNotRecreateADeletedTenant(t *testing.T) {
 // from under it mid-start. Here another client's consumer on the queue holds the deletion in that window while
 // the pass goes on; the pass must start nothing for the deleted tenant, and the deletion ends with the queue gone.
 func TestAPassWithATenantListFromBeforeADeletionStartsNoConsumerForIt(t *testing.T) {
-	s := testenv.Get(t)
-	cfg := s.Config(t)
-	cfg.ReconcileInterval = time.Hour // only the pass this test runs
-	a, rt, dir := startHolding(t, cfg)
-	tenant := a.CreateTenant("doomed", 1)
-	tid := uuid.MustParse(tenant)
-	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == 1 }, "the tenant's consumer runs")
+	cfg, a, rt, dir, tenant, tid := heldTenant(t, "doomed", 1)
 	// Another client's consumer: the single active consumer's follower, then the queue's only consumer.
 	ch := testenv.AMQP(t, cfg.AMQPURL)
 	_, err := ch.Consume(consumer.QueueName(tid), "bystander", false, false, false, false, nil)
@@ -164,13 +171,7 @@ func TestAPassWithATenantListFromBeforeADeletionStartsNoConsumerForIt(t *testing
 // before. It must leave the new size: before, it resized the consumer back to the old count ("reconcile
 // resize"), and the change was undone until the next pass (30 s by default). TestResizeLiveConsumer saw it once.
 func TestAPassWithATenantListFromBeforeAResizeKeepsTheNewSize(t *testing.T) {
-	s := testenv.Get(t)
-	cfg := s.Config(t)
-	cfg.ReconcileInterval = time.Hour // only the pass this test runs
-	a, rt, dir := startHolding(t, cfg)
-	tenant := a.CreateTenant("resized", 3)
-	tid := uuid.MustParse(tenant)
-	testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(tid) == 3 }, "the tenant's consumer runs")
+	_, a, rt, dir, tenant, tid := heldTenant(t, "resized", 3)
 
 	dir.mu.Lock()
 	dir.onList = func() {
