@@ -105,14 +105,14 @@ func measureType(ctx context.Context, root string, opt options, typ string) (res
 	for _, want := range opt.steps {
 		s := sample{}
 		before := len(f.ids)
-		cpu0, _ := cpuMS(n.beam)
+		cpu0, cpuErr := cpuMS(n.beam)
 		t0 := time.Now()
 		derr := f.declare(ctx, want)
 		s.DeclareSeconds = time.Since(t0).Seconds()
 		t0 = time.Now()
 		cerr := f.consume(ctx)
 		s.ConsumeSeconds = time.Since(t0).Seconds()
-		if cpu1, err := cpuMS(n.beam); err == nil && len(f.ids) > before {
+		if cpu1, err := cpuMS(n.beam); cpuErr == nil && err == nil && len(f.ids) > before {
 			s.CreateCPUms = (cpu1 - cpu0) / float64(len(f.ids)-before)
 		}
 		fmt.Printf("   %d queues: declared in %.1f s, consumed in %.1f s, node CPU %.2f ms per new queue\n", len(f.ids),
