@@ -360,7 +360,7 @@ func (p *ConsumerPool) Close() error {
 // called once its socket closes, whatever closed it.
 func dialPooled(urls []string, name string, onLost func()) (*amqp.Connection, error) {
 	c, err := dialFirst(context.Background(), urls, amqp.Config{Properties: amqp.Table{"connection_name": name}},
-		func(c net.Conn) net.Conn { return &watchedConn{Conn: c, onClose: onLost} })
+		func(c net.Conn) net.Conn { return &watchedConn{Conn: newCombiningConn(c), onClose: onLost} })
 	if err != nil {
 		return nil, fmt.Errorf("broker: connect: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -244,9 +245,16 @@ func (p *Publisher) dial() (*pubConn, error) {
 }
 
 func (p *Publisher) dialURL(url string) (*pubConn, error) {
+	dial := amqp.DefaultDial(5 * time.Second)
 	conn, err := amqp.DialConfig(url, amqp.Config{
-		Heartbeat:  10 * time.Second,
-		Dial:       amqp.DefaultDial(5 * time.Second),
+		Heartbeat: 10 * time.Second,
+		Dial: func(network, addr string) (net.Conn, error) {
+			c, err := dial(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newCombiningConn(c), nil
+		},
 		Properties: amqp.Table{"connection_name": p.opts.Name},
 	})
 	if err != nil {
