@@ -75,10 +75,6 @@ func decodeDelivery(tenantID uuid.UUID, d amqp.Delivery, now time.Time) (Message
 		}
 		m.ID = id
 	}
-	if !validPayload(d.Body) {
-		return m, errPayload
-	}
-	m.Payload = bytes.TrimSpace(d.Body)
 	switch v := d.Headers[HeaderCreatedAt].(type) {
 	case int64:
 		m.CreatedAt = time.UnixMicro(v).UTC()
@@ -91,13 +87,29 @@ func decodeDelivery(tenantID uuid.UUID, d amqp.Delivery, now time.Time) (Message
 			m.CreatedAt = now.UTC().Truncate(time.Microsecond)
 		}
 	}
+	return m, checkMessage(&m, d.Body)
+}
+
+// decodeEnvelopeItem turns a message of an envelope from tenantID's queue into a Message, as decodeDelivery does
+// the delivery broker.UnpackItem makes of it.
+func decodeEnvelopeItem(tenantID uuid.UUID, it broker.EnvelopeItem) (Message, error) {
+	m := Message{TenantID: tenantID, ID: it.ID, CreatedAt: time.UnixMicro(it.CreatedAt).UTC()}
+	return m, checkMessage(&m, it.Payload)
+}
+
+// checkMessage sets m's payload from body once it is one PostgreSQL stores, and checks m's creation time.
+func checkMessage(m *Message, body []byte) error {
+	if !validPayload(body) {
+		return errPayload
+	}
+	m.Payload = bytes.TrimSpace(body)
 	if y := m.CreatedAt.Year(); y < 1 || y > 9999 {
 		// PostgreSQL would store it (4713 BC to 294276 AD), but the API could never answer it: JSON's time
 		// (RFC 3339) has four-digit years, and encoding/json refuses the others.
-		return m, fmt.Errorf("creation time %s (%s, or the timestamp property) is outside the years 1 to 9999",
+		return fmt.Errorf("creation time %s (%s, or the timestamp property) is outside the years 1 to 9999",
 			m.CreatedAt.Format(time.RFC3339Nano), HeaderCreatedAt)
 	}
-	return m, nil
+	return nil
 }
 
 // messageID returns the id of a new message: a UUIDv7, or with an idempotency key a UUIDv5 of the tenant and

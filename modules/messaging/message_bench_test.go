@@ -179,3 +179,25 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 func (w *discardWriter) WriteHeader(s int) { w.status = s }
+
+// BenchmarkDecodeDeliveries decodes what a worker takes in scenario 1 of test/bench: three envelopes of four
+// 512-byte messages.
+func BenchmarkDecodeDeliveries(b *testing.B) {
+	tenant := uuid.New()
+	ds := make([]amqp.Delivery, 3)
+	for i := range ds {
+		items := make([]broker.EnvelopeItem, 4)
+		for j := range items {
+			items[j] = broker.EnvelopeItem{ID: uuid.Must(uuid.NewV7()), CreatedAt: time.Now().UnixMicro(), Payload: payload512}
+		}
+		ds[i] = amqp.Delivery{Body: broker.EncodeEnvelope(items),
+			Headers: amqp.Table{broker.HeaderEnvelope: int32(len(items)), HeaderCreatedAt: time.Now().UnixMicro()}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		errs := make([]error, len(ds))
+		if items := decodeBatch(tenant, ds, time.Now(), errs); len(items) != 12 {
+			b.Fatal(len(items), errs)
+		}
+	}
+}

@@ -19,57 +19,79 @@ import (
 // nil when it is stored (or was already), broker.Permanent when it can never be stored.
 func (s *Service) Handle(ctx context.Context, tenantID uuid.UUID, ds []amqp.Delivery) []error {
 	errs := make([]error, len(ds))
-	now := time.Now()
-	items := make([]item, 0, len(ds))
-	for i, d := range ds {
-		parts := []amqp.Delivery{d}
-		if broker.IsEnvelope(d) {
-			var err error
-			if parts, err = broker.Unpack(d); err != nil {
-				errs[i] = broker.Permanent(err)
-				continue
-			}
-		}
-		for _, p := range parts {
-			m, err := decodeDelivery(tenantID, p, now)
-			if err != nil {
-				failItem(errs, i, p, broker.Permanent(err), len(parts) > 1 || broker.IsEnvelope(d))
-				continue
-			}
-			items = append(items, item{msg: m, delivery: i, part: p, enveloped: broker.IsEnvelope(d)})
-		}
-	}
-	s.store(ctx, tenantID, items, errs)
+	items := decodeBatch(tenantID, ds, time.Now(), errs)
+	s.store(ctx, tenantID, ds, items, errs)
 	return errs
 }
 
-// item is one message of a batch being stored: from delivery number delivery, itself (part) or one message of
-// that envelope.
-type item struct {
-	msg       Message
-	delivery  int
-	part      amqp.Delivery
-	enveloped bool
+// decodeBatch turns deliveries into the messages they carry; a delivery or a message of an envelope that can
+// never be stored gets its error in errs and no item. An envelope's messages are read from its body as they are,
+// without a delivery of their own (broker.UnpackItem makes one for a message that fails).
+func decodeBatch(tenantID uuid.UUID, ds []amqp.Delivery, now time.Time, errs []error) []item {
+	envelopes := make([][]broker.EnvelopeItem, len(ds))
+	n := 0
+	for i, d := range ds {
+		if !broker.IsEnvelope(d) {
+			n++
+			continue
+		}
+		parts, err := broker.DecodeEnvelope(d.Body)
+		if err != nil {
+			errs[i] = broker.Permanent(err)
+			continue
+		}
+		envelopes[i], n = parts, n+len(parts)
+	}
+	items := make([]item, 0, n)
+	for i, d := range ds {
+		if !broker.IsEnvelope(d) {
+			m, err := decodeDelivery(tenantID, d, now)
+			if err != nil {
+				errs[i] = broker.Permanent(err)
+				continue
+			}
+			items = append(items, item{msg: m, delivery: i, part: -1})
+			continue
+		}
+		for j, p := range envelopes[i] {
+			m, err := decodeEnvelopeItem(tenantID, p)
+			if err != nil {
+				failItem(errs, ds, item{delivery: i, part: j, raw: p}, broker.Permanent(err))
+				continue
+			}
+			items = append(items, item{msg: m, delivery: i, part: j, raw: p})
+		}
+	}
+	return items
 }
 
-// failItem records that a message of delivery i can never be stored: the delivery's error when it is the
-// message, or one more failed message of the envelope; a transient error of the delivery stays (it is retried
-// whole).
-func failItem(errs []error, i int, part amqp.Delivery, err error, enveloped bool) {
-	if !enveloped {
-		errs[i] = err
+// item is one message of a batch being stored: delivery number delivery itself (part -1), or message number
+// part of that envelope (raw).
+type item struct {
+	msg      Message
+	delivery int
+	part     int
+	raw      broker.EnvelopeItem
+}
+
+// failItem records that the message of it can never be stored: the delivery's error when it is the message, or
+// one more failed message of the envelope; a transient error of the delivery stays (it is retried whole).
+func failItem(errs []error, ds []amqp.Delivery, it item, err error) {
+	if it.part < 0 {
+		errs[it.delivery] = err
 		return
 	}
-	switch e := errs[i].(type) {
+	failed := broker.FailedItem{Delivery: broker.UnpackItem(ds[it.delivery], it.raw), Err: err}
+	switch e := errs[it.delivery].(type) {
 	case nil:
-		errs[i] = &broker.ItemsFailed{Items: []broker.FailedItem{{Delivery: part, Err: err}}}
+		errs[it.delivery] = &broker.ItemsFailed{Items: []broker.FailedItem{failed}}
 	case *broker.ItemsFailed:
-		e.Items = append(e.Items, broker.FailedItem{Delivery: part, Err: err})
+		e.Items = append(e.Items, failed)
 	}
 }
 
 // store inserts items in one statement and records each delivery's outcome in errs.
-func (s *Service) store(ctx context.Context, tenantID uuid.UUID, items []item, errs []error) {
+func (s *Service) store(ctx context.Context, tenantID uuid.UUID, ds []amqp.Delivery, items []item, errs []error) {
 	if len(items) == 0 {
 		return
 	}
@@ -82,11 +104,11 @@ func (s *Service) store(ctx context.Context, tenantID uuid.UUID, items []item, e
 		// PostgreSQL refuses a value of the data itself: no retry can store that message, and in a multi-row
 		// insert it would fail every other one. Store one by one, so that only the refused ones are dead-lettered.
 		if len(items) == 1 {
-			failItem(errs, items[0].delivery, items[0].part, broker.Permanent(fmt.Errorf("store message: %w", err)), items[0].enveloped)
+			failItem(errs, ds, items[0], broker.Permanent(fmt.Errorf("store message: %w", err)))
 			return
 		}
 		for _, it := range items {
-			s.store(ctx, tenantID, []item{it}, errs)
+			s.store(ctx, tenantID, ds, []item{it}, errs)
 		}
 		return
 	}

@@ -55,7 +55,7 @@ func DecodeEnvelope(body []byte) ([]EnvelopeItem, error) {
 	if len(body) == 0 || body[0] != envelopeVersion {
 		return nil, errors.New("envelope: unknown version")
 	}
-	var items []EnvelopeItem
+	items := make([]EnvelopeItem, 0, envelopeCount(body))
 	for rest := body[1:]; len(rest) > 0; {
 		if len(rest) < itemHeader {
 			return nil, fmt.Errorf("envelope: item %d truncated", len(items))
@@ -77,6 +77,19 @@ func DecodeEnvelope(body []byte) ([]EnvelopeItem, error) {
 	return items, nil
 }
 
+// envelopeCount counts the items of an envelope's body by their lengths, stopping at a truncated one.
+func envelopeCount(body []byte) int {
+	n := 0
+	for rest := body[1:]; len(rest) >= itemHeader; n++ {
+		size := binary.BigEndian.Uint32(rest[24:28])
+		if uint64(size) > uint64(len(rest)-itemHeader) {
+			return n + 1
+		}
+		rest = rest[itemHeader+int(size):]
+	}
+	return n
+}
+
 // IsEnvelope reports whether a delivery is an envelope.
 func IsEnvelope(d amqp.Delivery) bool {
 	_, ok := d.Headers[HeaderEnvelope]
@@ -93,14 +106,18 @@ func Unpack(d amqp.Delivery) ([]amqp.Delivery, error) {
 	}
 	out := make([]amqp.Delivery, len(items))
 	for i, it := range items {
-		h := maps.Clone(d.Headers)
-		delete(h, HeaderEnvelope)
-		h[HeaderCreatedAt] = it.CreatedAt
-		p := d
-		p.Headers, p.MessageId, p.Body = h, it.ID.String(), it.Payload
-		out[i] = p
+		out[i] = UnpackItem(d, it)
 	}
 	return out, nil
+}
+
+// UnpackItem returns item, a message of envelope d, as Unpack does.
+func UnpackItem(d amqp.Delivery, item EnvelopeItem) amqp.Delivery {
+	h := maps.Clone(d.Headers)
+	delete(h, HeaderEnvelope)
+	h[HeaderCreatedAt] = item.CreatedAt
+	d.Headers, d.MessageId, d.Body = h, item.ID.String(), item.Payload
+	return d
 }
 
 // ItemsFailed is a handler's result for an envelope of which some messages can never be stored (the others
