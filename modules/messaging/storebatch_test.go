@@ -2,11 +2,14 @@ package messaging
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -480,5 +483,105 @@ func BenchmarkGroupedInsert(b *testing.B) {
 		if _, err := sb.insertMany(ctx, batch, rows); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The grouped insert sends its rows in PostgreSQL's binary form, encoded by the service (insertwire.go): what is
+// stored must be what was given, to the microsecond, for times on both sides of PostgreSQL's epoch and at the ends
+// of what the API can answer, and payloads of every kind of text.
+func TestGroupedInsertStoresExactlyWhatItIsGiven(t *testing.T) {
+	tenants := []uuid.UUID{uuid.New(), uuid.New()}
+	b, db, _ := groupedBatcher(t, newStoreMetrics(), tenants...)
+	times := []time.Time{
+		time.Date(1999, 12, 31, 23, 59, 59, 999999000, time.UTC),
+		time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 1000, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC),
+		time.Date(1969, 7, 20, 20, 17, 40, 123456000, time.FixedZone("x", -5*3600)),
+		time.Now().Truncate(time.Microsecond),
+	}
+	payloads := []string{`{"a":1}`, `[]`, `{"é":"ü","emoji":"😀","esc":"\n\t\"\\"}`, `{"n":1e308}`, `[null,true,{"x":[]}]`,
+		`{"data":"` + strings.Repeat("y", 4000) + `"}`}
+	want := map[uuid.UUID]Message{}
+	batch := []*storeReq{}
+	for i := range times {
+		m := Message{ID: uuid.Must(uuid.NewV7()), TenantID: tenants[i%2], Payload: []byte(payloads[i]), CreatedAt: times[i]}
+		want[m.ID] = m
+		batch = append(batch, &storeReq{tenantID: m.TenantID, msgs: []Message{m}})
+	}
+	counts, err := b.insertMany(context.Background(), batch, len(batch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[tenants[0]] != 3 || counts[tenants[1]] != 3 {
+		t.Fatalf("counts %v, want 3 each", counts)
+	}
+	rows, err := db.QueryContext(context.Background(), `SELECT id, tenant_id, payload::text, created_at FROM messages`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	seen := 0
+	for rows.Next() {
+		var id, tenant uuid.UUID
+		var payload string
+		var created time.Time
+		if err := rows.Scan(&id, &tenant, &payload, &created); err != nil {
+			t.Fatal(err)
+		}
+		w, ok := want[id]
+		if !ok {
+			t.Fatalf("stored an id never given: %s", id)
+		}
+		seen++
+		if tenant != w.TenantID || !created.Equal(w.CreatedAt) {
+			t.Errorf("message %s stored for %s at %s, want %s at %s", id, tenant, created, w.TenantID, w.CreatedAt)
+		}
+		var got, exp any
+		if err := json.Unmarshal([]byte(payload), &got); err != nil {
+			t.Fatal(err)
+		}
+		_ = json.Unmarshal(w.Payload, &exp)
+		if !reflect.DeepEqual(got, exp) {
+			t.Errorf("message %s stored %s, want %s", id, payload, w.Payload)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if seen != len(want) {
+		t.Fatalf("%d rows stored, want %d", seen, len(want))
+	}
+
+	// Stored again: the plain insert meets a stored row, and the careful one skips them all.
+	counts, err = b.insertMany(context.Background(), batch, len(batch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[tenants[0]] != 0 || counts[tenants[1]] != 0 {
+		t.Fatalf("a second insert of the same rows inserted %v", counts)
+	}
+}
+
+func TestInsertParamsAreReusedAndMatchTheirLengths(t *testing.T) {
+	var p insertParams
+	a := newRowArrays(2)
+	a.add([]Message{{ID: uuid.New(), Payload: []byte(`{}`), CreatedAt: time.Unix(0, 0)},
+		{ID: uuid.New(), Payload: []byte(`[1]`), CreatedAt: time.Date(2000, 1, 1, 0, 0, 0, 1000, time.UTC)}})
+	tenants := [][16]byte{uuid.New(), uuid.New()}
+	vals := p.encode(tenants, a)
+	if len(vals) != 4 || len(vals[0]) != 20+2*20 || len(vals[1]) != 20+2*20 || len(vals[2]) != 20+4+2+4+3 || len(vals[3]) != 20+2*12 {
+		t.Fatalf("lengths %d %d %d %d", len(vals[0]), len(vals[1]), len(vals[2]), len(vals[3]))
+	}
+	if got := int64(binary.BigEndian.Uint64(vals[3][len(vals[3])-8:])); got != 1 {
+		t.Fatalf("2000-01-01 00:00:00.000001 UTC encoded as %d µs after PostgreSQL's epoch, want 1", got)
+	}
+	if got := int64(binary.BigEndian.Uint64(vals[3][20+4 : 20+12])); got != -postgresEpochMicros {
+		t.Fatalf("the Unix epoch encoded as %d, want %d", got, int64(-postgresEpochMicros))
+	}
+	first := &p.buf[:1][0]
+	p.encode(tenants, a)
+	if &p.buf[:1][0] != first {
+		t.Fatal("the second encoding did not reuse the buffer")
 	}
 }
