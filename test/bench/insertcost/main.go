@@ -1,6 +1,8 @@
 // Command insertcost measures what PostgreSQL's CPU costs per stored message for the consumers' grouped
 // insert, with and without ON CONFLICT DO NOTHING, at several rows per statement: the statements themselves of
-// modules/messaging's storeBatcher (messaging.InsertManySQL, InsertManyPlainSQL), into a table shaped as migrations/0001
+// modules/messaging's storeBatcher (messaging.InsertManySQL, InsertManyPlainSQL), and the same rows by COPY (pgx's
+// CopyFrom, binary; tried for the grouped insert on 2026-12-07 and not kept: it costs PostgreSQL more per row than
+// the plain insert), into a table shaped as migrations/0001
 // makes messages (partitioned by tenant, primary key and keyset index), one partition per tenant, rows spread
 // over the tenants as a grouped insert carries them.
 //
@@ -102,7 +104,7 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 		return err
 	}
 	payload := []byte(`{"data":"` + strings.Repeat("x", max(size-20, 0)) + `","n":1}`)
-	variants := []struct{ name, sql string }{{"ON CONFLICT DO NOTHING", messaging.InsertManySQL}, {"plain", messaging.InsertManyPlainSQL}}
+	variants := []struct{ name, sql string }{{"ON CONFLICT DO NOTHING", messaging.InsertManySQL}, {"plain", messaging.InsertManyPlainSQL}, {"copy", "COPY"}}
 	fmt.Printf("PostgreSQL CPU per row (ms), %d rows per variant and round, %d partitions, %d-byte payloads\n", messages, tenants, len(payload))
 	fmt.Printf("%-6s %-24s %s\n", "rows", "variant", "rounds")
 	for _, f := range strings.Split(rowsFlag, ",") {
@@ -125,6 +127,16 @@ func run(dbURL, rowsFlag string, messages, tenants, rounds, size int) error {
 					for j := range per {
 						ts[j], is[j], ps[j] = ids[(n+j)%tenants], uuid.Must(uuid.NewV7()), payload
 						cs[j] = time.Now().UTC().Truncate(time.Microsecond)
+					}
+					if variant.sql == "COPY" {
+						src := make([][]any, per)
+						for j := range per {
+							src[j] = []any{is[j], ts[j], ps[j], cs[j]}
+						}
+						if _, err := conn.CopyFrom(ctx, pgx.Identifier{"messages"}, []string{"id", "tenant_id", "payload", "created_at"}, pgx.CopyFromRows(src)); err != nil {
+							return err
+						}
+						continue
 					}
 					rows, err := conn.Query(ctx, variant.sql, ts, is, ps, cs)
 					if err != nil {
