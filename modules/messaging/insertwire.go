@@ -53,7 +53,7 @@ type insertParams struct {
 // timestamptz[]; they share p's buffer until p is used again.
 func (p *insertParams) encode(tenants [][16]byte, a rowArrays) [][]byte {
 	n := len(tenants)
-	size := 4 * (5*4 + n*(4+16+4+16+4+4+8))
+	size := 4*5*4 + n*(4+16+4+16+4+4+8) // four array headers; per row two uuids, a text and a timestamptz with their lengths
 	for _, pl := range a.payloads {
 		size += len(pl)
 	}

@@ -573,6 +573,9 @@ func TestInsertParamsAreReusedAndMatchTheirLengths(t *testing.T) {
 	if len(vals) != 4 || len(vals[0]) != 20+2*20 || len(vals[1]) != 20+2*20 || len(vals[2]) != 20+4+2+4+3 || len(vals[3]) != 20+2*12 {
 		t.Fatalf("lengths %d %d %d %d", len(vals[0]), len(vals[1]), len(vals[2]), len(vals[3]))
 	}
+	if total := len(vals[0]) + len(vals[1]) + len(vals[2]) + len(vals[3]); cap(p.buf) != total {
+		t.Fatalf("a first encoding of %d bytes made a buffer of %d: its size is computed wrong", total, cap(p.buf))
+	}
 	if got := int64(binary.BigEndian.Uint64(vals[3][len(vals[3])-8:])); got != 1 {
 		t.Fatalf("2000-01-01 00:00:00.000001 UTC encoded as %d µs after PostgreSQL's epoch, want 1", got)
 	}
