@@ -88,16 +88,9 @@ func dialFirst(ctx context.Context, urls []string, cfg amqp.Config, wrap func(ne
 		if left <= 0 {
 			break
 		}
-		dial := amqp.DefaultDial(left / time.Duration(len(urls)-i))
-		cfg.Dial = dial
+		cfg.Dial = amqp.DefaultDial(left / time.Duration(len(urls)-i))
 		if wrap != nil {
-			cfg.Dial = func(network, addr string) (net.Conn, error) {
-				c, err := dial(network, addr)
-				if err != nil {
-					return nil, err
-				}
-				return wrap(c), nil
-			}
+			cfg.Dial = wrapDial(cfg.Dial, wrap)
 		}
 		conn, err := amqp.DialConfig(u, cfg)
 		if err == nil {
@@ -109,6 +102,17 @@ func dialFirst(ctx context.Context, urls []string, cfg amqp.Config, wrap func(ne
 		errs = append(errs, context.DeadlineExceeded)
 	}
 	return nil, errors.Join(errs...)
+}
+
+// wrapDial returns dial with wrap applied to every socket it opens.
+func wrapDial(dial func(network, addr string) (net.Conn, error), wrap func(net.Conn) net.Conn) func(network, addr string) (net.Conn, error) {
+	return func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(c), nil
+	}
 }
 
 // ChannelMax returns the channel_max the broker negotiates for a connection (2,047 by default).

@@ -245,16 +245,10 @@ func (p *Publisher) dial() (*pubConn, error) {
 }
 
 func (p *Publisher) dialURL(url string) (*pubConn, error) {
-	dial := amqp.DefaultDial(5 * time.Second)
 	conn, err := amqp.DialConfig(url, amqp.Config{
 		Heartbeat: 10 * time.Second,
-		Dial: func(network, addr string) (net.Conn, error) {
-			c, err := dial(network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newCombiningConn(c), nil
-		},
+		Dial: wrapDial(amqp.DefaultDial(5*time.Second),
+			func(c net.Conn) net.Conn { return newCombiningConn(c) }),
 		Properties: amqp.Table{"connection_name": p.opts.Name},
 	})
 	if err != nil {
