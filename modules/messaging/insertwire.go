@@ -4,7 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/binary"
-	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -39,9 +39,6 @@ var insertParamsPool = sync.Pool{New: func() any { return new(insertParams) }}
 
 // binaryFormats4 says that the four parameters are in binary form.
 var binaryFormats4 = []int16{1, 1, 1, 1}
-
-// errNotPgx means the grouped pool's driver is not pgx's: the insert goes through database/sql instead.
-var errNotPgx = errors.New("not a pgx connection")
 
 // insertParams is the encoding of one grouped insert's parameters.
 type insertParams struct {
@@ -110,7 +107,7 @@ func timestamptzMicros(t time.Time) int64 {
 }
 
 // execGroupedPlain runs InsertManyPlainSQL with these rows on a connection of db (the grouped pool) as described
-// above; errNotPgx when db's driver is not pgx's.
+// above. db's driver is pgx's, as every pool of the service opens it (stdlib.OpenDB).
 func execGroupedPlain(ctx context.Context, db *sql.DB, tenants [][16]byte, a rowArrays) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
@@ -120,7 +117,7 @@ func execGroupedPlain(ctx context.Context, db *sql.DB, tenants [][16]byte, a row
 	return conn.Raw(func(dc any) error {
 		c, ok := dc.(*stdlib.Conn)
 		if !ok {
-			return errNotPgx
+			return fmt.Errorf("grouped insert: a %T is not a pgx connection", dc)
 		}
 		pc := c.Conn()
 		sd, err := pc.Prepare(ctx, insertManyPlainName, InsertManyPlainSQL)

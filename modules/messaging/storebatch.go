@@ -504,9 +504,6 @@ func (b *storeBatcher) insertMany(ctx context.Context, batch []*storeReq, rows i
 	b.perInsert.Observe(float64(rows))
 	if !b.careful(ids...) {
 		err := execGroupedPlain(ctx, b.grouped, tenants, a)
-		if errors.Is(err, errNotPgx) {
-			_, err = b.grouped.ExecContext(ctx, InsertManyPlainSQL, tenants, a.ids, a.payloads, a.created)
-		}
 		if !isUniqueViolation(err) {
 			if err != nil {
 				return nil, err
