@@ -384,6 +384,14 @@ func TestQueueDeclaredAgainByHandIsServed(t *testing.T) {
 			}
 			ch := testenv.AMQP(t, cfg.AMQPURL)
 			db := a.DB()
+			defer func() {
+				if t.Failed() { // what the broker saw, for a failure that shows only on some runs
+					for _, id := range ids {
+						ok, msgs, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(id))
+						t.Logf("tenant %s: queue exists %v, %d messages ready, %d consumers", id, ok, msgs, consumers)
+					}
+				}
+			}()
 			victims := ids[:3]
 			if qt == "quorum" {
 				victims = ids[:1] // on 3.10 it takes unservedSettle twice

@@ -159,29 +159,44 @@ func (a *App) checkNoKeyMaterialLogged() {
 	}
 }
 
-// failedLogLines is how many of an application's warnings and errors a failed test prints.
-const failedLogLines = 40
+// failedLogLines is how many of an application's warnings and errors a failed test prints, and
+// failedRecentLines how many of its last lines at info level and above.
+const (
+	failedLogLines    = 40
+	failedRecentLines = 30
+)
 
-// logWarningsIfFailed prints the application's last warnings and errors into a failed test's output: CI keeps
-// only the failures' summary (test/failures.sh), which leaves the service's JSON log lines out, and a failure
-// that shows only on some runs is read from there.
+// logWarningsIfFailed prints the application's last warnings and errors, then its last lines at info level and
+// above (what started and stopped, and when), into a failed test's output: CI keeps only the failures' summary
+// (test/failures.sh), which leaves the service's JSON log lines out, and a failure that shows only on some runs is
+// read from there.
 func (a *App) logWarningsIfFailed() {
 	if !a.t.Failed() {
 		return
 	}
-	var lines []string
+	var warnings, recent []string
 	for _, e := range a.Logs.All() {
-		if e.Level < zap.WarnLevel {
+		if e.Level < zap.InfoLevel {
 			continue
 		}
 		line := fmt.Sprintf("%s %s %s %v", e.Time.Format("15:04:05.000"), e.Level.CapitalString(), e.Message, e.ContextMap())
-		lines = append(lines, keyMaterial.ReplaceAllString(line, "<key>"))
+		line = keyMaterial.ReplaceAllString(line, "<key>")
+		recent = append(recent, line)
+		if e.Level >= zap.WarnLevel {
+			warnings = append(warnings, line)
+		}
 	}
-	if len(lines) > failedLogLines {
-		a.t.Logf("replica %s: %d warnings and errors, the last %d:", a.Config.ReplicaID, len(lines), failedLogLines)
-		lines = lines[len(lines)-failedLogLines:]
+	a.printLast(warnings, failedLogLines, "warnings and errors")
+	a.printLast(recent, failedRecentLines, "lines at info level and above")
+}
+
+// printLast prints the last n of lines under a heading naming what they are.
+func (a *App) printLast(lines []string, n int, what string) {
+	if len(lines) > n {
+		a.t.Logf("replica %s: %d %s, the last %d:", a.Config.ReplicaID, len(lines), what, n)
+		lines = lines[len(lines)-n:]
 	} else {
-		a.t.Logf("replica %s: %d warnings and errors", a.Config.ReplicaID, len(lines))
+		a.t.Logf("replica %s: %d %s", a.Config.ReplicaID, len(lines), what)
 	}
 	for _, l := range lines {
 		a.t.Logf("  %s", l)
