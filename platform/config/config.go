@@ -172,6 +172,9 @@ type Config struct {
 	PprofAddr string
 	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
 	MetricsPerTenant bool
+	// GCHeapFloorBytes lets the Go heap grow to what is live plus this before a collection, while that is more
+	// than twice what is live (GC_HEAP_FLOOR_BYTES; 0 for Go's default; ignored when GOGC is set).
+	GCHeapFloorBytes int64
 }
 
 // Load reads the configuration from the process environment.
@@ -241,6 +244,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		ReplicaBrokerGrace:        r.dur("REPLICA_BROKER_GRACE", 15*time.Second),
 		PprofAddr:                 r.str("PPROF_ADDR", ""),
 		MetricsPerTenant:          r.bool("METRICS_PER_TENANT", true),
+		GCHeapFloorBytes:          int64(r.int("GC_HEAP_FLOOR_BYTES", 64<<20, 0, 16<<30)),
 	}
 	if c.TenantDefaultConcurrency > c.TenantMaxConcurrency {
 		r.fail("TENANT_DEFAULT_CONCURRENCY", fmt.Sprintf("%d exceeds TENANT_MAX_CONCURRENCY %d", c.TenantDefaultConcurrency, c.TenantMaxConcurrency))

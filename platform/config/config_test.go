@@ -39,6 +39,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, []string{adminKey}, c.AdminAPIKeys)
 	require.Zero(t, c.RateLimitDefault)
 	require.Equal(t, 30*time.Second, c.HTTPReadTimeout)
+	require.EqualValues(t, 64<<20, c.GCHeapFloorBytes)
 }
 
 func TestOverrides(t *testing.T) {
@@ -55,8 +56,8 @@ func TestOverrides(t *testing.T) {
 		"HTTP_MAX_HEADER_BYTES": "8192", "AUTH_MODE": "disabled", "ADMIN_API_KEYS": " k1-0123456789abcdef , k2-0123456789abcdef ",
 		"AUTH_CACHE_TTL": "1s", "RATE_LIMIT_DEFAULT": "12.5", "RATE_LIMIT_EXCHANGE_INTERVAL": "0", "PPROF_ADDR": "127.0.0.1:6060",
 		"CONSUMER_LINGER": "3ms", "PUBLISH_LINGER": "0", "STORE_INSERTS_IN_FLIGHT": "3", "STORE_LINGER": "0", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "6s",
-		"REPLICA_BROKER_GRACE": "5s",
-		"RETENTION_DEFAULT":    "1h", "RETENTION_INTERVAL": "2s", "RETENTION_BATCH": "50", "DEAD_LETTER_RETENTION": "0", "RETENTION_SWEEP_SHARE": "0.5",
+		"REPLICA_BROKER_GRACE": "5s", "GC_HEAP_FLOOR_BYTES": "0",
+		"RETENTION_DEFAULT": "1h", "RETENTION_INTERVAL": "2s", "RETENTION_BATCH": "50", "DEAD_LETTER_RETENTION": "0", "RETENTION_SWEEP_SHARE": "0.5",
 	}))
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -96,6 +97,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"ADMIN_API_KEYS":             {"ADMIN_API_KEYS": ""},
 		"RATE_LIMIT_DEFAULT":         {"RATE_LIMIT_DEFAULT": "-1"},
 		"AUTH_MODE":                  {"AUTH_MODE": "open"},
+		"GC_HEAP_FLOOR_BYTES":        {"GC_HEAP_FLOOR_BYTES": "-1"},
 	}
 	for name, kv := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"github.com/acme/msgsvc/platform/console"
 	"github.com/acme/msgsvc/platform/database"
 	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/gcfloor"
 	"github.com/acme/msgsvc/platform/httpserver"
 	"github.com/acme/msgsvc/platform/logging"
 	"github.com/acme/msgsvc/platform/metrics"
@@ -31,6 +32,7 @@ func Options(cfg config.Config, extra ...fx.Option) fx.Option {
 		fx.StartTimeout(cfg.ShutdownTimeout),
 		fx.StopTimeout(cfg.ShutdownTimeout),
 		logging.Module,
+		gcfloor.Module,
 		metrics.Module,
 		events.Module,
 		database.Module,
