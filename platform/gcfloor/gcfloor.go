@@ -1,12 +1,12 @@
 // Package gcfloor gives the Go garbage collector a heap floor: while little is live, the heap may grow to what is
-// live plus the floor before a collection, instead of to twice what is live.
+// live plus the floor before a collection, instead of to about twice what is live.
 //
 // Under load the service allocates about 8 kB per message (HTTP request, envelope, deliveries, insert) while a few
 // megabytes are live (10 tenants). With Go's default (GOGC=100) that is a collection every thousand messages or
 // so, and the collector took about a tenth of the service's CPU (test/bench/README.md, "A heap floor for the
-// garbage collector"). With a floor of 64 MiB a collection comes every eight thousand or so. Once what is live
-// exceeds the floor (thousands of tenants), the heap goal is Go's default again, twice what is live, so memory per
-// idle tenant does not change. The floor costs at most its size in resident memory while collections come at
+// garbage collector"). With a floor of 64 MiB a collection comes every eight thousand or so. Once the collector
+// scans more than the floor (live heap, goroutine stacks and globals: thousands of tenants), the heap goal is Go's
+// default again, about twice what is live, so memory per idle tenant does not change. The floor costs at most its size in resident memory while collections come at
 // least every 30 s, and nothing once they come less often (an idle service); GOMEMLIMIT still bounds the heap
 // when set.
 //
