@@ -279,15 +279,8 @@ func (b *storeBatcher) take() ([]*storeReq, int) {
 func (b *storeBatcher) exec(batch []*storeReq, rows int) {
 	ctx, cancel := context.WithTimeout(context.Background(), groupStmtTimeout+time.Second) // the server's bound, and the network's
 	defer cancel()
-	var counts map[uuid.UUID]int64
-	var err error
-	if len(batch) == 1 {
-		var n int64
-		n, err = b.insertOne(ctx, b.grouped, batch[0].tenantID, batch[0].msgs)
-		counts = map[uuid.UUID]int64{batch[0].tenantID: n}
-	} else {
-		counts, err = b.insertMany(ctx, batch, rows)
-	}
+	// One store goes through insertMany too: its plain insert is the grouped one's, encoded by the service.
+	counts, err := b.insertMany(ctx, batch, rows)
 	if err == nil {
 		for _, r := range batch {
 			n := min(counts[r.tenantID], int64(len(r.msgs))) // several stores of a tenant share its count
@@ -451,7 +444,8 @@ func isUniqueViolation(err error) bool {
 }
 
 // insertOne stores msgs of one tenant in one insert of their own, on db: a plain one unless the tenant is
-// careful, and a careful one when the plain one finds a row already stored.
+// careful, and a careful one when the plain one finds a row already stored. Only a tenant that goes alone uses it
+// (on the shared pool); the grouped pool's inserts, of one store or several, are insertMany's.
 func (b *storeBatcher) insertOne(ctx context.Context, db *sql.DB, tenantID uuid.UUID, msgs []Message) (int64, error) {
 	b.perInsert.Observe(float64(len(msgs)))
 	a := newRowArrays(len(msgs))
@@ -488,8 +482,8 @@ const InsertManyPlainSQL = `INSERT INTO messages (id, tenant_id, payload, create
 SELECT m.id, m.tenant_id, m.payload::jsonb, m.created_at
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) AS m(tenant_id, id, payload, created_at)`
 
-// insertMany stores the stores of batch (rows in all) in one insert on the grouped pool, as insertOne does,
-// and answers how many rows it inserted per tenant.
+// insertMany stores the stores of batch (rows in all, one store or more) in one insert on the grouped pool,
+// plain or careful as insertOne decides, and answers how many rows it inserted per tenant.
 func (b *storeBatcher) insertMany(ctx context.Context, batch []*storeReq, rows int) (map[uuid.UUID]int64, error) {
 	tenants := make([][16]byte, 0, rows)
 	ids := make([]uuid.UUID, len(batch))

@@ -459,6 +459,17 @@ func TestRowsAlreadyStoredAreSkippedWithoutFailingTheGroup(t *testing.T) {
 	if b.careful(redelivered) {
 		t.Fatal("still careful after conflictMemory")
 	}
+
+	// A grouped insert of one store meets a stored row the same way: one conflict, the new row stored.
+	alone := &storeReq{tenantID: redelivered, msgs: append([]Message{first[2]}, msgs(1)...), done: make(chan storeRes, 1)}
+	b.exec([]*storeReq{alone}, len(alone.msgs))
+	if got := <-alone.done; got.err != nil || got.alone || got.inserted != 1 {
+		t.Fatalf("a one-store group with a stored row: %+v, want 1 inserted", got)
+	}
+	if count(redelivered) != 5 || value(m.conflicts) != 2 || value(m.split) != 0 {
+		t.Fatalf("stored %d rows, conflicts %v, splits %v: want 5, 2 and none", count(redelivered),
+			value(m.conflicts), value(m.split))
+	}
 }
 
 // BenchmarkGroupedInsert is one grouped insert of 14 rows of 512-byte payloads spread over 10 tenants, as scenario
