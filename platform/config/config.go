@@ -172,8 +172,9 @@ type Config struct {
 	PprofAddr string
 	// MetricsPerTenant turns per-tenant metric series on or off (METRICS_PER_TENANT).
 	MetricsPerTenant bool
-	// GCHeapFloorBytes lets the Go heap grow to what is live plus this before a collection, while that is more
-	// than twice what is live (GC_HEAP_FLOOR_BYTES; 0 for Go's default; ignored when GOGC is set).
+	// GCHeapFloorBytes lets the Go heap grow to what is live plus this before a collection, where that is more
+	// than Go's default goal (about twice what is live) and collections come at least every 30 s
+	// (GC_HEAP_FLOOR_BYTES; 0 for Go's default; ignored when GOGC is set).
 	GCHeapFloorBytes int64
 }
 
