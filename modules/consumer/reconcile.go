@@ -35,10 +35,14 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	r.reconcileMu.Lock()
 	defer r.reconcileMu.Unlock()
 	r.metrics.reconciles.Inc()
+	var took passTimes
+	began := time.Now()
+	defer func() { r.logSlowPass(began, &took) }()
 	// First, whatever the database answers: a replica whose lease ran out (cut off from PostgreSQL) owns
 	// nothing, and its consumers must stop before the others take its tenants over.
 	r.stopDisowned(ctx)
 	listedAt := time.Now() // the tenant list holds every change committed before this
+	took.disowned = listedAt.Sub(began)
 	tenants, err := r.dir.Tenants(ctx)
 	if err != nil {
 		return err
@@ -73,6 +77,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	if stats {
 		r.lastStats = time.Now()
 	}
+	took.tenants = time.Since(listedAt)
 	lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
 	listed, listErr := r.listQueues(lctx, stats)
 	cancel()
@@ -80,10 +85,13 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		// The listing with statistics costs the broker 4-5 times the cheap one (10,000 classic queues on 3.10:
 		// 1.1-1.3 s of its CPU and 2 s, against 0.2-0.4 s): when it did not answer in time, the cheap one still
 		// spares this pass a passive declare per queue.
+		r.log.Info("the management API's queue listing with statistics did not answer; this pass takes the "+
+			"listing without them", zap.Error(listErr))
 		lctx, cancel := context.WithTimeout(ctx, reconcileListTimeout)
 		listed, listErr = r.listQueues(lctx, false)
 		cancel()
 	}
+	took.listing = time.Since(listedAt) - took.tenants
 	r.forgetDisowned(mine)
 	unserved := r.findUnserved(mine, listed)
 	var names []string
@@ -96,7 +104,9 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 	}
 	r.metrics.inspected.Add(float64(len(names)))
 	inspected := time.Now()
+	took.owned, took.inspected = len(mine), len(names)
 	states, inspectErrs, err := r.conn.InspectQueues(ctx, names)
+	took.inspection = time.Since(inspected)
 	if err != nil {
 		wg.Wait()
 		return fmt.Errorf("inspect tenant queues: %w", err)
@@ -127,6 +137,7 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	took.repairs = time.Since(inspected) - took.inspection
 	r.metrics.owned.Set(float64(owned))
 
 	r.forgetDeleted(time.Now())
@@ -152,6 +163,28 @@ func (r *Runtime) Reconcile(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("orphan queues: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// slowPass is how long a reconciliation pass may take before it logs where its time went.
+const slowPass = 5 * time.Second
+
+// passTimes is where a reconciliation pass spent its time, and on what.
+type passTimes struct {
+	disowned, tenants, listing, inspection, repairs time.Duration
+	owned, inspected                                int
+}
+
+// logSlowPass logs where a pass that began at began spent its time, when it took slowPass or more: a consumer the
+// broker cancelled starts again only in the pass its cancel asks for.
+func (r *Runtime) logSlowPass(began time.Time, took *passTimes) {
+	total := time.Since(began)
+	if total < slowPass {
+		return
+	}
+	r.log.Info("reconciliation pass was slow", zap.Duration("took", total),
+		zap.Duration("disowned", took.disowned), zap.Duration("tenants", took.tenants),
+		zap.Duration("listing", took.listing), zap.Duration("inspection", took.inspection),
+		zap.Duration("repairs", took.repairs), zap.Int("owned", took.owned), zap.Int("inspected", took.inspected))
 }
 
 // stopDisowned gives up the consumers of tenants this replica does not own: while it holds its lease, make-before-

@@ -200,4 +200,9 @@ func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, statsAsked.Load(), int32(1), "a pass asks for the statistics (every fourth, at most once in 10 s)")
 	require.Equal(t, float64(2*n), inspections()-before, "eight passes inspect each queue twice, the two without statistics included")
+	// The operator sees why such a pass took its time.
+	require.NotZero(t, a.Logs.FilterMessageSnippet("listing with statistics did not answer").Len())
+	slow := a.Logs.FilterMessage("reconciliation pass was slow").All()
+	require.NotEmpty(t, slow, "a pass that waited out the listing's timeout logs where its time went")
+	require.GreaterOrEqual(t, slow[0].ContextMap()["listing"], 5*time.Second)
 }
