@@ -53,7 +53,6 @@ var state struct {
 	users    int
 	floor    uint64
 	original int
-	current  int
 	gen      uint64 // a new one at each first Start: the finalizers of an earlier one stop arming themselves
 	cycles   uint64 // collections counted at the last adjustment
 	at       time.Time
@@ -71,7 +70,6 @@ func Start(floor uint64) (stop func()) {
 	state.users++
 	if state.users == 1 {
 		state.original = readGOGC()
-		state.current = state.original
 		state.gen++
 		state.cycles, state.at = readUint(gcCycles), time.Now()
 		arm(state.gen)
@@ -89,7 +87,6 @@ func release() {
 	state.users--
 	if state.users == 0 {
 		debug.SetGCPercent(state.original)
-		state.current = state.original
 		state.gen++
 	}
 }
@@ -120,19 +117,20 @@ func adjust(gen uint64) bool {
 	if state.users == 0 || state.gen != gen {
 		return false
 	}
-	now, cycles := time.Now(), readUint(gcCycles)
+	now := time.Now()
+	v := read(gcCycles, gogc, liveHeap, stackScan, globalScan) // one read for all: adjust runs at every collection
+	cycles, current := v[0], int(v[1])
 	idle := cycles > state.cycles && now.Sub(state.at) > idleAfter*time.Duration(cycles-state.cycles)
 	if cycles > state.cycles {
 		state.cycles, state.at = cycles, now
 	}
 	p := state.original
 	if !idle {
-		p = max(p, Percent(state.floor, readUint(liveHeap), readUint(stackScan), readUint(globalScan)))
+		p = max(p, Percent(state.floor, v[2], v[3], v[4]))
 	}
 	// A change under 5 % is left: the goal moves with what is live at every collection anyway.
-	if d := p - state.current; d > state.current/20 || -d > state.current/20 || idle && p != state.current {
+	if d := p - current; d > current/20 || -d > current/20 || idle && p != current {
 		debug.SetGCPercent(p)
-		state.current = p
 	}
 	return true
 }
@@ -145,14 +143,23 @@ const (
 	gcCycles   = "/gc/cycles/total:gc-cycles"
 )
 
-func readUint(name string) uint64 {
-	s := []metrics.Sample{{Name: name}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+// read returns the runtime metrics of names, in their order (0 for one the runtime does not have).
+func read(names ...string) []uint64 {
+	s := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		s[i].Name = n
 	}
-	return s[0].Value.Uint64()
+	metrics.Read(s)
+	v := make([]uint64, len(s))
+	for i := range s {
+		if s[i].Value.Kind() == metrics.KindUint64 {
+			v[i] = s[i].Value.Uint64()
+		}
+	}
+	return v
 }
+
+func readUint(name string) uint64 { return read(name)[0] }
 
 func readGOGC() int { return int(readUint(gogc)) }
 
