@@ -22,8 +22,13 @@ const ackBound = 20 * time.Millisecond
 // a hole (a batch in its retry budget, a slow store, a delivery held for the channel's close), and the acker
 // acks the deliveries stored above it one by one, at once, until the hole closes; then it coalesces again.
 //
+// A multiple ack that became due may also wait (delay, CONSUMER_ACK_DELAY) for the deliveries stored after it, so
+// that one ack covers the stores of several: with quorum queues every ack is a command the queue writes to its
+// log, and a busy tenant's consumer stores one envelope at a time. It waits at most delay, and goes at once when
+// it covers maxDue deliveries; flush sends it, and a later channel forgets it (the close returned those deliveries).
+//
 // Its modes:
-//   - coalescing: no stored delivery waits for its ack;
+//   - coalescing: no stored delivery waits behind an unsettled one;
 //   - holding: stored deliveries wait behind the lowest unsettled tag, and a timer runs out bound after the
 //     first of them began to wait;
 //   - bypassing: the timer ran out while the lowest unsettled tag (the hole) still held stored deliveries back;
@@ -45,6 +50,11 @@ type acker struct {
 	send  func(ch amqp.Acknowledger, tag uint64, multiple bool)
 	guard func(func())
 	bound time.Duration
+	// delay is how long a multiple ack that became due may wait for the deliveries stored after it, so that one
+	// ack covers them all (0: it goes at once); maxDue is how many deliveries a waiting ack may cover before it
+	// goes at once, whatever the delay, so that the prefetch window never fills up with acks that wait.
+	delay  time.Duration
+	maxDue uint64
 	// after runs f once d has passed and returns a function that cancels it (time.AfterFunc; tests inject
 	// their own clock).
 	after func(d time.Duration, f func()) (stop func() bool)
@@ -59,6 +69,10 @@ type acker struct {
 	hole    uint64      // in bypassing mode, the tag that held stored deliveries back for bound
 	stop    func() bool // cancels the running timer (holding mode)
 	epoch   uint64      // counts timers; one that fires after it was cancelled or replaced does nothing
+	due     uint64      // the multiple ack that waits for delay (0: none)
+	ackedTo uint64      // the highest tag a multiple ack covered, or the one before the channel's first
+	dueStop func() bool // cancels the due ack's timer
+	dueGen  uint64      // counts the due ack's timers, as epoch does the bound's
 }
 
 type ackState uint8
@@ -94,6 +108,8 @@ func (a *acker) register(d amqp.Delivery, held bool) {
 		a.waiting = 0
 		a.disarm()
 		a.mode = ackCoalescing
+		a.dropDue() // the earlier channel's close returned those deliveries
+		a.ackedTo = d.DeliveryTag - 1
 	}
 	st := ackPending
 	if held {
@@ -157,9 +173,53 @@ func (a *acker) mark(ds []amqp.Delivery, st ackState) {
 		a.low++
 	}
 	if last != 0 {
-		a.send(a.ch, last, true)
+		a.ackTo(last)
 	}
 	a.step()
+}
+
+// ackTo acks every delivery up to tag with one multiple ack: at once, or after delay together with the
+// deliveries stored meanwhile, unless it covers maxDue deliveries; a.mu must be held.
+func (a *acker) ackTo(tag uint64) {
+	if a.delay <= 0 || tag-a.ackedTo >= a.maxDue {
+		a.sendDue(tag)
+		return
+	}
+	a.due = tag
+	if a.dueStop != nil {
+		return // the running timer sends the highest due tag
+	}
+	a.dueGen++
+	gen := a.dueGen
+	a.dueStop = a.after(a.delay, func() {
+		a.guard(func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if gen == a.dueGen {
+				a.sendDue(a.due)
+			}
+		})
+	})
+}
+
+// sendDue sends the multiple ack up to tag now (0: none) and forgets the one that waited, which it covers; a.mu
+// must be held.
+func (a *acker) sendDue(tag uint64) {
+	a.dropDue()
+	if tag != 0 {
+		a.send(a.ch, tag, true)
+		a.ackedTo = tag
+	}
+}
+
+// dropDue forgets the multiple ack that waits, unsent, and stops its timer; a.mu must be held.
+func (a *acker) dropDue() {
+	a.due = 0
+	a.dueGen++
+	if a.dueStop != nil {
+		a.dueStop()
+		a.dueStop = nil
+	}
 }
 
 // step moves the acker to the mode its state calls for; a.mu must be held.
@@ -223,11 +283,12 @@ func (a *acker) ackWaiting() {
 	}
 }
 
-// flush acks, one by one, the stored deliveries whose ack still waits (behind a held or unsettled one); the
-// channel is about to close.
+// flush sends the multiple ack that waits for delay, and acks, one by one, the stored deliveries whose ack still
+// waits (behind a held or unsettled one); the channel is about to close.
 func (a *acker) flush() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.sendDue(a.due)
 	a.disarm()
 	a.ackWaiting()
 	a.mode = ackCoalescing

@@ -272,6 +272,75 @@ func TestAckerForgetsAnEarlierChannel(t *testing.T) {
 	require.Equal(t, []sent{{"new", 1, true}}, *out)
 }
 
+// With a delay, a multiple ack that became due waits for the deliveries stored after it, and one ack covers
+// them all when the timer fires.
+func TestAckerDelayedAckCoversLaterStores(t *testing.T) {
+	b := setupAcker()
+	a, out := b.a, b.out
+	a.delay, a.maxDue = 20*time.Millisecond, 100
+	ch := &channelStub{name: "c1"}
+	registerAll(a, ch, 1, 2, 3, 4, 5)
+	a.stored(deliveries(ch, 1))
+	require.Empty(t, *out, "the due ack waits")
+	require.Equal(t, []time.Duration{20 * time.Millisecond}, b.clock.armed())
+	a.stored(deliveries(ch, 2, 3))
+	require.Len(t, b.clock.armed(), 1, "one timer for the due ack, whatever is stored after it")
+	b.clock.fire()
+	require.Equal(t, []sent{{"c1", 3, true}}, *out, "one multiple ack for the three stores")
+	b.clock.fireStale()
+	require.Len(t, *out, 1, "a timer that fired sends nothing more")
+
+	a.stored(deliveries(ch, 4))
+	require.Equal(t, []time.Duration{20 * time.Millisecond}, b.clock.armed(), "the next due ack waits again")
+	a.flush()
+	require.Equal(t, sent{"c1", 4, true}, (*out)[1], "the channel's close does not wait for the delay")
+	require.Empty(t, b.clock.armed())
+	b.clock.fireStale()
+	require.Len(t, *out, 2, "nothing is acked twice")
+}
+
+// A due ack that covers maxDue deliveries goes at once: acks that wait never fill the prefetch window.
+func TestAckerDelayedAckGoesAtOnceWhenItCoversMaxDue(t *testing.T) {
+	b := setupAcker()
+	a, out := b.a, b.out
+	a.delay, a.maxDue = 20*time.Millisecond, 4
+	ch := &channelStub{name: "c1"}
+	registerAll(a, ch, 11, 12, 13, 14, 15, 16, 17, 18, 19)
+	a.stored(deliveries(ch, 11, 12, 13))
+	require.Empty(t, *out, "3 of the 4 that the ack may cover")
+	a.stored(deliveries(ch, 14))
+	require.Equal(t, []sent{{"c1", 14, true}}, *out, "the fourth sends it")
+	require.Empty(t, b.clock.armed(), "its timer is stopped")
+	b.clock.fireStale()
+	require.Len(t, *out, 1)
+	a.stored(deliveries(ch, 15, 16, 17, 18, 19))
+	require.Equal(t, sent{"c1", 19, true}, (*out)[1], "counted from the last ack sent")
+}
+
+// The due ack's timer goes through the guard like the bound's: nothing is sent once the channel closes, and a
+// later channel forgets the due ack of the earlier one (its close returned those deliveries).
+func TestAckerDelayedAckOfAClosedChannel(t *testing.T) {
+	b := setupAcker()
+	a, out := b.a, b.out
+	a.delay, a.maxDue = 20*time.Millisecond, 100
+	old, cur := &channelStub{name: "old"}, &channelStub{name: "new"}
+	registerAll(a, old, 1, 2)
+	a.stored(deliveries(old, 1))
+	*b.open = false
+	b.clock.fire()
+	require.Empty(t, *out, "the guard holds the timer's ack once the channel is closed")
+	*b.open = true
+
+	a.stored(deliveries(old, 2))
+	a.register(deliveries(cur, 1)[0], false)
+	require.Empty(t, b.clock.armed(), "the earlier channel's due ack is forgotten")
+	b.clock.fireStale()
+	require.Empty(t, *out)
+	a.stored(deliveries(cur, 1))
+	b.clock.fire()
+	require.Equal(t, []sent{{"new", 1, true}}, *out)
+}
+
 // brokerModel is one channel's unacknowledged deliveries as RabbitMQ keeps them, with what the test did to each:
 // it fails the test on what RabbitMQ would refuse (an unknown delivery tag closes the channel) and on acks of
 // deliveries that were not stored.
@@ -297,8 +366,8 @@ func (m *brokerModel) ack(tag uint64, multiple bool) {
 }
 
 // Random interleavings of deliveries, stores, settlements, held deliveries, timers and flushes on a model of the
-// broker: no ack is ever refused or covers a pending or held delivery, the multiple acks rise, and nothing stored
-// stays unacked once the timer fired or the acker was flushed.
+// broker, with and without a delay: no ack is ever refused or covers a pending or held delivery, the multiple
+// acks rise, and nothing stored stays unacked once the timers fired or the acker was flushed.
 func TestAckerRandomInterleavingsAgainstABrokerModel(t *testing.T) {
 	for seed := range uint64(300) {
 		rng := rand.New(rand.NewPCG(seed, seed))
@@ -314,6 +383,9 @@ func TestAckerRandomInterleavingsAgainstABrokerModel(t *testing.T) {
 			m.ack(tag, multiple)
 		}, func(f func()) { f() })
 		a.after = clock.after
+		if seed%2 == 1 {
+			a.delay, a.maxDue = time.Millisecond, 1+seed%7
+		}
 		next := uint64(1)
 		var inFlight []uint64 // registered, not settled by the worker yet
 		take := func() uint64 {
@@ -364,9 +436,15 @@ func TestAckerRandomInterleavingsAgainstABrokerModel(t *testing.T) {
 	}
 }
 
-// The acker with its real timer, its work spread over concurrent workers: one delivery is never settled, and
-// every other delivery is still acked, each alone or coalesced, and none twice.
+// The acker with its real timers, its work spread over concurrent workers: one delivery is never settled, and
+// every other delivery is still acked, each alone or coalesced, and none twice; with and without a delay.
 func TestAckerUnderConcurrentWorkersWithARealTimer(t *testing.T) {
+	for _, delay := range []time.Duration{0, time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) { ackUnderConcurrentWorkers(t, delay) })
+	}
+}
+
+func ackUnderConcurrentWorkers(t *testing.T, delay time.Duration) {
 	const n = 400
 	var mu sync.Mutex
 	acked := map[uint64]bool{}
@@ -393,6 +471,7 @@ func TestAckerUnderConcurrentWorkersWithARealTimer(t *testing.T) {
 		}
 	}, func(f func()) { f() })
 	a.bound = time.Millisecond
+	a.delay, a.maxDue = delay, 16
 	registerAll(a, ch, 1)
 	work := make(chan uint64, n)
 	var wg sync.WaitGroup

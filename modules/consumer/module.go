@@ -34,7 +34,7 @@ var Module = fx.Module("consumer",
 // OptionsFrom takes the runtime's options from the configuration.
 func OptionsFrom(c config.Config) Options {
 	return Options{ReplicaID: c.ReplicaID, Exchange: c.AMQPExchange, QueueType: c.AMQPQueueType,
-		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, BatchSize: c.ConsumerBatchSize, Linger: c.ConsumerLinger, RetryInitial: c.StoreRetryInitial,
+		DeliveryLimit: c.AMQPDeliveryLimit, PrefetchPerWorker: c.PrefetchPerWorker, BatchSize: c.ConsumerBatchSize, Linger: c.ConsumerLinger, AckDelay: c.ConsumerAckDelay, RetryInitial: c.StoreRetryInitial,
 		RetryBudget: c.StoreRetryBudget, DrainTimeout: c.ConsumerDrainTimeout, HandoverWait: HandoverWait(c.ReplicaHeartbeatInterval),
 		HandoverLookback: HandoverWait(c.ReplicaHeartbeatInterval), ReconcileInterval: c.ReconcileInterval, OrphanGrace: c.ReconcileOrphanGrace,
 		ManagementURL: c.RabbitMQManagementURL, AMQPURL: c.AMQPURL}

@@ -27,6 +27,7 @@ type Options struct {
 	PrefetchPerWorker int
 	BatchSize         int           // deliveries a worker stores in one insert at most
 	Linger            time.Duration // how long a worker of a busy tenant waits to fill its batch (0: never)
+	AckDelay          time.Duration // how long a multiple ack may wait for later stores (0: never)
 	RetryInitial      time.Duration
 	RetryBudget       time.Duration
 	DrainTimeout      time.Duration

@@ -153,6 +153,7 @@ func (tc *tenantConsumer) start(ctx context.Context, workers int, reason string)
 				zap.Uint64("delivery_tag", tag), zap.Bool("multiple", multiple), zap.Error(err))
 		}
 	}, g.whileOpen)
+	g.acks.delay, g.acks.maxDue = rt.opts.AckDelay, uint64(max(1, prefetch/4))
 	tag := rt.opts.ReplicaID + "/" + QueueName(tc.id) + "/" + uuid.NewString()[:8]
 	failed := make(chan error, 1)
 	go func() {

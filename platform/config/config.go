@@ -122,6 +122,9 @@ type Config struct {
 	// ConsumerLinger is how long a store worker of a busy tenant waits for more deliveries to fill its batch
 	// (CONSUMER_LINGER); 0 never waits.
 	ConsumerLinger time.Duration
+	// ConsumerAckDelay is how long a consumer's multiple ack may wait to cover the deliveries stored after it
+	// (CONSUMER_ACK_DELAY); 0 acks at once.
+	ConsumerAckDelay time.Duration
 	// StoreInsertsInFlight is how many grouped inserts of the consumers run at once (STORE_INSERTS_IN_FLIGHT);
 	// the stores that come meanwhile, of any tenants, wait and go together as one insert.
 	StoreInsertsInFlight int
@@ -227,6 +230,7 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 		PrefetchPerWorker:         r.int("CONSUMER_PREFETCH_PER_WORKER", 32, 1, 1000),
 		ConsumerBatchSize:         r.int("CONSUMER_BATCH_SIZE", 32, 1, 1000),
 		ConsumerLinger:            r.durOrZero("CONSUMER_LINGER", 2*time.Millisecond),
+		ConsumerAckDelay:          r.durOrZero("CONSUMER_ACK_DELAY", 20*time.Millisecond),
 		StoreInsertsInFlight:      r.int("STORE_INSERTS_IN_FLIGHT", 1, 1, 1000),
 		StoreLinger:               r.durOrZero("STORE_LINGER", time.Millisecond),
 		StoreRetryInitial:         r.dur("STORE_RETRY_INITIAL", 100*time.Millisecond),
@@ -275,6 +279,11 @@ func LoadFrom(getenv func(string) string) (Config, error) {
 				break
 			}
 		}
+	}
+	if c.ConsumerAckDelay > time.Second {
+		// An ack that waits longer holds a stored delivery unacknowledged for nothing, and past RabbitMQ's
+		// consumer_timeout the broker closes the channel.
+		r.fail("CONSUMER_ACK_DELAY", fmt.Sprintf("%s exceeds 1s", c.ConsumerAckDelay))
 	}
 	if c.ShutdownTimeout <= c.ConsumerDrainTimeout {
 		r.fail("SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must exceed CONSUMER_DRAIN_TIMEOUT %s", c.ShutdownTimeout, c.ConsumerDrainTimeout))

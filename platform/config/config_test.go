@@ -40,6 +40,7 @@ func TestDefaults(t *testing.T) {
 	require.Zero(t, c.RateLimitDefault)
 	require.Equal(t, 30*time.Second, c.HTTPReadTimeout)
 	require.EqualValues(t, 64<<20, c.GCHeapFloorBytes)
+	require.Equal(t, 20*time.Millisecond, c.ConsumerAckDelay)
 }
 
 func TestOverrides(t *testing.T) {
@@ -55,7 +56,7 @@ func TestOverrides(t *testing.T) {
 		"HTTP_READ_HEADER_TIMEOUT": "2s", "HTTP_READ_TIMEOUT": "3s", "HTTP_WRITE_TIMEOUT": "4s", "HTTP_IDLE_TIMEOUT": "5s",
 		"HTTP_MAX_HEADER_BYTES": "8192", "AUTH_MODE": "disabled", "ADMIN_API_KEYS": " k1-0123456789abcdef , k2-0123456789abcdef ",
 		"AUTH_CACHE_TTL": "1s", "RATE_LIMIT_DEFAULT": "12.5", "RATE_LIMIT_EXCHANGE_INTERVAL": "0", "PPROF_ADDR": "127.0.0.1:6060",
-		"CONSUMER_LINGER": "3ms", "PUBLISH_LINGER": "0", "STORE_INSERTS_IN_FLIGHT": "3", "STORE_LINGER": "0", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "6s",
+		"CONSUMER_LINGER": "3ms", "CONSUMER_ACK_DELAY": "5ms", "PUBLISH_LINGER": "0", "STORE_INSERTS_IN_FLIGHT": "3", "STORE_LINGER": "0", "VIEW_REFRESH_INTERVAL": "4s", "AMQP_CHANNELS_PER_CONNECTION": "500", "REPLICA_HEARTBEAT_INTERVAL": "1s", "REPLICA_TTL": "6s",
 		"REPLICA_BROKER_GRACE": "5s", "GC_HEAP_FLOOR_BYTES": "0",
 		"RETENTION_DEFAULT": "1h", "RETENTION_INTERVAL": "2s", "RETENTION_BATCH": "50", "DEAD_LETTER_RETENTION": "0", "RETENTION_SWEEP_SHARE": "0.5",
 	}))
@@ -73,7 +74,7 @@ func TestOverrides(t *testing.T) {
 		HTTPReadTimeout: 3 * time.Second, HTTPWriteTimeout: 4 * time.Second, HTTPIdleTimeout: 5 * time.Second,
 		HTTPMaxHeaderBytes: 8192, AuthMode: "disabled", AdminAPIKeys: []string{"k1-0123456789abcdef", "k2-0123456789abcdef"},
 		AuthCacheTTL: time.Second, RateLimitDefault: 12.5, PprofAddr: "127.0.0.1:6060",
-		ConsumerLinger: 3 * time.Millisecond, PublishLinger: 0, StoreInsertsInFlight: 3, StoreLinger: 0, ViewRefreshInterval: 4 * time.Second, AMQPChannelsPerConnection: 500, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 6 * time.Second,
+		ConsumerLinger: 3 * time.Millisecond, ConsumerAckDelay: 5 * time.Millisecond, PublishLinger: 0, StoreInsertsInFlight: 3, StoreLinger: 0, ViewRefreshInterval: 4 * time.Second, AMQPChannelsPerConnection: 500, ReplicaHeartbeatInterval: time.Second, ReplicaTTL: 6 * time.Second,
 		ReplicaBrokerGrace: 5 * time.Second,
 		RetentionDefault:   time.Hour, RetentionInterval: 2 * time.Second, RetentionBatch: 50, DeadLetterRetention: 0, RetentionSweepShare: 0.5,
 	}, c)
@@ -98,6 +99,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"RATE_LIMIT_DEFAULT":         {"RATE_LIMIT_DEFAULT": "-1"},
 		"AUTH_MODE":                  {"AUTH_MODE": "open"},
 		"GC_HEAP_FLOOR_BYTES":        {"GC_HEAP_FLOOR_BYTES": "-1"},
+		"CONSUMER_ACK_DELAY":         {"CONSUMER_ACK_DELAY": "2s"},
 	}
 	for name, kv := range cases {
 		t.Run(name, func(t *testing.T) {
