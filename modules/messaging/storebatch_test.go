@@ -372,18 +372,63 @@ func TestLingerWant(t *testing.T) {
 		name                                       string
 		linger                                     time.Duration
 		lastStores, lastRows, waiting, waitingRows int
+		fast                                       bool // stores come at least two per linger
 		want                                       int
 	}{
-		{"busy: wait for as many rows as the last statement", time.Millisecond, 3, 12, 1, 4, 12},
-		{"busy, and enough rows wait already", time.Millisecond, 3, 12, 4, 12, 0},
-		{"the last statement was one store: nobody else stores", time.Millisecond, 1, 12, 1, 4, 0},
-		{"nothing waits: the runner stops, the next store goes at once", time.Millisecond, 3, 12, 0, 0, 0},
-		{"the first statement of a runner", time.Millisecond, 0, 0, 1, 4, 0},
-		{"STORE_LINGER=0", 0, 3, 12, 1, 4, 0},
+		{"several workers stored: wait for as many rows as the last statement", time.Millisecond, 3, 12, 1, 4, false, 12},
+		{"several workers stored, and enough rows wait already", time.Millisecond, 3, 12, 4, 12, false, 0},
+		{"the last statement was one store: nobody else stores", time.Millisecond, 1, 12, 1, 4, false, 0},
+		{"nothing waits: the runner stops, the next store goes at once", time.Millisecond, 3, 12, 0, 0, false, 0},
+		{"the first statement of a runner", time.Millisecond, 0, 0, 1, 4, false, 0},
+		{"STORE_LINGER=0", 0, 3, 12, 1, 4, false, 0},
+		{"stores come fast: the whole linger, for a full statement", time.Millisecond, 1, 4, 1, 4, true, maxGroupedRows},
+		{"stores come fast, even after one store alone", time.Millisecond, 1, 1, 1, 1, true, maxGroupedRows},
+		{"stores come fast, and a full statement waits", time.Millisecond, 3, 12, 40, maxGroupedRows, true, 0},
+		{"stores come fast, and nothing waits: the runner stops", time.Millisecond, 3, 12, 0, 0, true, 0},
+		{"stores come fast, STORE_LINGER=0", 0, 3, 12, 1, 4, true, 0},
 	} {
-		if got := lingerWant(c.linger, c.lastStores, c.lastRows, c.waiting, c.waitingRows); got != c.want {
+		if got := lingerWant(c.linger, c.lastStores, c.lastRows, c.waiting, c.waitingRows, c.fast); got != c.want {
 			t.Errorf("%s: lingerWant = %d, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// The stores' mean time apart decides whether the runner lingers while only one worker stores at a time: stores
+// 0.4 ms apart make a busy service (2 × 0.4 ms within STORE_LINGER's 1 ms), a few fast ones after an idle
+// spell do not, and one idle spell ends it.
+func TestNextGap(t *testing.T) {
+	linger := time.Millisecond
+	busy := func(gap time.Duration) bool { return gap > 0 && 2*gap <= linger }
+	at := time.Now()
+	gap := nextGap(0, time.Time{}, at)
+	if gap != 0 {
+		t.Fatalf("the first store has no gap: %s", gap)
+	}
+	next := func(d time.Duration) {
+		gap, at = nextGap(gap, at, at.Add(d)), at.Add(d)
+	}
+	next(time.Minute) // an idle spell
+	for range 3 {
+		next(400 * time.Microsecond)
+	}
+	if busy(gap) {
+		t.Fatalf("three fast stores after a minute's idle are no busy service: %s", gap)
+	}
+	for range 100 {
+		next(400 * time.Microsecond)
+	}
+	if !busy(gap) {
+		t.Fatalf("stores 0.4 ms apart: %s", gap)
+	}
+	next(time.Second)
+	if busy(gap) {
+		t.Fatalf("one idle second ends it: %s", gap)
+	}
+	for range 100 {
+		next(700 * time.Microsecond)
+	}
+	if busy(gap) {
+		t.Fatalf("stores 0.7 ms apart are fewer than two per linger: %s", gap)
 	}
 }
 
