@@ -70,8 +70,8 @@ func startHostProbe(every time.Duration) *hostProbe {
 	return p
 }
 
-// between returns the median CPU time of the rounds that ended within [from, to], and how many there were.
-func (p *hostProbe) between(from, to time.Time) (median float64, n int) {
+// between returns the median CPU time of the rounds that ended within [from, to], 0 when none did.
+func (p *hostProbe) between(from, to time.Time) float64 {
 	p.mu.Lock()
 	var ns []float64
 	for _, s := range p.samples {
@@ -81,10 +81,10 @@ func (p *hostProbe) between(from, to time.Time) (median float64, n int) {
 	}
 	p.mu.Unlock()
 	if len(ns) == 0 {
-		return 0, 0
+		return 0
 	}
 	slices.Sort(ns)
-	return ns[len(ns)/2], len(ns)
+	return ns[len(ns)/2]
 }
 
 func (p *hostProbe) close() {

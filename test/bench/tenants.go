@@ -117,7 +117,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		lat = append(lat, l...)
 		d := time.Since(b0)
 		rate := float64(n) / d.Seconds()
-		probed, _ := probe.between(b0, time.Now())
+		probed := probe.between(b0, time.Now())
 		if from == 0 {
 			firstBlock, firstProbe = rate, probed
 		}
