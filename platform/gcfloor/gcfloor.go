@@ -128,8 +128,10 @@ func adjust(gen uint64) bool {
 	if !idle {
 		p = max(p, Percent(state.floor, v[2], v[3], v[4]))
 	}
-	// A change under 5 % is left: the goal moves with what is live at every collection anyway.
-	if d := p - current; d > current/20 || -d > current/20 || idle && p != current {
+	// The goal is never left short of live + floor (at a small live heap it is the heap minimum, 4 MiB × GOGC/100,
+	// so a GOGC a few % low leaves it a few % under the floor); a drop under 5 % is left, since the goal moves
+	// with what is live at every collection anyway.
+	if d := p - current; d > 0 || -d > current/20 || idle && p != current {
 		debug.SetGCPercent(p)
 	}
 	return true
