@@ -143,17 +143,19 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// announcer relays, in batches, the tenants whose consumer started on this replica.
+// announcer relays tenants to the other replicas in batches: those whose consumer started on this replica
+// (events.TenantsConsumed), or those it begins to hand over (events.TenantsHandedOver).
 type announcer struct {
 	publish func(ctx context.Context, tenants []uuid.UUID) error
+	what    string // what the tenants are, for the log
 
 	mu      sync.Mutex
 	pending []uuid.UUID
 	kick    chan struct{}
 }
 
-func newAnnouncer(publish func(context.Context, []uuid.UUID) error) *announcer {
-	return &announcer{publish: publish, kick: make(chan struct{}, 1)}
+func newAnnouncer(what string, publish func(context.Context, []uuid.UUID) error) *announcer {
+	return &announcer{publish: publish, what: what, kick: make(chan struct{}, 1)}
 }
 
 // add queues tenant id's announcement; the loop relays it within announceDelay.
@@ -189,8 +191,9 @@ func (a *announcer) loop(stop <-chan struct{}, log *zap.Logger) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := a.publish(ctx, batch); err != nil {
-			// The replicas giving these tenants up drain when their wait ends instead.
-			log.Warn("could not announce started consumers to the other replicas", zap.Int("tenants", len(batch)), zap.Error(err))
+			// The replicas giving these tenants up drain when their wait ends instead; the new owners start the
+			// consumers at their next reconciliation.
+			log.Warn("could not relay to the other replicas", zap.String("tenants_are", a.what), zap.Int("tenants", len(batch)), zap.Error(err))
 		}
 		cancel()
 	}
@@ -203,6 +206,24 @@ func (r *Runtime) Consumed(e events.TenantsConsumed) {
 		return
 	}
 	r.succ.record(e.Replica, e.Tenants)
+}
+
+// HandedOver kicks a reconciliation when another replica began to hand over a tenant this replica owns and runs
+// no consumer of: it may never have heard of the tenant (a creation is relayed only to the replicas its replica
+// sees, and this one may have joined a moment before), and would otherwise start it at its next pass only
+// (RECONCILE_INTERVAL), while the replica giving it up drains after HandoverWait.
+func (r *Runtime) HandedOver(e events.TenantsHandedOver) {
+	if e.Replica == r.opts.ReplicaID {
+		return
+	}
+	for _, id := range e.Tenants {
+		if r.place.Owns(id) && r.consumer(id, false) == nil {
+			r.log.Info("another replica hands over a tenant this replica runs no consumer of; reconciling now",
+				zap.String("tenant_id", id.String()), zap.String("from", e.Replica), zap.Int("handed_over", len(e.Tenants)))
+			r.Kick()
+			return
+		}
+	}
 }
 
 // announce queues the announcement that this replica consumes tenant id's queue.
@@ -239,6 +260,9 @@ func (r *Runtime) handOver(id uuid.UUID) {
 	if leaving {
 		tc.handing.Store(false)
 		return // Shutdown hands every tenant over
+	}
+	if r.gift != nil {
+		r.gift.add(id) // the new owner may not know the tenant yet
 	}
 	go func() {
 		defer tc.handing.Store(false)

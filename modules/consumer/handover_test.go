@@ -65,7 +65,7 @@ func TestSuccessorWaitIsReleasedByTheTenantsAnnouncement(t *testing.T) {
 // The announcer relays the consumer starts of a rolling restart in few events, each with many tenants.
 func TestAnnouncerBatchesStarts(t *testing.T) {
 	published := make(chan []uuid.UUID, 100)
-	a := newAnnouncer(func(_ context.Context, ids []uuid.UUID) error { published <- ids; return nil })
+	a := newAnnouncer("started consumers", func(_ context.Context, ids []uuid.UUID) error { published <- ids; return nil })
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { a.loop(stop, zap.NewNop()); close(done) }()

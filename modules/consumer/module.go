@@ -75,6 +75,13 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 		}
 		return nil
 	})
+	// Another replica began to give tenants up: this one may own one it never heard of.
+	events.Subscribe(bus, "consumer.handover", func(ctx context.Context, e events.TenantsHandedOver) error {
+		if events.IsRemote(ctx) {
+			r.HandedOver(e)
+		}
+		return nil
+	})
 	events.Subscribe(bus, "consumer.stop", func(ctx context.Context, e events.TenantDeleting) error {
 		r.StopDeleted(ctx, e.TenantID, "tenant deleted")
 		return nil

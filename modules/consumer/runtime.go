@@ -83,6 +83,7 @@ type Runtime struct {
 
 	succ *successors // which other replicas announced they consume a tenant's queue
 	ann  *announcer  // relays this replica's consumer starts; nil without a bus
+	gift *announcer  // relays the tenants this replica begins to hand over; nil without a bus
 
 	mu        sync.Mutex
 	consumers map[uuid.UUID]*tenantConsumer
@@ -146,8 +147,11 @@ func NewRuntime(p RuntimeParams) *Runtime {
 		stalled: map[uuid.UUID]unservedMark{}}
 	r.loopCtx, r.stopLoop = context.WithCancel(context.Background())
 	if p.Bus != nil {
-		r.ann = newAnnouncer(func(ctx context.Context, tenants []uuid.UUID) error {
+		r.ann = newAnnouncer("started consumers", func(ctx context.Context, tenants []uuid.UUID) error {
 			return events.Publish(ctx, p.Bus, events.TenantsConsumed{Replica: opts.ReplicaID, Tenants: tenants})
+		})
+		r.gift = newAnnouncer("handed over", func(ctx context.Context, tenants []uuid.UUID) error {
+			return events.Publish(ctx, p.Bus, events.TenantsHandedOver{Replica: opts.ReplicaID, Tenants: tenants})
 		})
 	}
 	place.OnChange(r.Kick)
@@ -515,6 +519,7 @@ func (r *Runtime) Start(ctx context.Context) error {
 	go r.loop()
 	if r.ann != nil {
 		go r.ann.loop(r.loopCtx.Done(), r.log)
+		go r.gift.loop(r.loopCtx.Done(), r.log)
 	}
 	return nil
 }

@@ -126,9 +126,11 @@ func NewRelay(conn *broker.Conn, p *broker.Publisher, bus *events.Bus, exchange,
 	relay(r, "tenant.rate_limit_changed", func(e events.TenantRateLimitChanged) uuid.UUID { return e.TenantID })
 	relay(r, "tenant.retention_changed", func(e events.TenantRetentionChanged) uuid.UUID { return e.TenantID })
 	relay(r, "tenant.deleting", func(e events.TenantDeleting) uuid.UUID { return e.TenantID })
-	// These two are applied in memory at once (a demand report's shares, a handover's successors).
+	// These are applied in memory at once (a demand report's shares, a handover's successors, a kick of the
+	// new owner's reconciliation).
 	relay[events.TenantDemand](r, "tenant.demand", nil)
 	relay[events.TenantsConsumed](r, "tenants.consumed", nil)
+	relay[events.TenantsHandedOver](r, "tenants.handed_over", nil)
 	return r
 }
 

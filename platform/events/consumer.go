@@ -38,3 +38,12 @@ type TenantsConsumed struct {
 	Replica string      `json:"replica"`
 	Tenants []uuid.UUID `json:"tenants"`
 }
+
+// TenantsHandedOver says that Replica began to give the queues of Tenants up (its view of the replica set
+// changed). It travels to every replica: the one that owns such a tenant now and runs no consumer of it
+// reconciles at once. It may never have heard of the tenant: a replica relays a creation only to the replicas it
+// sees, and one that joined a moment before is seen up to a heartbeat interval later.
+type TenantsHandedOver struct {
+	Replica string      `json:"replica"`
+	Tenants []uuid.UUID `json:"tenants"`
+}

@@ -18,6 +18,8 @@ import (
 
 	"github.com/acme/msgsvc/modules/consumer"
 	"github.com/acme/msgsvc/modules/messaging"
+	"github.com/acme/msgsvc/platform/cluster"
+	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/test/testenv"
 )
 
@@ -429,4 +431,79 @@ func TestQueueDeclaredAgainByHandIsServed(t *testing.T) {
 			awaitStored(t, db, []uuid.UUID{other}, 10*time.Second, "the other tenant is served throughout")
 		})
 	}
+}
+
+// TestATenantCreatedBeforeItsOwnerWasSeenIsServed creates tenants on replica A in the moment after replica B
+// joined and before A's next heartbeat showed it B: A relays a creation only to the replicas it sees, so B never
+// hears of those it owns, and reconciliation (RECONCILE_INTERVAL, 10 minutes here) is far off. A starts their
+// consumers itself; once it sees B it hands them over and tells B so, and B must start them at once (make-before-
+// break: A drains only after B announced its consumers) and store what is published to them.
+func TestATenantCreatedBeforeItsOwnerWasSeenIsServed(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	// A sees a new replica up to 4 s after its first heartbeat: the window the creations fall in.
+	cfg.ReplicaHeartbeatInterval = 4 * time.Second
+	cfg.ConsumerDrainTimeout = 2 * time.Second
+	cfg.ReplicaTTL = 20 * time.Second
+	cfg.ReconcileInterval = 10 * time.Minute
+	var (
+		rtA  *consumer.Runtime
+		memA *cluster.Membership
+	)
+	a := testenv.Start(t, cfg, fx.Populate(&rtA, &memA))
+	<-rtA.Started()
+
+	var (
+		rtB    *consumer.Runtime
+		memB   *cluster.Membership
+		cfgB   config.Config
+		unseen []uuid.UUID // created on A while A did not see B, and owned by B
+	)
+	// The window may close before a tenant B owns was created in it (B's start fell just before A's heartbeat):
+	// B leaves and another replica joins.
+	for attempt := 0; attempt < 3 && len(unseen) == 0; attempt++ {
+		cfgB = testenv.AnotherReplica(cfg, fmt.Sprintf("b%d", attempt))
+		b := testenv.Start(t, cfgB, fx.Populate(&rtB, &memB))
+		<-rtB.Started() // B's only pass has listed the tenants: it hears of new ones by the relay only
+		for i := 0; i < 40 && len(memA.Members()) == 1 && len(unseen) < 3; i++ {
+			id := uuid.MustParse(a.CreateTenant(fmt.Sprintf("unseen-%d-%d", attempt, i), 2))
+			if len(memA.Members()) == 1 && cluster.Owner(memB.Live(), id) == cfgB.ReplicaID {
+				unseen = append(unseen, id) // its creation was relayed to no one
+			}
+		}
+		if len(unseen) == 0 {
+			require.NoError(t, b.Stop())
+			testenv.Eventually(t, 15*time.Second, func() bool { return len(memA.Members()) == 1 }, "A still sees B")
+		}
+	}
+	require.NotEmpty(t, unseen, "no tenant owned by B was created before A saw B, in 3 attempts")
+	created := time.Now()
+	var sawB time.Time // when A first saw B, as the polls below find it
+
+	// A hands them over when it sees B (within its heartbeat interval), and B starts them well before A's
+	// HandoverWait (2 × 4 s + 5 s) would have A drain them unannounced.
+	testenv.Eventually(t, 8*time.Second, func() bool {
+		if sawB.IsZero() && len(memA.Members()) == 2 {
+			sawB = time.Now()
+		}
+		for _, id := range unseen {
+			if rtB.Workers(id) != 2 || rtA.Workers(id) != 0 {
+				return false
+			}
+		}
+		return true
+	}, "B does not serve the %d tenants created before A saw it", len(unseen))
+	served := time.Now()
+	var ids []string
+	for _, id := range unseen {
+		r := a.Do(http.MethodPost, "/api/v1/messages", map[string]any{"tenant_id": id.String(), "payload": map[string]string{"after": "handover"}})
+		require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+		ids = append(ids, r.Map(t)["id"].(string))
+	}
+	db := a.DB()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE id = ANY($1::uuid[])", ids) == len(ids)
+	}, "the messages published to the handed-over tenants are stored")
+	t.Logf("%d tenants created before A saw B were served by B %s after the last creation, %s after A saw B",
+		len(unseen), served.Sub(created).Round(10*time.Millisecond), served.Sub(sawB).Round(10*time.Millisecond))
 }

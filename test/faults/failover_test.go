@@ -11,9 +11,9 @@ import (
 	"github.com/acme/msgsvc/test/testenv"
 )
 
-// TestReplicaKilledHandsItsTenantsOver runs two replicas that share eight tenants while clients publish into
-// all of them through the replica that survives, kills the other with SIGKILL, and checks that the survivor
-// consumes every tenant within 30 s (the membership TTL plus a reconciliation) and that every message answered
+// TestReplicaKilledHandsItsTenantsOver runs two replicas that share eight tenants (or a few more, until each owns
+// one) while clients publish into all of them through the replica that survives, kills the other with SIGKILL,
+// and checks that the survivor consumes every tenant within 30 s (the membership TTL plus a reconciliation) and that every message answered
 // 202 is stored exactly once.
 func TestReplicaKilledHandsItsTenantsOver(t *testing.T) {
 	s := testenv.Get(t)
@@ -22,14 +22,26 @@ func TestReplicaKilledHandsItsTenantsOver(t *testing.T) {
 	membership := []string{"REPLICA_HEARTBEAT_INTERVAL=1s", "REPLICA_TTL=5s", "CONSUMER_DRAIN_TIMEOUT=2s"}
 	a := startProc(t, "share-a", cfg, membership...)
 	b := startProc(t, "share-b", cfg, membership...)
-	tenants := make([]string, 8)
-	for i := range tenants {
-		tenants[i] = createTenant(t, a.URL, fmt.Sprintf("share-%d", i), 1+i%2)
-	}
 	testenv.Eventually(t, 15*time.Second, func() bool {
-		ra, rb := metric(t, a.URL, "msgsvc_consumers_running"), metric(t, b.URL, "msgsvc_consumers_running")
-		return ra > 0 && rb > 0 && ra+rb == float64(len(tenants))
-	}, "the replicas share the tenants")
+		return metric(t, a.URL, "msgsvc_replicas_live") == 2 && metric(t, b.URL, "msgsvc_replicas_live") == 2
+	}, "the replicas do not see each other")
+	// Eight tenants, and more while one replica owns none of them (all eight land on one replica once in 128).
+	var tenants []string
+	for len(tenants) < 16 {
+		tenants = append(tenants, createTenant(t, a.URL, fmt.Sprintf("share-%d", len(tenants)), 1+len(tenants)%2))
+		if len(tenants) < 8 {
+			continue
+		}
+		testenv.Eventually(t, 15*time.Second, func() bool {
+			ra, rb := metric(t, a.URL, "msgsvc_consumers_running"), metric(t, b.URL, "msgsvc_consumers_running")
+			return ra+rb == float64(len(tenants))
+		}, "each of the %d tenants runs on one replica", len(tenants))
+		if metric(t, a.URL, "msgsvc_consumers_running") > 0 && metric(t, b.URL, "msgsvc_consumers_running") > 0 {
+			break
+		}
+	}
+	require.Positive(t, metric(t, b.URL, "msgsvc_consumers_running"), "B owns none of %d tenants", len(tenants))
+	require.Positive(t, metric(t, a.URL, "msgsvc_consumers_running"), "A owns none of %d tenants", len(tenants))
 	ownedByB := metric(t, b.URL, "msgsvc_consumers_running")
 
 	st := startStream(t, a.URL, tenants, 4, 10*time.Millisecond)
