@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -50,4 +52,52 @@ func TestClosedConnectionTellsTheConsumesOwnHardError(t *testing.T) {
 	} {
 		require.Equal(t, c.want, closedConnection(c.err), "%v", c.err)
 	}
+}
+
+// A pass's inspections in turn go inspectRate a second, faster when that would take more than half the
+// interval.
+func TestInspectEvery(t *testing.T) {
+	require.Equal(t, 5*time.Millisecond, inspectEvery(100, 30*time.Second))
+	require.Equal(t, 5*time.Millisecond, inspectEvery(3000, 30*time.Second), "15 s: half the interval")
+	require.Equal(t, 2500*time.Microsecond, inspectEvery(6000, 30*time.Second))
+	require.Equal(t, 500*time.Microsecond, inspectEvery(1000, time.Second))
+}
+
+// The pacer spaces the inspections by inspectEvery across the lanes calling it, a kick ends the pacing (the rest
+// goes at once), and a cancelled pass stops waiting.
+func TestInspectPacer(t *testing.T) {
+	r := &Runtime{opts: Options{ReconcileInterval: 30 * time.Second}, kick: make(chan struct{}, 1)}
+	pace := r.inspectPacer(100) // 5 ms apart
+	began := time.Now()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				require.NoError(t, pace(context.Background()))
+			}
+		}()
+	}
+	wg.Wait()
+	require.GreaterOrEqual(t, time.Since(began), 19*5*time.Millisecond, "20 inspections over four lanes")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	slow := r.inspectPacer(1)
+	require.NoError(t, slow(context.Background()))
+	var err error
+	for range 10 { // a call that comes when its slot is due does not wait, whatever ctx
+		if err = slow(ctx); err != nil {
+			break
+		}
+	}
+	require.ErrorIs(t, err, context.Canceled)
+
+	r.Kick()
+	began = time.Now()
+	for range 1000 {
+		require.NoError(t, pace(context.Background()))
+	}
+	require.Less(t, time.Since(began), 2500*time.Millisecond, "after a kick nothing waits (paced: 5 s)")
 }

@@ -227,6 +227,12 @@ func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
 // passes after that nothing while it stays unanswered. The error it returns itself means the broker did not
 // answer at all.
 func (c *Conn) InspectQueues(ctx context.Context, names []string) ([]QueueState, []error, error) {
+	return c.InspectQueuesPaced(ctx, names, nil)
+}
+
+// InspectQueuesPaced is InspectQueues that calls pace before each declare (every lane), so that the caller sets
+// the rate: an error it returns ends the inspection as ctx's end does. nil paces nothing.
+func (c *Conn) InspectQueuesPaced(ctx context.Context, names []string, pace func(context.Context) error) ([]QueueState, []error, error) {
 	const lanes = 4
 	states := make([]QueueState, len(names))
 	errs := make([]error, len(names))
@@ -236,7 +242,7 @@ func (c *Conn) InspectQueues(ctx context.Context, names []string) ([]QueueState,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			laneErrs[lane] = c.inspectLane(ctx, names, states, errs, lane, lanes)
+			laneErrs[lane] = c.inspectLane(ctx, names, states, errs, lane, lanes, pace)
 		}()
 	}
 	wg.Wait()
@@ -244,7 +250,8 @@ func (c *Conn) InspectQueues(ctx context.Context, names []string) ([]QueueState,
 }
 
 // inspectLane inspects names[lane], names[lane+step], ... into states and errs.
-func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueState, errs []error, lane, step int) error {
+func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueState, errs []error, lane, step int,
+	pace func(context.Context) error) error {
 	var ch *amqp.Channel
 	defer func() {
 		if ch != nil {
@@ -252,6 +259,11 @@ func (c *Conn) inspectLane(ctx context.Context, names []string, states []QueueSt
 		}
 	}()
 	for i := lane; i < len(names); i += step {
+		if pace != nil {
+			if err := pace(ctx); err != nil {
+				return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
