@@ -100,6 +100,7 @@ type Runtime struct {
 	unserved    map[uuid.UUID]unservedMark // findUnserved's marks from the last statistics listing; reconcileMu
 	stalled     map[uuid.UUID]unservedMark // findStalled's marks from the last inspection of each queue; reconcileMu
 	lastStats   time.Time                  // when a pass last asked for the listing with statistics; reconcileMu
+	noQuorum    bool                       // the last listing showed no quorum tenant queue; reconcileMu
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
 	recheck     map[uuid.UUID]int          // tenants started again after a lost connection → passes left that inspect them; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
