@@ -547,7 +547,7 @@ func (r *Runtime) loop() {
 		began := time.Now()
 		err := r.Reconcile(ctx)
 		cancel()
-		if err != nil {
+		if err != nil && r.loopCtx.Err() == nil { // a shutdown ends a pass (its paced inspections, often) without harm
 			r.log.Warn("reconciliation incomplete; the next run retries", zap.Error(err))
 		}
 		r.firstOnce.Do(func() {
