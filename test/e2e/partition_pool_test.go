@@ -456,3 +456,46 @@ func TestADropFinishesADetachLeftPending(t *testing.T) {
 		return testenv.Count(t, db, "SELECT count(*) FROM messages WHERE tenant_id = $1", kept) == 1
 	}, "the other tenant's message stored")
 }
+
+// TestADropWhoseCallerStopsWaitingReleasesItsLock: a batch drop whose caller's context ends while the drop waits
+// for its lock on messages (a shutdown) ends with its lock timeout, unlocks the dropper's advisory lock on its own
+// connection, and the next run drops the partition. Its transaction does not end with the caller's context:
+// database/sql ended such a transaction from another goroutine and closed the connection there, racing the
+// deferred unlock on it (a nil driver connection: one panic at a shutdown in CI).
+func TestADropWhoseCallerStopsWaitingReleasesItsLock(t *testing.T) {
+	s := testenv.Get(t)
+	cfg := s.Config(t)
+	cfg.PartitionPoolSize = 0
+	a := testenv.Start(t, cfg)
+	require.NoError(t, a.Stop()) // the schema is there; no other dropper runs
+	ctx := context.Background()
+	db := testenv.Connect(t, cfg.DatabaseURL)
+	bdb := bunDB(t, cfg.DatabaseURL)
+	id := uuid.Must(uuid.NewV7())
+	require.NoError(t, bdb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		return messaging.CreatePartition(ctx, tx, id)
+	}))
+	_, err := db.Exec(ctx, "INSERT INTO partition_drops (tenant_id, due_at) VALUES ($1, now())", id)
+	require.NoError(t, err)
+	pool := messaging.NewPool(bdb, messaging.PoolOptions{DropBatch: 10}, prometheus.NewRegistry(), zap.NewNop())
+	holder := testenv.Connect(t, cfg.DatabaseURL)
+	for range 10 {
+		tx, err := holder.Begin(ctx)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, "SELECT 1 FROM messages LIMIT 1") // the drop's ACCESS EXCLUSIVE waits for it
+		require.NoError(t, err)
+		dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		n, err := pool.DropDue(dctx)
+		cancel()
+		require.Error(t, err, "the drop got its lock")
+		require.Zero(t, n)
+		require.NoError(t, tx.Rollback(ctx))
+	}
+	require.Zero(t, testenv.Count(t, db, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`),
+		"a dropper's advisory lock is still held")
+	n, err := pool.DropDue(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the next run drops the partition")
+	require.Zero(t, testenv.Count(t, db, "SELECT count(*) FROM pg_class WHERE relname = $1", messaging.PartitionName(id)))
+}
