@@ -2,8 +2,15 @@ package consumer_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +19,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/acme/msgsvc/modules/consumer"
+	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/test/testenv"
@@ -190,4 +198,86 @@ func TestAPassWithATenantListFromBeforeAResizeKeepsTheNewSize(t *testing.T) {
 	// The next pass reads the new count and has nothing to do.
 	require.NoError(t, rt.Reconcile(context.Background()))
 	require.Equal(t, 1, rt.Workers(tid))
+}
+
+// TestPassesTakeTheListingAgainAtScale: from reuseListingFrom owned tenants (lowered here to 1), a pass takes the
+// last pass's listing again for the three passes after its own, where a deleted queue cancels its consumers
+// (classic queues; quorum ones on RabbitMQ 4.x); the passes still inspect every queue in its turn, and a queue
+// deleted behind the service's back is still declared again and consumed. On RabbitMQ 3.x with quorum queues
+// every pass takes its own.
+func TestPassesTakeTheListingAgainAtScale(t *testing.T) {
+	defer consumer.SetReuseListingFrom(consumer.SetReuseListingFrom(1))
+	s := testenv.Get(t)
+	for _, qt := range []string{"classic", "quorum"} {
+		t.Run(qt, func(t *testing.T) {
+			cfg := s.Config(t)
+			cfg.AMQPQueueType = qt
+			cfg.ReconcileInterval = time.Hour // only the passes this test runs, and those a cancel asks for
+			mgmt, err := broker.NewManagement(cfg.RabbitMQManagementURL, nil)
+			require.NoError(t, err)
+			ov, err := mgmt.Overview(context.Background())
+			require.NoError(t, err)
+			real, err := url.Parse(cfg.RabbitMQManagementURL)
+			require.NoError(t, err)
+			proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: real.Scheme, Host: real.Host})
+			var listings atomic.Int32
+			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasPrefix(r.URL.Path, "/api/queues/") && strings.Contains(r.URL.RawQuery, "columns=") {
+					listings.Add(1)
+				}
+				proxy.ServeHTTP(w, r)
+			}))
+			t.Cleanup(front.Close)
+			cfg.RabbitMQManagementURL = strings.Replace(front.URL, "http://", "http://"+real.User.String()+"@", 1)
+			var rt *consumer.Runtime
+			a := testenv.Start(t, cfg, fx.Populate(&rt))
+			const n = 8
+			ids := make([]uuid.UUID, n)
+			for i := range ids {
+				ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("relisted-%s-%d", qt, i), 1))
+				testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(ids[i]) == 1 }, "tenant consumed")
+			}
+			inspections := func() float64 {
+				r := a.Do(http.MethodGet, "/metrics", nil)
+				for _, line := range strings.Split(string(r.Body), "\n") {
+					if v, ok := strings.CutPrefix(line, "msgsvc_reconcile_queue_inspections_total "); ok {
+						f, err := strconv.ParseFloat(v, 64)
+						require.NoError(t, err)
+						return f
+					}
+				}
+				return 0
+			}
+			require.NoError(t, rt.Reconcile(context.Background())) // every consumer runs: the passes below take turns
+			before, listed := inspections(), listings.Load()
+			for range 8 {
+				require.NoError(t, rt.Reconcile(context.Background()))
+			}
+			require.Equal(t, float64(2*n), inspections()-before, "eight passes inspect each queue twice")
+			reuses := qt == "classic" || !strings.HasPrefix(ov.RabbitMQVersion, "3.")
+			if reuses {
+				own := listings.Load() - listed
+				require.True(t, own == 2 || own == 3, "eight passes take two or three listings of their own, not %d (RabbitMQ %s, %s)", own, ov.RabbitMQVersion, qt)
+			} else {
+				require.Equal(t, int32(8), listings.Load()-listed, "every pass takes its own listing (RabbitMQ %s, quorum)", ov.RabbitMQVersion)
+			}
+
+			// A queue deleted by hand: classic queues and RabbitMQ 4.x cancel its consumer, and the pass that asks for
+			// declares it again, whatever listing it takes.
+			if !reuses {
+				return
+			}
+			ch := testenv.AMQP(t, cfg.AMQPURL)
+			_, err = ch.QueueDelete(consumer.QueueName(ids[0]), false, false, false)
+			require.NoError(t, err)
+			testenv.Eventually(t, 10*time.Second, func() bool {
+				ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(ids[0]))
+				return ok && consumers == 1
+			}, "the deleted queue is declared again and consumed")
+			id := uuid.MustParse(a.Publish(ids[0].String(), map[string]bool{"after": true}))
+			testenv.Eventually(t, 10*time.Second, func() bool {
+				return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", id) == 1
+			}, "stored after the repair")
+		})
+	}
 }

@@ -101,6 +101,9 @@ type Runtime struct {
 	stalled     map[uuid.UUID]unservedMark // findStalled's marks from the last inspection of each queue; reconcileMu
 	lastStats   time.Time                  // when a pass last asked for the listing with statistics; reconcileMu
 	noQuorum    bool                       // the last listing showed no quorum tenant queue; reconcileMu
+	brokerMajor int                        // RabbitMQ's major version as the management API last told it (0: unknown); reconcileMu
+	lastListing *queueListing              // the last pass's own listing (nil: none, or it failed); reconcileMu
+	listedPass  uint64                     // the pass that took lastListing; reconcileMu
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
 	recheck     map[uuid.UUID]int          // tenants started again after a lost connection → passes left that inspect them; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
