@@ -683,10 +683,10 @@ type queueListing struct {
 	reused  bool // an earlier pass's listing, taken again (listingReusable)
 }
 
-// reuseListingFrom (a constant but for tests) is how many owned tenants make a pass take the last pass's listing again instead of its own,
-// up to inspectRotation-1 passes in a row (listingReusable). The records-only listing of 10,000 classic queues
-// costs the broker 0.2-0.4 s of CPU at once, which a loaded box's other work loses (the 10,000-tenant bench's
-// creations, 10-15 % slower in the block a pass lands in).
+// reuseListingFrom (a constant but for tests) is how many owned tenants make a pass take the last pass's listing
+// again instead of its own, up to inspectRotation-1 passes in a row (listingReusable). The records-only listing
+// of 10,000 classic queues costs the broker 0.2-0.4 s of CPU at once, which a loaded box's other work loses (the
+// 10,000-tenant bench's creations, 10-15 % slower in the block a pass lands in).
 var reuseListingFrom = 1000
 
 // listingReusable reports whether a pass over owned tenants may take the last listing again: only from
