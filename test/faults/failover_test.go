@@ -13,8 +13,8 @@ import (
 
 // TestReplicaKilledHandsItsTenantsOver runs two replicas that share eight tenants (or a few more, until each owns
 // one) while clients publish into all of them through the replica that survives, kills the other with SIGKILL,
-// and checks that the survivor consumes every tenant within 30 s (the membership TTL plus a reconciliation) and that every message answered
-// 202 is stored exactly once.
+// and checks that the survivor consumes every tenant within 30 s (the membership TTL plus a reconciliation) and
+// that every message answered 202 is stored exactly once.
 func TestReplicaKilledHandsItsTenantsOver(t *testing.T) {
 	s := testenv.Get(t)
 	cfg := s.Config(t)
