@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +16,6 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/acme/msgsvc/modules/consumer"
-	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/config"
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/test/testenv"
@@ -213,22 +209,14 @@ func TestPassesTakeTheListingAgainAtScale(t *testing.T) {
 			cfg := s.Config(t)
 			cfg.AMQPQueueType = qt
 			cfg.ReconcileInterval = time.Hour // only the passes this test runs, and those a cancel asks for
-			mgmt, err := broker.NewManagement(cfg.RabbitMQManagementURL, nil)
-			require.NoError(t, err)
-			ov, err := mgmt.Overview(context.Background())
-			require.NoError(t, err)
-			real, err := url.Parse(cfg.RabbitMQManagementURL)
-			require.NoError(t, err)
-			proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: real.Scheme, Host: real.Host})
+			version := testenv.RabbitMQVersion(t, cfg.RabbitMQManagementURL)
 			var listings atomic.Int32
-			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			cfg.RabbitMQManagementURL = testenv.ManagementProxy(t, cfg.RabbitMQManagementURL, func(_ http.ResponseWriter, r *http.Request) bool {
 				if strings.HasPrefix(r.URL.Path, "/api/queues/") && strings.Contains(r.URL.RawQuery, "columns=") {
 					listings.Add(1)
 				}
-				proxy.ServeHTTP(w, r)
-			}))
-			t.Cleanup(front.Close)
-			cfg.RabbitMQManagementURL = strings.Replace(front.URL, "http://", "http://"+real.User.String()+"@", 1)
+				return false
+			})
 			var rt *consumer.Runtime
 			a := testenv.Start(t, cfg, fx.Populate(&rt))
 			const n = 8
@@ -254,12 +242,12 @@ func TestPassesTakeTheListingAgainAtScale(t *testing.T) {
 				require.NoError(t, rt.Reconcile(context.Background()))
 			}
 			require.Equal(t, float64(2*n), inspections()-before, "eight passes inspect each queue twice")
-			reuses := qt == "classic" || !strings.HasPrefix(ov.RabbitMQVersion, "3.")
+			reuses := qt == "classic" || !strings.HasPrefix(version, "3.")
 			if reuses {
 				own := listings.Load() - listed
-				require.True(t, own == 2 || own == 3, "eight passes take two or three listings of their own, not %d (RabbitMQ %s, %s)", own, ov.RabbitMQVersion, qt)
+				require.True(t, own == 2 || own == 3, "eight passes take two or three listings of their own, not %d (RabbitMQ %s, %s)", own, version, qt)
 			} else {
-				require.Equal(t, int32(8), listings.Load()-listed, "every pass takes its own listing (RabbitMQ %s, quorum)", ov.RabbitMQVersion)
+				require.Equal(t, int32(8), listings.Load()-listed, "every pass takes its own listing (RabbitMQ %s, quorum)", version)
 			}
 
 			// A queue deleted by hand: classic queues and RabbitMQ 4.x cancel its consumer, and the pass that asks for
@@ -268,7 +256,7 @@ func TestPassesTakeTheListingAgainAtScale(t *testing.T) {
 				return
 			}
 			ch := testenv.AMQP(t, cfg.AMQPURL)
-			_, err = ch.QueueDelete(consumer.QueueName(ids[0]), false, false, false)
+			_, err := ch.QueueDelete(consumer.QueueName(ids[0]), false, false, false)
 			require.NoError(t, err)
 			testenv.Eventually(t, 10*time.Second, func() bool {
 				ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, consumer.QueueName(ids[0]))

@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,7 +17,6 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/acme/msgsvc/modules/consumer"
-	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/test/testenv"
 )
 
@@ -172,30 +169,23 @@ func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
 		t.Run(qt, func(t *testing.T) {
 			cfg := s.Config(t)
 			cfg.AMQPQueueType = qt
-			mgmt, err := broker.NewManagement(cfg.RabbitMQManagementURL, nil)
-			require.NoError(t, err)
-			ov, err := mgmt.Overview(context.Background())
-			require.NoError(t, err)
-			asks := qt == "quorum" && strings.HasPrefix(ov.RabbitMQVersion, "3.")
-			real, err := url.Parse(cfg.RabbitMQManagementURL)
-			require.NoError(t, err)
-			proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: real.Scheme, Host: real.Host})
+			version := testenv.RabbitMQVersion(t, cfg.RabbitMQManagementURL)
+			asks := qt == "quorum" && strings.HasPrefix(version, "3.")
 			release := make(chan struct{})
 			var statsAsked atomic.Int32
-			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if strings.Contains(r.URL.RawQuery, "messages_unacknowledged") {
-					statsAsked.Add(1)
-					select {
-					case <-release:
-					case <-r.Context().Done():
-					}
-					return
+			cfg.RabbitMQManagementURL = testenv.ManagementProxy(t, cfg.RabbitMQManagementURL, func(_ http.ResponseWriter, r *http.Request) bool {
+				if !strings.Contains(r.URL.RawQuery, "messages_unacknowledged") {
+					return false
 				}
-				proxy.ServeHTTP(w, r)
-			}))
-			t.Cleanup(func() { close(release); front.Close() })
-			cfg.RabbitMQManagementURL = strings.Replace(front.URL, "http://", "http://"+real.User.String()+"@", 1)
-			cfg.ReconcileInterval = time.Hour // only the passes this test runs
+				statsAsked.Add(1)
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+				return true
+			})
+			t.Cleanup(func() { close(release) }) // before the proxy closes, which waits for the held listings
+			cfg.ReconcileInterval = time.Hour    // only the passes this test runs
 			var rt *consumer.Runtime
 			a := testenv.Start(t, cfg, fx.Populate(&rt))
 			const n = 8
@@ -210,7 +200,7 @@ func TestReconcileFallsBackToTheCheapListing(t *testing.T) {
 			}
 			require.Equal(t, float64(2*n), inspections()-before, "eight passes inspect each queue twice, the two without statistics included")
 			if !asks {
-				require.Zero(t, statsAsked.Load(), "RabbitMQ %s, %s queues: no pass needs the statistics", ov.RabbitMQVersion, qt)
+				require.Zero(t, statsAsked.Load(), "RabbitMQ %s, %s queues: no pass needs the statistics", version, qt)
 				require.Zero(t, a.Logs.FilterMessage("reconciliation pass was slow").Len())
 				return
 			}
