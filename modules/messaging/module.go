@@ -112,7 +112,7 @@ func RunRetention(lc fx.Lifecycle, bus *events.Bus, db *bun.DB, dir events.Tenan
 	c config.Config, reg prometheus.Registerer, log *zap.Logger) {
 	m := NewRetentionMetrics(reg, c.MetricsPerTenant)
 	sw := NewSweeper(db, dir, consumers.Owns, SweeperOptions{Default: c.RetentionDefault, DeadLetters: c.DeadLetterRetention,
-		Batch: c.RetentionBatch, Share: c.RetentionSweepShare}, m, log)
+		Batch: c.RetentionBatch, Share: c.RetentionSweepShare, Interval: c.RetentionInterval}, m, log)
 	events.Subscribe(bus, "messaging.retention", func(_ context.Context, e events.TenantRetentionChanged) error {
 		if consumers.Owns(e.TenantID) {
 			sw.Kick()
