@@ -30,7 +30,7 @@ var Module = fx.Module("messaging",
 		},
 		func(db *bun.DB, c config.Config, reg prometheus.Registerer, log *zap.Logger) *Pool {
 			return NewPool(db, PoolOptions{Size: c.PartitionPoolSize, Batch: c.PartitionPoolBatch, DropBatch: c.PartitionDropBatch,
-				DueAfter: c.ConsumerDrainTimeout + c.ReplicaTTL}, reg, log)
+				DueAfter: c.ConsumerDrainTimeout + c.ReplicaTTL, VacuumAfter: c.PartitionCatalogueVacuumAfter}, reg, log)
 		},
 		func(p *Pool) events.PartitionPool { return p },
 	),

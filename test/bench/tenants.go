@@ -82,6 +82,23 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		s.add("pool_fill_rate", "partitions attached ahead of time /s (refill rate)", float64(n)/filled.Seconds(), "1/s",
 			fmt.Sprintf("%.1f /s", float64(n)/filled.Seconds()))
 		fmt.Printf("   pool filled with %d partitions in %s\n", n, filled.Round(time.Millisecond))
+		// The service vacuums the catalogue tables once the full pool is quiet (PARTITION_CATALOGUE_VACUUM_AFTER):
+		// the creations start after it, as they would a while after a fill (autovacuum's catch-up came seconds
+		// into them otherwise). A service without the metric (main before it) is not waited for.
+		if _, ok := r.sample(ctx, srv, "msgsvc_partition_catalogue_vacuums_total"); ok {
+			began := time.Now()
+			for {
+				if v, _ := r.sample(ctx, srv, "msgsvc_partition_catalogue_vacuums_total"); v >= 1 {
+					fmt.Printf("   the service vacuumed the catalogue %s after the fill\n", time.Since(began).Round(100*time.Millisecond))
+					break
+				}
+				if time.Since(began) > 2*time.Minute {
+					fmt.Printf("   the service did not vacuum the catalogue within 2 minutes of the fill\n")
+					break
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+		}
 	}
 
 	cpu0 := r.snapCPU(srv.PID())

@@ -1,0 +1,104 @@
+package messaging
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/platform/database"
+)
+
+// Once the pool attached or dropped VacuumAfter partitions and is quiet (a refill that found nothing to do, no
+// claim or drop of this replica within refillQuiet), it vacuums and analyzes the catalogue tables, so that
+// autovacuum finds nothing left to do in the next burst of creations; not before, and not while creations go on.
+func TestThePoolVacuumsTheCatalogueAfterItsChurn(t *testing.T) {
+	db, _ := storeDB(t)
+	ctx := context.Background()
+	p := NewPool(db, PoolOptions{Size: 12, Batch: 4, VacuumAfter: 10}, prometheus.NewRegistry(), zap.NewNop())
+	vacuumed := func(table string) bool {
+		var at *time.Time
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT last_vacuum FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&at))
+		var analyzed *time.Time
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT last_analyze FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&analyzed))
+		return at != nil && analyzed != nil
+	}
+
+	n, err := p.Refill(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 4, n)
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.Zero(t, counted(t, p.vacuums), "4 partitions attached: below VacuumAfter")
+	for range 2 {
+		_, err := p.Refill(ctx)
+		require.NoError(t, err)
+	}
+	p.lastClaim.Store(time.Now().UnixNano())
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.Zero(t, counted(t, p.vacuums), "a claim within refillQuiet: creations go on")
+	p.lastClaim.Store(time.Now().Add(-refillQuiet).UnixNano())
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.Equal(t, 1.0, counted(t, p.vacuums), "12 partitions attached, quiet: vacuumed")
+	require.Eventually(t, func() bool { return vacuumed("pg_attribute") && vacuumed("pg_class") && vacuumed("pg_depend") },
+		5*time.Second, 100*time.Millisecond, "the catalogue tables' last vacuum and analyze")
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.Equal(t, 1.0, counted(t, p.vacuums), "nothing attached or dropped since")
+
+	// Drops count as well.
+	var ids []string
+	require.NoError(t, db.NewSelect().Table("partition_pool").Column("tenant_id").Scan(ctx, &ids))
+	_, err = db.ExecContext(ctx, "INSERT INTO partition_drops (tenant_id, due_at) SELECT tenant_id, now() FROM partition_pool")
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, "DELETE FROM partition_pool")
+	require.NoError(t, err)
+	p.opt.DropBatch = 100
+	dropped, err := p.DropDue(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 12, dropped)
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.Equal(t, 1.0, counted(t, p.vacuums), "a drop within refillQuiet")
+	p.lastDrop.Store(time.Now().Add(-refillQuiet).UnixNano())
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.Equal(t, 2.0, counted(t, p.vacuums), "12 partitions dropped, quiet: vacuumed")
+}
+
+// A role that is neither a superuser nor the database's owner may not vacuum the catalogue (VACUUM would only
+// warn): the pool leaves it to autovacuum, without an error, and does not ask again.
+func TestThePoolLeavesTheCatalogueToAutovacuumWithoutThePrivilege(t *testing.T) {
+	_, url := storeDB(t)
+	ctx := context.Background()
+	db, err := database.Open(database.Options{URL: url, MaxOpenConns: 1, MaxIdleConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	role := fmt.Sprintf("t_pool_plain_%d", rand.Uint32())
+	_, err = db.ExecContext(ctx, "CREATE ROLE "+role+" NOLOGIN NOSUPERUSER")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = db.ExecContext(context.Background(), "RESET ROLE")
+		_, err := db.ExecContext(context.Background(), "DROP ROLE IF EXISTS "+role)
+		require.NoError(t, err)
+	})
+	_, err = db.ExecContext(ctx, "SET ROLE "+role) // the only connection of db
+	require.NoError(t, err)
+
+	p := NewPool(db, PoolOptions{Size: 1, VacuumAfter: 1}, prometheus.NewRegistry(), zap.NewNop())
+	p.churn.Store(1000)
+	require.NoError(t, p.vacuumIfDue(ctx))
+	require.True(t, p.vacuumDenied)
+	require.Zero(t, counted(t, p.vacuums))
+	require.NoError(t, p.vacuumIfDue(ctx))
+}
+
+// counted is c's value.
+func counted(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
