@@ -382,6 +382,7 @@ func (p *Pool) Run(ctx context.Context) {
 		defer func() { done <- struct{}{} }()
 		t := time.NewTimer(0)
 		defer t.Stop()
+		var locked lockedOut
 		for {
 			select {
 			case <-ctx.Done():
@@ -394,7 +395,9 @@ func (p *Pool) Run(ctx context.Context) {
 			n, err := work(rctx)
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				p.log.Warn(what+" failed; retrying", zap.Error(err))
+				locked.log(p.log, what, err, time.Now())
+			} else if err == nil {
+				locked = lockedOut{}
 			}
 			if n > 0 && err == nil {
 				p.wake(self) // more may be needed: go on at once
@@ -425,6 +428,32 @@ func (p *Pool) Run(ctx context.Context) {
 	go loop(p.DropDue, p.due, drop, "dropping deleted tenants' partitions")
 	<-done
 	<-done
+}
+
+// lockedOut tells a background loop's lock waits that ran out (dropLockTimeout: inserts and reads busy on
+// messages while 1,000 tenants were deleted, several a second) from its failures: the first of a series is said
+// at info, and a warning only once the series lasted lockedOutWarn (then every lockedOutWarn), where each retry
+// used to log a warning.
+type lockedOut struct{ since, said time.Time }
+
+// lockedOutWarn is how long a background loop's lock waits keep running out before it warns.
+const lockedOutWarn = time.Minute
+
+// log says err, a failure of the loop doing what at now.
+func (l *lockedOut) log(log *zap.Logger, what string, err error, now time.Time) {
+	if !lockTimedOut(err) {
+		*l = lockedOut{}
+		log.Warn(what+" failed; retrying", zap.Error(err))
+		return
+	}
+	switch {
+	case l.since.IsZero():
+		l.since, l.said = now, now
+		log.Info(what+": its wait for a lock ran out (the table is busy); retrying", zap.Error(err))
+	case now.Sub(l.said) >= lockedOutWarn:
+		l.said = now
+		log.Warn(what+": its waits for a lock keep running out; retrying", zap.Duration("for", now.Sub(l.since)), zap.Error(err))
+	}
 }
 
 // refillYield is how long the refill waits before it looks again, sinceClaim after this replica's last claim,

@@ -2,15 +2,18 @@ package messaging
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/acme/msgsvc/platform/database"
 )
@@ -101,4 +104,30 @@ func counted(t *testing.T, c prometheus.Counter) float64 {
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))
 	return m.GetCounter().GetValue()
+}
+
+// A background loop's lock waits that run out (a drop while inserts and reads are busy on messages) are said at
+// info, and warned about only once they went on for lockedOutWarn; any other failure is a warning each time.
+func TestLockWaitsRunningOutAreNotWarnedAboutEachTime(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	log := zap.New(core)
+	timedOut := fmt.Errorf("drop 20 partitions: %w", &pgconn.PgError{Code: lockNotAvailable})
+	var l lockedOut
+	at := time.Now()
+	l.log(log, "dropping", timedOut, at)
+	l.log(log, "dropping", timedOut, at.Add(time.Second))
+	l.log(log, "dropping", timedOut, at.Add(30*time.Second))
+	require.Equal(t, 1, logs.Len())
+	require.Equal(t, zap.InfoLevel, logs.All()[0].Level)
+	l.log(log, "dropping", timedOut, at.Add(lockedOutWarn))
+	require.Equal(t, 2, logs.Len())
+	require.Equal(t, zap.WarnLevel, logs.All()[1].Level, "a minute of lock waits running out")
+	l.log(log, "dropping", timedOut, at.Add(lockedOutWarn+time.Second))
+	require.Equal(t, 2, logs.Len())
+	l.log(log, "dropping", errors.New("connection refused"), at.Add(lockedOutWarn+2*time.Second))
+	l.log(log, "dropping", errors.New("connection refused"), at.Add(lockedOutWarn+3*time.Second))
+	require.Equal(t, 4, logs.Len())
+	require.Equal(t, zap.WarnLevel, logs.All()[3].Level)
+	l.log(log, "dropping", timedOut, at.Add(lockedOutWarn+4*time.Second))
+	require.Equal(t, zap.InfoLevel, logs.All()[4].Level, "a new series after another failure")
 }
