@@ -90,7 +90,7 @@ type PoolOptions struct {
 	ClaimLease time.Duration
 	// VacuumAfter is how many partitions this replica attaches or drops before it vacuums the catalogue tables
 	// they change, once the pool is full and quiet (PARTITION_CATALOGUE_VACUUM_AFTER; 0: never). See
-	// vacuumCatalogue.
+	// vacuumIfDue.
 	VacuumAfter int
 }
 
@@ -512,7 +512,11 @@ func (p *Pool) vacuumIfDue(ctx context.Context) error {
 		return nil
 	}
 	began := time.Now()
-	if _, err := p.db.ExecContext(ctx, "VACUUM (ANALYZE) "+catalogueTables); err != nil {
+	// SKIP_LOCKED: a table another vacuum holds (autovacuum's own, an operator's) is left to it rather than
+	// waited for, so the refill loop never waits on one. TRUNCATE false: no ACCESS EXCLUSIVE lock on a catalogue
+	// table to cut its empty tail, which every query's catalogue lookups would queue behind; the next partitions
+	// reuse that space.
+	if _, err := p.db.ExecContext(ctx, "VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false) "+catalogueTables); err != nil {
 		return fmt.Errorf("vacuum the catalogue: %w", err)
 	}
 	p.churn.Add(-churn)

@@ -71,6 +71,35 @@ func TestThePoolVacuumsTheCatalogueAfterItsChurn(t *testing.T) {
 	require.Equal(t, 2.0, counted(t, p.vacuums), "12 partitions dropped, quiet: vacuumed")
 }
 
+// The catalogue vacuum waits on no lock: a catalogue table another session vacuums (here: holds as a vacuum
+// would) is skipped and left to autovacuum, the others are vacuumed.
+func TestTheCatalogueVacuumWaitsOnNoLock(t *testing.T) {
+	db, url := storeDB(t)
+	ctx := context.Background()
+	holder, err := database.Open(database.Options{URL: url, MaxOpenConns: 1, MaxIdleConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = holder.Close() })
+	tx, err := holder.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.ExecContext(ctx, "LOCK TABLE pg_catalog.pg_attribute IN SHARE UPDATE EXCLUSIVE MODE")
+	require.NoError(t, err)
+
+	p := NewPool(db, PoolOptions{Size: 1, VacuumAfter: 1}, prometheus.NewRegistry(), zap.NewNop())
+	p.churn.Store(1)
+	vctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	require.NoError(t, p.vacuumIfDue(vctx), "the vacuum waited on the held table")
+	require.Equal(t, 1.0, counted(t, p.vacuums))
+	lastVacuum := func(table string) *time.Time {
+		var at *time.Time
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT last_vacuum FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&at))
+		return at
+	}
+	require.Eventually(t, func() bool { return lastVacuum("pg_class") != nil }, 5*time.Second, 100*time.Millisecond)
+	require.Nil(t, lastVacuum("pg_attribute"), "the held table skipped")
+}
+
 // A role that is neither a superuser nor the database's owner may not vacuum the catalogue (VACUUM would only
 // warn): the pool leaves it to autovacuum, without an error, and does not ask again.
 func TestThePoolLeavesTheCatalogueToAutovacuumWithoutThePrivilege(t *testing.T) {

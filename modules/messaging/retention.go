@@ -165,8 +165,8 @@ func sizeReadEvery(n int, interval time.Duration) time.Duration {
 	return time.Duration(float64(sizeReadChunk) / rate * float64(time.Second))
 }
 
-// wait waits d (nothing when d <= 0) or until ctx ends, and returns ctx's error.
-func wait(ctx context.Context, d time.Duration) error {
+// sleepCtx waits d (nothing when d <= 0) or until ctx ends, and returns ctx's error.
+func sleepCtx(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -222,12 +222,19 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 	}
 	every, next := sizeReadEvery(len(read), s.opts.Interval), time.Now()
 	for chunk := range slices.Chunk(read, sizeReadChunk) {
-		if wait(ctx, time.Until(next)) != nil {
+		if sleepCtx(ctx, time.Until(next)) != nil {
 			break
 		}
 		next = time.Now().Add(every)
 		if err := s.readSizes(ctx, chunk, sizes); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, id := range read { // not read this time (the sweep's time ran out, an error): its last figure stays
+		if _, ok := sizes[id]; !ok {
+			if _, seen := s.last[id]; seen {
+				sizes[id] = -1
+			}
 		}
 	}
 	if s.opts.DeadLetters > 0 {
@@ -549,7 +556,7 @@ func (s *Sweeper) deleteBatches(ctx context.Context, q string, ageSeconds float6
 // pause waits after a batch that took d as long as keeps the deletes to Share of the sweep's time.
 func (s *Sweeper) pause(ctx context.Context, d time.Duration) error {
 	if sh := s.opts.Share; sh > 0 && sh < 1 {
-		return wait(ctx, time.Duration(float64(d)*(1/sh-1)))
+		return sleepCtx(ctx, time.Duration(float64(d)*(1/sh-1)))
 	}
 	return ctx.Err()
 }

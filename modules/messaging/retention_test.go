@@ -18,15 +18,15 @@ func TestSizeReadEvery(t *testing.T) {
 	require.Equal(t, 50*time.Millisecond, sizeReadEvery(200, 200*time.Millisecond))
 }
 
-// wait waits its time, or returns at once with the error of a context that ends.
-func TestWait(t *testing.T) {
+// sleepCtx waits its time, or returns at once with the error of a context that ends.
+func TestSleepCtx(t *testing.T) {
 	began := time.Now()
-	require.NoError(t, wait(context.Background(), 20*time.Millisecond))
+	require.NoError(t, sleepCtx(context.Background(), 20*time.Millisecond))
 	require.GreaterOrEqual(t, time.Since(began), 20*time.Millisecond)
-	require.NoError(t, wait(context.Background(), -time.Second))
+	require.NoError(t, sleepCtx(context.Background(), -time.Second))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	began = time.Now()
-	require.ErrorIs(t, wait(ctx, time.Hour), context.Canceled)
+	require.ErrorIs(t, sleepCtx(ctx, time.Hour), context.Canceled)
 	require.Less(t, time.Since(began), time.Second)
 }
