@@ -75,11 +75,18 @@ func Migrate(ctx context.Context, db *bun.DB, migrations fs.FS, log *zap.Logger)
 		if slices.Contains(done, version) {
 			continue
 		}
+		if err := ctx.Err(); err != nil {
+			return applied, fmt.Errorf("database: migration %s not begun: %w", name, err)
+		}
 		body, err := fs.ReadFile(migrations, name)
 		if err != nil {
 			return applied, err
 		}
-		err = conn.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		// A migration begun runs to its end (or its error), whatever ctx does meanwhile: database/sql rolls back
+		// a transaction whose context ended from another goroutine and closes the *sql.Conn of a connection it
+		// discards there, which races the deferred unlock on the same Conn (the partition dropper panicked so
+		// in CI, messaging.Pool.DropDue). The next migration is not begun once ctx ended.
+		err = conn.RunInTx(context.WithoutCancel(ctx), nil, func(ctx context.Context, tx bun.Tx) error {
 			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 				return err
 			}
