@@ -487,7 +487,7 @@ const catalogueTables = "pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalo
 // analyze, 20 % to vacuum), at the next round of its launcher, a minute apart per database. After the pool was
 // filled with 10,000 partitions, that round came seconds into the burst of creations the pool exists for:
 // some 1.2 s of PostgreSQL's CPU on pg_attribute, pg_class, pg_constraint and pg_depend, and that block of 1,000
-// creations ran at 0.72–0.78 × the first (bench runs of 2026-12-07, caught by a pg_stat_activity sampler). Done
+// creations ran at 0.74–0.88 × the first (bench runs of 2026-12-07, caught by a pg_stat_activity sampler). Done
 // here, at the end of the fill, the work is the same, at a moment the service knows to be quiet, and
 // autovacuum finds nothing left to do. A role that is neither a superuser nor the database's owner may not
 // vacuum the catalogue: then it is left to autovacuum, said once.
