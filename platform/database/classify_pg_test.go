@@ -4,51 +4,33 @@ import (
 	"context"
 	"net"
 	"net/url"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
 )
 
-// TestClassifyWhatTheServerSends makes a real PostgreSQL (TEST_DATABASE_URL, a superuser connection; skipped
-// without it) fail the way outages and bad data do, through bun over pgx as the service runs its statements,
+// TestClassifyWhatTheServerSends makes a real PostgreSQL (TEST_DATABASE_URL, a superuser connection; freshDatabase)
+// fail the way outages and bad data do, through bun over pgx as the service runs its statements,
 // and checks the class of what actually arrives.
 func TestClassifyWhatTheServerSends(t *testing.T) {
-	adminURL := os.Getenv("TEST_DATABASE_URL")
-	if adminURL == "" {
-		t.Skip("TEST_DATABASE_URL not set")
-	}
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, adminURL)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = admin.Close(ctx) })
-	name := "classify_" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "_")
+	admin, name, dbURL := freshDatabase(t, "classify")
 	adminExec := func(q string, args ...any) {
 		t.Helper()
 		_, err := admin.Exec(ctx, q, args...)
 		require.NoError(t, err, q)
 	}
-	adminExec("CREATE DATABASE " + name)
-	t.Cleanup(func() {
-		_, _ = admin.Exec(ctx, "ALTER DATABASE "+name+" ALLOW_CONNECTIONS true")
-		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
-	u, err := url.Parse(adminURL)
-	require.NoError(t, err)
-	u.Path = "/" + name
 	open := func(t *testing.T, dbURL string) *bun.DB {
 		db, err := Open(Options{URL: dbURL, MaxOpenConns: 4, MaxIdleConns: 4, ConnMaxLifetime: time.Hour})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = db.Close() })
 		return db
 	}
-	db := open(t, u.String())
-	_, err = db.ExecContext(ctx, "CREATE TABLE m (id int PRIMARY KEY CHECK (id > 0), payload jsonb)")
+	db := open(t, dbURL)
+	_, err := db.ExecContext(ctx, "CREATE TABLE m (id int PRIMARY KEY CHECK (id > 0), payload jsonb)")
 	require.NoError(t, err)
 	insert := func(ctx context.Context, db *bun.DB, id int, payload string) error {
 		_, err := db.ExecContext(ctx, "INSERT INTO m VALUES (?, ?::jsonb)", id, payload)
@@ -99,14 +81,15 @@ func TestClassifyWhatTheServerSends(t *testing.T) {
 	t.Run("connection refused", func(t *testing.T) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		down := *u
+		down, err := url.Parse(dbURL)
+		require.NoError(t, err)
 		down.Host = l.Addr().String()
 		require.NoError(t, l.Close())
 		err = insert(ctx, open(t, down.String()), 3, "{}")
 		expectClass(t, Unavailable, err, "%v", err)
 	})
 	t.Run("read-only", func(t *testing.T) {
-		ro := open(t, u.String())
+		ro := open(t, dbURL)
 		adminExec("ALTER DATABASE " + name + " SET default_transaction_read_only = on")
 		defer adminExec("ALTER DATABASE " + name + " RESET default_transaction_read_only")
 		err := insert(ctx, ro, 4, "{}")

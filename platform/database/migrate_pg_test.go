@@ -17,25 +17,9 @@ import (
 // A start whose context ends while a migration runs: the migration runs to its end and is recorded, the next
 // one is not begun, and the migration lock is free for the next start, which applies the rest.
 func TestAMigrationBegunRunsToItsEndWhenTheStartGivesUp(t *testing.T) {
-	adminURL := os.Getenv("TEST_DATABASE_URL")
-	if adminURL == "" {
-		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
-			t.Fatal("TEST_DATABASE_URL is required")
-		}
-		t.Skip("TEST_DATABASE_URL not set")
-	}
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, adminURL)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = admin.Close(ctx) })
-	name := "migrate_" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "_")
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
-	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
-	u, err := url.Parse(adminURL)
-	require.NoError(t, err)
-	u.Path = "/" + name
-	db, err := Open(Options{URL: u.String(), MaxOpenConns: 4, MaxIdleConns: 4, ConnMaxLifetime: time.Hour})
+	_, _, dbURL := freshDatabase(t, "migrate")
+	db, err := Open(Options{URL: dbURL, MaxOpenConns: 4, MaxIdleConns: 4, ConnMaxLifetime: time.Hour})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 
@@ -62,4 +46,33 @@ func TestAMigrationBegunRunsToItsEndWhenTheStartGivesUp(t *testing.T) {
 	applied, err = Migrate(lctx, db, migrations, zap.NewNop())
 	require.NoError(t, err)
 	require.Equal(t, []string{"0002_next"}, applied)
+}
+
+// freshDatabase creates a database named prefix_<time of day> on TEST_DATABASE_URL (a superuser connection),
+// dropped when t ends, and returns a connection of that superuser, the database's name and its URL. Without
+// TEST_DATABASE_URL the test is skipped, or failed under TEST_REQUIRE_SERVICES=1.
+func freshDatabase(t *testing.T, prefix string) (admin *pgx.Conn, name, dbURL string) {
+	t.Helper()
+	adminURL := os.Getenv("TEST_DATABASE_URL")
+	if adminURL == "" {
+		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
+			t.Fatal("TEST_DATABASE_URL is required")
+		}
+		t.Skip("TEST_DATABASE_URL not set")
+	}
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, adminURL)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = admin.Close(ctx) })
+	name = prefix + "_" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "_")
+	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = admin.Exec(ctx, "ALTER DATABASE "+name+" ALLOW_CONNECTIONS true")
+		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	u, err := url.Parse(adminURL)
+	require.NoError(t, err)
+	u.Path = "/" + name
+	return admin, name, u.String()
 }
