@@ -409,12 +409,8 @@ func (p *Pool) Run(ctx context.Context) {
 	yielding := func(ctx context.Context) (int, error) {
 		wait := refillYield(time.Since(time.Unix(0, p.lastClaim.Load())), p.lastReady.Load())
 		if wait > 0 {
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			select {
-			case <-ctx.Done():
+			if sleepCtx(ctx, wait) != nil {
 				return 0, nil
-			case <-t.C:
 			}
 			return 1, nil // look again at once
 		}
