@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -26,10 +27,7 @@ func TestThePoolVacuumsTheCatalogueAfterItsChurn(t *testing.T) {
 	ctx := context.Background()
 	p := NewPool(db, PoolOptions{Size: 12, Batch: 4, VacuumAfter: 10}, prometheus.NewRegistry(), zap.NewNop())
 	vacuumed := func(table string) bool {
-		var at *time.Time
-		require.NoError(t, db.QueryRowContext(ctx, "SELECT last_vacuum FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&at))
-		var analyzed *time.Time
-		require.NoError(t, db.QueryRowContext(ctx, "SELECT last_analyze FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&analyzed))
+		at, analyzed := lastVacuum(t, db, table)
 		return at != nil && analyzed != nil
 	}
 
@@ -91,13 +89,9 @@ func TestTheCatalogueVacuumWaitsOnNoLock(t *testing.T) {
 	defer cancel()
 	require.NoError(t, p.vacuumIfDue(vctx), "the vacuum waited on the held table")
 	require.Equal(t, 1.0, counted(t, p.vacuums))
-	lastVacuum := func(table string) *time.Time {
-		var at *time.Time
-		require.NoError(t, db.QueryRowContext(ctx, "SELECT last_vacuum FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&at))
-		return at
-	}
-	require.Eventually(t, func() bool { return lastVacuum("pg_class") != nil }, 5*time.Second, 100*time.Millisecond)
-	require.Nil(t, lastVacuum("pg_attribute"), "the held table skipped")
+	require.Eventually(t, func() bool { at, _ := lastVacuum(t, db, "pg_class"); return at != nil }, 5*time.Second, 100*time.Millisecond)
+	at, _ := lastVacuum(t, db, "pg_attribute")
+	require.Nil(t, at, "the held table skipped")
 }
 
 // A role that is neither a superuser nor the database's owner may not vacuum the catalogue (VACUUM would only
@@ -125,6 +119,14 @@ func TestThePoolLeavesTheCatalogueToAutovacuumWithoutThePrivilege(t *testing.T) 
 	require.True(t, p.vacuumDenied)
 	require.Zero(t, counted(t, p.vacuums))
 	require.NoError(t, p.vacuumIfDue(ctx))
+}
+
+// lastVacuum is when catalogue table was last vacuumed and analyzed by hand (nil: never).
+func lastVacuum(t *testing.T, db *bun.DB, table string) (vacuumed, analyzed *time.Time) {
+	t.Helper()
+	require.NoError(t, db.QueryRowContext(context.Background(),
+		"SELECT last_vacuum, last_analyze FROM pg_stat_sys_tables WHERE relname = ?", table).Scan(&vacuumed, &analyzed))
+	return vacuumed, analyzed
 }
 
 // counted is c's value.
