@@ -369,8 +369,18 @@ func TestResizeLiveConsumer(t *testing.T) {
 	for _, id := range accepted {
 		require.Equal(t, 1, stored[id], id)
 	}
-	ok, _, consumers := testenv.QueueState(t, a.Config.AMQPURL, consumer.QueueName(tid))
-	require.True(t, ok)
-	require.Equal(t, 1, consumers, "one consumer after resizes; the queue was kept")
+	// The broker may not count the last resize's consumer yet when the backlog is already stored (seen once in CI,
+	// 2026-12-07: 0 consumers 50 ms after that resize, the cause not found; a start can return before its consume
+	// is confirmed, tenantConsumer.start). What is checked is that it comes to one, not two and not none.
+	var (
+		ok        bool
+		consumers int
+	)
+	one := testenv.Wait(10*time.Second, func() bool {
+		ok, _, consumers = testenv.QueueState(t, a.Config.AMQPURL, consumer.QueueName(tid))
+		return ok && consumers == 1
+	})
+	require.True(t, ok, "the queue was kept")
+	require.True(t, one, "one consumer after resizes, not %d", consumers)
 	t.Logf("accepted and stored exactly once across resizes 2→6→1: %d messages", len(accepted))
 }
