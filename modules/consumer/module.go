@@ -57,6 +57,7 @@ func Subscribe(lc fx.Lifecycle, bus *events.Bus, r *Runtime) {
 	})
 	// Every replica hears of every tenant (the relay); the one that owns it runs its consumer.
 	events.Subscribe(bus, "consumer.start", func(ctx context.Context, e events.TenantCreated) error {
+		r.creations.Mark()
 		if !r.Owns(e.Tenant.ID) {
 			return nil
 		}

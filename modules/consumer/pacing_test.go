@@ -101,3 +101,40 @@ func TestInspectPacer(t *testing.T) {
 	}
 	require.Less(t, time.Since(began), 2500*time.Millisecond, "after a kick nothing waits (paced: 5 s)")
 }
+
+// A pass's inspections in turn make way for a burst of tenant creations, for at most an interval over the pass; a
+// kick ends the wait.
+func TestInspectPacerMakesWayForCreations(t *testing.T) {
+	r := &Runtime{opts: Options{ReconcileInterval: 400 * time.Millisecond}, kick: make(chan struct{}, 1)}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // creations every 20 ms
+		for {
+			r.creations.Mark()
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	require.Eventually(t, r.creations.Busy, time.Second, time.Millisecond)
+	pace := r.inspectPacer(1)
+	began := time.Now()
+	require.NoError(t, pace(context.Background()))
+	waited := time.Since(began)
+	require.GreaterOrEqual(t, waited, 400*time.Millisecond, "the inspection waited for the burst")
+	require.Less(t, waited, 1500*time.Millisecond, "for at most an interval")
+	began = time.Now()
+	for range 10 {
+		require.NoError(t, pace(context.Background()))
+	}
+	require.Less(t, time.Since(began), 300*time.Millisecond, "the pass's wait is spent: the pace alone (5 ms)")
+
+	r.opts.ReconcileInterval = time.Minute
+	pace = r.inspectPacer(1)
+	time.AfterFunc(100*time.Millisecond, r.Kick)
+	began = time.Now()
+	require.NoError(t, pace(context.Background()))
+	require.Less(t, time.Since(began), 2*time.Second, "a kick ends the wait (a minute otherwise)")
+}

@@ -254,23 +254,37 @@ func inspectEvery(n int, interval time.Duration) time.Duration {
 }
 
 // inspectPacer returns the pace of a pass's n inspections in turn (broker.Conn.InspectQueuesPaced): inspectRate a
-// second, or faster so as to end within half of RECONCILE_INTERVAL. A reconciliation asked for meanwhile (Kick:
-// a consumer the broker cancelled, the live replicas changed) ends the pacing: the rest goes at once, and the
-// pass asked for comes right after.
+// second, or faster so as to end within half of RECONCILE_INTERVAL. They make way for a burst of tenant creations,
+// for up to RECONCILE_INTERVAL over the pass (loop). A reconciliation asked for meanwhile (Kick: a consumer the
+// broker cancelled, the live replicas changed) ends the pacing: the rest goes at once, and the pass asked for
+// comes right after.
 func (r *Runtime) inspectPacer(n int) func(context.Context) error {
 	every := inspectEvery(n, r.opts.ReconcileInterval)
 	var (
-		mu    sync.Mutex
-		next  = time.Now()
-		hurry bool
+		mu      sync.Mutex
+		next    = time.Now()
+		hurry   bool
+		yieldMu sync.Mutex // one lane yields; the others wait for it, and then for the pace
+		yielded time.Duration
 	)
-	return func(ctx context.Context) error {
+	hurried := func() bool {
 		mu.Lock()
-		if hurry || len(r.kick) > 0 {
+		defer mu.Unlock()
+		if !hurry && r.kicked() {
 			hurry = true
-			mu.Unlock()
+		}
+		return hurry
+	}
+	return func(ctx context.Context) error {
+		yieldMu.Lock()
+		if r.creations.Busy() && !hurried() {
+			yielded += r.creations.Yield(ctx, r.opts.ReconcileInterval-yielded, hurried)
+		}
+		yieldMu.Unlock()
+		if hurried() {
 			return nil
 		}
+		mu.Lock()
 		at := next
 		next = later(next, time.Now()).Add(every)
 		mu.Unlock()

@@ -21,6 +21,20 @@ import (
 	"github.com/acme/msgsvc/test/testenv"
 )
 
+// counter returns the value of the application's metric without labels name (0 before its first count).
+func counter(t *testing.T, a *testenv.App, name string) float64 {
+	t.Helper()
+	r := a.Do(http.MethodGet, "/metrics", nil)
+	for _, line := range strings.Split(string(r.Body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	return 0
+}
+
 // holdingDirectory is the tenant directory with a hook: once armed, the next call of the chosen kind runs the
 // hook after it read the database and before it returns, so a reconciliation pass is held between its read
 // and what it does with it.
@@ -225,17 +239,7 @@ func TestPassesTakeTheListingAgainAtScale(t *testing.T) {
 				ids[i] = uuid.MustParse(a.CreateTenant(fmt.Sprintf("relisted-%s-%d", qt, i), 1))
 				testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(ids[i]) == 1 }, "tenant consumed")
 			}
-			inspections := func() float64 {
-				r := a.Do(http.MethodGet, "/metrics", nil)
-				for _, line := range strings.Split(string(r.Body), "\n") {
-					if v, ok := strings.CutPrefix(line, "msgsvc_reconcile_queue_inspections_total "); ok {
-						f, err := strconv.ParseFloat(v, 64)
-						require.NoError(t, err)
-						return f
-					}
-				}
-				return 0
-			}
+			inspections := func() float64 { return counter(t, a, "msgsvc_reconcile_queue_inspections_total") }
 			require.NoError(t, rt.Reconcile(context.Background())) // every consumer runs: the passes below take turns
 			before, listed := inspections(), listings.Load()
 			for range 8 {
@@ -267,5 +271,29 @@ func TestPassesTakeTheListingAgainAtScale(t *testing.T) {
 				return testenv.Count(t, a.DB(), "SELECT count(*) FROM messages WHERE id = $1", id) == 1
 			}, "stored after the repair")
 		})
+	}
+}
+
+// TestPassesInTurnMakeWayForABurstOfCreations creates tenants one after another for longer than the reconciliation
+// interval: the pass whose turn comes meanwhile waits for a pause in the creations (up to an interval), and runs
+// once they stop; every tenant created meanwhile is consumed.
+func TestPassesInTurnMakeWayForABurstOfCreations(t *testing.T) {
+	const interval = 2 * time.Second
+	cfg := testenv.Get(t).Config(t)
+	cfg.ReconcileInterval = interval
+	var rt *consumer.Runtime
+	a := testenv.Start(t, cfg, fx.Populate(&rt))
+	<-rt.Started()
+	passes := func() float64 { return counter(t, a, "msgsvc_reconcile_runs_total") }
+
+	before, began := passes(), time.Now()
+	var ids []uuid.UUID
+	for time.Since(began) < interval*3/2 { // the next turn comes within an interval, the wait ends after two
+		ids = append(ids, uuid.MustParse(a.CreateTenant(fmt.Sprintf("burst-%d", len(ids)), 1)))
+	}
+	require.Equal(t, before, passes(), "no pass in its turn while %d creations went on for %s", len(ids), time.Since(began))
+	testenv.Eventually(t, interval, func() bool { return passes() > before }, "a pass once the creations stopped")
+	for _, id := range ids {
+		testenv.Eventually(t, 10*time.Second, func() bool { return rt.Workers(id) == 1 }, "tenant %s consumed", id)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/acme/msgsvc/platform/broker"
 	"github.com/acme/msgsvc/platform/database"
 	"github.com/acme/msgsvc/platform/events"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // Options configure the runtime.
@@ -107,6 +108,7 @@ type Runtime struct {
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
 	recheck     map[uuid.UUID]int          // tenants started again after a lost connection → passes left that inspect them; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
+	creations   periodic.Burst             // tenant creations, in the whole cluster: passes make way for their bursts
 	loopCtx     context.Context            // ends when the reconciliation loop is told to stop (Shutdown): the loop's passes run in it
 	stopLoop    context.CancelFunc         // ends loopCtx
 	loopDone    chan struct{}
@@ -270,6 +272,9 @@ func (r *Runtime) Kick() {
 	default:
 	}
 }
+
+// kicked reports whether a reconciliation was asked for (Kick) and has not started yet.
+func (r *Runtime) kicked() bool { return len(r.kick) > 0 }
 
 // Owns reports whether this replica runs tenant id's worker pool.
 func (r *Runtime) Owns(id uuid.UUID) bool { return r.place.Owns(id) }
@@ -532,7 +537,12 @@ func (r *Runtime) Start(ctx context.Context) error {
 // this replica owns has its consumer, or a recorded failure.
 func (r *Runtime) Started() <-chan struct{} { return r.firstRun }
 
-// loop reconciles every ReconcileInterval, and at once when kicked.
+// loop reconciles every ReconcileInterval, and at once when kicked. A pass in its turn, and its inspections in
+// turn (inspectPacer), make way for a burst of tenant creations anywhere in the cluster (periodic.Burst), for up to
+// one interval each: at 10,000 tenants on two cores, the start of a pass (the tenant list, the management API's
+// listing, the first repairs) took some 0.7 s of the box's CPU, and the creations of the block of 1,000 it fell
+// in went at 0.77 × the rate of the first block. A pass a kick asks for (a consumer cancelled, the replicas
+// changed, a start) never waits; the safety net's turn comes at most two intervals after the last.
 func (r *Runtime) loop() {
 	defer close(r.loopDone)
 	t := time.NewTicker(r.opts.ReconcileInterval)
@@ -542,7 +552,15 @@ func (r *Runtime) loop() {
 		case <-r.loopCtx.Done():
 			return
 		case <-t.C:
+			// A pass in its turn makes way for a burst of tenant creations, for up to one interval; a kick
+			// meanwhile ends the wait.
+			r.creations.Yield(r.loopCtx, r.opts.ReconcileInterval, r.kicked)
 		case <-r.kick:
+		}
+		// The pass about to start serves a kick that came meanwhile: it lists everything after it.
+		select {
+		case <-r.kick:
+		default:
 		}
 		// A pass ends when the loop is stopped: a shutdown does not wait for its calls to the broker (up to
 		// broker.AnswerTimeout for a queue that does not answer).
@@ -550,6 +568,7 @@ func (r *Runtime) loop() {
 		began := time.Now()
 		err := r.Reconcile(ctx)
 		cancel()
+		t.Reset(r.opts.ReconcileInterval)         // the next turn is an interval after this pass, however long it waited
 		if err != nil && r.loopCtx.Err() == nil { // a shutdown ends a pass (its paced inspections, often) without harm
 			r.log.Warn("reconciliation incomplete; the next run retries", zap.Error(err))
 		}

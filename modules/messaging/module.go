@@ -119,6 +119,10 @@ func RunRetention(lc fx.Lifecycle, bus *events.Bus, db *bun.DB, dir events.Tenan
 		}
 		return nil
 	})
+	events.Subscribe(bus, "messaging.retention", func(context.Context, events.TenantCreated) error {
+		sw.Created()
+		return nil
+	})
 	events.Subscribe(bus, "messaging.retention", func(_ context.Context, e events.TenantDeleting) error {
 		m.forget(e.TenantID)
 		return nil

@@ -18,6 +18,7 @@ import (
 
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/metrics"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // retentionCutoffSQL is the oldest created_at a tenant's message may have to be served: now minus the tenant's
@@ -77,6 +78,8 @@ type Sweeper struct {
 	m     *RetentionMetrics
 	log   *zap.Logger
 	kicks chan struct{}
+	// creations are the tenant creations in the cluster: a sweep makes way for their bursts (Run).
+	creations periodic.Burst
 	// last is each owned tenant's partition size at its last read, kept for a sweep that cannot read it or
 	// need not (nothing written or vacuumed since).
 	last  map[uuid.UUID]sizeRead
@@ -118,7 +121,19 @@ func (s *Sweeper) Kick() {
 	}
 }
 
+// Created records a tenant creation, in the cluster: a sweep makes way for a burst of them (Run).
+func (s *Sweeper) Created() { s.creations.Mark() }
+
+// kicked reports whether a sweep was asked for (Kick) and has not started yet.
+func (s *Sweeper) kicked() bool { return len(s.kicks) > 0 }
+
 // Run sweeps every interval, and when kicked, until ctx ends. Each sweep is bounded by interval.
+//
+// A sweep in its turn makes way for a burst of tenant creations (periodic.Burst), for up to one interval before it
+// starts and half of one while it runs (between tenants and between its size reads): at 10,000 tenants on two
+// cores, the start of a sweep took some 0.15 s of the service's CPU at once, in a block of 1,000 creations that
+// went at 0.77 × the rate of the first block. A sweep a kick asks for (a retention shortened) does not wait, and a
+// kick ends the waits of a sweep under way.
 func (s *Sweeper) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -127,13 +142,19 @@ func (s *Sweeper) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			s.creations.Yield(ctx, interval, s.kicked)
 		case <-s.kicks:
+		}
+		select { // the sweep about to start serves a kick that came meanwhile
+		case <-s.kicks:
+		default:
 		}
 		sctx, cancel := context.WithTimeout(ctx, interval)
 		if err := s.Sweep(sctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("retention sweep failed; the next one continues", zap.Error(err))
 		}
 		cancel()
+		t.Reset(interval) // the next turn is an interval after this sweep, however long it waited
 	}
 }
 
@@ -191,6 +212,12 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 	owned := make(map[uuid.UUID]bool, len(ts)) // the listed tenants this replica owns: their last sizes are kept
 	var own, plain []uuid.UUID                 // the owned tenants, and those of them without a retention
 	sizes := make(map[uuid.UUID]float64, len(ts))
+	var yielded time.Duration
+	yield := func() { // to a burst of creations, for up to half of Interval over the sweep (Run)
+		if s.creations.Busy() {
+			yielded += s.creations.Yield(ctx, s.opts.Interval/2-yielded, s.kicked)
+		}
+	}
 	for _, t := range ts {
 		if s.owns(t.ID) {
 			owned[t.ID] = true
@@ -205,6 +232,7 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 			plain = append(plain, t.ID)
 			continue
 		}
+		yield()
 		l, size, err := s.sweepTenant(ctx, t)
 		if err != nil {
 			errs = append(errs, err)
@@ -225,6 +253,7 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 		if sleepCtx(ctx, time.Until(next)) != nil {
 			break
 		}
+		yield()
 		next = time.Now().Add(every)
 		if err := s.readSizes(ctx, chunk, sizes); err != nil {
 			errs = append(errs, err)
