@@ -554,7 +554,9 @@ func (r *Runtime) loop() {
 		case <-t.C:
 			// A pass in its turn makes way for a burst of tenant creations, for up to one interval; a kick
 			// meanwhile ends the wait.
-			r.creations.Yield(r.loopCtx, r.opts.ReconcileInterval, r.kicked)
+			if r.creations.Yield(r.loopCtx, r.opts.ReconcileInterval, r.kicked); r.loopCtx.Err() != nil {
+				return
+			}
 		case <-r.kick:
 		}
 		// The pass about to start serves a kick that came meanwhile: it lists everything after it.
@@ -568,7 +570,8 @@ func (r *Runtime) loop() {
 		began := time.Now()
 		err := r.Reconcile(ctx)
 		cancel()
-		t.Reset(r.opts.ReconcileInterval)         // the next turn is an interval after this pass, however long it waited
+		// The next turn is an interval after this pass, however long it waited.
+		t.Reset(r.opts.ReconcileInterval)
 		if err != nil && r.loopCtx.Err() == nil { // a shutdown ends a pass (its paced inspections, often) without harm
 			r.log.Warn("reconciliation incomplete; the next run retries", zap.Error(err))
 		}

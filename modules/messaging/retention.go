@@ -142,7 +142,9 @@ func (s *Sweeper) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.creations.Yield(ctx, interval, s.kicked)
+			if s.creations.Yield(ctx, interval, s.kicked); ctx.Err() != nil {
+				return
+			}
 		case <-s.kicks:
 		}
 		select { // the sweep about to start serves a kick that came meanwhile
