@@ -542,7 +542,8 @@ func (r *Runtime) Started() <-chan struct{} { return r.firstRun }
 // one interval each: at 10,000 tenants on two cores, the start of a pass (the tenant list, the management API's
 // listing, the first repairs) took some 0.7 s of the box's CPU, and the creations of the block of 1,000 it fell
 // in went at 0.77 × the rate of the first block. A pass a kick asks for (a consumer cancelled, the replicas
-// changed, a start) never waits; the safety net's turn comes at most two intervals after the last.
+// changed, a start) starts at once, and a kick ends a wait under way; only the inspections in turn of a pass (the
+// safety net) still make way. A pass in its turn comes at most two intervals after the last.
 func (r *Runtime) loop() {
 	defer close(r.loopDone)
 	t := time.NewTicker(r.opts.ReconcileInterval)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -80,6 +81,7 @@ type Sweeper struct {
 	kicks chan struct{}
 	// creations are the tenant creations in the cluster: a sweep makes way for their bursts (Run).
 	creations periodic.Burst
+	asked     atomic.Bool // the sweep under way was asked for (Kick): it does not make way for the creations
 	// last is each owned tenant's partition size at its last read, kept for a sweep that cannot read it or
 	// need not (nothing written or vacuumed since).
 	last  map[uuid.UUID]sizeRead
@@ -138,10 +140,12 @@ func (s *Sweeper) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		asked := true
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			asked = false
 			if s.creations.Yield(ctx, interval, s.kicked); ctx.Err() != nil {
 				return
 			}
@@ -149,8 +153,10 @@ func (s *Sweeper) Run(ctx context.Context, interval time.Duration) {
 		}
 		select { // the sweep about to start serves a kick that came meanwhile
 		case <-s.kicks:
+			asked = true
 		default:
 		}
+		s.asked.Store(asked)
 		sctx, cancel := context.WithTimeout(ctx, interval)
 		if err := s.Sweep(sctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("retention sweep failed; the next one continues", zap.Error(err))
@@ -216,7 +222,7 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 	sizes := make(map[uuid.UUID]float64, len(ts))
 	var yielded time.Duration
 	yield := func() { // to a burst of creations, for up to half of Interval over the sweep (Run)
-		if s.creations.Busy() {
+		if s.creations.Busy() && !s.asked.Load() {
 			yielded += s.creations.Yield(ctx, s.opts.Interval/2-yielded, s.kicked)
 		}
 	}
