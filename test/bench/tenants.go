@@ -39,7 +39,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		return err
 	}
 	settled10 := r.settle(ctx, srv)
-	pub10, get10, err := r.probeLatency(ctx, srv, probes)
+	pub10, get10, err := r.probeWatched(ctx, srv, probes)
 	if err != nil {
 		return err
 	}
@@ -259,7 +259,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	// probe at 10 tenants did: the goal is about the steady state at N, not a restart's aftermath.
 	settled := r.settle(ctx, srv)
 	fmt.Printf("   settled %s after all consumers ran\n", settled.Round(100*time.Millisecond))
-	pubN, getN, err := r.probeLatency(ctx, srv, probes)
+	pubN, getN, err := r.probeWatched(ctx, srv, probes)
 	if err != nil {
 		return err
 	}
@@ -344,22 +344,46 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 // (60 s at most: the partition pool's refill, a restart's reconciliation) and returns how long that took.
 func (r *runner) settle(ctx context.Context, srv *server) time.Duration {
 	began := time.Now()
-	busy := func() [3]uint64 {
-		svc, _ := cpuTicks(srv.PID())
-		beam, _ := cpuTicks(r.beam)
-		pg, _ := clusterTicks(r.postmaster)
-		return [3]uint64{svc, beam, pg}
-	}
 	limit := uint64(clockTicks * 0.5 * 0.1) // a tenth of a core over half a second, in clock ticks
 	for time.Since(began) < time.Minute && ctx.Err() == nil {
-		a := busy()
+		a := r.busy(srv)
 		time.Sleep(500 * time.Millisecond)
-		b := busy()
+		b := r.busy(srv)
 		if b[0]-a[0] <= limit && b[1]-a[1] <= limit && b[2]-a[2] <= limit {
 			break
 		}
 	}
 	return time.Since(began)
+}
+
+// busy returns the CPU time so far, in clock ticks, of the service, RabbitMQ and PostgreSQL.
+func (r *runner) busy(srv *server) [3]uint64 {
+	svc, _ := cpuTicks(srv.PID())
+	beam, _ := cpuTicks(r.beam)
+	pg, _ := clusterTicks(r.postmaster)
+	return [3]uint64{svc, beam, pg}
+}
+
+// probeWatched runs probeLatency and says what else ran meanwhile: each process's CPU over the probe, and the
+// reconciliation passes, retention sweeps and garbage collections that started in it (one scrape of /metrics
+// before and one after, outside the probe: the processes settle again after the first, which at 10,000 tenants
+// costs the service tens of milliseconds), so that a p50 off its usual figure can be told from the work beside it.
+func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UUID) (pub, get time.Duration, err error) {
+	counters := []string{"msgsvc_reconcile_runs_total", "msgsvc_retention_sweep_duration_seconds_count", "go_gc_duration_seconds_count"}
+	before, _ := srv.metrics(ctx, r.client)
+	r.settle(ctx, srv)
+	began, cpu := time.Now(), r.busy(srv)
+	pub, get, err = r.probeLatency(ctx, srv, probes)
+	took, cpuAfter := time.Since(began), r.busy(srv)
+	after, _ := srv.metrics(ctx, r.client)
+	if before != nil && after != nil {
+		share := func(i int) float64 { return float64(cpuAfter[i]-cpu[i]) / clockTicks / took.Seconds() * 100 }
+		fmt.Printf("   probe of %s: CPU service %.0f %%, RabbitMQ %.0f %%, PostgreSQL %.0f %% of a core; "+
+			"passes %.0f, sweeps %.0f, garbage collections %.0f started in it or by the scrape after it\n",
+			took.Round(10*time.Millisecond), share(0), share(1), share(2),
+			after[counters[0]]-before[counters[0]], after[counters[1]]-before[counters[1]], after[counters[2]]-before[counters[2]])
+	}
+	return pub, get, err
 }
 
 // probeLatency publishes 40 messages to each probe tenant (4 clients, one message per request) and then reads
