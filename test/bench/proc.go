@@ -116,7 +116,7 @@ type cpuSnap struct {
 	at                     time.Time
 	service, beam, pg, own uint64
 	okService, okBeam, okP bool
-	busy, total            uint64
+	busy, total, steal     uint64
 }
 
 func (r *runner) snapCPU(servicePID int) cpuSnap {
@@ -126,6 +126,7 @@ func (r *runner) snapCPU(servicePID int) cpuSnap {
 	s.pg, s.okP = clusterTicks(r.postmaster)
 	s.own, _ = cpuTicks(os.Getpid())
 	s.busy, s.total = machineTicks()
+	s.steal = procstat.MachineSteal()
 	return s
 }
 
@@ -134,6 +135,7 @@ type cpuUse struct {
 	service, beam, pg, own float64
 	okService, okBeam, okP bool
 	machineBusy            float64 // fraction of all CPUs busy
+	machineSteal           float64 // fraction of all CPUs' time the hypervisor took (in machineBusy too)
 	machineMS, machineAll  float64 // busy and total CPU time of all CPUs, in milliseconds
 	elapsed                time.Duration
 }
@@ -147,6 +149,7 @@ func cpuBetween(a, b cpuSnap) cpuUse {
 	}
 	if b.total > a.total {
 		u.machineBusy = float64(b.busy-a.busy) / float64(b.total-a.total)
+		u.machineSteal = float64(b.steal-a.steal) / float64(b.total-a.total)
 		u.machineMS, u.machineAll = ms(a.busy, b.busy), ms(a.total, b.total)
 	}
 	return u

@@ -471,8 +471,8 @@ func cpuPer(u cpuUse, n int, what string) string {
 		return ""
 	}
 	f := float64(n)
-	return fmt.Sprintf("; CPU per %s: service %.2f, RabbitMQ %.2f, PostgreSQL %.2f ms; machine busy %.0f %%", what,
-		u.service/f, u.beam/f, u.pg/f, 100*u.machineBusy)
+	return fmt.Sprintf("; CPU per %s: service %.2f, RabbitMQ %.2f, PostgreSQL %.2f ms; machine busy %.0f %% (steal %.1f %%)", what,
+		u.service/f, u.beam/f, u.pg/f, 100*u.machineBusy, 100*u.machineSteal)
 }
 
 // deleteTenants deletes ids with clients concurrent requests; it returns when every answer came (answered) and
