@@ -22,6 +22,7 @@ type Metrics struct {
 	perInsert   prometheus.Histogram
 	stores      storeMetrics
 	ratePeers   prometheus.Gauge
+	refreshes   prometheus.Counter
 
 	// publishedBy caches each tenant's messages_published_total series: a publish increments it without
 	// formatting the tenant's id and looking the label up.
@@ -74,7 +75,9 @@ func NewMetrics(reg prometheus.Registerer, perTenant bool) *Metrics {
 	m.stores = newStoreMetrics()
 	m.ratePeers = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace,
 		Name: "rate_limit_peers", Help: "Other replicas whose publish demand reports currently divide the tenants' rate limits with this one."})
-	reg.MustRegister(m.ratePeers, m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert,
+	m.refreshes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace,
+		Name: "view_refreshes_total", Help: "Re-reads of every tenant and its rate limit from the database (VIEW_REFRESH_INTERVAL)."})
+	reg.MustRegister(m.refreshes, m.ratePeers, m.rateLimited, m.published, m.pubFailed, m.stored, m.duplicates, m.latency, m.perPublish, m.perInsert,
 		m.stores.split, m.stores.alone, m.stores.conflicts)
 	return m
 }

@@ -30,6 +30,7 @@ type Partitions struct {
 	dir      events.TenantDirectory
 	log      *zap.Logger
 	missing  prometheus.Gauge
+	runs     prometheus.Counter
 	repairs  *prometheus.CounterVec
 	interval time.Duration
 	grace    time.Duration
@@ -45,10 +46,12 @@ func NewPartitions(db *bun.DB, dir events.TenantDirectory, interval, grace time.
 	p := &Partitions{db: db, dir: dir, interval: interval, grace: grace, orphans: map[string]time.Time{}, log: log.Named("partitions"),
 		missing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "partitions_missing",
 			Help: "Tenants found without their partition at the last reconciliation."}),
+		runs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "partition_reconcile_runs_total",
+			Help: "Runs of the partitions' reconciliation (at start and every RECONCILE_INTERVAL)."}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "partition_repairs_total",
 			Help: "Partitions made again (missing) or dropped (orphan) by reconciliation."}, []string{"kind"}),
 	}
-	reg.MustRegister(p.missing, p.repairs)
+	reg.MustRegister(p.missing, p.runs, p.repairs)
 	return p
 }
 
@@ -56,6 +59,7 @@ func NewPartitions(db *bun.DB, dir events.TenantDirectory, interval, grace time.
 func (p *Partitions) Reconcile(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.runs.Inc()
 	tenants, err := p.dir.Tenants(ctx)
 	if err != nil {
 		return err

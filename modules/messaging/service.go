@@ -92,6 +92,7 @@ func (s *Service) LoadView(ctx context.Context) error {
 // arrived (relayed while a replica was disconnected, or lost with a broker restart): tenants deleted or
 // created elsewhere, rate limits changed elsewhere. Changes made by events after the read began are kept.
 func (s *Service) RefreshView(ctx context.Context) error {
+	s.metrics.refreshes.Inc()
 	readAt := time.Now()
 	ts, err := s.dir.Tenants(ctx)
 	if err != nil {

@@ -365,11 +365,13 @@ func (r *runner) busy(srv *server) [3]uint64 {
 }
 
 // probeWatched runs probeLatency and says what else ran meanwhile: each process's CPU over the probe, and the
-// reconciliation passes, retention sweeps and garbage collections that started in it (one scrape of /metrics
-// before and one after, outside the probe: the processes settle again after the first, which at 10,000 tenants
-// costs the service tens of milliseconds), so that a p50 off its usual figure can be told from the work beside it.
+// reconciliation passes, retention sweeps, view refreshes, partition reconciliations and garbage collections that
+// started in it (one scrape of /metrics before and one after, outside the probe: the processes settle again after
+// the first, which at 10,000 tenants costs the service tens of milliseconds), so that a p50 off its usual figure
+// can be told from the work beside it.
 func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UUID) (pub, get time.Duration, err error) {
-	counters := []string{"msgsvc_reconcile_runs_total", "msgsvc_retention_sweep_duration_seconds_count", "go_gc_duration_seconds_count"}
+	counters := []string{"msgsvc_reconcile_runs_total", "msgsvc_retention_sweep_duration_seconds_count", "go_gc_duration_seconds_count",
+		"msgsvc_view_refreshes_total", "msgsvc_partition_reconcile_runs_total"}
 	before, _ := srv.metrics(ctx, r.client)
 	r.settle(ctx, srv)
 	began, cpu := time.Now(), r.busy(srv)
@@ -379,9 +381,11 @@ func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UU
 	if before != nil && after != nil {
 		share := func(i int) float64 { return float64(cpuAfter[i]-cpu[i]) / clockTicks / took.Seconds() * 100 }
 		fmt.Printf("   probe of %s: CPU service %.0f %%, RabbitMQ %.0f %%, PostgreSQL %.0f %% of a core; "+
-			"passes %.0f, sweeps %.0f, garbage collections %.0f started in it or by the scrape after it\n",
-			took.Round(10*time.Millisecond), share(0), share(1), share(2),
-			after[counters[0]]-before[counters[0]], after[counters[1]]-before[counters[1]], after[counters[2]]-before[counters[2]])
+			"passes %.0f, sweeps %.0f, view refreshes %.0f, partition reconciliations %.0f, garbage collections %.0f "+
+			"started in it or by the scrape after it\n",
+			took.Round(10*time.Millisecond), share(0), share(1), share(2), after[counters[0]]-before[counters[0]],
+			after[counters[1]]-before[counters[1]], after[counters[3]]-before[counters[3]],
+			after[counters[4]]-before[counters[4]], after[counters[2]]-before[counters[2]])
 	}
 	return pub, get, err
 }
