@@ -125,8 +125,7 @@ func (r *runner) snapCPU(servicePID int) cpuSnap {
 	s.beam, s.okBeam = cpuTicks(r.beam)
 	s.pg, s.okP = clusterTicks(r.postmaster)
 	s.own, _ = cpuTicks(os.Getpid())
-	s.busy, s.total = machineTicks()
-	s.steal = procstat.MachineSteal()
+	s.busy, s.total, s.steal = machineTicks()
 	return s
 }
 

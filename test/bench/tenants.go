@@ -370,8 +370,6 @@ func (r *runner) busy(srv *server) [3]uint64 {
 // the first, which at 10,000 tenants costs the service tens of milliseconds), so that a p50 off its usual figure
 // can be told from the work beside it.
 func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UUID) (pub, get time.Duration, err error) {
-	counters := []string{"msgsvc_reconcile_runs_total", "msgsvc_retention_sweep_duration_seconds_count", "go_gc_duration_seconds_count",
-		"msgsvc_view_refreshes_total", "msgsvc_partition_reconcile_runs_total"}
 	before, _ := srv.metrics(ctx, r.client)
 	r.settle(ctx, srv)
 	began, cpu := time.Now(), r.busy(srv)
@@ -380,12 +378,18 @@ func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UU
 	after, _ := srv.metrics(ctx, r.client)
 	if before != nil && after != nil {
 		share := func(i int) float64 { return float64(cpuAfter[i]-cpu[i]) / clockTicks / took.Seconds() * 100 }
-		fmt.Printf("   probe of %s: CPU service %.0f %%, RabbitMQ %.0f %%, PostgreSQL %.0f %% of a core; "+
-			"passes %.0f, sweeps %.0f, view refreshes %.0f, partition reconciliations %.0f, garbage collections %.0f "+
-			"started in it or by the scrape after it\n",
-			took.Round(10*time.Millisecond), share(0), share(1), share(2), after[counters[0]]-before[counters[0]],
-			after[counters[1]]-before[counters[1]], after[counters[3]]-before[counters[3]],
-			after[counters[4]]-before[counters[4]], after[counters[2]]-before[counters[2]])
+		var started []string
+		for _, c := range []struct{ what, metric string }{
+			{"passes", "msgsvc_reconcile_runs_total"},
+			{"sweeps", "msgsvc_retention_sweep_duration_seconds_count"},
+			{"view refreshes", "msgsvc_view_refreshes_total"},
+			{"partition reconciliations", "msgsvc_partition_reconcile_runs_total"},
+			{"garbage collections", "go_gc_duration_seconds_count"},
+		} {
+			started = append(started, fmt.Sprintf("%s %.0f", c.what, after[c.metric]-before[c.metric]))
+		}
+		fmt.Printf("   probe of %s: CPU service %.0f %%, RabbitMQ %.0f %%, PostgreSQL %.0f %% of a core; %s started in it "+
+			"or by the scrape after it\n", took.Round(10*time.Millisecond), share(0), share(1), share(2), strings.Join(started, ", "))
 	}
 	return pub, get, err
 }

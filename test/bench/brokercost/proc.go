@@ -13,7 +13,7 @@ func cpuMS(pid int) (float64, error) {
 
 // machineMS returns the busy and total CPU time of all CPUs so far (/proc/stat), in milliseconds.
 func machineMS() (busy, total float64) {
-	b, t := procstat.MachineTicks()
+	b, t, _ := procstat.MachineTicks()
 	return float64(b) * 1000 / procstat.ClockTicks, float64(t) * 1000 / procstat.ClockTicks
 }
 

@@ -49,27 +49,12 @@ func Read(pid int) (Stat, error) {
 	return Stat{PPID: ppid, Utime: num(11), Stime: num(12), Cutime: num(13), Cstime: num(14)}, nil
 }
 
-// MachineSteal returns the clock ticks the hypervisor took from all CPUs so far (steal, in /proc/stat): time
-// this machine's processes were ready to run on a CPU that ran someone else's.
-func MachineSteal() uint64 {
+// MachineTicks returns the busy and total clock ticks of all CPUs so far, from /proc/stat, and of the busy ones
+// those the hypervisor took (steal: this machine's processes were ready to run on a CPU that ran someone else's).
+func MachineTicks() (busy, total, steal uint64) {
 	raw, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(raw), "\n")
-	f := strings.Fields(line)
-	if len(f) < 9 {
-		return 0
-	}
-	n, _ := strconv.ParseUint(f[8], 10, 64)
-	return n
-}
-
-// MachineTicks returns the busy and total clock ticks of all CPUs so far, from /proc/stat.
-func MachineTicks() (busy, total uint64) {
-	raw, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	line, _, _ := strings.Cut(string(raw), "\n")
 	for i, v := range strings.Fields(line)[1:] {
@@ -81,8 +66,11 @@ func MachineTicks() (busy, total uint64) {
 		if i != 3 && i != 4 { // idle, iowait
 			busy += n
 		}
+		if i == 7 {
+			steal = n
+		}
 	}
-	return busy, total
+	return busy, total, steal
 }
 
 // RSSBytes is a process's resident memory (VmRSS).
