@@ -17,6 +17,7 @@ import (
 
 	"github.com/acme/msgsvc/platform/events"
 	"github.com/acme/msgsvc/platform/metrics"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // dropLockTimeout bounds how long a batch drop waits for its lock on messages: inserts and reads queue behind
@@ -26,9 +27,6 @@ const dropLockTimeout = 200 * time.Millisecond
 // dropStatementTimeout bounds each statement of a batch drop's transaction, which does not end with the caller's
 // context (DropDue): a drop of a batch took under a second at 7,900 partitions.
 const dropStatementTimeout = time.Minute
-
-// refillQuiet is how long after this replica's last claim its refill waits while the pool is not low.
-const refillQuiet = time.Second
 
 // poolLockKey is the transaction-level advisory lock a refill takes first: one replica refills at a time, so
 // that replicas refilling together do not overfill the pool (correctness does not depend on it: every refill
@@ -56,11 +54,11 @@ type Pool struct {
 	log  *zap.Logger
 	kick chan struct{} // a claim was made: refill
 
-	lastClaim atomic.Int64  // unix nanoseconds of this replica's last claim
-	lastDrop  atomic.Int64  // unix nanoseconds of this replica's last drop of partitions
-	lastReady atomic.Int64  // the pool's size at the last refill's count
-	churn     atomic.Int64  // partitions this replica attached or dropped since its last catalogue vacuum
-	due       chan struct{} // a drop became due: drop
+	claiming  periodic.Burst // this replica's claims: the refill and the catalogue vacuum make way for them
+	dropping  periodic.Burst // this replica's drops of partitions: the catalogue vacuum makes way for them
+	lastReady atomic.Int64   // the pool's size at the last refill's count
+	churn     atomic.Int64   // partitions this replica attached or dropped since its last catalogue vacuum
+	due       chan struct{}  // a drop became due: drop
 
 	vacuumDenied bool // the role may not vacuum the catalogue: autovacuum does (the refill loop's only)
 
@@ -140,7 +138,7 @@ func (p *Pool) Claim(ctx context.Context) (events.Claim, bool, error) {
 	err := p.db.QueryRowContext(ctx, `UPDATE partition_pool SET claim = ?, claimed_until = now() + ? * interval '1 millisecond'
 		WHERE tenant_id = (SELECT tenant_id FROM partition_pool WHERE claimed_until IS NULL OR claimed_until < now()
 			ORDER BY made_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING tenant_id`, c.Token, p.opt.ClaimLease.Milliseconds()).Scan(&c.ID)
-	p.lastClaim.Store(time.Now().UnixNano())
+	p.claiming.Mark()
 	p.lastReady.Add(-1)
 	p.wake(p.kick)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -367,7 +365,7 @@ func (p *Pool) DropDue(ctx context.Context) (int, error) {
 	}
 	detached := ready
 	p.churn.Add(int64(len(detached)))
-	p.lastDrop.Store(time.Now().UnixNano())
+	p.dropping.Mark()
 	p.dropped.Add(float64(len(detached)))
 	p.pending.Set(float64(pending - len(detached)))
 	return len(detached), errors.Join(errs...)
@@ -407,7 +405,7 @@ func (p *Pool) Run(ctx context.Context) {
 	}
 	// The refill yields to a burst of creations (refillYield).
 	yielding := func(ctx context.Context) (int, error) {
-		wait := refillYield(time.Since(time.Unix(0, p.lastClaim.Load())), p.lastReady.Load())
+		wait := refillYield(p.claiming.QuietIn(), p.lastReady.Load())
 		if wait > 0 {
 			if sleepCtx(ctx, wait) != nil {
 				return 0, nil
@@ -452,9 +450,10 @@ func (l *lockedOut) log(log *zap.Logger, what string, err error, now time.Time) 
 	}
 }
 
-// refillYield is how long the refill waits before it looks again, sinceClaim after this replica's last claim,
-// with ready partitions left in the pool (at its last count, less the claims since); 0: refill now. During a
-// burst of creations (a claim within refillQuiet) it waits while the pool holds any partition. An attach costs
+// refillYield is how long the refill waits before it looks again, quietIn before the burst of this replica's
+// claims ends (periodic.Burst.QuietIn), with ready partitions left in the pool (at its last count, less the
+// claims since); 0: refill now. During a burst of creations (a claim within periodic.BurstQuiet) it waits while
+// the pool holds any partition. An attach costs
 // PostgreSQL about as much in the refill as in a creation (each rebuilds the partition descriptor of messages:
 // tens of milliseconds of CPU at 10,000 partitions), so a refill during the burst would take from the creations
 // the CPU the pool exists to spare them, and it cannot keep up with a burst anyway (100 attaches took about 4 s
@@ -462,9 +461,9 @@ func (l *lockedOut) log(log *zap.Logger, what string, err error, now time.Time) 
 // burst ends, or once the pool ran out. Until 2026-12-06 it started when one refill's worth was left: at 10,000
 // tenants that refill ran beside the last hundred creations from the pool, and the bench's last block of 1,000
 // creations went at 0.57–0.69 × the first, for a head start of a few tenths of a second on a refill of seconds.
-func refillYield(sinceClaim time.Duration, ready int64) time.Duration {
-	if sinceClaim < refillQuiet && ready > 0 {
-		return refillQuiet - sinceClaim
+func refillYield(quietIn time.Duration, ready int64) time.Duration {
+	if quietIn > 0 && ready > 0 {
+		return quietIn
 	}
 	return 0
 }
@@ -476,7 +475,7 @@ const catalogueTables = "pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalo
 	"pg_catalog.pg_constraint, pg_catalog.pg_index, pg_catalog.pg_inherits, pg_catalog.pg_attrdef"
 
 // vacuumIfDue vacuums and analyzes the catalogue tables once this replica attached or dropped VacuumAfter
-// partitions since it last did, when no claim or drop of its own came within refillQuiet (the pool is full and
+// partitions since it last did, when no claim or drop of its own came within periodic.BurstQuiet (the pool is full and
 // quiet: it runs only when a refill found nothing to do).
 //
 // Why: autovacuum takes up the catalogue tables once their changed rows pass a share of their size (10 % to
@@ -492,8 +491,7 @@ func (p *Pool) vacuumIfDue(ctx context.Context) error {
 	if p.opt.VacuumAfter <= 0 || churn < int64(p.opt.VacuumAfter) || p.vacuumDenied {
 		return nil
 	}
-	now := time.Now()
-	if now.Sub(time.Unix(0, p.lastClaim.Load())) < refillQuiet || now.Sub(time.Unix(0, p.lastDrop.Load())) < refillQuiet {
+	if p.claiming.Busy() || p.dropping.Busy() {
 		return nil
 	}
 	var allowed bool

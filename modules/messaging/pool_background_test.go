@@ -17,10 +17,11 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/acme/msgsvc/platform/database"
+	"github.com/acme/msgsvc/platform/periodic"
 )
 
 // Once the pool attached or dropped VacuumAfter partitions and is quiet (a refill that found nothing to do, no
-// claim or drop of this replica within refillQuiet), it vacuums and analyzes the catalogue tables, so that
+// claim or drop of this replica within periodic.BurstQuiet), it vacuums and analyzes the catalogue tables, so that
 // autovacuum finds nothing left to do in the next burst of creations; not before, and not while creations go on.
 func TestThePoolVacuumsTheCatalogueAfterItsChurn(t *testing.T) {
 	db, _ := storeDB(t)
@@ -40,10 +41,10 @@ func TestThePoolVacuumsTheCatalogueAfterItsChurn(t *testing.T) {
 		_, err := p.Refill(ctx)
 		require.NoError(t, err)
 	}
-	p.lastClaim.Store(time.Now().UnixNano())
+	p.claiming.Mark()
 	require.NoError(t, p.vacuumIfDue(ctx))
-	require.Zero(t, counted(t, p.vacuums), "a claim within refillQuiet: creations go on")
-	p.lastClaim.Store(time.Now().Add(-refillQuiet).UnixNano())
+	require.Zero(t, counted(t, p.vacuums), "a claim within periodic.BurstQuiet: creations go on")
+	p.claiming.MarkAt(time.Now().Add(-periodic.BurstQuiet))
 	require.NoError(t, p.vacuumIfDue(ctx))
 	require.Equal(t, 1.0, counted(t, p.vacuums), "12 partitions attached, quiet: vacuumed")
 	require.Eventually(t, func() bool { return vacuumed("pg_attribute") && vacuumed("pg_class") && vacuumed("pg_depend") },
@@ -63,8 +64,8 @@ func TestThePoolVacuumsTheCatalogueAfterItsChurn(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 12, dropped)
 	require.NoError(t, p.vacuumIfDue(ctx))
-	require.Equal(t, 1.0, counted(t, p.vacuums), "a drop within refillQuiet")
-	p.lastDrop.Store(time.Now().Add(-refillQuiet).UnixNano())
+	require.Equal(t, 1.0, counted(t, p.vacuums), "a drop within periodic.BurstQuiet")
+	p.dropping.MarkAt(time.Now().Add(-periodic.BurstQuiet))
 	require.NoError(t, p.vacuumIfDue(ctx))
 	require.Equal(t, 2.0, counted(t, p.vacuums), "12 partitions dropped, quiet: vacuumed")
 }

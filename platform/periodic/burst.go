@@ -19,17 +19,20 @@ const BurstQuiet = time.Second
 const yieldStep = 100 * time.Millisecond
 
 // Mark records foreground work now.
-func (b *Burst) Mark() {
+func (b *Burst) Mark() { b.MarkAt(time.Now()) }
+
+// MarkAt records foreground work at t: a Mark at a time in the past (tests set a burst that ended that way).
+func (b *Burst) MarkAt(t time.Time) {
 	if b != nil {
-		b.last.Store(time.Now().UnixNano())
+		b.last.Store(t.UnixNano())
 	}
 }
 
 // Busy reports whether a burst goes on: a Mark within BurstQuiet.
-func (b *Burst) Busy() bool { return b.quietIn() > 0 }
+func (b *Burst) Busy() bool { return b.QuietIn() > 0 }
 
-// quietIn is how long until the burst ends (<= 0: none goes on).
-func (b *Burst) quietIn() time.Duration {
+// QuietIn is how long until the burst ends (<= 0: none goes on).
+func (b *Burst) QuietIn() time.Duration {
 	if b == nil {
 		return 0
 	}
@@ -45,7 +48,7 @@ func (b *Burst) quietIn() time.Duration {
 func (b *Burst) Yield(ctx context.Context, limit time.Duration, hurry func() bool) time.Duration {
 	began := time.Now()
 	for {
-		quiet, left := b.quietIn(), limit-time.Since(began)
+		quiet, left := b.QuietIn(), limit-time.Since(began)
 		if quiet <= 0 || left <= 0 || ctx.Err() != nil || (hurry != nil && hurry()) {
 			return time.Since(began)
 		}
