@@ -108,9 +108,11 @@ type Runtime struct {
 	noSAC       map[string]bool            // tenant queues without single active consumer at the last listing; guarded by mu
 	recheck     map[uuid.UUID]int          // tenants started again after a lost connection → passes left that inspect them; guarded by mu
 	kick        chan struct{}              // asks the reconciliation loop for a run now (ownership changed)
-	creations   periodic.Burst             // tenant creations, in the whole cluster: passes make way for their bursts
-	loopCtx     context.Context            // ends when the reconciliation loop is told to stop (Shutdown): the loop's passes run in it
-	stopLoop    context.CancelFunc         // ends loopCtx
+	hurryMu     sync.Mutex
+	hurry       chan struct{}      // the loop's pass under way: Kick closes it (broker.WithHurry); nil when none or closed; hurryMu
+	creations   periodic.Burst     // tenant creations, in the whole cluster: passes make way for their bursts
+	loopCtx     context.Context    // ends when the reconciliation loop is told to stop (Shutdown): the loop's passes run in it
+	stopLoop    context.CancelFunc // ends loopCtx
 	loopDone    chan struct{}
 	firstRun    chan struct{} // closed after the first reconciliation run
 	firstOnce   sync.Once
@@ -265,12 +267,28 @@ func (r *Runtime) replaceLost(tc *tenantConsumer, g *generation) {
 	}
 }
 
-// Kick asks for a reconciliation run now, as when the set of live replicas changed.
+// Kick asks for a reconciliation run now, as when the set of live replicas changed. The loop's pass under way,
+// if any, gives up its waits on queues the broker does not answer about (broker.WithHurry), so that the pass
+// asked for does not wait up to broker.AnswerTimeout behind one of them.
 func (r *Runtime) Kick() {
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
+	r.hurryMu.Lock()
+	if r.hurry != nil {
+		close(r.hurry)
+		r.hurry = nil
+	}
+	r.hurryMu.Unlock()
+}
+
+// hurried sets the hurry channel of the loop's next pass (nil: none under way) and returns it.
+func (r *Runtime) hurried(next chan struct{}) <-chan struct{} {
+	r.hurryMu.Lock()
+	defer r.hurryMu.Unlock()
+	r.hurry = next
+	return next
 }
 
 // kicked reports whether a reconciliation was asked for (Kick) and has not started yet.
@@ -566,11 +584,13 @@ func (r *Runtime) loop() {
 		default:
 		}
 		// A pass ends when the loop is stopped: a shutdown does not wait for its calls to the broker (up to
-		// broker.AnswerTimeout for a queue that does not answer).
-		ctx, cancel := context.WithTimeout(r.loopCtx, max(r.opts.ReconcileInterval, 5*time.Minute))
+		// broker.AnswerTimeout for a queue that does not answer). A kick meanwhile cuts those waits short.
+		ctx, cancel := context.WithTimeout(broker.WithHurry(r.loopCtx, r.hurried(make(chan struct{}))),
+			max(r.opts.ReconcileInterval, 5*time.Minute))
 		began := time.Now()
 		err := r.Reconcile(ctx)
 		cancel()
+		r.hurried(nil)
 		// The next turn is an interval after this pass, however long it waited.
 		t.Reset(r.opts.ReconcileInterval)
 		if err != nil && r.loopCtx.Err() == nil { // a shutdown ends a pass (its paced inspections, often) without harm

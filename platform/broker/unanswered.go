@@ -75,8 +75,27 @@ func (c *Conn) Unanswered() int {
 	return len(c.waiting.calls)
 }
 
+// hurryKey is the context key of WithHurry's channel.
+type hurryKey struct{}
+
+// WithHurry returns a context under which a call about a queue (awaitAnswer) gives up on the broker's answer
+// sooner once hurry is closed: as soon as it has waited unansweredAfter (then at once), where it would wait up to
+// AnswerTimeout. It counts as unanswered then, as after AnswerTimeout: the next calls about its queue fail at once
+// until the broker answers it. A call the broker answers in time is not affected. A reconciliation pass runs
+// under it, so that a pass asked for meanwhile (a consumer the broker cancelled) does not wait up to AnswerTimeout
+// behind one queue that does not answer.
+func WithHurry(ctx context.Context, hurry <-chan struct{}) context.Context {
+	return context.WithValue(ctx, hurryKey{}, hurry)
+}
+
+// hurryOf is ctx's WithHurry channel (nil: none, which never fires).
+func hurryOf(ctx context.Context) <-chan struct{} {
+	h, _ := ctx.Value(hurryKey{}).(<-chan struct{})
+	return h
+}
+
 // awaitAnswer runs call, one or more synchronous methods on ch about queue, and waits for it until
-// ctx ends or AnswerTimeout passes. A call given up on keeps running: ch is closed only once the broker answered
+// ctx ends or AnswerTimeout passes (or sooner once ctx's WithHurry channel is closed). A call given up on keeps running: ch is closed only once the broker answered
 // it (or its connection closed). When it had waited unansweredAfter or more, every other call about the same
 // queue fails at once until then, so that one queue that does not answer holds one channel and one goroutine,
 // not one more per pass or per retry, and never another queue's call. abandoned reports that the caller must
@@ -87,14 +106,31 @@ func (c *Conn) awaitAnswer(ctx context.Context, queue string, ch *amqp.Channel, 
 	go func() { done <- call() }()
 	t := time.NewTimer(AnswerTimeout)
 	defer t.Stop()
-	var why string
-	select {
-	case err := <-done:
-		return false, err
-	case <-t.C:
-		why = fmt.Sprintf("no answer within %s", AnswerTimeout)
-	case <-ctx.Done():
-		why = fmt.Sprintf("no answer before the caller gave up (%v)", ctx.Err())
+	var (
+		why     string
+		hurry   = hurryOf(ctx)
+		hurried bool
+	)
+wait:
+	for {
+		select {
+		case err := <-done:
+			return false, err
+		case <-t.C:
+			why = fmt.Sprintf("no answer within %s", AnswerTimeout)
+			if hurried {
+				why = fmt.Sprintf("no answer within %s, given up on early for work asked for meanwhile",
+					time.Since(start).Round(time.Millisecond))
+			}
+			break wait
+		case <-ctx.Done():
+			why = fmt.Sprintf("no answer before the caller gave up (%v)", ctx.Err())
+			break wait
+		case <-hurry:
+			// Give up once the call has waited unansweredAfter: it counts as unanswered then, as after AnswerTimeout.
+			hurry, hurried = nil, true
+			t.Reset(max(0, unansweredAfter-time.Since(start)))
+		}
 	}
 	// A caller that gave up early (a start that stops probing its queue once it returns, a shutdown cancelling a
 	// pass in the middle of a declare) says nothing of the broker: only a call that waited unansweredAfter or

@@ -63,6 +63,65 @@ func TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue(t *testing.T) {
 	require.NoError(t, conn.DeleteQueues(context.Background(), "stuck"))
 }
 
+// TestAHurriedCallGivesUpOnceItWaitedASecond: under broker.WithHurry, a call about a queue that does not answer
+// gives up once its hurry channel is closed and it has waited a second, where it would wait AnswerTimeout (10 s),
+// and counts as unanswered as after that timeout. A call the broker answers is not affected. Reconciliation
+// passes run so, and a pass asked for meanwhile no longer waits behind a stuck queue.
+func TestAHurriedCallGivesUpOnceItWaitedASecond(t *testing.T) {
+	s := testenv.Get(t)
+	amqpURL := s.NewVHost(t)
+	ch := testenv.AMQP(t, amqpURL)
+	for _, q := range []string{"healthy", "stuck", "frozen"} {
+		_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
+		require.NoError(t, err)
+	}
+	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
+		ConnectionName: t.Name()}, zap.NewNop())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	hurried := make(chan struct{})
+	close(hurried)
+
+	st, err := conn.InspectQueue(broker.WithHurry(context.Background(), hurried), "healthy")
+	require.NoError(t, err, "a call the broker answers, hurried")
+	require.True(t, st.Exists)
+
+	// Hurried before the call: it gives up once it has waited a second.
+	defer s.SuspendQueue(t, amqpURL, "stuck")()
+	start := time.Now()
+	_, err = conn.InspectQueue(broker.WithHurry(context.Background(), hurried), "stuck")
+	took := time.Since(start)
+	require.ErrorIs(t, err, broker.ErrUnanswered)
+	require.GreaterOrEqual(t, took, time.Second, "a hurried call gave up before it waited a second")
+	require.Less(t, took, 5*time.Second, "a hurried call waited for AnswerTimeout")
+	require.Equal(t, 1, conn.Unanswered(), "the queue counts as unanswered")
+
+	// Hurried while it waits, past the second: it gives up at once.
+	defer s.SuspendQueue(t, amqpURL, "frozen")()
+	hurry := make(chan struct{})
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := conn.InspectQueue(broker.WithHurry(context.Background(), hurry), "frozen")
+		gaveUp <- err
+	}()
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-gaveUp:
+		t.Fatalf("the call ended before it was hurried: %v", err)
+	default:
+	}
+	start = time.Now()
+	close(hurry)
+	select {
+	case err := <-gaveUp:
+		require.ErrorIs(t, err, broker.ErrUnanswered)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call hurried after two seconds of waiting did not give up")
+	}
+	t.Logf("hurried after 2 s of waiting, it gave up in %s", time.Since(start).Round(time.Millisecond))
+	require.Equal(t, 2, conn.Unanswered())
+}
+
 // TestAQueueThatDoesNotAnswerMarksNoOtherQueueItsCallNamed: a tenant's declare names the shared dead-letter queue
 // (its binding for the tenant) before the tenant's own queue. When the broker answers about the shared queue but
 // not about the tenant's (its process busy or frozen), only the tenant's queue is marked unanswered: the next

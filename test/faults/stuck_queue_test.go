@@ -222,3 +222,72 @@ func TestAReplicasStuckEventQueueSlowsNoTenantOperation(t *testing.T) {
 	}, "the events relayed meanwhile did not reach replica B once its queue answered")
 	t.Logf("5 creations and 5 resizes took %s with replica B's events queue suspended", took.Round(time.Millisecond))
 }
+
+// TestAStuckQueueHoldsNoRepairBack: a reconciliation pass that waits on a queue that does not answer (its passive
+// declare, up to broker.AnswerTimeout) must not hold back the repair another tenant asks for meanwhile. Here the
+// other tenant's queue is deleted by hand while a pass waits on the stuck one: its consumer is cancelled, which
+// asks for a pass, and the pass under way gives up its wait on the stuck queue at once (it has waited more than
+// a second), so that the pass asked for declares the queue again and restarts the consumer within a second or
+// two, where it used to come only once the stuck declare timed out, up to 10 s later. Both places a pass waits:
+// the inspections in turn, paced after the repairs (with the management API's listing), and the inspections
+// at once, before them (without it, every queue is inspected at once).
+func TestAStuckQueueHoldsNoRepairBack(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		management bool
+	}{{"inspected in turn", true}, {"inspected at once", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			s := testenv.Get(t)
+			cfg := s.Config(t)
+			cfg.AMQPQueueType = "classic"
+			cfg.ReconcileInterval = time.Second
+			if !c.management {
+				cfg.RabbitMQManagementURL = ""
+			}
+			a := testenv.Start(t, cfg)
+			stuck := a.CreateTenant("stuck", 1)
+			victim := a.CreateTenant("victim", 1)
+			victimQueue := consumer.QueueName(uuid.MustParse(victim))
+			db := a.DB()
+			a.Publish(victim, map[string]any{"before": true})
+			testenv.Eventually(t, 30*time.Second, func() bool {
+				return testenv.Count(t, db, `SELECT count(*) FROM messages WHERE tenant_id = $1`, victim) == 1
+			}, "the victim's first message was not stored")
+
+			resume := s.SuspendQueue(t, cfg.AMQPURL, consumer.QueueName(uuid.MustParse(stuck)))
+			defer resume()
+			// A pass waits on the stuck queue once the passes, a second apart, stop for 2.5 s. Every queue is
+			// inspected within inspectRotation (4) passes.
+			var (
+				last    = metric(t, a.URL, "msgsvc_reconcile_runs_total")
+				changed = time.Now()
+			)
+			waiting := testenv.Wait(30*time.Second, func() bool {
+				if n := metric(t, a.URL, "msgsvc_reconcile_runs_total"); n != last {
+					last, changed = n, time.Now()
+				}
+				return time.Since(changed) >= 2500*time.Millisecond
+			})
+			require.True(t, waiting, "no pass waited on the stuck queue")
+
+			ch := testenv.AMQP(t, cfg.AMQPURL)
+			began := time.Now()
+			_, err := ch.QueueDelete(victimQueue, false, false, false)
+			require.NoError(t, err)
+			var mended time.Duration
+			require.True(t, testenv.Wait(30*time.Second, func() bool {
+				ok, _, consumers := testenv.QueueState(t, cfg.AMQPURL, victimQueue)
+				mended = time.Since(began)
+				return ok && consumers == 1
+			}), "the victim's queue was not declared again and consumed")
+			// The stuck declare has 10 s; the repair comes within a second or two of the cancel.
+			require.Less(t, mended, 5*time.Second, "the repair waited for the pass's declare on the stuck queue")
+			a.Publish(victim, map[string]any{"after": true})
+			testenv.Eventually(t, 30*time.Second, func() bool {
+				return testenv.Count(t, db, `SELECT count(*) FROM messages WHERE tenant_id = $1`, victim) == 2
+			}, "the victim's message after the repair was not stored")
+			t.Logf("the victim's queue declared again and consumed %s after its deletion, while a pass waited on the stuck queue",
+				mended.Round(time.Millisecond))
+		})
+	}
+}
