@@ -364,19 +364,33 @@ func (r *runner) busy(srv *server) [3]uint64 {
 	return [3]uint64{svc, beam, pg}
 }
 
-// probeWatched runs probeLatency and says what else ran meanwhile: each process's CPU over the probe, and the
-// reconciliation passes, retention sweeps, view refreshes, partition reconciliations and garbage collections that
-// started in it (one scrape of /metrics before and one after, outside the probe: the processes settle again after
-// the first, which at 10,000 tenants costs the service tens of milliseconds), so that a p50 off its usual figure
-// can be told from the work beside it.
+// probeRounds is how many times probeWatched probes: a round lasts about 0.6 s (200 reads), so that one piece of
+// background work in it moved a round's p50 by up to two thirds (1.66 × in two of some 25 runs, 2026-12-07, with
+// nothing found running); the p50 of the three rounds' samples together is the figure.
+const probeRounds = 3
+
+// probeWatched runs probeLatency probeRounds times, the processes settled before each, and returns the p50s of
+// all the rounds' samples together. For each round it says what else ran meanwhile: each process's CPU over the
+// round, and the reconciliation passes, retention sweeps, view refreshes, partition reconciliations and garbage
+// collections that started in it (one scrape of /metrics before and one after, outside the round: the processes
+// settle again after the first, which at 10,000 tenants costs the service tens of milliseconds), and the round's
+// own p50s, so that a round off the others can be told from the work beside it.
 func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UUID) (pub, get time.Duration, err error) {
-	before, _ := srv.metrics(ctx, r.client)
-	r.settle(ctx, srv)
-	began, cpu := time.Now(), r.busy(srv)
-	pub, get, err = r.probeLatency(ctx, srv, probes)
-	took, cpuAfter := time.Since(began), r.busy(srv)
-	after, _ := srv.metrics(ctx, r.client)
-	if before != nil && after != nil {
+	var pubs, gets []time.Duration
+	for round := 1; round <= probeRounds; round++ {
+		before, _ := srv.metrics(ctx, r.client)
+		r.settle(ctx, srv)
+		began, cpu := time.Now(), r.busy(srv)
+		p, g, err := r.probeLatency(ctx, srv, probes)
+		if err != nil {
+			return 0, 0, err
+		}
+		took, cpuAfter := time.Since(began), r.busy(srv)
+		pubs, gets = append(pubs, p...), append(gets, g...)
+		after, _ := srv.metrics(ctx, r.client)
+		if before == nil || after == nil {
+			continue
+		}
 		share := func(i int) float64 { return float64(cpuAfter[i]-cpu[i]) / clockTicks / took.Seconds() * 100 }
 		var started []string
 		for _, c := range []struct{ what, metric string }{
@@ -388,21 +402,24 @@ func (r *runner) probeWatched(ctx context.Context, srv *server, probes []uuid.UU
 		} {
 			started = append(started, fmt.Sprintf("%s %.0f", c.what, after[c.metric]-before[c.metric]))
 		}
-		fmt.Printf("   probe of %s: CPU service %.0f %%, RabbitMQ %.0f %%, PostgreSQL %.0f %% of a core; %s started in it "+
-			"or by the scrape after it\n", took.Round(10*time.Millisecond), share(0), share(1), share(2), strings.Join(started, ", "))
+		sortDurations(p)
+		sortDurations(g)
+		fmt.Printf("   probe %d of %d, %s: publish p50 %s, GET p50 %s; CPU service %.0f %%, RabbitMQ %.0f %%, PostgreSQL %.0f %% "+
+			"of a core; %s started in it or by the scrape after it\n", round, probeRounds, took.Round(10*time.Millisecond),
+			fmtMS(percentile(p, 0.5)), fmtMS(percentile(g, 0.5)), share(0), share(1), share(2), strings.Join(started, ", "))
 	}
-	return pub, get, err
+	sortDurations(pubs)
+	sortDurations(gets)
+	return percentile(pubs, 0.5), percentile(gets, 0.5), nil
 }
 
 // probeLatency publishes 40 messages to each probe tenant (4 clients, one message per request) and then reads
-// the second page (with the first page's cursor) of each 20 times; it returns both p50s.
-func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UUID) (pub, get time.Duration, err error) {
+// the second page (with the first page's cursor) of each 20 times; it returns every publish's and read's latency.
+func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UUID) (pubs, gets []time.Duration, err error) {
 	const each = 40
 	payload := makePayload(0, 512)
 	var (
 		mu   sync.Mutex
-		pubs []time.Duration
-		gets []time.Duration
 		next atomic.Int64
 		wg   sync.WaitGroup
 		errs = make(chan error, 4)
@@ -436,7 +453,7 @@ func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UU
 	wg.Wait()
 	select {
 	case err := <-errs:
-		return 0, 0, err
+		return nil, nil, err
 	default:
 	}
 	for _, id := range probes {
@@ -444,7 +461,7 @@ func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UU
 		for try := 0; cursor == ""; try++ {
 			st, out, err := r.do(ctx, http.MethodGet, fmt.Sprintf("%s/api/v1/messages?tenant_id=%s&limit=20", srv.URL, id), nil)
 			if err != nil || st != http.StatusOK {
-				return 0, 0, fmt.Errorf("list messages: HTTP %d: %s: %v", st, out, err)
+				return nil, nil, fmt.Errorf("list messages: HTTP %d: %s: %v", st, out, err)
 			}
 			var page struct {
 				NextCursor *string `json:"next_cursor"`
@@ -453,7 +470,7 @@ func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UU
 			if page.NextCursor != nil {
 				cursor = *page.NextCursor
 			} else if try > 300 {
-				return 0, 0, fmt.Errorf("probe tenant %s has no second page after 30 s", id)
+				return nil, nil, fmt.Errorf("probe tenant %s has no second page after 30 s", id)
 			} else {
 				time.Sleep(100 * time.Millisecond)
 			}
@@ -462,14 +479,12 @@ func (r *runner) probeLatency(ctx context.Context, srv *server, probes []uuid.UU
 			t0 := time.Now()
 			st, out, err := r.do(ctx, http.MethodGet, fmt.Sprintf("%s/api/v1/messages?tenant_id=%s&limit=20&cursor=%s", srv.URL, id, url.QueryEscape(cursor)), nil)
 			if err != nil || st != http.StatusOK {
-				return 0, 0, fmt.Errorf("list messages with a cursor: HTTP %d: %s: %v", st, out, err)
+				return nil, nil, fmt.Errorf("list messages with a cursor: HTTP %d: %s: %v", st, out, err)
 			}
 			gets = append(gets, time.Since(t0))
 		}
 	}
-	sortDurations(pubs)
-	sortDurations(gets)
-	return percentile(pubs, 0.5), percentile(gets, 0.5), nil
+	return pubs, gets, nil
 }
 
 // cpuPer describes u spent on n operations (what): "; CPU per creation: service …, RabbitMQ …, PostgreSQL … ms;
