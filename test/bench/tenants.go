@@ -111,7 +111,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 	var (
 		scaled     []uuid.UUID
 		firstBlock float64
-		firstProbe float64
+		firstProbe [2]float64 // the host's probe in the first block: pointer chasing, arithmetic
 	)
 	probe := startHostProbe(200 * time.Millisecond)
 	defer probe.close()
@@ -127,15 +127,16 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		lat = append(lat, l...)
 		d := time.Since(b0)
 		rate := float64(n) / d.Seconds()
-		probed := probe.between(b0, time.Now())
+		mem, compute := probe.between(b0, time.Now())
 		if from == 0 {
-			firstBlock, firstProbe = rate, probed
+			firstBlock, firstProbe = rate, [2]float64{mem, compute}
 		}
 		// How much slower the host itself ran than in the first block (other guests of a virtual machine slow
 		// every process at once): a block whose CPU per creation rose with it was the host's, not the pipeline's.
 		host := ""
-		if probed > 0 && firstProbe > 0 {
-			host = fmt.Sprintf("; the host's probe %.2f × the first block's CPU time", probed/firstProbe)
+		if mem > 0 && firstProbe[0] > 0 && firstProbe[1] > 0 {
+			host = fmt.Sprintf("; the host's probe: pointer chasing %.2f ×, arithmetic %.2f × the first block's CPU time",
+				mem/firstProbe[0], compute/firstProbe[1])
 		}
 		sortDurations(l)
 		// The machine is shared: what other processes took during the block tells a slow block's cause.
