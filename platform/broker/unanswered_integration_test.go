@@ -22,20 +22,11 @@ import (
 // before its caller gave up still refuses the next ones at once (a queue that does not answer holds one channel).
 func TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue(t *testing.T) {
 	s := testenv.Get(t)
-	amqpURL := s.NewVHost(t)
-	ch := testenv.AMQP(t, amqpURL)
-	for _, q := range []string{"probed", "stuck"} {
-		_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
-		require.NoError(t, err)
-	}
-	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
-		ConnectionName: t.Name()}, zap.NewNop())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
+	amqpURL, conn := classicQueues(t, s, "probed", "stuck")
 
 	resume := s.SuspendQueue(t, amqpURL, "probed")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_, err = conn.InspectQueue(ctx, "probed")
+	_, err := conn.InspectQueue(ctx, "probed")
 	cancel()
 	require.ErrorIs(t, err, broker.ErrUnanswered, "the probe of a suspended queue was answered")
 	deleted := make(chan error, 1)
@@ -69,16 +60,7 @@ func TestACallerGivingUpEarlyRefusesNoOtherCallAboutTheQueue(t *testing.T) {
 // passes run so, and a pass asked for meanwhile no longer waits behind a stuck queue.
 func TestAHurriedCallGivesUpOnceItWaitedASecond(t *testing.T) {
 	s := testenv.Get(t)
-	amqpURL := s.NewVHost(t)
-	ch := testenv.AMQP(t, amqpURL)
-	for _, q := range []string{"healthy", "stuck", "frozen"} {
-		_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
-		require.NoError(t, err)
-	}
-	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
-		ConnectionName: t.Name()}, zap.NewNop())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
+	amqpURL, conn := classicQueues(t, s, "healthy", "stuck", "frozen")
 	hurried := make(chan struct{})
 	close(hurried)
 
@@ -204,4 +186,21 @@ func TestABindOnlyQueueNeverWaitsOnItsProcessAndIsDeclaredWhenMissing(t *testing
 		st, err := conn.InspectQueue(context.Background(), "gone")
 		return err == nil && st.Messages == 1
 	}, 5*time.Second, 20*time.Millisecond, "the binding of the declared queue does not route")
+}
+
+// classicQueues declares classic queues named names in a virtual host of their own, and returns its URL and a
+// Conn dialled to it (closed when the test ends).
+func classicQueues(t *testing.T, s *testenv.Servers, names ...string) (string, *broker.Conn) {
+	t.Helper()
+	amqpURL := s.NewVHost(t)
+	ch := testenv.AMQP(t, amqpURL)
+	for _, q := range names {
+		_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "classic"})
+		require.NoError(t, err)
+	}
+	conn, err := broker.Dial(broker.Options{URLs: []string{amqpURL}, ReconnectInterval: 100 * time.Millisecond,
+		ConnectionName: t.Name()}, zap.NewNop())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return amqpURL, conn
 }
