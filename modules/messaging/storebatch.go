@@ -75,14 +75,15 @@ type storeBatcher struct {
 	want   int
 	wake   chan struct{}
 
-	mu          sync.Mutex
-	waiting     []*storeReq
-	waitingRows int
-	lastArrival time.Time     // when the last store came
-	gap         time.Duration // the stores' mean time apart, recent ones weighing most (an EWMA)
-	running     int
-	alone       map[uuid.UUID]*aloneTenant // tenants whose last store failed; they go alone until one succeeds
-	conflicted  map[uuid.UUID]time.Time    // tenants whose rows were found already stored, and when (conflictMemory)
+	mu           sync.Mutex
+	waiting      []*storeReq
+	waitingRows  int
+	waitingBytes int           // the waiting stores' payload bytes
+	lastArrival  time.Time     // when the last store came
+	gap          time.Duration // the stores' mean time apart, recent ones weighing most (an EWMA)
+	running      int
+	alone        map[uuid.UUID]*aloneTenant // tenants whose last store failed; they go alone until one succeeds
+	conflicted   map[uuid.UUID]time.Time    // tenants whose rows were found already stored, and when (conflictMemory)
 }
 
 // storeMetrics are the batcher's series besides messages_per_insert.
@@ -178,9 +179,11 @@ func (b *storeBatcher) insert(ctx context.Context, tenantID uuid.UUID, msgs []Me
 	}
 	b.waiting = append(b.waiting, r)
 	b.waitingRows += len(msgs)
+	b.waitingBytes += r.bytes
 	now := time.Now()
 	b.gap, b.lastArrival = nextGap(b.gap, b.lastArrival, now), now
-	if b.want > 0 && b.waitingRows >= b.want {
+	// The linger ends once the rows it waits for, or a statement's bytes, wait: more rows would not fit.
+	if b.want > 0 && (b.waitingRows >= b.want || b.waitingBytes >= maxStoreBytes) {
 		b.want = 0
 		select {
 		case b.wake <- struct{}{}:
@@ -214,7 +217,7 @@ func (b *storeBatcher) run() {
 		b.mu.Lock()
 		// Stores come at least two per linger: waiting gathers more rows into the next statement.
 		busy := b.gap > 0 && 2*b.gap <= b.linger
-		if want := lingerWant(b.linger, lastStores, lastRows, len(b.waiting), b.waitingRows, busy); want > 0 {
+		if want := lingerWant(b.linger, lastStores, lastRows, len(b.waiting), b.waitingRows, b.waitingBytes, busy); want > 0 {
 			b.want = want
 			b.mu.Unlock()
 			t := time.NewTimer(b.linger)
@@ -250,7 +253,12 @@ func (b *storeBatcher) run() {
 // after a statement that carried the stores of several workers, as many rows as it had, unless they wait
 // already. Nothing waiting means the runner stops, so an idle service's next store goes at once; a statement of
 // one store while stores come less often means nobody else is storing, and its successor does not wait either.
-func lingerWant(linger time.Duration, lastStores, lastRows, waiting, waitingRows int, busy bool) int {
+// Nor does it wait once a statement's bytes (maxStoreBytes) wait, whatever their rows: large payloads fill a
+// statement with fewer rows, and the rows it waited for would go in the next one.
+func lingerWant(linger time.Duration, lastStores, lastRows, waiting, waitingRows, waitingBytes int, busy bool) int {
+	if waitingBytes >= maxStoreBytes {
+		return 0
+	}
 	if linger > 0 && busy && waiting > 0 && waitingRows < maxGroupedRows {
 		return maxGroupedRows
 	}
@@ -291,9 +299,10 @@ func (b *storeBatcher) take() ([]*storeReq, int) {
 		size += r.bytes
 	}
 	b.waiting = b.waiting[n:]
-	b.waitingRows = 0
+	b.waitingRows, b.waitingBytes = 0, 0
 	for _, r := range b.waiting {
 		b.waitingRows += len(r.msgs)
+		b.waitingBytes += r.bytes
 	}
 	return batch, rows
 }

@@ -372,25 +372,69 @@ func TestLingerWant(t *testing.T) {
 		name                                       string
 		linger                                     time.Duration
 		lastStores, lastRows, waiting, waitingRows int
+		waitingBytes                               int
 		fast                                       bool // stores come at least two per linger
 		want                                       int
 	}{
-		{"several workers stored: wait for as many rows as the last statement", time.Millisecond, 3, 12, 1, 4, false, 12},
-		{"several workers stored, and enough rows wait already", time.Millisecond, 3, 12, 4, 12, false, 0},
-		{"the last statement was one store: nobody else stores", time.Millisecond, 1, 12, 1, 4, false, 0},
-		{"nothing waits: the runner stops, the next store goes at once", time.Millisecond, 3, 12, 0, 0, false, 0},
-		{"the first statement of a runner", time.Millisecond, 0, 0, 1, 4, false, 0},
-		{"STORE_LINGER=0", 0, 3, 12, 1, 4, false, 0},
-		{"stores come fast: the whole linger, for a full statement", time.Millisecond, 1, 4, 1, 4, true, maxGroupedRows},
-		{"stores come fast, even after one store alone", time.Millisecond, 1, 1, 1, 1, true, maxGroupedRows},
-		{"stores come fast, and a full statement waits", time.Millisecond, 3, 12, 40, maxGroupedRows, true, 0},
-		{"stores come fast, and nothing waits: the runner stops", time.Millisecond, 3, 12, 0, 0, true, 0},
-		{"stores come fast, STORE_LINGER=0", 0, 3, 12, 1, 4, true, 0},
+		{"several workers stored: wait for as many rows as the last statement", time.Millisecond, 3, 12, 1, 4, 0, false, 12},
+		{"several workers stored, and enough rows wait already", time.Millisecond, 3, 12, 4, 12, 0, false, 0},
+		{"the last statement was one store: nobody else stores", time.Millisecond, 1, 12, 1, 4, 0, false, 0},
+		{"nothing waits: the runner stops, the next store goes at once", time.Millisecond, 3, 12, 0, 0, 0, false, 0},
+		{"the first statement of a runner", time.Millisecond, 0, 0, 1, 4, 0, false, 0},
+		{"STORE_LINGER=0", 0, 3, 12, 1, 4, 0, false, 0},
+		{"stores come fast: the whole linger, for a full statement", time.Millisecond, 1, 4, 1, 4, 0, true, maxGroupedRows},
+		{"stores come fast, even after one store alone", time.Millisecond, 1, 1, 1, 1, 0, true, maxGroupedRows},
+		{"stores come fast, and a full statement waits", time.Millisecond, 3, 12, 40, maxGroupedRows, 0, true, 0},
+		{"stores come fast, and nothing waits: the runner stops", time.Millisecond, 3, 12, 0, 0, 0, true, 0},
+		{"stores come fast, STORE_LINGER=0", 0, 3, 12, 1, 4, 0, true, 0},
+		{"stores come fast, and a statement's bytes wait", time.Millisecond, 1, 4, 9, 9, maxStoreBytes, true, 0},
+		{"several workers stored, and a statement's bytes wait", time.Millisecond, 3, 12, 9, 9, maxStoreBytes, false, 0},
+		{"stores come fast, and fewer than a statement's bytes wait", time.Millisecond, 1, 4, 8, 8, maxStoreBytes - 1, true, maxGroupedRows},
 	} {
-		if got := lingerWant(c.linger, c.lastStores, c.lastRows, c.waiting, c.waitingRows, c.fast); got != c.want {
+		if got := lingerWant(c.linger, c.lastStores, c.lastRows, c.waiting, c.waitingRows, c.waitingBytes, c.fast); got != c.want {
 			t.Errorf("%s: lingerWant = %d, want %d", c.name, got, c.want)
 		}
 	}
+}
+
+// TestABusyLingerEndsOnceAStatementsBytesWait: while stores come fast, the runner lingers for a full statement's
+// rows (maxGroupedRows). Large payloads fill a statement's bytes (maxStoreBytes) with far fewer rows, and then the
+// linger ends at once: the rows it waited for would not fit. STORE_LINGER is 3 s here, so that a wait shows.
+func TestABusyLingerEndsOnceAStatementsBytesWait(t *testing.T) {
+	ctx := context.Background()
+	tenant := uuid.New()
+	b, db, _ := groupedBatcher(t, newStoreMetrics(), tenant)
+	b.linger = 3 * time.Second
+	b.gap, b.lastArrival = time.Millisecond, time.Now() // stores come fast
+	// 8 stores of 1 MiB each (the most a store that joins a group may carry): a statement's bytes, 8 rows.
+	payload := json.RawMessage(`"` + strings.Repeat("x", maxGroupedBytes-2) + `"`)
+	n := maxStoreBytes / len(payload)
+	began := time.Now()
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := b.insert(ctx, tenant, []Message{{ID: uuid.Must(uuid.NewV7()), TenantID: tenant, Payload: payload,
+				CreatedAt: time.Now()}})
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(began)
+	var stored int
+	if err := db.NewSelect().Table("messages").ColumnExpr("count(*)").Where("tenant_id = ?", tenant).Scan(ctx, &stored); err != nil {
+		t.Fatal(err)
+	}
+	if stored != n {
+		t.Fatalf("%d of %d rows stored", stored, n)
+	}
+	if took >= 2*time.Second {
+		t.Fatalf("%d stores of 1 MiB took %s: they waited for the linger (3 s), though a statement's bytes waited", n, took)
+	}
+	t.Logf("%d stores of 1 MiB stored in %s", n, took.Round(time.Millisecond))
 }
 
 // The stores' mean time apart decides whether the runner lingers while only one worker stores at a time: stores
