@@ -109,6 +109,20 @@ func (p *hostProbe) between(from, to time.Time) (mem, compute float64) {
 	return ns[len(ns)/2], cs[len(cs)/2]
 }
 
+// spent returns the CPU time, in milliseconds, of the rounds that ended within [from, to]: the probe's own cost,
+// to take out of this process's CPU over that time.
+func (p *hostProbe) spent(from, to time.Time) float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ns := 0.0
+	for _, s := range p.samples {
+		if !s.at.Before(from) && !s.at.After(to) {
+			ns += s.ns + s.compute
+		}
+	}
+	return ns / 1e6
+}
+
 func (p *hostProbe) close() {
 	close(p.stop)
 	<-p.done
