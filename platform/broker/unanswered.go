@@ -94,12 +94,12 @@ func hurryOf(ctx context.Context) <-chan struct{} {
 	return h
 }
 
-// awaitAnswer runs call, one or more synchronous methods on ch about queue, and waits for it until
-// ctx ends or AnswerTimeout passes (or sooner once ctx's WithHurry channel is closed). A call given up on keeps running: ch is closed only once the broker answered
-// it (or its connection closed). When it had waited unansweredAfter or more, every other call about the same
-// queue fails at once until then, so that one queue that does not answer holds one channel and one goroutine,
-// not one more per pass or per retry, and never another queue's call. abandoned reports that the caller must
-// not use ch again.
+// awaitAnswer runs call, one or more synchronous methods on ch about queue, and waits for it until ctx ends or
+// AnswerTimeout passes (or sooner once ctx's WithHurry channel is closed). A call given up on keeps running: ch is
+// closed only once the broker answered it (or its connection closed). When it had waited unansweredAfter or
+// more, every other call about the same queue fails at once until then, so that one queue that does not answer
+// holds one channel and one goroutine, not one more per pass or per retry, and never another queue's call.
+// abandoned reports that the caller must not use ch again.
 func (c *Conn) awaitAnswer(ctx context.Context, queue string, ch *amqp.Channel, call func() error) (abandoned bool, err error) {
 	start := time.Now()
 	done := make(chan error, 1)
