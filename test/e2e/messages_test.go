@@ -296,7 +296,10 @@ func (h *slowHandler) Handle(ctx context.Context, tenant uuid.UUID, ds []amqp.De
 
 func TestResizeLiveConsumer(t *testing.T) {
 	s := testenv.Get(t)
-	slow := &slowHandler{delay: 50 * time.Millisecond}
+	// Each store call takes 100 ms, so that the stream below (about a hundred messages a second, fewer on a loaded
+	// machine) keeps 6 workers busy at once: with 50 ms, a loaded CI machine's stream once reached 5 of 6
+	// (2026-12-07, RabbitMQ 4.0 in Docker).
+	slow := &slowHandler{delay: 100 * time.Millisecond}
 	var rt *consumer.Runtime
 	a := testenv.Start(t, s.Config(t),
 		fx.Decorate(func(h consumer.Handler) consumer.Handler { slow.inner = h; return slow }),
