@@ -90,37 +90,25 @@ func startHostProbe(every time.Duration) *hostProbe {
 	return p
 }
 
-// between returns the median CPU times of the rounds that ended within [from, to], of the pointer chasing (mem)
-// and of the arithmetic (compute); 0 when none did.
-func (p *hostProbe) between(from, to time.Time) (mem, compute float64) {
+// between returns, of the rounds that ended within [from, to], the median CPU times of the pointer chasing (mem)
+// and of the arithmetic (compute), 0 when none did, and their whole CPU time in milliseconds (spent: the probe's
+// own cost, to take out of this process's CPU over that time).
+func (p *hostProbe) between(from, to time.Time) (mem, compute, spent float64) {
 	p.mu.Lock()
 	var ns, cs []float64
 	for _, s := range p.samples {
 		if !s.at.Before(from) && !s.at.After(to) {
 			ns, cs = append(ns, s.ns), append(cs, s.compute)
+			spent += s.ns + s.compute
 		}
 	}
 	p.mu.Unlock()
 	if len(ns) == 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
 	slices.Sort(ns)
 	slices.Sort(cs)
-	return ns[len(ns)/2], cs[len(cs)/2]
-}
-
-// spent returns the CPU time, in milliseconds, of the rounds that ended within [from, to]: the probe's own cost,
-// to take out of this process's CPU over that time.
-func (p *hostProbe) spent(from, to time.Time) float64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	ns := 0.0
-	for _, s := range p.samples {
-		if !s.at.Before(from) && !s.at.After(to) {
-			ns += s.ns + s.compute
-		}
-	}
-	return ns / 1e6
+	return ns[len(ns)/2], cs[len(cs)/2], spent / 1e6
 }
 
 func (p *hostProbe) close() {

@@ -128,7 +128,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		d := time.Since(b0)
 		rate := float64(n) / d.Seconds()
 		b1 := time.Now()
-		mem, compute := probe.between(b0, b1)
+		mem, compute, probeSpent := probe.between(b0, b1)
 		if from == 0 {
 			firstBlock, firstProbe = rate, [2]float64{mem, compute}
 		}
@@ -148,7 +148,7 @@ func (r *runner) tenantScaleScenario(ctx context.Context, s *Scenario) error {
 		}
 		// The bench's own clients do the same work for every creation (a request, an answer to read): a host that
 		// runs every process slower shows in their CPU per creation too (the host's probe taken out).
-		clients := max(0, cu.own-probe.spent(b0, b1)) / float64(n)
+		clients := max(0, cu.own-probeSpent) / float64(n)
 		// Which part paid for a slow block: CPU per creation of each, and whether the machine was busy at all.
 		fmt.Printf("   tenants %d–%d created at %.1f /s (%.2f × the first block; p50 %s, p99 %s; other processes %.0f %% of the machine%s; "+
 			"the bench's clients %.2f ms per creation%s)\n",
