@@ -3,12 +3,8 @@ package messaging
 import (
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net/url"
-	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -23,6 +19,7 @@ import (
 
 	"github.com/acme/msgsvc/migrations"
 	"github.com/acme/msgsvc/platform/database"
+	"github.com/acme/msgsvc/test/testdb"
 )
 
 // value reads a counter's or gauge's value.
@@ -77,48 +74,20 @@ func TestTakeStopsAtTheStatementBound(t *testing.T) {
 	}
 }
 
-// storeDB is a fresh migrated database on TEST_DATABASE_URL, or a skipped test (a failed one with
+// storeDB is a fresh migrated database on TEST_DATABASE_URL (testdb), or a skipped test (a failed one with
 // TEST_REQUIRE_SERVICES=1).
 func storeDB(t testing.TB) (*bun.DB, string) {
 	t.Helper()
-	admin := os.Getenv("TEST_DATABASE_URL")
-	if admin == "" {
-		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
-			t.Fatal("TEST_DATABASE_URL is required")
-		}
-		t.Skip("TEST_DATABASE_URL is not set")
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	nb := make([]byte, 8)
-	for i := range nb {
-		nb[i] = byte(rand.N(256))
-	}
-	name := "t_store_" + hex.EncodeToString(nb)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, admin); err == nil {
-			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			_ = c.Close(ctx)
-		}
-	})
-	u, _ := url.Parse(admin)
-	u.Path = "/" + name
-	db, err := database.Open(database.Options{URL: u.String(), MaxOpenConns: 10, MaxIdleConns: 10})
+	_, dbURL := testdb.Create(t, testdb.AdminURL(t), "t_store_")
+	db, err := database.Open(database.Options{URL: dbURL, MaxOpenConns: 10, MaxIdleConns: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	if _, err := database.Migrate(ctx, db, migrations.FS, zap.NewNop()); err != nil {
+	if _, err := database.Migrate(context.Background(), db, migrations.FS, zap.NewNop()); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	return db, u.String()
+	return db, dbURL
 }
 
 // heldPartitionCase holds one tenant's partition (hold), and releases it (release, given the holding session).

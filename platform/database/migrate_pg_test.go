@@ -2,9 +2,6 @@ package database
 
 import (
 	"context"
-	"net/url"
-	"os"
-	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -12,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+
+	"github.com/acme/msgsvc/test/testdb"
 )
 
 // A start whose context ends while a migration runs: the migration runs to its end and is recorded, the next
@@ -48,31 +47,16 @@ func TestAMigrationBegunRunsToItsEndWhenTheStartGivesUp(t *testing.T) {
 	require.Equal(t, []string{"0002_next"}, applied)
 }
 
-// freshDatabase creates a database named prefix_<time of day> on TEST_DATABASE_URL (a superuser connection),
-// dropped when t ends, and returns a connection of that superuser, the database's name and its URL. Without
-// TEST_DATABASE_URL the test is skipped, or failed under TEST_REQUIRE_SERVICES=1.
+// freshDatabase creates an empty database (testdb.Create: prefix and random digits) on TEST_DATABASE_URL (a
+// superuser connection), dropped when t ends, and returns a connection of that superuser, the database's name and
+// its URL. Without TEST_DATABASE_URL the test is skipped, or failed under TEST_REQUIRE_SERVICES=1.
 func freshDatabase(t *testing.T, prefix string) (admin *pgx.Conn, name, dbURL string) {
 	t.Helper()
-	adminURL := os.Getenv("TEST_DATABASE_URL")
-	if adminURL == "" {
-		if os.Getenv("TEST_REQUIRE_SERVICES") == "1" {
-			t.Fatal("TEST_DATABASE_URL is required")
-		}
-		t.Skip("TEST_DATABASE_URL not set")
-	}
+	adminURL := testdb.AdminURL(t)
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, adminURL)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = admin.Close(ctx) })
-	name = prefix + "_" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "_")
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_, _ = admin.Exec(ctx, "ALTER DATABASE "+name+" ALLOW_CONNECTIONS true")
-		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
-	u, err := url.Parse(adminURL)
-	require.NoError(t, err)
-	u.Path = "/" + name
-	return admin, name, u.String()
+	name, dbURL = testdb.Create(t, adminURL, prefix+"_")
+	return admin, name, dbURL
 }

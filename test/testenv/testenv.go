@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
 	tcexec "github.com/testcontainers/testcontainers-go/exec"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
@@ -31,6 +30,7 @@ import (
 	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/acme/msgsvc/platform/broker"
+	"github.com/acme/msgsvc/test/testdb"
 )
 
 // Servers are the database and broker servers shared by a test binary.
@@ -170,27 +170,8 @@ func RandomName(prefix string) string {
 // NewDatabase creates an empty database for t and drops it when t ends; it returns its URL.
 func (s *Servers) NewDatabase(t testing.TB) string {
 	t.Helper()
-	ctx := context.Background()
-	name := RandomName("t_")
-	conn, err := pgx.Connect(ctx, s.DatabaseURL)
-	if err != nil {
-		t.Fatalf("connect to test PostgreSQL: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, s.DatabaseURL)
-		if err != nil {
-			return
-		}
-		defer c.Close(ctx)
-		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
-	u, _ := url.Parse(s.DatabaseURL)
-	u.Path = "/" + name
-	return u.String()
+	_, dbURL := testdb.Create(t, s.DatabaseURL, "t_")
+	return dbURL
 }
 
 // NewVHost creates a RabbitMQ virtual host for t, open to the management user, and deletes it when t ends.
