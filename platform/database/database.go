@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
 	"slices"
 	"strings"
@@ -28,7 +29,8 @@ type Options struct {
 }
 
 // Open returns a *bun.DB over a pgx pool. It does not connect; Ping or Migrate does. A query without arguments,
-// which is every query of bun's, goes over PostgreSQL's simple protocol (bareQueries).
+// which is every query of bun's, goes over PostgreSQL's simple protocol the first time its text is seen
+// (bareQueries).
 func Open(o Options) (*bun.DB, error) {
 	cfg, err := pgx.ParseConfig(o.URL)
 	if err != nil {
@@ -42,12 +44,17 @@ func Open(o Options) (*bun.DB, error) {
 }
 
 // bareQueries is pgx's connector, whose connections run a query that has no arguments over PostgreSQL's simple
-// protocol, in one round trip, as pgx itself runs such an Exec. bun writes every argument into the statement's
-// text, so each of its queries reaches the driver without arguments and with a text not seen before. pgx's
-// default (QueryExecModeCacheStatement) prepared each such text in a round trip of its own, kept it among up to
-// 512 prepared statements of the session, and closed the oldest in one more round trip: a bun query cost
-// PostgreSQL 2.5 times the CPU and took 2.7 times as long (TestBunQueriesPrepareNothing's numbers). A query with
-// arguments ($1, through the *sql.DB) keeps pgx's statement cache: its text repeats.
+// protocol, in one round trip, the first time they see its text, and leave it to pgx's statement cache from the
+// second time on (the PostgreSQL JDBC driver's prepareThreshold works so).
+//
+// bun writes every argument into the statement's text, so each of its queries reaches the driver without
+// arguments, and most texts are never seen again (a new id, token or time in each). pgx's default
+// (QueryExecModeCacheStatement) prepared every such text in a round trip of its own, kept it among up to 512
+// prepared statements of the session, and closed the oldest in one more round trip: a query run once cost
+// PostgreSQL 2.5 times the CPU and took 2.7 times as long (measured with 5,000 queries on one session). A text
+// that does repeat (the first page of a tenant's messages, polled) still gets a prepared statement and its
+// plan, pruned to the tenant's partition while planning, kept. A query with arguments ($1, through the *sql.DB)
+// goes to the cache at once, as before.
 type bareQueries struct{ driver.Connector }
 
 // Connect implements driver.Connector.
@@ -61,20 +68,38 @@ func (c bareQueries) Connect(ctx context.Context) (driver.Conn, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("database: a %T is not a pgx connection", conn)
 	}
-	return bareQueryConn{sc}, nil
+	return &bareQueryConn{Conn: sc, seen: make(map[uint64]struct{})}, nil
 }
 
-// bareQueryConn is a pgx connection of database/sql's (every optional interface of *stdlib.Conn's stays) that
-// runs a query without arguments over the simple protocol.
-type bareQueryConn struct{ *stdlib.Conn }
+// bareQueryConn is a pgx connection of database/sql's (every optional interface of *stdlib.Conn's stays). As
+// database/sql uses a connection from one goroutine at a time, seen needs no lock.
+type bareQueryConn struct {
+	*stdlib.Conn
+	seen map[uint64]struct{} // hashes of the texts of queries without arguments run on this connection
+}
 
-// simpleProtocol is the argument list of a query without arguments: pgx takes a leading QueryExecMode as an option.
-var simpleProtocol = []driver.NamedValue{{Ordinal: 1, Value: pgx.QueryExecModeSimpleProtocol}}
+// seenTexts bounds a connection's seen: once full it is cleared, and a text that repeats runs once more over the
+// simple protocol before it goes to the cache again.
+const seenTexts = 4096
+
+var (
+	seenSeed = maphash.MakeSeed()
+	// simpleProtocol is the argument list of a query without arguments run once: pgx takes a leading
+	// QueryExecMode as an option.
+	simpleProtocol = []driver.NamedValue{{Ordinal: 1, Value: pgx.QueryExecModeSimpleProtocol}}
+)
 
 // QueryContext implements driver.QueryerContext.
-func (c bareQueryConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+func (c *bareQueryConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if len(args) == 0 {
-		args = simpleProtocol
+		h := maphash.String(seenSeed, query)
+		if _, again := c.seen[h]; !again {
+			if len(c.seen) >= seenTexts {
+				clear(c.seen)
+			}
+			c.seen[h] = struct{}{}
+			args = simpleProtocol
+		}
 	}
 	return c.Conn.QueryContext(ctx, query, args)
 }
