@@ -14,10 +14,13 @@ import (
 // written into its text as bun does: none leaves a prepared statement behind (pgx's default prepared every text
 // in a round trip of its own and kept up to 512 of them per session), and they are answered as before. A text
 // run again is prepared once, and a query with arguments ($1, through the *sql.DB) goes through pgx's statement
-// cache as before: one prepared statement each.
+// cache as before: one prepared statement each. Timestamps are read right whatever DateStyle the database has.
 func TestBunQueriesArePreparedOnlyWhenTheirTextRepeats(t *testing.T) {
 	ctx := context.Background()
-	_, _, dbURL := freshDatabase(t, "bare")
+	admin, name, dbURL := freshDatabase(t, "bare")
+	// A database whose sessions write dates in another style: a query's first run answers in text.
+	_, err := admin.Exec(ctx, "ALTER DATABASE "+name+" SET datestyle = 'SQL, DMY'")
+	require.NoError(t, err)
 	db, err := Open(Options{URL: dbURL, MaxOpenConns: 1, MaxIdleConns: 1, ConnMaxLifetime: time.Hour})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })

@@ -36,6 +36,17 @@ func Open(o Options) (*bun.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database: parse DATABASE_URL: %w", err)
 	}
+	// bareQueries' first runs answer in text, which pgx reads in PostgreSQL's own styles only (a database set to
+	// DateStyle SQL or German would fail every timestamp of bun's): sessions use those, unless the URL says.
+	for name, value := range map[string]string{"datestyle": "ISO", "intervalstyle": "postgres"} {
+		given := false
+		for k := range cfg.RuntimeParams {
+			given = given || strings.EqualFold(k, name)
+		}
+		if !given {
+			cfg.RuntimeParams[name] = value
+		}
+	}
 	sqldb := sql.OpenDB(bareQueries{stdlib.GetConnector(*cfg)})
 	sqldb.SetMaxOpenConns(o.MaxOpenConns)
 	sqldb.SetMaxIdleConns(o.MaxIdleConns)
