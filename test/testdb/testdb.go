@@ -37,9 +37,7 @@ func Create(t testing.TB, adminURL, prefix string) (name, dbURL string) {
 	if err != nil {
 		t.Fatalf("test database URL: %v", err)
 	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	name = prefix + hex.EncodeToString(b)
+	name = RandomName(prefix)
 	if err := exec(adminURL, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
@@ -49,6 +47,13 @@ func Create(t testing.TB, adminURL, prefix string) (name, dbURL string) {
 	})
 	u.Path = "/" + name
 	return name, u.String()
+}
+
+// RandomName returns prefix followed by 12 random hex digits.
+func RandomName(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
 }
 
 // exec runs statements on a session of its own on adminURL.

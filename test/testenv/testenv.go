@@ -10,8 +10,6 @@ package testenv
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -160,12 +158,8 @@ func fromContainers() (*Servers, error) {
 	return &Servers{DatabaseURL: dsn, AMQPURL: amqpURL, ManagementURL: u.String(), rabbitmqctl: ctl}, nil
 }
 
-// RandomName returns prefix followed by 12 random hex digits.
-func RandomName(prefix string) string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
-}
+// RandomName returns prefix followed by 12 random hex digits (testdb.RandomName).
+func RandomName(prefix string) string { return testdb.RandomName(prefix) }
 
 // NewDatabase creates an empty database for t and drops it when t ends; it returns its URL.
 func (s *Servers) NewDatabase(t testing.TB) string {
